@@ -1,0 +1,80 @@
+"""The registry of tasks: names, rates and episode lengths, resolved to classes only on demand."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from wm_sim.errors import WmSimError
+
+if TYPE_CHECKING:
+    from wm_sim.envs.task import MujocoTask
+
+GYM_PREFIX = "gym:"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What is known about a task without building it."""
+
+    name: str
+    entry_point: str  # "module:Class", imported by make_task
+    fps: float
+    episode_steps: int
+    has_expert: bool
+    description: str
+
+
+TASK_SPECS: dict[str, TaskSpec] = {
+    "reacher": TaskSpec(
+        name="reacher",
+        entry_point="wm_sim.envs.reacher:ReacherTask",
+        fps=50.0,  # timestep 0.01 s x frame_skip 2, as Gymnasium's Reacher-v5
+        episode_steps=50,
+        has_expert=True,
+        description="two-link arm touches a target on a table (Gymnasium Reacher-v5)",
+    ),
+    "pusher": TaskSpec(
+        name="pusher",
+        entry_point="wm_sim.envs.pusher:PusherTask",
+        fps=20.0,  # timestep 0.01 s x frame_skip 5, as Gymnasium's Pusher-v5
+        episode_steps=100,
+        has_expert=True,
+        description="seven-joint arm pushes a puck onto a goal (Gymnasium Pusher-v5)",
+    ),
+}
+
+
+def task_names() -> list[str]:
+    """Valid task names, for help texts and error messages."""
+    return [*TASK_SPECS, f"{GYM_PREFIX}<EnvId> (any Gymnasium MuJoCo env id, e.g. gym:Hopper-v5)"]
+
+
+def check_task_name(name: str) -> None:
+    """Raise a WmSimError listing the valid tasks unless `name` is one of them."""
+    if name in TASK_SPECS:
+        return
+    if name.startswith(GYM_PREFIX) and len(name) > len(GYM_PREFIX):
+        return
+    raise WmSimError(f"unknown task {name!r}; expected one of: {', '.join(task_names())}")
+
+
+def task_has_expert(name: str) -> bool:
+    """Whether task `name` has a scripted expert (Gymnasium ids passed through `gym:` have none)."""
+    check_task_name(name)
+    return name in TASK_SPECS and TASK_SPECS[name].has_expert
+
+
+def make_task(name: str, image_size: int = 64) -> MujocoTask:
+    """Build the physics task `name` rendering square frames of `image_size` pixels."""
+    check_task_name(name)
+    if not isinstance(image_size, int) or not 16 <= image_size <= 512:
+        raise WmSimError(f"image_size must be an integer in [16, 512], got {image_size!r}")
+    if name.startswith(GYM_PREFIX):
+        from wm_sim.envs.gym_task import GymTask
+
+        return GymTask(name[len(GYM_PREFIX) :], image_size=image_size)
+    module_name, class_name = TASK_SPECS[name].entry_point.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(image_size=image_size)

@@ -1,0 +1,76 @@
+"""The physics twin: a MuJoCo task as a Gymnasium env with the observation a world model predicts.
+
+`wm_sim/Reacher-MuJoCo-v0` and `wm_sim/Pusher-MuJoCo-v0` share their spaces with the world-model
+envs of the same task, so a policy moves between imagination and physics unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+from wm_sim.envs.catalog import make_task
+
+
+class PhysicsTwinEnv(gymnasium.Env):
+    """Pixels and proprioception from MuJoCo; reward and success computed from the physics state.
+
+    Observation: Dict(pixels=Box(0, 255, (H, W, 3), uint8), agent_pos=Box(float32)).
+    Action: Box(-1, 1, (action_dim,), float32), mapped linearly onto the actuators' range.
+    `info["is_success"]` is the task's success flag. Episodes never truncate here: the registered
+    ids add Gymnasium's TimeLimit at the task's episode length.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
+
+    def __init__(self, task: str = "reacher", image_size: int = 64, render_mode: str | None = None):
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.task = make_task(task, image_size=image_size)
+        self.render_mode = render_mode
+        self.metadata = {**self.metadata, "render_fps": self.task.fps}
+        low, high = self.task.state_bounds
+        self.observation_space = spaces.Dict(
+            {
+                "pixels": spaces.Box(0, 255, (image_size, image_size, 3), np.uint8),
+                "agent_pos": spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (self.task.action_dim,), np.float32)
+        self._obs: dict[str, np.ndarray] | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        # the task's start state is drawn from this env's seeded generator: same seed, same episode
+        self._obs = self.task.reset(int(self.np_random.integers(2**31 - 1)))
+        return self._obs, {"is_success": False}
+
+    def step(self, action):
+        if self._obs is None:
+            raise gymnasium.error.ResetNeeded("call reset() before step()")
+        result = self.task.step(np.asarray(action, dtype=np.float32))
+        self._obs = result.obs
+        return result.obs, result.reward, result.terminated, False, {"is_success": result.success}
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        if self._obs is None:
+            raise gymnasium.error.ResetNeeded("call reset() before render()")
+        return self._obs["pixels"].copy()
+
+    def get_physics_state(self) -> np.ndarray:
+        """The full MuJoCo integration state; set_physics_state of it replays exactly."""
+        return self.task.get_physics_state()
+
+    def set_physics_state(self, state: np.ndarray) -> dict[str, np.ndarray]:
+        """Restore a state from get_physics_state; returns the observation there."""
+        self.task.set_physics_state(state)
+        self._obs = self.task.observe()
+        return self._obs
+
+    def close(self) -> None:
+        self.task.close()

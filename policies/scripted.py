@@ -1,0 +1,105 @@
+"""Scripted policies for data collection: random, the task's expert, and a noisy mixture of both.
+
+The expert reads the physics state, so these policies hold the tasks they act in; that is fine
+for collection and for the reference return, and the reason they cannot drive a world model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from wm_sim.envs.task import MujocoTask
+from wm_sim.errors import WmSimError
+from wm_sim.policies.base import Policy
+
+SCRIPTED_POLICIES = ("random", "expert", "mixed")
+
+
+class RandomPolicy(Policy):
+    """Uniform random actions in [-1, 1]."""
+
+    def __init__(self, action_dim: int, num_envs: int = 1, seed: int = 0):
+        self.action_dim, self.num_envs = action_dim, num_envs
+        self._rngs = [np.random.default_rng([seed, row]) for row in range(num_envs)]
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.stack([rng.uniform(-1.0, 1.0, self.action_dim) for rng in self._rngs]).astype(np.float32)
+
+    def reset(self, mask: np.ndarray | None = None, seeds: list[int] | None = None) -> None:
+        for row in _rows(mask, self.num_envs):
+            if seeds is not None:
+                self._rngs[row] = np.random.default_rng(seeds[row])
+
+
+class ExpertPolicy(Policy):
+    """Each task's scripted expert, reading that task's physics state."""
+
+    def __init__(self, tasks: Sequence[MujocoTask]):
+        self.tasks = list(tasks)
+        self.num_envs, self.action_dim = len(self.tasks), self.tasks[0].action_dim
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.stack([task.expert_action() for task in self.tasks]).astype(np.float32)
+
+
+class MixedPolicy(Policy):
+    """The expert with per-episode action noise, interrupted by segments of random actions.
+
+    The world model must see both purposeful motion (to imagine good policies) and exploratory
+    motion (to answer for actions an expert would never take). Each episode draws its noise
+    scale in [0, max_noise]; at each step a random segment of 5-20 steps starts with
+    probability `segment_rate`, during which a random action is held with slow drift.
+    """
+
+    def __init__(self, tasks: Sequence[MujocoTask], seed: int = 0, max_noise: float = 0.5, segment_rate: float = 0.04):
+        self.expert = ExpertPolicy(tasks)
+        self.num_envs, self.action_dim = self.expert.num_envs, self.expert.action_dim
+        self.max_noise, self.segment_rate = max_noise, segment_rate
+        self._rngs = [np.random.default_rng([seed, row]) for row in range(self.num_envs)]
+        self._noise = np.zeros(self.num_envs)
+        self._segment_left = np.zeros(self.num_envs, dtype=np.int64)
+        self._held = np.zeros((self.num_envs, self.action_dim))
+        self.reset()
+
+    def reset(self, mask: np.ndarray | None = None, seeds: list[int] | None = None) -> None:
+        for row in _rows(mask, self.num_envs):
+            if seeds is not None:
+                self._rngs[row] = np.random.default_rng(seeds[row])
+            self._noise[row] = self._rngs[row].uniform(0.0, self.max_noise)
+            self._segment_left[row] = 0
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        actions = self.expert.act(obs).astype(np.float64)
+        for row, rng in enumerate(self._rngs):
+            if self._segment_left[row] == 0 and rng.random() < self.segment_rate:
+                self._segment_left[row] = rng.integers(5, 21)
+                self._held[row] = rng.uniform(-1.0, 1.0, self.action_dim)
+            if self._segment_left[row] > 0:
+                self._segment_left[row] -= 1
+                self._held[row] = np.clip(self._held[row] + rng.normal(0.0, 0.2, self.action_dim), -1, 1)
+                actions[row] = self._held[row]
+            else:
+                actions[row] += rng.normal(0.0, self._noise[row], self.action_dim)
+        return np.clip(actions, -1.0, 1.0).astype(np.float32)
+
+
+def make_scripted_policy(name: str, tasks: Sequence[MujocoTask], seed: int) -> Policy:
+    """Build scripted policy `name` acting in `tasks` (one per batch row)."""
+    if name not in SCRIPTED_POLICIES:
+        raise WmSimError(f"unknown policy {name!r}; expected one of: {', '.join(SCRIPTED_POLICIES)}")
+    if name == "random":
+        return RandomPolicy(tasks[0].action_dim, num_envs=len(tasks), seed=seed)
+    if name == "expert":
+        return ExpertPolicy(tasks)
+    return MixedPolicy(tasks, seed=seed)
+
+
+def _rows(mask: np.ndarray | None, num_envs: int) -> list[int]:
+    if mask is None:
+        return list(range(num_envs))
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != (num_envs,):
+        raise WmSimError(f"reset mask must have shape ({num_envs},), got {mask.shape}")
+    return [int(i) for i in np.flatnonzero(mask)]

@@ -1,0 +1,1 @@
+from wm_sim.cli import main; raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""The `wm-sim` command: `wm-sim <verb> key=value ...`.
+
+Each verb is a short function that builds its parts from one config dataclass; this module only
+finds the verb, composes its config and turns a WmSimError into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+
+from wm_sim.config import describe_options, load_config
+from wm_sim.errors import WmSimError
+
+
+@dataclass(frozen=True)
+class Verb:
+    schema: str  # "module:ConfigClass"
+    run: str  # "module:function", called with the config
+    summary: str
+
+
+VERBS: dict[str, Verb] = {
+    "collect": Verb(
+        schema="wm_sim.collect:CollectConfig",
+        run="wm_sim.collect:collect",
+        summary="record episodes of a scripted policy in a MuJoCo task into a zarr dataset",
+    ),
+}
+
+
+def _resolve(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def usage() -> str:
+    lines = ["usage: wm-sim <verb> key=value ...", "", "verbs:"]
+    lines += [f"  {name:<12} {verb.summary}" for name, verb in VERBS.items()]
+    lines += ["", "`wm-sim <verb> --help` lists a verb's options."]
+    return "\n".join(lines)
+
+
+def verb_help(name: str) -> str:
+    verb = VERBS[name]
+    lines = [f"usage: wm-sim {name} key=value ...", "", verb.summary, "", "options:"]
+    for option, type_name, default, text in describe_options(_resolve(verb.schema)):
+        lines.append(f"  {f'{option}={default}':<32} {type_name:<5} {text}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, overrides = args[0], args[1:]
+    if name not in VERBS:
+        print(f"wm-sim: error: unknown verb {name!r}; expected one of: {', '.join(VERBS)}", file=sys.stderr)
+        return 2
+    if any(a in ("-h", "--help") for a in overrides):
+        print(verb_help(name))
+        return 0
+    verb = VERBS[name]
+    try:
+        cfg = load_config(name, _resolve(verb.schema), overrides)
+        _resolve(verb.run)(cfg)
+    except WmSimError as exc:
+        print(f"wm-sim {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"wm-sim {name}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

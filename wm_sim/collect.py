@@ -1,0 +1,168 @@
+"""`wm-sim collect`: record episodes of a scripted policy in a MuJoCo task into a zarr store.
+
+Rendering dominates the cost, so `workers` processes each run their own MuJoCo and renderer
+while this process alone writes, in episode order: the store is the same whatever the number of
+workers, and a resumed run continues exactly where an uninterrupted one would have been.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from wm_sim.data.store import EpisodeStore
+from wm_sim.envs.catalog import check_task_name, make_task, task_has_expert
+from wm_sim.episodes import dataset_info, record_episode
+from wm_sim.errors import WmSimError
+from wm_sim.policies.scripted import SCRIPTED_POLICIES, make_scripted_policy
+
+
+@dataclass
+class CollectConfig:
+    """Options of `wm-sim collect`."""
+
+    task: str = field(default="reacher", metadata={"help": "reacher, pusher, or gym:<EnvId> (any Gymnasium MuJoCo env)"})
+    policy: str = field(default="mixed", metadata={"help": "random, expert, or mixed (expert with noise and random segments)"})
+    episodes: int = field(default=200, metadata={"help": "episodes the store should hold when done"})
+    image_size: int = field(default=64, metadata={"help": "square frame size in pixels"})
+    seed: int = field(default=0, metadata={"help": "episode i is made from seed (seed, i): reproducible, resumable"})
+    workers: int = field(default=2, metadata={"help": "processes that simulate and render (1 = in this process)"})
+    out: str = field(default="datasets/reacher.zarr", metadata={"help": "the zarr store to create (or continue with resume=true)"})
+    resume: bool = field(default=False, metadata={"help": "continue an existing, compatible store up to `episodes`"})
+
+
+def episode_seed(seed: int, index: int) -> int:
+    """The seed of episode `index` of a collection seeded with `seed`."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def collect(cfg: CollectConfig) -> EpisodeStore:
+    """Fill the store `cfg.out` with `cfg.episodes` episodes; returns the open store."""
+    _check_config(cfg)
+    task = make_task(cfg.task, image_size=cfg.image_size)
+    try:
+        task.reset(0)  # renders once: a task that cannot render fails here, before any store is touched
+        info = dataset_info(task, cfg.task, {"policy": cfg.policy, "seed": cfg.seed})
+    finally:
+        task.close()
+    store = _open_or_create(Path(cfg.out), info, cfg.resume)
+    todo = list(range(store.num_episodes, cfg.episodes))
+    if not todo:
+        print(f"{cfg.out} already holds {store.num_episodes} episodes (asked for {cfg.episodes}); nothing to do")
+        return store
+    jobs = [(index, episode_seed(cfg.seed, index)) for index in todo]
+    with tqdm(total=cfg.episodes, initial=store.num_episodes, unit="ep", desc=f"collect {cfg.task}") as bar:
+        start, frames = time.perf_counter(), 0
+        for index, seed, episode in _run(cfg, jobs):
+            store.append_episode(episode, seed)
+            frames += len(episode["action"])
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix(frames_per_s=f"{frames / elapsed:.0f}", ret=f"{episode['next.reward'].sum():.2f}")
+            bar.update(1)
+    print(f"{cfg.out}: {store.num_episodes} episodes, {store.num_frames} frames")
+    return store
+
+
+def _check_config(cfg: CollectConfig) -> None:
+    check_task_name(cfg.task)
+    if cfg.policy not in SCRIPTED_POLICIES:
+        raise WmSimError(f"unknown policy {cfg.policy!r}; expected one of: {', '.join(SCRIPTED_POLICIES)}")
+    if cfg.policy != "random" and not task_has_expert(cfg.task):
+        raise WmSimError(f"policy={cfg.policy} needs a scripted expert, which task {cfg.task!r} has not; use policy=random")
+    if cfg.episodes <= 0:
+        raise WmSimError(f"episodes must be a positive integer, got {cfg.episodes}")
+    if cfg.workers < 1:
+        raise WmSimError(f"workers must be at least 1, got {cfg.workers}")
+
+
+def _open_or_create(path: Path, info, resume: bool) -> EpisodeStore:
+    if not path.exists():
+        return EpisodeStore.create(path, info)
+    if not resume:
+        raise WmSimError(f"{path} already exists; pass resume=true to continue it, or choose another out=")
+    # read-only first: an incompatible store is refused before anything in it is changed
+    reason = EpisodeStore.open(path, mode="r").info.incompatibility(info)
+    if reason is not None:
+        raise WmSimError(f"cannot resume {path}: {reason}")
+    return EpisodeStore.open(path, mode="a")
+
+
+def _run(cfg: CollectConfig, jobs: list[tuple[int, int]]):
+    """Yield (index, seed, episode) in index order, from this process or from worker processes."""
+    if cfg.workers == 1 or len(jobs) == 1:
+        task = make_task(cfg.task, image_size=cfg.image_size)
+        policy = make_scripted_policy(cfg.policy, [task], seed=cfg.seed)
+        try:
+            for index, seed in jobs:
+                yield index, seed, record_episode(task, policy, seed, index)
+        finally:
+            task.close()
+        return
+    yield from _run_workers(cfg, jobs)
+
+
+def _run_workers(cfg: CollectConfig, jobs: list[tuple[int, int]]):
+    ctx = mp.get_context("spawn")  # MuJoCo's GL contexts and zarr's threads do not survive fork
+    job_queue, result_queue = ctx.Queue(), ctx.Queue()
+    for job in jobs:
+        job_queue.put(job)
+    workers = [
+        ctx.Process(
+            target=_worker, args=(cfg.task, cfg.image_size, cfg.policy, cfg.seed, job_queue, result_queue), daemon=True
+        )
+        for _ in range(min(cfg.workers, len(jobs)))
+    ]
+    for worker in workers:
+        worker.start()
+        job_queue.put(None)  # one stop sign per worker, after every job
+    pending: dict[int, tuple[int, dict]] = {}
+    try:
+        for index, seed in jobs:
+            while index not in pending:
+                got_index, got_seed, episode, error = _next_result(result_queue, workers)
+                if error is not None:
+                    raise WmSimError(f"worker failed on episode {got_index}: {error}")
+                pending[got_index] = (got_seed, episode)
+            seed_, episode = pending.pop(index)
+            yield index, seed_, episode
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()
+            worker.join(timeout=5)
+
+
+def _next_result(result_queue, workers):
+    while True:
+        try:
+            return result_queue.get(timeout=1.0)
+        except queue.Empty:
+            if not any(w.is_alive() for w in workers):
+                raise WmSimError("every collect worker exited before finishing its episodes") from None
+
+
+def _worker(task_name: str, image_size: int, policy_name: str, seed: int, jobs, results) -> None:
+    """Simulate and render episodes until the stop sign, or until the parent process is gone."""
+    parent = mp.parent_process()
+    task = make_task(task_name, image_size=image_size)
+    policy = make_scripted_policy(policy_name, [task], seed=seed)
+    while parent is None or parent.is_alive():  # a parent killed with SIGKILL leaves no orphans behind
+        try:
+            job = jobs.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        if job is None:
+            break
+        index, episode_seed_ = job
+        try:
+            results.put((index, episode_seed_, record_episode(task, policy, episode_seed_, index), None))
+        except Exception as exc:  # reported to the parent, which stops the run with this message
+            results.put((index, episode_seed_, None, f"{type(exc).__name__}: {exc}"))
+            break
+    task.close()

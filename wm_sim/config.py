@@ -1,0 +1,64 @@
+"""Turning `key=value` overrides into a verb's config dataclass, through Hydra's compose API.
+
+Each verb's dataclass (declared next to the code it configures) is the schema and the defaults;
+`configs/<verb>.yaml` starts from it, so a team can change a default in one packaged file, and
+Hydra's override grammar (lists, quoting, `+key=`) works on the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from wm_sim.errors import WmSimError
+
+T = TypeVar("T")
+
+
+def load_config(verb: str, schema: type[T], overrides: list[str]) -> T:
+    """Compose `configs/<verb>.yaml` over `schema` with `overrides`; returns a `schema` instance."""
+    ConfigStore.instance().store(name=f"{verb}_schema", node=schema)
+    known = [f.name for f in dataclasses.fields(schema)]
+    for override in overrides:
+        if "=" not in override:
+            raise WmSimError(f"expected key=value, got {override!r}; see `wm-sim {verb} --help`")
+        key = override.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
+        if key not in known:
+            raise WmSimError(f"unknown option {key!r} for `wm-sim {verb}`; valid options: {', '.join(known)}")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="wm_sim.configs", version_base="1.3"):
+            cfg = compose(config_name=verb, overrides=overrides)
+        return OmegaConf.to_object(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise WmSimError(f"bad option for `wm-sim {verb}`: {_first_line(exc)}; see `wm-sim {verb} --help`") from exc
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def describe_options(schema: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) of every option of a config dataclass."""
+    rows = []
+    for f in dataclasses.fields(schema):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        rows.append((f.name, type_name, default, f.metadata.get("help", "")))
+    return rows
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of the error and of its cause: Hydra puts the useful half in the cause."""
+    parts = []
+    while exc is not None and len(parts) < 2:
+        text = str(exc).strip().splitlines()
+        if text:
+            parts.append(text[0].rstrip("."))
+        exc = exc.__cause__
+    return ": ".join(parts) or "invalid value"

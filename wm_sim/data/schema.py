@@ -1,0 +1,98 @@
+"""What a dataset store holds: key names, feature shapes, and the attributes that describe it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from wm_sim.errors import WmSimError
+
+SCHEMA_VERSION = 1
+IMAGE_PREFIX = "observation.images."
+
+# LeRobot's key names, plus what this project needs to replay and to train termination heads.
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+REWARD_KEY = "next.reward"
+DONE_KEY = "next.done"  # the episode ended here: terminated or truncated (LeRobot's meaning)
+TERMINATED_KEY = "next.terminated"  # the task itself ended the episode (what a continue head learns)
+SUCCESS_KEY = "next.success"
+TIMESTAMP_KEY = "timestamp"
+FRAME_INDEX_KEY = "frame_index"
+EPISODE_INDEX_KEY = "episode_index"
+PHYSICS_STATE_KEY = "physics_state"
+
+
+def image_key(camera: str) -> str:
+    return f"{IMAGE_PREFIX}{camera}"
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One per-frame array: its shape after the frame axis, dtype and (optional) entry names."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    names: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """The store's attributes: enough to interpret, replay and train on it without other files."""
+
+    task: str
+    fps: float
+    image_size: int
+    cameras: list[str]
+    action_low: list[float]
+    action_high: list[float]
+    features: dict[str, Feature]
+    episode_steps: int
+    # how the episodes were made (policy, seed): a resumed collection must match it
+    collection: dict = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_attrs(self) -> dict:
+        attrs = asdict(self)
+        attrs["features"] = {k: {"shape": list(f.shape), "dtype": f.dtype, "names": f.names} for k, f in self.features.items()}
+        return attrs
+
+    @classmethod
+    def from_attrs(cls, attrs: dict, where: str) -> DatasetInfo:
+        version = attrs.get("schema_version")
+        if version is None:
+            raise WmSimError(f"{where} is not a wm-sim dataset: its attributes have no schema_version")
+        if version != SCHEMA_VERSION:
+            raise WmSimError(
+                f"{where} has dataset schema version {version!r}; this wm-sim reads version {SCHEMA_VERSION}"
+            )
+        try:
+            features = {
+                k: Feature(tuple(f["shape"]), f["dtype"], f.get("names")) for k, f in attrs["features"].items()
+            }
+            return cls(
+                task=attrs["task"],
+                fps=float(attrs["fps"]),
+                image_size=int(attrs["image_size"]),
+                cameras=list(attrs["cameras"]),
+                action_low=list(attrs["action_low"]),
+                action_high=list(attrs["action_high"]),
+                features=features,
+                episode_steps=int(attrs["episode_steps"]),
+                collection=dict(attrs.get("collection", {})),
+                schema_version=version,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WmSimError(f"{where} is corrupt: its attributes are incomplete or malformed ({exc!r})") from exc
+
+    def incompatibility(self, other: DatasetInfo) -> str | None:
+        """Why episodes described by `other` cannot join this store, or None when they can."""
+        for name in ("task", "image_size", "fps", "cameras", "episode_steps", "action_low", "action_high"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                return f"it holds {name}={mine!r}, this run makes {name}={theirs!r}"
+        if self.features != other.features:
+            return "its features (keys, shapes or dtypes) differ from this run's"
+        for name, value in other.collection.items():
+            if self.collection.get(name) != value:
+                return f"it was collected with {name}={self.collection.get(name)!r}, this run asks for {value!r}"
+        return None

@@ -1,0 +1,81 @@
+"""Fixed-length training windows (context + horizon frames) from an episode store.
+
+A map-style dataset: `len()` and integer indexing returning dicts of numpy arrays, so it plugs
+into `torch.utils.data.DataLoader` unchanged without this module importing torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from wm_sim.data.store import EpisodeStore
+from wm_sim.errors import WmSimError
+
+SPLITS = ("train", "val", "all")
+
+
+def is_validation_episode(episode: int, val_fraction: float) -> bool:
+    """Whether `episode` belongs to the validation split.
+
+    Every (1 / val_fraction)-th episode, spread evenly: the split depends only on the episode's
+    index, so it never changes as a store grows, and it is the same on every machine.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise WmSimError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    return int((episode + 1) * val_fraction) > int(episode * val_fraction)
+
+
+class EpisodeWindows:
+    """Every window of `context + horizon` consecutive frames lying inside one episode of a split."""
+
+    def __init__(
+        self,
+        store: EpisodeStore | str | Path,
+        context: int,
+        horizon: int,
+        split: str = "train",
+        val_fraction: float = 0.1,
+        keys: list[str] | None = None,
+        stride: int = 1,
+    ):
+        self.store = store if isinstance(store, EpisodeStore) else EpisodeStore.open(store, mode="r")
+        if context < 1 or horizon < 0:
+            raise WmSimError(f"need context >= 1 and horizon >= 0, got context={context}, horizon={horizon}")
+        if split not in SPLITS:
+            raise WmSimError(f"split must be one of {SPLITS}, got {split!r}")
+        if stride < 1:
+            raise WmSimError(f"stride must be >= 1, got {stride}")
+        self.context, self.horizon, self.split = context, horizon, split
+        self.length = context + horizon
+        self.val_fraction = val_fraction
+        self.keys = keys or self.store.keys
+        unknown = set(self.keys) - set(self.store.keys)
+        if unknown:
+            raise WmSimError(f"unknown keys {sorted(unknown)}; the store has {self.store.keys}")
+        self.episodes = self._split_episodes()
+        self._starts = self._window_starts(stride)
+
+    def _split_episodes(self) -> list[int]:
+        episodes = list(range(self.store.num_episodes))
+        if self.split == "all":
+            return episodes
+        want_val = self.split == "val"
+        return [e for e in episodes if is_validation_episode(e, self.val_fraction) == want_val]
+
+    def _window_starts(self, stride: int) -> np.ndarray:
+        starts = []
+        for episode in self.episodes:
+            first, stop = self.store.episode_bounds(episode)
+            starts.extend(range(first, stop - self.length + 1, stride))
+        return np.asarray(starts, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"window {index} out of range for {len(self)} windows")
+        start = int(self._starts[index])
+        return {key: self.store.read(key, start, start + self.length) for key in self.keys}

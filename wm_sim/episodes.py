@@ -1,0 +1,95 @@
+"""Recording one episode of a policy in a physics task, as the rows a dataset store holds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from wm_sim.data.schema import (
+    ACTION_KEY,
+    DONE_KEY,
+    EPISODE_INDEX_KEY,
+    FRAME_INDEX_KEY,
+    PHYSICS_STATE_KEY,
+    REWARD_KEY,
+    STATE_KEY,
+    SUCCESS_KEY,
+    TERMINATED_KEY,
+    TIMESTAMP_KEY,
+    DatasetInfo,
+    Feature,
+    image_key,
+)
+from wm_sim.envs.task import MujocoTask
+from wm_sim.policies.base import Policy
+
+
+def dataset_info(task: MujocoTask, task_name: str, collection: dict) -> DatasetInfo:
+    """The store attributes for episodes of `task` (named `task_name` in the catalog)."""
+    size = task.image_size
+    features = {image_key(cam): Feature((size, size, 3), "uint8") for cam in task.camera_names}
+    features |= {
+        STATE_KEY: Feature((len(task.state_names),), "float32", task.state_names),
+        ACTION_KEY: Feature((task.action_dim,), "float32", task.action_names),
+        REWARD_KEY: Feature((), "float32"),
+        DONE_KEY: Feature((), "bool"),
+        TERMINATED_KEY: Feature((), "bool"),
+        SUCCESS_KEY: Feature((), "bool"),
+        TIMESTAMP_KEY: Feature((), "float32"),
+        FRAME_INDEX_KEY: Feature((), "int64"),
+        EPISODE_INDEX_KEY: Feature((), "int64"),
+        PHYSICS_STATE_KEY: Feature((task.physics_state_size,), "float64"),
+    }
+    return DatasetInfo(
+        task=task_name,
+        fps=float(task.fps),
+        image_size=size,
+        cameras=list(task.camera_names),
+        action_low=[-1.0] * task.action_dim,
+        action_high=[1.0] * task.action_dim,
+        features=features,
+        episode_steps=int(task.episode_steps),
+        collection=collection,
+    )
+
+
+def episode_seeds(episode_seed: int) -> tuple[int, int]:
+    """(task seed, policy seed) for one episode, independent streams derived from its seed."""
+    task_seed, policy_seed = np.random.SeedSequence(episode_seed).generate_state(2)
+    return int(task_seed), int(policy_seed)
+
+
+def record_episode(task: MujocoTask, policy: Policy, episode_seed: int, episode_index: int) -> dict[str, np.ndarray]:
+    """Run `policy` (batch of one) in `task` for one episode; rows hold (o_t, a_t, r_t+1, ...)."""
+    task_seed, policy_seed = episode_seeds(episode_seed)
+    obs = task.reset(task_seed)
+    policy.reset(seeds=[policy_seed])
+    rows: dict[str, list] = {key: [] for key in ("pixels", STATE_KEY, ACTION_KEY, REWARD_KEY, TERMINATED_KEY, SUCCESS_KEY, PHYSICS_STATE_KEY)}
+    for _ in range(task.episode_steps):
+        rows[PHYSICS_STATE_KEY].append(task.get_physics_state())
+        action = policy.act({key: value[None] for key, value in obs.items()})[0]
+        result = task.step(action)
+        rows["pixels"].append(obs["pixels"])
+        rows[STATE_KEY].append(obs["agent_pos"])
+        rows[ACTION_KEY].append(action)
+        rows[REWARD_KEY].append(result.reward)
+        rows[TERMINATED_KEY].append(result.terminated)
+        rows[SUCCESS_KEY].append(result.success)
+        obs = result.obs
+        if result.terminated:
+            break
+    length = len(rows[ACTION_KEY])
+    done = np.zeros(length, dtype=bool)
+    done[-1] = True
+    return {
+        image_key(task.camera_names[0]): np.stack(rows["pixels"]).astype(np.uint8),
+        STATE_KEY: np.stack(rows[STATE_KEY]).astype(np.float32),
+        ACTION_KEY: np.stack(rows[ACTION_KEY]).astype(np.float32),
+        REWARD_KEY: np.asarray(rows[REWARD_KEY], dtype=np.float32),
+        DONE_KEY: done,
+        TERMINATED_KEY: np.asarray(rows[TERMINATED_KEY], dtype=bool),
+        SUCCESS_KEY: np.asarray(rows[SUCCESS_KEY], dtype=bool),
+        TIMESTAMP_KEY: (np.arange(length) / task.fps).astype(np.float32),
+        FRAME_INDEX_KEY: np.arange(length, dtype=np.int64),
+        EPISODE_INDEX_KEY: np.full(length, episode_index, dtype=np.int64),
+        PHYSICS_STATE_KEY: np.stack(rows[PHYSICS_STATE_KEY]).astype(np.float64),
+    }
