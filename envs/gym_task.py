@@ -5,10 +5,10 @@ from __future__ import annotations
 import gymnasium
 import numpy as np
 from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
-
 from wm_sim.envs.catalog import GYM_PREFIX
 from wm_sim.envs.rendering import CameraSpec
 from wm_sim.envs.task import MujocoTask
+
 from wm_sim.errors import WmSimError
 
 
@@ -23,11 +23,15 @@ class GymTask(MujocoTask):
         except gymnasium.error.Error as exc:
             raise WmSimError(f"task {GYM_PREFIX}{env_id}: Gymnasium cannot make it ({exc})") from exc
         except TypeError as exc:  # an env whose constructor takes no width/height does not render offscreen
-            raise WmSimError(f"task {GYM_PREFIX}{env_id} does not render offscreen at a chosen size ({exc})") from exc
+            raise WmSimError(
+                f"task {GYM_PREFIX}{env_id} does not render offscreen at a chosen size ({exc})"
+            ) from exc
         self._env = env.unwrapped
         if not isinstance(self._env, MujocoEnv):
             env.close()
-            raise WmSimError(f"task {GYM_PREFIX}{env_id} is not a Gymnasium MuJoCo environment; expected e.g. gym:Hopper-v5")
+            raise WmSimError(
+                f"task {GYM_PREFIX}{env_id} is not a Gymnasium MuJoCo environment; expected e.g. gym:Hopper-v5"
+            )
         space = self._env.observation_space
         if not isinstance(space, gymnasium.spaces.Box) or len(space.shape) != 1:
             raise WmSimError(f"task {GYM_PREFIX}{env_id} has observation space {space}; expected a flat Box")
@@ -48,7 +52,9 @@ class GymTask(MujocoTask):
         except Exception as exc:  # GL and MuJoCo raise assorted types; one clear line instead
             raise WmSimError(f"task {self.name} failed to render offscreen: {exc}") from exc
         if not isinstance(frame, np.ndarray) or frame.shape != (self.image_size, self.image_size, 3):
-            raise WmSimError(f"task {self.name} rendered {getattr(frame, 'shape', frame)!r}; expected ({self.image_size}, {self.image_size}, 3)")
+            raise WmSimError(
+                f"task {self.name} rendered {getattr(frame, 'shape', frame)!r}; expected ({self.image_size}, {self.image_size}, 3)"
+            )
         return frame.astype(np.uint8, copy=True)
 
     def _reset_physics(self, seed: int) -> None:
@@ -80,5 +86,3 @@ class GymTask(MujocoTask):
 
     def close(self) -> None:
         self._env.close()
-
-

@@ -6,12 +6,11 @@ envs of the same task, so a policy moves between imagination and physics unchang
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
 from gymnasium import spaces
-
 from wm_sim.envs.catalog import make_task
 
 
@@ -24,7 +23,7 @@ class PhysicsTwinEnv(gymnasium.Env):
     ids add Gymnasium's TimeLimit at the task's episode length.
     """
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 50}
 
     def __init__(self, task: str = "reacher", image_size: int = 64, render_mode: str | None = None):
         if render_mode not in (None, "rgb_array"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
-
 from wm_sim.envs.catalog import TASK_SPECS
 from wm_sim.envs.rendering import CameraSpec
 from wm_sim.envs.task import MujocoTask, hinge_angles, hinge_bounds, velocity_bounds

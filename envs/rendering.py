@@ -28,12 +28,17 @@ class CameraSpec:
     thickness: dict[str, float] = field(default_factory=dict)
     # geom names not drawn at all
     hidden: tuple[str, ...] = ()
+    # the camera's headlight (ambient, diffuse): flat, bright light keeps colours legible
+    headlight: tuple[float, float] = (0.5, 0.5)
 
 
 class OffscreenCamera:
     """Renders (H, W, 3) uint8 frames of `model`/`data` from one CameraSpec."""
 
     def __init__(self, model: mujoco.MjModel, image_size: int, spec: CameraSpec):
+        # model.vis only affects drawing, never the dynamics
+        model.vis.headlight.ambient[:] = spec.headlight[0]
+        model.vis.headlight.diffuse[:] = spec.headlight[1]
         try:
             self._renderer = mujoco.Renderer(model, height=image_size, width=image_size)
         except Exception as exc:  # the GL backends raise assorted types; re-raise as one clear line
@@ -42,6 +47,10 @@ class OffscreenCamera:
                 "install the EGL libraries (Debian: apt-get install libegl1 libgl1 libgles2) "
                 "or set MUJOCO_GL=osmesa"
             ) from exc
+        # Shadow maps (4096^2) and reflections cost ~10x the frame itself on a software renderer,
+        # and at 64x64 they only add clutter.
+        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
+            self._renderer.scene.flags[flag] = False
         self._camera = mujoco.MjvCamera()
         self._camera.type = mujoco.mjtCamera.mjCAMERA_FREE
         self._camera.lookat[:] = spec.lookat
@@ -69,9 +78,7 @@ class OffscreenCamera:
         self._renderer.close()
 
 
-def _resolve_styles(
-    model: mujoco.MjModel, spec: CameraSpec
-) -> dict[int, tuple[np.ndarray | None, float]]:
+def _resolve_styles(model: mujoco.MjModel, spec: CameraSpec) -> dict[int, tuple[np.ndarray | None, float]]:
     names = set(spec.colours) | set(spec.thickness) | set(spec.hidden)
     styles: dict[int, tuple[np.ndarray | None, float]] = {}
     for name in names:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import mujoco
 import numpy as np
-
 from wm_sim.envs.rendering import CameraSpec, OffscreenCamera
+
 from wm_sim.errors import WmSimError
 
 # The full integration state: time, qpos, qvel, act, warm-start accelerations, controls, mocap,
@@ -93,7 +93,10 @@ class MujocoTask(ABC):
 
     @property
     def action_names(self) -> list[str]:
-        return [mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_ACTUATOR, i) or f"a{i}" for i in range(self.model.nu)]
+        return [
+            mujoco.mj_id2name(self.model, mujoco.mjtObj.mjOBJ_ACTUATOR, i) or f"a{i}"
+            for i in range(self.model.nu)
+        ]
 
     def reset(self, seed: int) -> dict[str, np.ndarray]:
         """Start a new episode from `seed`; the same seed gives the same start state."""
@@ -169,7 +172,9 @@ def hinge_angles(model: mujoco.MjModel, data: mujoco.MjData, joint_ids: list[int
     return angles
 
 
-def hinge_bounds(model: mujoco.MjModel, joint_ids: list[int], margin: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def hinge_bounds(
+    model: mujoco.MjModel, joint_ids: list[int], margin: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
     """Bounds of hinge_angles: the joint range widened by `margin` (limits are soft), or [-pi, pi]."""
     limited = model.jnt_limited[joint_ids].astype(bool)
     low = np.where(limited, model.jnt_range[joint_ids, 0] - margin, -np.pi)
@@ -187,7 +192,10 @@ def velocity_bounds(model: mujoco.MjModel, joint_ids: list[int], fallback: float
     for i, joint in enumerate(joint_ids):
         dof = model.jnt_dofadr[joint]
         acting = [a for a in range(model.nu) if model.actuator_trnid[a, 0] == joint]
-        torque = max((abs(model.actuator_gear[a, 0]) * np.abs(model.actuator_ctrlrange[a]).max() for a in acting), default=0.0)
+        torque = max(
+            (abs(model.actuator_gear[a, 0]) * np.abs(model.actuator_ctrlrange[a]).max() for a in acting),
+            default=0.0,
+        )
         if torque > 0 and model.dof_damping[dof] > 0:
             limits[i] = torque / model.dof_damping[dof]
     return limits

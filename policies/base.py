@@ -22,5 +22,5 @@ class Policy(ABC):
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """(num_envs, action_dim) float32 actions for the current observations."""
 
-    def reset(self, mask: np.ndarray | None = None, seeds: list[int] | None = None) -> None:
+    def reset(self, mask: np.ndarray | None = None, seeds: list[int] | None = None) -> None:  # noqa: B027 (stateless policies keep this no-op)
         """Start new episodes for the rows in `mask` (all rows when None), optionally reseeding them."""

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
 from wm_sim.envs.task import MujocoTask
-from wm_sim.errors import WmSimError
 from wm_sim.policies.base import Policy
+
+from wm_sim.errors import WmSimError
 
 SCRIPTED_POLICIES = ("random", "expert", "mixed")
 
@@ -53,7 +53,9 @@ class MixedPolicy(Policy):
     probability `segment_rate`, during which a random action is held with slow drift.
     """
 
-    def __init__(self, tasks: Sequence[MujocoTask], seed: int = 0, max_noise: float = 0.5, segment_rate: float = 0.04):
+    def __init__(
+        self, tasks: Sequence[MujocoTask], seed: int = 0, max_noise: float = 0.5, segment_rate: float = 0.04
+    ):
         self.expert = ExpertPolicy(tasks)
         self.num_envs, self.action_dim = self.expert.num_envs, self.expert.action_dim
         self.max_noise, self.segment_rate = max_noise, segment_rate

@@ -12,8 +12,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 if os.environ["MUJOCO_GL"] in ("egl", "osmesa"):
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
-from wm_sim.errors import WmSimError  # noqa: E402
-from wm_sim.registration import register_envs  # noqa: E402
+from wm_sim.errors import WmSimError
+from wm_sim.registration import register_envs
 
 __version__ = "0.1.0"
 __all__ = ["WmSimError", "__version__", "register_envs"]

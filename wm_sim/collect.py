@@ -27,14 +27,27 @@ from wm_sim.policies.scripted import SCRIPTED_POLICIES, make_scripted_policy
 class CollectConfig:
     """Options of `wm-sim collect`."""
 
-    task: str = field(default="reacher", metadata={"help": "reacher, pusher, or gym:<EnvId> (any Gymnasium MuJoCo env)"})
-    policy: str = field(default="mixed", metadata={"help": "random, expert, or mixed (expert with noise and random segments)"})
+    task: str = field(
+        default="reacher", metadata={"help": "reacher, pusher, or gym:<EnvId> (any Gymnasium MuJoCo env)"}
+    )
+    policy: str = field(
+        default="mixed", metadata={"help": "random, expert, or mixed (expert with noise and random segments)"}
+    )
     episodes: int = field(default=200, metadata={"help": "episodes the store should hold when done"})
     image_size: int = field(default=64, metadata={"help": "square frame size in pixels"})
-    seed: int = field(default=0, metadata={"help": "episode i is made from seed (seed, i): reproducible, resumable"})
-    workers: int = field(default=2, metadata={"help": "processes that simulate and render (1 = in this process)"})
-    out: str = field(default="datasets/reacher.zarr", metadata={"help": "the zarr store to create (or continue with resume=true)"})
-    resume: bool = field(default=False, metadata={"help": "continue an existing, compatible store up to `episodes`"})
+    seed: int = field(
+        default=0, metadata={"help": "episode i is made from seed (seed, i): reproducible, resumable"}
+    )
+    workers: int = field(
+        default=2, metadata={"help": "processes that simulate and render (1 = in this process)"}
+    )
+    out: str = field(
+        default="datasets/reacher.zarr",
+        metadata={"help": "the zarr store to create (or continue with resume=true)"},
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "continue an existing, compatible store up to `episodes`"}
+    )
 
 
 def episode_seed(seed: int, index: int) -> int:
@@ -54,12 +67,14 @@ def collect(cfg: CollectConfig) -> EpisodeStore:
     store = _open_or_create(Path(cfg.out), info, cfg.resume)
     todo = list(range(store.num_episodes, cfg.episodes))
     if not todo:
-        print(f"{cfg.out} already holds {store.num_episodes} episodes (asked for {cfg.episodes}); nothing to do")
+        print(
+            f"{cfg.out} already holds {store.num_episodes} episodes (asked for {cfg.episodes}); nothing to do"
+        )
         return store
     jobs = [(index, episode_seed(cfg.seed, index)) for index in todo]
     with tqdm(total=cfg.episodes, initial=store.num_episodes, unit="ep", desc=f"collect {cfg.task}") as bar:
         start, frames = time.perf_counter(), 0
-        for index, seed, episode in _run(cfg, jobs):
+        for _, seed, episode in _run(cfg, jobs):
             store.append_episode(episode, seed)
             frames += len(episode["action"])
             elapsed = max(time.perf_counter() - start, 1e-9)
@@ -74,7 +89,9 @@ def _check_config(cfg: CollectConfig) -> None:
     if cfg.policy not in SCRIPTED_POLICIES:
         raise WmSimError(f"unknown policy {cfg.policy!r}; expected one of: {', '.join(SCRIPTED_POLICIES)}")
     if cfg.policy != "random" and not task_has_expert(cfg.task):
-        raise WmSimError(f"policy={cfg.policy} needs a scripted expert, which task {cfg.task!r} has not; use policy=random")
+        raise WmSimError(
+            f"policy={cfg.policy} needs a scripted expert, which task {cfg.task!r} has not; use policy=random"
+        )
     if cfg.episodes <= 0:
         raise WmSimError(f"episodes must be a positive integer, got {cfg.episodes}")
     if cfg.workers < 1:
@@ -114,7 +131,9 @@ def _run_workers(cfg: CollectConfig, jobs: list[tuple[int, int]]):
         job_queue.put(job)
     workers = [
         ctx.Process(
-            target=_worker, args=(cfg.task, cfg.image_size, cfg.policy, cfg.seed, job_queue, result_queue), daemon=True
+            target=_worker,
+            args=(cfg.task, cfg.image_size, cfg.policy, cfg.seed, job_queue, result_queue),
+            daemon=True,
         )
         for _ in range(min(cfg.workers, len(jobs)))
     ]
@@ -123,7 +142,7 @@ def _run_workers(cfg: CollectConfig, jobs: list[tuple[int, int]]):
         job_queue.put(None)  # one stop sign per worker, after every job
     pending: dict[int, tuple[int, dict]] = {}
     try:
-        for index, seed in jobs:
+        for index, _ in jobs:
             while index not in pending:
                 got_index, got_seed, episode, error = _next_result(result_queue, workers)
                 if error is not None:
@@ -152,17 +171,23 @@ def _worker(task_name: str, image_size: int, policy_name: str, seed: int, jobs, 
     parent = mp.parent_process()
     task = make_task(task_name, image_size=image_size)
     policy = make_scripted_policy(policy_name, [task], seed=seed)
-    while parent is None or parent.is_alive():  # a parent killed with SIGKILL leaves no orphans behind
-        try:
-            job = jobs.get(timeout=0.5)
-        except queue.Empty:
-            continue
-        if job is None:
-            break
-        index, episode_seed_ = job
-        try:
-            results.put((index, episode_seed_, record_episode(task, policy, episode_seed_, index), None))
-        except Exception as exc:  # reported to the parent, which stops the run with this message
-            results.put((index, episode_seed_, None, f"{type(exc).__name__}: {exc}"))
-            break
-    task.close()
+    try:
+        while True:
+            if parent is not None and not parent.is_alive():
+                # Killed parent (SIGKILL): nobody will read what is queued, so do not wait to flush it.
+                results.cancel_join_thread()
+                return
+            try:
+                job = jobs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if job is None:
+                return
+            index, episode_seed_ = job
+            try:
+                results.put((index, episode_seed_, record_episode(task, policy, episode_seed_, index), None))
+            except Exception as exc:  # reported to the parent, which stops the run with this message
+                results.put((index, episode_seed_, None, f"{type(exc).__name__}: {exc}"))
+                return
+    finally:
+        task.close()

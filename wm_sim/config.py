@@ -38,7 +38,9 @@ def load_config(verb: str, schema: type[T], overrides: list[str]) -> T:
             cfg = compose(config_name=verb, overrides=overrides)
         return OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
-        raise WmSimError(f"bad option for `wm-sim {verb}`: {_first_line(exc)}; see `wm-sim {verb} --help`") from exc
+        raise WmSimError(
+            f"bad option for `wm-sim {verb}`: {_first_line(exc)}; see `wm-sim {verb} --help`"
+        ) from exc
     finally:
         GlobalHydra.instance().clear()
 

@@ -58,12 +58,25 @@ def episode_seeds(episode_seed: int) -> tuple[int, int]:
     return int(task_seed), int(policy_seed)
 
 
-def record_episode(task: MujocoTask, policy: Policy, episode_seed: int, episode_index: int) -> dict[str, np.ndarray]:
+def record_episode(
+    task: MujocoTask, policy: Policy, episode_seed: int, episode_index: int
+) -> dict[str, np.ndarray]:
     """Run `policy` (batch of one) in `task` for one episode; rows hold (o_t, a_t, r_t+1, ...)."""
     task_seed, policy_seed = episode_seeds(episode_seed)
     obs = task.reset(task_seed)
     policy.reset(seeds=[policy_seed])
-    rows: dict[str, list] = {key: [] for key in ("pixels", STATE_KEY, ACTION_KEY, REWARD_KEY, TERMINATED_KEY, SUCCESS_KEY, PHYSICS_STATE_KEY)}
+    rows: dict[str, list] = {
+        key: []
+        for key in (
+            "pixels",
+            STATE_KEY,
+            ACTION_KEY,
+            REWARD_KEY,
+            TERMINATED_KEY,
+            SUCCESS_KEY,
+            PHYSICS_STATE_KEY,
+        )
+    }
     for _ in range(task.episode_steps):
         rows[PHYSICS_STATE_KEY].append(task.get_physics_state())
         action = policy.act({key: value[None] for key, value in obs.items()})[0]

@@ -46,6 +46,5 @@ def require(name: str) -> ModuleType:
         return importlib.import_module(name)
     except ImportError as exc:
         raise MissingDependencyError(
-            f"{purpose} needs the package {name!r}, which is not installed: "
-            f'pip install "wm-sim[{extra}]"'
+            f'{purpose} needs the package {name!r}, which is not installed: pip install "wm-sim[{extra}]"'
         ) from exc

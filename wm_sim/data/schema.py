@@ -53,7 +53,9 @@ class DatasetInfo:
 
     def to_attrs(self) -> dict:
         attrs = asdict(self)
-        attrs["features"] = {k: {"shape": list(f.shape), "dtype": f.dtype, "names": f.names} for k, f in self.features.items()}
+        attrs["features"] = {
+            k: {"shape": list(f.shape), "dtype": f.dtype, "names": f.names} for k, f in self.features.items()
+        }
         return attrs
 
     @classmethod
@@ -67,7 +69,8 @@ class DatasetInfo:
             )
         try:
             features = {
-                k: Feature(tuple(f["shape"]), f["dtype"], f.get("names")) for k, f in attrs["features"].items()
+                k: Feature(tuple(f["shape"]), f["dtype"], f.get("names"))
+                for k, f in attrs["features"].items()
             }
             return cls(
                 task=attrs["task"],
@@ -82,7 +85,9 @@ class DatasetInfo:
                 schema_version=version,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise WmSimError(f"{where} is corrupt: its attributes are incomplete or malformed ({exc!r})") from exc
+            raise WmSimError(
+                f"{where} is corrupt: its attributes are incomplete or malformed ({exc!r})"
+            ) from exc
 
     def incompatibility(self, other: DatasetInfo) -> str | None:
         """Why episodes described by `other` cannot join this store, or None when they can."""
@@ -94,5 +99,7 @@ class DatasetInfo:
             return "its features (keys, shapes or dtypes) differ from this run's"
         for name, value in other.collection.items():
             if self.collection.get(name) != value:
-                return f"it was collected with {name}={self.collection.get(name)!r}, this run asks for {value!r}"
+                return (
+                    f"it was collected with {name}={self.collection.get(name)!r}, this run asks for {value!r}"
+                )
         return None

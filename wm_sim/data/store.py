@@ -58,7 +58,12 @@ class EpisodeStore:
             else:
                 chunks, shards = (ROWS_PER_CHUNK, *feature.shape), None
             data.create_array(
-                key, shape=(0, *feature.shape), dtype=feature.dtype, chunks=chunks, shards=shards, fill_value=0
+                key,
+                shape=(0, *feature.shape),
+                dtype=feature.dtype,
+                chunks=chunks,
+                shards=shards,
+                fill_value=0,
             )
         meta = root.create_group("meta")
         for key in ("episode_ends", "episode_seed"):
@@ -204,7 +209,9 @@ def _check_episode(episode: Mapping[str, np.ndarray], info: DatasetInfo) -> int:
     missing = set(info.features) - set(episode)
     extra = set(episode) - set(info.features)
     if missing or extra:
-        raise WmSimError(f"episode keys do not match the store: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        raise WmSimError(
+            f"episode keys do not match the store: missing {sorted(missing)}, unexpected {sorted(extra)}"
+        )
     lengths = {key: len(value) for key, value in episode.items()}
     if len(set(lengths.values())) != 1:
         raise WmSimError(f"episode arrays differ in length: {lengths}")

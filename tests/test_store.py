@@ -1,0 +1,188 @@
+"""The zarr episode store: layout, attributes, crash debris, concurrent readers, training windows."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+
+from wm_sim.data.schema import SCHEMA_VERSION, image_key
+from wm_sim.data.store import FRAMES_PER_SHARD, EpisodeStore
+from wm_sim.data.windows import EpisodeWindows, is_validation_episode
+from wm_sim.errors import WmSimError
+
+LEROBOT_KEYS = ["observation.state", "action", "next.reward", "next.done", "next.success", "timestamp"]
+
+
+@pytest.fixture
+def store_copy(reacher_store_path, tmp_path):
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(reacher_store_path, copy)
+    return copy
+
+
+def test_layout_follows_diffusion_policy_with_lerobot_keys(reacher_store_path):
+    root = zarr.open_group(str(reacher_store_path), mode="r")
+    data_keys = set(root["data"].array_keys())
+    assert {image_key("top"), *LEROBOT_KEYS, "next.terminated", "physics_state"} <= data_keys
+    assert set(root["meta"].array_keys()) == {"episode_ends", "episode_seed"}
+    ends = root["meta"]["episode_ends"][:]
+    assert ends.tolist() == [50, 100, 150, 200]
+    assert root["data"][image_key("top")].shape == (200, 64, 64, 3)
+    assert root["data"][image_key("top")].dtype == np.uint8
+    attrs = dict(root.attrs)
+    assert attrs["schema_version"] == SCHEMA_VERSION
+    assert attrs["task"] == "reacher" and attrs["fps"] == 50.0 and attrs["image_size"] == 64
+    assert attrs["cameras"] == ["top"]
+    assert attrs["action_low"] == [-1.0, -1.0] and attrs["action_high"] == [1.0, 1.0]
+    assert attrs["features"]["observation.state"]["names"] == [
+        "joint0.pos",
+        "joint1.pos",
+        "joint0.vel",
+        "joint1.vel",
+    ]
+    assert attrs["features"]["action"]["shape"] == [2]
+
+
+def test_images_are_chunked_per_frame_and_sharded_per_block(reacher_store_path):
+    images = zarr.open_array(str(reacher_store_path / "data" / image_key("top")), mode="r")
+    assert images.chunks == (1, 64, 64, 3)
+    assert images.shards == (FRAMES_PER_SHARD, 64, 64, 3)
+    chunk_files = [
+        p
+        for p in (reacher_store_path / "data" / image_key("top")).rglob("*")
+        if p.is_file() and p.name != "zarr.json"
+    ]
+    assert 1 <= len(chunk_files) <= 200 // FRAMES_PER_SHARD + 1  # not one file per frame
+
+
+def test_episode_rows_are_consistent(reacher_store_path):
+    store = EpisodeStore.open(reacher_store_path)
+    for e in range(store.num_episodes):
+        ep = store.episode(e)
+        assert ep["frame_index"].tolist() == list(range(50))
+        assert set(ep["episode_index"].tolist()) == {e}
+        assert ep["next.done"].tolist() == [False] * 49 + [True]
+        np.testing.assert_allclose(ep["timestamp"], np.arange(50) / 50.0, rtol=1e-6)
+        assert np.all(np.abs(ep["action"]) <= 1.0)
+
+
+def test_open_refuses_missing_foreign_and_unknown_version_stores(tmp_path, store_copy):
+    with pytest.raises(WmSimError, match="no dataset store"):
+        EpisodeStore.open(tmp_path / "absent.zarr")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(WmSimError, match="not a zarr v3 dataset store"):
+        EpisodeStore.open(tmp_path / "plain")
+    meta = json.loads((store_copy / "zarr.json").read_text())
+    meta["attributes"]["schema_version"] = 99
+    (store_copy / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(WmSimError, match="schema version 99"):
+        EpisodeStore.open(store_copy)
+
+
+def test_open_refuses_corrupt_metadata(store_copy):
+    (store_copy / "zarr.json").write_text("{ not json")
+    with pytest.raises(WmSimError, match="corrupt"):
+        EpisodeStore.open(store_copy)
+
+
+def test_open_refuses_store_with_a_missing_array(store_copy):
+    shutil.rmtree(store_copy / "data" / "action")
+    with pytest.raises(WmSimError, match="corrupt"):
+        EpisodeStore.open(store_copy)
+
+
+def test_half_written_episode_is_invisible_and_trimmed_on_append(store_copy):
+    # What a kill between writing rows and committing the episode leaves behind:
+    root = zarr.open_group(str(store_copy), mode="r+")
+    for key in root["data"].array_keys():
+        arr = root["data"][key]
+        arr.resize((230, *arr.shape[1:]))
+    root["meta"]["episode_seed"].resize((5,))
+    root["meta"]["episode_ends"].resize((5,))  # grown, but the end itself never written (reads 0)
+    (store_copy / "data" / "action" / "junk.1234.partial").write_bytes(b"torn")
+
+    reader = EpisodeStore.open(store_copy, mode="r")
+    assert reader.num_episodes == 4 and reader.num_frames == 200
+    writer = EpisodeStore.open(store_copy, mode="a")
+    assert all(writer.array(k).shape[0] == 200 for k in writer.keys)
+    assert not list(store_copy.rglob("*.partial"))
+    writer.append_episode(reader.episode(1), seed=123)
+    reopened = EpisodeStore.open(store_copy)
+    assert reopened.episode_ends.tolist() == [50, 100, 150, 200, 250]
+    np.testing.assert_array_equal(reopened.episode(4)[image_key("top")], reader.episode(1)[image_key("top")])
+    assert reopened.episode_seeds()[-1] == 123
+
+
+def test_reader_sees_a_consistent_snapshot_while_a_writer_appends(store_copy):
+    reader = EpisodeStore.open(store_copy, mode="r")
+    writer = EpisodeStore.open(store_copy, mode="a")
+    before = reader.episode(3)
+    writer.append_episode(before, seed=1)
+    assert reader.num_episodes == 4
+    np.testing.assert_array_equal(reader.episode(3)["action"], before["action"])
+    with pytest.raises(IndexError):
+        reader.read("action", 200, 250)
+    reader.refresh()
+    assert reader.num_episodes == 5
+    np.testing.assert_array_equal(reader.episode(4)["action"], before["action"])
+
+
+def test_read_only_store_refuses_appends(reacher_store_path):
+    store = EpisodeStore.open(reacher_store_path, mode="r")
+    with pytest.raises(WmSimError, match="read-only"):
+        store.append_episode(store.episode(0), seed=0)
+
+
+def test_append_refuses_malformed_episodes(store_copy):
+    store = EpisodeStore.open(store_copy, mode="a")
+    episode = store.episode(0)
+    with pytest.raises(WmSimError, match="missing"):
+        store.append_episode({k: v for k, v in episode.items() if k != "action"}, seed=0)
+    with pytest.raises(WmSimError, match="differ in length"):
+        store.append_episode({**episode, "action": episode["action"][:10]}, seed=0)
+    with pytest.raises(WmSimError, match="dtype"):
+        store.append_episode({**episode, "action": episode["action"].astype(np.float64)}, seed=0)
+    assert EpisodeStore.open(store_copy).num_episodes == 4
+
+
+def test_create_never_overwrites(reacher_store_path):
+    store = EpisodeStore.open(reacher_store_path)
+    with pytest.raises(WmSimError, match="already exists"):
+        EpisodeStore.create(reacher_store_path, store.info)
+
+
+def test_validation_split_is_stable_and_proportional():
+    flags = [is_validation_episode(e, 0.1) for e in range(1000)]
+    assert sum(flags) == 100
+    assert flags[:20] == [is_validation_episode(e, 0.1) for e in range(20)]  # depends on the index alone
+    assert not any(is_validation_episode(e, 0.0) for e in range(100))
+    with pytest.raises(WmSimError):
+        is_validation_episode(0, 1.0)
+
+
+def test_windows_stay_inside_episodes_and_splits_are_disjoint(reacher_store_path):
+    context, horizon = 4, 3
+    train = EpisodeWindows(reacher_store_path, context, horizon, split="train", val_fraction=0.5)
+    val = EpisodeWindows(reacher_store_path, context, horizon, split="val", val_fraction=0.5)
+    assert set(train.episodes).isdisjoint(val.episodes)
+    assert sorted(train.episodes + val.episodes) == [0, 1, 2, 3]
+    assert len(train) == len(train.episodes) * (50 - 7 + 1)
+    for i in (0, len(train) // 2, len(train) - 1):
+        window = train[i]
+        assert window[image_key("top")].shape == (7, 64, 64, 3)
+        assert len(set(window["episode_index"].tolist())) == 1
+        assert np.all(np.diff(window["frame_index"]) == 1)
+    with pytest.raises(IndexError):
+        train[len(train)]
+
+
+def test_windows_work_with_a_torch_dataloader(reacher_store_path):
+    torch = pytest.importorskip("torch")
+    windows = EpisodeWindows(reacher_store_path, 2, 1, split="all", keys=[image_key("top"), "action"])
+    batch = next(iter(torch.utils.data.DataLoader(windows, batch_size=5, shuffle=True)))
+    assert batch[image_key("top")].shape == (5, 3, 64, 64, 3)
+    assert batch["action"].dtype == torch.float32

@@ -1,0 +1,178 @@
+"""MuJoCo tasks: legible frames, exact replay from physics state, experts, the Gymnasium twins."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from wm_sim.envs import make_task
+
+from wm_sim.errors import WmSimError
+from wm_sim.registration import PHYSICS_TWIN_IDS
+
+TWIN_IDS = list(PHYSICS_TWIN_IDS.values())
+
+
+@pytest.mark.parametrize("env_id", TWIN_IDS)
+def test_physics_twin_passes_check_env_without_warnings(env_id):
+    env = gym.make(env_id, render_mode="rgb_array")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped)
+    assert [str(w.message) for w in caught] == []
+    assert isinstance(env.observation_space, gym.spaces.Dict)
+    assert env.observation_space["pixels"].dtype == np.uint8
+    assert env.observation_space["agent_pos"].dtype == np.float32
+    assert env.action_space.dtype == np.float32
+    assert np.all(env.action_space.low == -1) and np.all(env.action_space.high == 1)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", TWIN_IDS)
+def test_same_seed_gives_the_same_episode(env_id):
+    def rollout(seed: int):
+        env = gym.make(env_id)
+        env.action_space.seed(seed)
+        obs, _ = env.reset(seed=seed)
+        frames, rewards = [obs["pixels"]], []
+        for _ in range(15):
+            obs, reward, *_ = env.step(env.action_space.sample())
+            frames.append(obs["pixels"])
+            rewards.append(reward)
+        env.close()
+        return np.stack(frames), np.array(rewards)
+
+    frames_a, rewards_a = rollout(3)
+    frames_b, rewards_b = rollout(3)
+    frames_c, _ = rollout(4)
+    np.testing.assert_array_equal(frames_a, frames_b)
+    np.testing.assert_array_equal(rewards_a, rewards_b)
+    assert not np.array_equal(frames_a, frames_c)
+
+
+@pytest.mark.parametrize("env_id", TWIN_IDS)
+def test_twin_truncates_at_the_task_episode_length(env_id):
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    steps, truncated = 0, False
+    while not truncated:
+        *_, truncated, _ = env.step(env.action_space.sample())
+        steps += 1
+    assert steps == env.spec.max_episode_steps == env.unwrapped.task.episode_steps
+    env.close()
+
+
+@pytest.mark.parametrize("task_name", ["reacher", "pusher", "gym:Hopper-v5"])
+def test_restoring_physics_state_replays_frames_and_rewards_exactly(task_name):
+    task = make_task(task_name)
+    rng = np.random.default_rng(0)
+    task.reset(5)
+    for _ in range(3):
+        task.step(rng.uniform(-1, 1, task.action_dim))
+    start = task.get_physics_state()
+    actions = rng.uniform(-1, 1, (12, task.action_dim)).astype(np.float32)
+    first = [task.step(a) for a in actions]
+    task.reset(99)  # somewhere else entirely
+    task.set_physics_state(start)
+    second = [task.step(a) for a in actions]
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a.obs["pixels"], b.obs["pixels"])
+        np.testing.assert_array_equal(a.obs["agent_pos"], b.obs["agent_pos"])
+        assert a.reward == b.reward
+    task.close()
+
+
+def _count(frame: np.ndarray, colour: str) -> int:
+    """Pixels of a clearly saturated hue (orange, blue, red) or near-white."""
+    r, g, b = (frame[..., i].astype(int) for i in range(3))
+    masks = {
+        "orange": (r > 120) & (r - b > 80) & (g - b > 30),
+        "blue": (b > 120) & (b - r > 60),
+        "red": (r > 120) & (r - g > 80) & (r - b > 80) & (g - b < 30),
+        "white": (r > 170) & (g > 170) & (b > 170),
+    }
+    return int(masks[colour].sum())
+
+
+def test_reacher_frame_shows_arm_and_target_at_64px():
+    task = make_task("reacher", image_size=64)
+    for seed in range(5):
+        frame = task.reset(seed)["pixels"]
+        assert frame.shape == (64, 64, 3)
+        # link0 orange and link1 blue each cover a visible stretch; the target is a red blob
+        assert _count(frame, "orange") >= 25, seed
+        assert _count(frame, "blue") >= 25, seed
+        assert _count(frame, "red") >= 6, seed
+    task.close()
+
+
+def test_pusher_frame_shows_arm_puck_and_goal_at_64px():
+    task = make_task("pusher", image_size=64)
+    frame = task.reset(0)["pixels"]
+    background = np.median(frame.reshape(-1, 3), axis=0)
+    assert (
+        np.abs(frame.astype(int) - background).max(axis=-1) > 40
+    ).mean() > 0.10  # robot + objects fill the frame
+    assert _count(frame, "red") >= 6  # the goal
+    assert _count(frame, "white") >= 4  # the puck
+    task.close()
+
+
+@pytest.mark.parametrize(("task_name", "min_success"), [("reacher", 0.9), ("pusher", 0.6)])
+def test_scripted_expert_succeeds_and_beats_random(task_name, min_success):
+    task = make_task(task_name)
+    rng = np.random.default_rng(0)
+    successes, expert_returns, random_returns = [], [], []
+    for seed in range(10):
+        task.reset(seed)
+        total, success = 0.0, False
+        for _ in range(task.episode_steps):
+            result = task.step(task.expert_action())
+            total += result.reward
+            success = result.success
+        successes.append(success)
+        expert_returns.append(total)
+        task.reset(seed)
+        random_returns.append(
+            sum(task.step(rng.uniform(-1, 1, task.action_dim)).reward for _ in range(task.episode_steps))
+        )
+    assert np.mean(successes) >= min_success
+    assert np.mean(expert_returns) > np.mean(random_returns) + 5.0
+    task.close()
+
+
+def test_gym_task_reward_is_the_environments_own():
+    task = make_task("gym:Hopper-v5")
+    env = gym.make("Hopper-v5")
+    env.reset(seed=11)
+    task.reset(11)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        action = rng.uniform(-1, 1, task.action_dim).astype(np.float32)
+        _, reward, terminated, _, _ = env.step(action)  # Hopper's actions already span [-1, 1]
+        result = task.step(action)
+        assert result.reward == pytest.approx(reward, rel=1e-9, abs=1e-9)
+        assert result.terminated == terminated
+        if terminated:
+            break
+    env.close()
+    task.close()
+
+
+@pytest.mark.parametrize("name", ["nope", "gym:", "gym:CartPole-v1", "gym:NoSuchEnv-v0"])
+def test_bad_task_names_raise_clear_errors(name):
+    with pytest.raises(WmSimError):
+        make_task(name)
+
+
+def test_wrong_action_shape_is_refused():
+    task = make_task("reacher")
+    task.reset(0)
+    with pytest.raises(WmSimError, match="2 entries"):
+        task.step(np.zeros(3))
+    with pytest.raises(WmSimError, match="finite"):
+        task.step(np.array([np.nan, 0.0]))
+    task.close()
