@@ -5,7 +5,6 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 from gymnasium.envs.mujoco.pusher_v5 import PusherEnv
-
 from wm_sim.envs.catalog import TASK_SPECS
 from wm_sim.envs.rendering import CameraSpec
 from wm_sim.envs.task import MujocoTask, hinge_angles, hinge_bounds, velocity_bounds
@@ -23,6 +22,9 @@ ARM_JOINTS = (
     "r_wrist_roll_joint",
 )
 
+# The arm's named link geoms (the scoop's capsules, the puck and the goal are unnamed in the model)
+ARM_GEOMS = ("sp", "sl", "uar", "ua", "ef", "fr", "fa", "wf")
+
 
 class PusherTask(MujocoTask):
     """Seven-joint arm and a puck; the puck and goal are visible only in the pixels."""
@@ -38,19 +40,27 @@ class PusherTask(MujocoTask):
         self._arm_joints = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, n) for n in ARM_JOINTS]
         self._arm_dofs = [int(m.jnt_dofadr[j]) for j in self._arm_joints]
         self._arm_qpos = [int(m.jnt_qposadr[j]) for j in self._arm_joints]
-        self._mid_range = m.jnt_range[self._arm_joints].mean(axis=1)
+        self._arm_range = m.jnt_range[self._arm_joints].copy()
         self._tip = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "tips_arm")
         self._hand = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "r_wrist_roll_link")
+        self._scratch = mujoco.MjData(m)  # kinematics for the expert's inverse kinematics only
         self._object = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "object")
         self._goal = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "goal")
 
     def camera_spec(self) -> CameraSpec:
+        """Steeply from above, looking back at the arm, framing where the puck starts, the goal and the hand.
+
+        Steep, so the arm rarely covers the puck; the arm in blue so that the white puck and the grey scoop
+        stand out from it at 64x64; the thin wrist link and the finger tips thickened.
+        """
+        arm = (0.25, 0.45, 0.85, 1.0)
         return CameraSpec(
-            lookat=(0.25, -0.2, -0.3),
-            distance=1.3,
+            lookat=(0.42, -0.2, -0.32),
+            distance=0.9,
             azimuth=180.0,
-            elevation=-60.0,
-            colours={"table": (0.10, 0.11, 0.14, 1.0)},
+            elevation=-72.0,
+            colours={"table": (0.10, 0.11, 0.14, 1.0), **{name: arm for name in ARM_GEOMS}},
+            thickness={"wf": 3.0, "uar": 1.5, "fr": 1.5, "tip_arml": 2.0, "tip_armr": 2.0},
         )
 
     def _reset_physics(self, seed: int) -> None:
@@ -86,71 +96,144 @@ class PusherTask(MujocoTask):
         return float(reward), bool(np.linalg.norm(self.puck_to_goal()) < SUCCESS_DISTANCE), False
 
     def expert_action(self) -> np.ndarray:
-        """Resolved-rate control of the hand's pose: over the puck, down behind it, then through to the goal.
+        """Over the puck, down behind it, then through it to the goal, with the puck in the scoop.
 
-        The phase is read from the physics state alone (no memory), so the expert is a pure function
-        of the state and recovers on its own when the puck slips out of the scoop.
+        The phase is read from the physics state alone (no memory), so the expert is a pure function of
+        the state and starts over by itself when the puck slips out of the scoop.
         """
-        m, d = self.model, self.data
+        d = self.data
         puck, goal = d.xpos[self._object], d.xpos[self._goal]
         palm, rot = d.xpos[self._hand], d.xmat[self._hand].reshape(3, 3)
-        heading = np.r_[rot[:2, 0], 0.0]
         to_goal = np.r_[goal[:2] - puck[:2], 0.0]
         # Push along puck->goal; once the puck is nearly there that direction is noise, so keep the hand's.
-        push = to_goal if np.linalg.norm(to_goal) > SETTLE_DISTANCE else heading
+        push = to_goal if np.linalg.norm(to_goal) > SETTLE_DISTANCE else np.r_[rot[:2, 0], 0.0]
         push /= np.linalg.norm(push) + 1e-9
+        heading = self._heading(push)
+        side = np.cross(UP, heading)
+        # Where the puck should sit in the scoop: against the palm bar, pressed into the finger on the side
+        # the hand moves towards when its heading is turned away from the push direction.
+        slant = float(np.clip(np.cross(heading, push)[2] / np.sin(CORNER_ANGLE), -1.0, 1.0))
+        seat = CONTACT_OFFSET * heading - CORNER_OFFSET * slant * side
 
-        along, across = push @ (palm - puck), np.cross(push, palm - puck)[2]
-        aligned = heading @ push > ALIGN_COS
-        low = palm[2] < PUSH_HEIGHT + HEIGHT_TOLERANCE
-        if low and aligned and -STANDOFF - 0.05 < along < -0.04 and abs(across) < CAPTURE_HALF_WIDTH:
-            target = goal - (CONTACT_OFFSET - OVERSHOOT) * push  # engaged: drive the puck onto the goal
+        rel = puck - palm
+        along, lateral = rel @ heading, rel @ side
+        low = abs(palm[2] - PUSH_HEIGHT) < HEIGHT_TOLERANCE
+        if low and SCOOP_DEPTH[0] < along < SCOOP_DEPTH[1] and abs(lateral) < SCOOP_HALF_WIDTH:
+            # Puck in the scoop: keep the palm bar deep inside it (the contact is soft, see PUSH_DEPTH) until
+            # it reaches the goal, then hold.
+            target = puck - PUSH_DEPTH * push if np.linalg.norm(to_goal) > SETTLE_DISTANCE else palm.copy()
             target[2] = PUSH_HEIGHT
         else:
-            target = puck - STANDOFF * push
+            target = puck - seat - APPROACH * push
             near = np.linalg.norm((palm - target)[:2]) < STAGING_TOLERANCE
-            target[2] = PUSH_HEIGHT if near and aligned else HOVER_HEIGHT
             if palm[2] < HOVER_HEIGHT - HEIGHT_TOLERANCE and not near:
                 target[:2] = palm[:2]  # too low to pass over the puck: rise first
-        return self.from_ctrl(self._pose_torque(target, push))
+            target[2] = PUSH_HEIGHT if near else HOVER_HEIGHT
+        # Short hops keep the palm on a straight line between poses that are far apart in joint space.
+        hop = target - palm
+        target = palm + hop * min(1.0, MAX_HOP / (np.linalg.norm(hop) + 1e-9))
+        return self.from_ctrl(self._pose_torque(target, heading))
+
+    @staticmethod
+    def _heading(push: np.ndarray) -> np.ndarray:
+        """The scoop's opening: the push direction, turned back to at most MAX_HEADING_ANGLE from +x.
+
+        Pushes back towards the arm's side (-x) would need the wrist to turn the hand back on the arm;
+        turned part way, the puck still wedges in a corner of the scoop and goes where the hand goes.
+        """
+        angle = min(np.arctan2(push[1], push[0]), MAX_HEADING_ANGLE)
+        return np.array([np.cos(angle), np.sin(angle), 0.0])
 
     def _pose_torque(self, target: np.ndarray, heading: np.ndarray) -> np.ndarray:
-        """Joint torques that move the palm to `target`, scoop level and its opening facing `heading`."""
+        """Joint torques towards the arm pose that puts the palm at `target`, bar level, facing `heading`.
+
+        The pose comes from inverse kinematics (see _inverse_kinematics): a velocity-level Jacobian
+        controller started from the straight arm folds the elbow into its limit and never gets low near the
+        shoulder. The torques are a PD law scaled by the arm's inertia, plus the joints' own damping.
+        """
         m, d = self.model, self.data
-        palm, rot = d.xpos[self._hand], d.xmat[self._hand].reshape(3, 3)
-        up = np.array([0.0, 0.0, 1.0 if rot[2, 2] >= 0 else -1.0])  # the U is symmetric: either face up
-        desired = np.column_stack([heading, np.cross(up, heading), up])
-        rot_error = 0.5 * sum(np.cross(rot[:, i], desired[:, i]) for i in range(3))
-        pos_error = target - palm
-        speed = np.linalg.norm(pos_error) * POS_GAIN
-        velocity = pos_error * POS_GAIN * min(1.0, MAX_SPEED / (speed + 1e-9))
-        twist = np.r_[velocity, ROT_GAIN * rot_error]
+        goal_q = self._inverse_kinematics(target, heading)
+        qpos, qvel = d.qpos[self._arm_qpos], d.qvel[self._arm_dofs]
+        qvel_des = np.clip(JOINT_KP * (goal_q - qpos), -MAX_JOINT_SPEED, MAX_JOINT_SPEED)
+        mass = np.zeros((m.nv, m.nv))
+        mujoco.mj_fullM(m, d, mass)
+        mass = mass[np.ix_(self._arm_dofs, self._arm_dofs)]
+        return JOINT_KD * mass @ (qvel_des - qvel) + m.dof_damping[self._arm_dofs] * qvel_des
 
+    def _inverse_kinematics(self, target: np.ndarray, heading: np.ndarray) -> np.ndarray:
+        """Joint angles (within limits) for palm at `target`, palm bar level, yaw along `heading`.
+
+        Damped least squares on a scratch copy of the kinematics from each of IK_STARTS and from the
+        current pose; the closest fit wins, ties going to the pose nearest the current one. The hand's
+        pitch is left free: the wrist needs it to reach low near the shoulder.
+        """
+        current = self.data.qpos[self._arm_qpos]
+        best, best_cost = current, np.inf
+        for start in (current, *IK_STARTS):
+            qpos, error = self._solve_ik(np.array(start, dtype=np.float64), target, heading)
+            cost = error @ error + IK_MOTION_COST * np.sum(np.square(qpos - current))
+            if cost < best_cost:
+                best, best_cost = qpos, cost
+        return best
+
+    def _solve_ik(
+        self, qpos: np.ndarray, target: np.ndarray, heading: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Damped least-squares iterations from `qpos`, clipped to the joint limits: (angles, error)."""
+        m, scratch = self.model, self._scratch
+        low, high = self._arm_range[:, 0], self._arm_range[:, 1]
         jacp, jacr = np.zeros((3, m.nv)), np.zeros((3, m.nv))
-        mujoco.mj_jacBody(m, d, jacp, jacr, self._hand)
-        jac = np.vstack([jacp, jacr])[:, self._arm_dofs]
-        jac_pinv = jac.T @ np.linalg.inv(jac @ jac.T + DLS_DAMPING**2 * np.eye(6))
-        qpos = d.qpos[self._arm_qpos]
-        posture = POSTURE_GAIN * (self._mid_range - qpos)
-        qvel_des = jac_pinv @ twist + (np.eye(len(ARM_JOINTS)) - jac_pinv @ jac) @ posture
-        return VEL_GAIN * (qvel_des - d.qvel[self._arm_dofs])
+        for i in range(IK_ITERATIONS + 1):
+            scratch.qpos[self._arm_qpos] = qpos
+            mujoco.mj_kinematics(m, scratch)
+            palm, rot = scratch.xpos[self._hand], scratch.xmat[self._hand].reshape(3, 3)
+            yaw_error = np.arctan2(np.cross(rot[:, 0], heading)[2], rot[:2, 0] @ heading[:2])
+            # The U is symmetric, so upside down counts as level too.
+            roll = np.arctan(rot[2, 1] / (rot[2, 2] + np.copysign(1e-9, rot[2, 2])))
+            error = np.r_[target - palm, IK_ANGLE_WEIGHT * yaw_error, -IK_ANGLE_WEIGHT * roll]
+            if i == IK_ITERATIONS:
+                break
+            mujoco.mj_comPos(m, scratch)  # the Jacobian needs the com-based motion frames
+            mujoco.mj_jacBody(m, scratch, jacp, jacr, self._hand)
+            rot_jac = IK_ANGLE_WEIGHT * jacr[:, self._arm_dofs]
+            jac = np.vstack([jacp[:, self._arm_dofs], UP @ rot_jac, rot[:, 0] @ rot_jac])
+            step = jac.T @ np.linalg.solve(jac @ jac.T + IK_DAMPING**2 * np.eye(len(error)), error)
+            qpos = np.clip(qpos + step, low, high)
+        return qpos, error
 
 
+UP = np.array([0.0, 0.0, 1.0])
 # The expert's geometry, in metres (heights are world z of the palm; the table is at -0.325).
 PUSH_HEIGHT = -0.275  # palm level with the puck's centre
 HOVER_HEIGHT = -0.17  # scoop clears the puck's top (-0.225) by a few centimetres
-HEIGHT_TOLERANCE = 0.02
+HEIGHT_TOLERANCE = 0.025
 CONTACT_OFFSET = 0.07  # palm-bar centre to puck centre when touching: puck radius + capsule radius
-STANDOFF = 0.13  # palm behind the puck's centre before descending
-STAGING_TOLERANCE = 0.03
-CAPTURE_HALF_WIDTH = 0.04  # lateral slack of the puck between the fingers (gap 0.16 m, puck 0.10 m)
-OVERSHOOT = 0.01  # push the palm this far past the contact pose, against the contact's give
+CORNER_OFFSET = 0.03  # puck centre's sideways slack between the fingers (gap 0.16, puck 0.10)
+CORNER_ANGLE = np.deg2rad(20.0)  # heading offset (rad) from which the puck is seated fully in a corner
+APPROACH = 0.06  # extra distance behind the seat where the scoop descends
+SCOOP_DEPTH = (-0.01, 0.2)  # puck centre ahead of the palm (min, max) counted as in or entering the scoop
+SCOOP_HALF_WIDTH = 0.045
+STAGING_TOLERANCE = 0.025
+# m: palm behind the puck's centre while pushing. Pusher-v5's puck weighs 8 mg, so MuJoCo's contact
+# regularisation (scaled by the body's inverse weight, ~1.3e5 /kg) makes its contacts ~1e4 times softer
+# than the arm's: the push force grows with the overlap and stays near 0.02 N, which against the
+# puck's joint damping (0.5 N s/m) moves it at no more than about 5 cm/s.
+PUSH_DEPTH = 0.005
 SETTLE_DISTANCE = 0.02  # below this puck->goal distance the push direction is kept from the hand
-ALIGN_COS = 0.9  # cosine between the hand's heading and the push direction counted as aligned
-# Gains of the resolved-rate controller.
-POS_GAIN = 6.0  # 1/s: palm velocity per metre of error
-MAX_SPEED = 0.6  # m/s: cap on the commanded palm speed
-ROT_GAIN = 6.0  # 1/s: angular velocity per radian of orientation error
-DLS_DAMPING = 0.05  # damping of the least-squares inverse (metres or radians)
-POSTURE_GAIN = 1.0  # 1/s: null-space pull of the joints toward mid-range
-VEL_GAIN = 2.0  # N m per rad/s of joint-velocity error
+MAX_HEADING_ANGLE = np.deg2rad(100.0)  # rad from +x: the furthest the hand turns back
+# The arm controller.
+MAX_HOP = 0.07  # m: the furthest ahead of the palm that the arm is sent in one step
+# rad: arm poses the inverse kinematics starts from, one per family of pushing poses
+IK_STARTS = (
+    (0.73, 0.94, -0.24, -1.1, 0.68, 0.0, -0.54),
+    (0.56, 0.74, -0.7, -0.85, -0.56, -0.67, 1.14),
+    (0.97, 0.97, 0.17, -1.15, -0.49, -0.52, 0.49),
+    (0.44, 0.69, -1.24, -1.1, -1.5, -0.05, -0.83),
+)
+IK_ITERATIONS = 15
+IK_DAMPING = 0.03  # damping of the least-squares inverse (m)
+IK_ANGLE_WEIGHT = 0.1  # m per rad: how orientation errors count against position errors
+IK_MOTION_COST = 1e-4  # m^2 per rad^2: prefer, among equal fits, the pose nearest the current one
+JOINT_KP = 8.0  # 1/s: joint velocity per radian of error
+MAX_JOINT_SPEED = 5.0  # rad/s
+JOINT_KD = 10.0  # 1/s: joint acceleration per rad/s of velocity error (times the arm's inertia)

@@ -54,7 +54,7 @@ class MixedPolicy(Policy):
     """
 
     def __init__(
-        self, tasks: Sequence[MujocoTask], seed: int = 0, max_noise: float = 0.5, segment_rate: float = 0.04
+        self, tasks: Sequence[MujocoTask], seed: int = 0, max_noise: float = 0.3, segment_rate: float = 0.02
     ):
         self.expert = ExpertPolicy(tasks)
         self.num_envs, self.action_dim = self.expert.num_envs, self.expert.action_dim
