@@ -7,7 +7,7 @@ import numpy as np
 from gymnasium.envs.mujoco.pusher_v5 import PusherEnv
 from wm_sim.envs.catalog import TASK_SPECS
 from wm_sim.envs.rendering import CameraSpec
-from wm_sim.envs.task import MujocoTask, hinge_angles, hinge_bounds, velocity_bounds
+from wm_sim.envs.task import ArmTask
 
 SUCCESS_DISTANCE = 0.05  # metres between puck and goal centres, in the table plane
 # Pusher-v5's reward weights
@@ -26,7 +26,7 @@ ARM_JOINTS = (
 ARM_GEOMS = ("sp", "sl", "uar", "ua", "ef", "fr", "fa", "wf")
 
 
-class PusherTask(MujocoTask):
+class PusherTask(ArmTask):
     """Seven-joint arm and a puck; the puck and goal are visible only in the pixels."""
 
     name = "pusher"
@@ -35,11 +35,8 @@ class PusherTask(MujocoTask):
 
     def __init__(self, image_size: int = 64):
         self._gym = PusherEnv(render_mode=None)
-        super().__init__(self._gym.model, self._gym.data, image_size)
+        super().__init__(self._gym.model, self._gym.data, image_size, arm_joints=ARM_JOINTS)
         m = self.model
-        self._arm_joints = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, n) for n in ARM_JOINTS]
-        self._arm_dofs = [int(m.jnt_dofadr[j]) for j in self._arm_joints]
-        self._arm_qpos = [int(m.jnt_qposadr[j]) for j in self._arm_joints]
         self._arm_range = m.jnt_range[self._arm_joints].copy()
         self._tip = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "tips_arm")
         self._hand = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "r_wrist_roll_link")
@@ -68,23 +65,6 @@ class PusherTask(MujocoTask):
 
     def _advance(self, ctrl: np.ndarray) -> None:
         self._gym.do_simulation(ctrl, self._gym.frame_skip)
-
-    @property
-    def state_names(self) -> list[str]:
-        short = [n.removeprefix("r_").removesuffix("_joint") for n in ARM_JOINTS]
-        return [f"{n}.pos" for n in short] + [f"{n}.vel" for n in short]
-
-    @property
-    def state_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        low, high = hinge_bounds(self.model, self._arm_joints)
-        speed = velocity_bounds(self.model, self._arm_joints)
-        return np.concatenate([low, -speed]), np.concatenate([high, speed])
-
-    def agent_pos(self) -> np.ndarray:
-        pos = hinge_angles(self.model, self.data, self._arm_joints)
-        vel = self.data.qvel[self._arm_dofs]
-        low, high = self.state_bounds
-        return np.clip(np.concatenate([pos, vel]), low, high).astype(np.float32)
 
     def puck_to_goal(self) -> np.ndarray:
         return (self.data.xpos[self._goal] - self.data.xpos[self._object])[:2]
@@ -125,11 +105,14 @@ class PusherTask(MujocoTask):
             target[2] = PUSH_HEIGHT
         else:
             target = puck - seat - APPROACH * push
-            near = np.linalg.norm((palm - target)[:2]) < STAGING_TOLERANCE
-            if palm[2] < HOVER_HEIGHT - HEIGHT_TOLERANCE and not near:
+            # Glide down while closing in, rather than hover then drop: every step away from the puck costs.
+            gap = np.linalg.norm((palm - target)[:2]) - STAGING_TOLERANCE
+            height = PUSH_HEIGHT + (HOVER_HEIGHT - PUSH_HEIGHT) * float(np.clip(gap / DESCENT_RAMP, 0.0, 1.0))
+            if palm[2] < height - HEIGHT_TOLERANCE:
                 target[:2] = palm[:2]  # too low to pass over the puck: rise first
-            target[2] = PUSH_HEIGHT if near else HOVER_HEIGHT
-        # Short hops keep the palm on a straight line between poses that are far apart in joint space.
+            target[2] = height
+        # Hops of at most MAX_HOP keep the palm near a straight line between poses far apart in joint space;
+        # longer than the puck's own pace, so that the reach is over in about a second.
         hop = target - palm
         target = palm + hop * min(1.0, MAX_HOP / (np.linalg.norm(hop) + 1e-9))
         return self.from_ctrl(self._pose_torque(target, heading))
@@ -149,16 +132,20 @@ class PusherTask(MujocoTask):
 
         The pose comes from inverse kinematics (see _inverse_kinematics): a velocity-level Jacobian
         controller started from the straight arm folds the elbow into its limit and never gets low near the
-        shoulder. The torques are a PD law scaled by the arm's inertia, plus the joints' own damping.
+        shoulder. The torques are a PD law scaled by the arm's inertia, plus the joints' own damping, capped
+        at MAX_TORQUE to keep the control cost down.
         """
         m, d = self.model, self.data
         goal_q = self._inverse_kinematics(target, heading)
         qpos, qvel = d.qpos[self._arm_qpos], d.qvel[self._arm_dofs]
-        qvel_des = np.clip(JOINT_KP * (goal_q - qpos), -MAX_JOINT_SPEED, MAX_JOINT_SPEED)
+        # Scale all joints' speeds together, so the arm moves on a straight line in joint space.
+        qvel_des = JOINT_KP * (goal_q - qpos)
+        qvel_des *= min(1.0, MAX_JOINT_SPEED / (np.abs(qvel_des).max() + 1e-9))
         mass = np.zeros((m.nv, m.nv))
         mujoco.mj_fullM(m, d, mass)
         mass = mass[np.ix_(self._arm_dofs, self._arm_dofs)]
-        return JOINT_KD * mass @ (qvel_des - qvel) + m.dof_damping[self._arm_dofs] * qvel_des
+        torque = JOINT_KD * mass @ (qvel_des - qvel) + m.dof_damping[self._arm_dofs] * qvel_des
+        return np.clip(torque, -MAX_TORQUE, MAX_TORQUE)
 
     def _inverse_kinematics(self, target: np.ndarray, heading: np.ndarray) -> np.ndarray:
         """Joint angles (within limits) for palm at `target`, palm bar level, yaw along `heading`.
@@ -210,10 +197,11 @@ HEIGHT_TOLERANCE = 0.025
 CONTACT_OFFSET = 0.07  # palm-bar centre to puck centre when touching: puck radius + capsule radius
 CORNER_OFFSET = 0.03  # puck centre's sideways slack between the fingers (gap 0.16, puck 0.10)
 CORNER_ANGLE = np.deg2rad(20.0)  # heading offset (rad) from which the puck is seated fully in a corner
-APPROACH = 0.06  # extra distance behind the seat where the scoop descends
+APPROACH = 0.03  # extra distance behind the seat where the scoop descends
 SCOOP_DEPTH = (-0.01, 0.2)  # puck centre ahead of the palm (min, max) counted as in or entering the scoop
 SCOOP_HALF_WIDTH = 0.045
 STAGING_TOLERANCE = 0.025
+DESCENT_RAMP = 0.1  # m: horizontal distance from the staging point over which the palm glides down
 # m: palm behind the puck's centre while pushing. Pusher-v5's puck weighs 8 mg, so MuJoCo's contact
 # regularisation (scaled by the body's inverse weight, ~1.3e5 /kg) makes its contacts ~1e4 times softer
 # than the arm's: the push force grows with the overlap and stays near 0.02 N, which against the
@@ -222,7 +210,7 @@ PUSH_DEPTH = 0.005
 SETTLE_DISTANCE = 0.02  # below this puck->goal distance the push direction is kept from the hand
 MAX_HEADING_ANGLE = np.deg2rad(100.0)  # rad from +x: the furthest the hand turns back
 # The arm controller.
-MAX_HOP = 0.07  # m: the furthest ahead of the palm that the arm is sent in one step
+MAX_HOP = 0.2  # m: the furthest ahead of the palm that the arm is sent in one step
 # rad: arm poses the inverse kinematics starts from, one per family of pushing poses
 IK_STARTS = (
     (0.73, 0.94, -0.24, -1.1, 0.68, 0.0, -0.54),
@@ -234,6 +222,9 @@ IK_ITERATIONS = 15
 IK_DAMPING = 0.03  # damping of the least-squares inverse (m)
 IK_ANGLE_WEIGHT = 0.1  # m per rad: how orientation errors count against position errors
 IK_MOTION_COST = 1e-4  # m^2 per rad^2: prefer, among equal fits, the pose nearest the current one
-JOINT_KP = 8.0  # 1/s: joint velocity per radian of error
-MAX_JOINT_SPEED = 5.0  # rad/s
-JOINT_KD = 10.0  # 1/s: joint acceleration per rad/s of velocity error (times the arm's inertia)
+JOINT_KP = 5.0  # 1/s: joint velocity per radian of error
+MAX_JOINT_SPEED = 3.0  # rad/s: the fastest joint, the others scaled with it
+# Low gains and a torque cap, as the reward charges 0.1 * sum(ctrl^2) per step: the arm glides to the
+# puck rather than snapping there (full torque on every joint would cost 2.8 per step).
+JOINT_KD = 4.0  # 1/s: joint acceleration per rad/s of velocity error (times the arm's inertia)
+MAX_TORQUE = 1.0  # N m: caps the control cost at 0.7 per step (the motors allow 2)

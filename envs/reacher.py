@@ -7,13 +7,13 @@ import numpy as np
 from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
 from wm_sim.envs.catalog import TASK_SPECS
 from wm_sim.envs.rendering import CameraSpec
-from wm_sim.envs.task import MujocoTask, hinge_angles, hinge_bounds, velocity_bounds
+from wm_sim.envs.task import ArmTask
 
 SUCCESS_DISTANCE = 0.02  # metres between fingertip and target centres (their radii are ~0.01)
 CONTROL_WEIGHT = 1.0  # Reacher-v5's reward_control_weight
 
 
-class ReacherTask(MujocoTask):
+class ReacherTask(ArmTask):
     """Two-link planar arm; the target is visible only in the pixels, not in agent_pos."""
 
     name = "reacher"
@@ -24,13 +24,10 @@ class ReacherTask(MujocoTask):
         # Gymnasium's class gives the model, its start-state distribution and do_simulation;
         # rendering, reward and success are this task's own, computed from the physics state.
         self._gym = ReacherEnv(render_mode=None)
-        super().__init__(self._gym.model, self._gym.data, image_size)
+        super().__init__(self._gym.model, self._gym.data, image_size, arm_joints=("joint0", "joint1"))
         m = self.model
-        self._arm_joints = [mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_JOINT, n) for n in ("joint0", "joint1")]
-        self._arm_dofs = [int(m.jnt_dofadr[j]) for j in self._arm_joints]
         self._tip = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "fingertip")
         self._target = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "target")
-        self._arm_qpos = [int(m.jnt_qposadr[j]) for j in self._arm_joints]
         self._base = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "body0")
 
     def camera_spec(self) -> CameraSpec:
@@ -60,22 +57,6 @@ class ReacherTask(MujocoTask):
 
     def _advance(self, ctrl: np.ndarray) -> None:
         self._gym.do_simulation(ctrl, self._gym.frame_skip)
-
-    @property
-    def state_names(self) -> list[str]:
-        return ["joint0.pos", "joint1.pos", "joint0.vel", "joint1.vel"]
-
-    @property
-    def state_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        low, high = hinge_bounds(self.model, self._arm_joints)
-        speed = velocity_bounds(self.model, self._arm_joints)
-        return np.concatenate([low, -speed]), np.concatenate([high, speed])
-
-    def agent_pos(self) -> np.ndarray:
-        pos = hinge_angles(self.model, self.data, self._arm_joints)
-        vel = self.data.qvel[self._arm_dofs]
-        low, high = self.state_bounds
-        return np.clip(np.concatenate([pos, vel]), low, high).astype(np.float32)
 
     def tip_to_target(self) -> np.ndarray:
         return self.data.xpos[self._target] - self.data.xpos[self._tip]

@@ -164,6 +164,36 @@ class MujocoTask(ABC):
             self._camera = None
 
 
+class ArmTask(MujocoTask):
+    """A task whose proprioception is its arm's hinge angles, then their velocities."""
+
+    def __init__(
+        self, model: mujoco.MjModel, data: mujoco.MjData, image_size: int, arm_joints: tuple[str, ...]
+    ):
+        super().__init__(model, data, image_size)
+        self._arm_names = arm_joints
+        self._arm_joints = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, n) for n in arm_joints]
+        self._arm_dofs = [int(model.jnt_dofadr[j]) for j in self._arm_joints]
+        self._arm_qpos = [int(model.jnt_qposadr[j]) for j in self._arm_joints]
+
+    @property
+    def state_names(self) -> list[str]:
+        short = [name.removeprefix("r_").removesuffix("_joint") for name in self._arm_names]
+        return [f"{n}.pos" for n in short] + [f"{n}.vel" for n in short]
+
+    @property
+    def state_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        low, high = hinge_bounds(self.model, self._arm_joints)
+        speed = velocity_bounds(self.model, self._arm_joints)
+        return np.concatenate([low, -speed]), np.concatenate([high, speed])
+
+    def agent_pos(self) -> np.ndarray:
+        pos = hinge_angles(self.model, self.data, self._arm_joints)
+        vel = self.data.qvel[self._arm_dofs]
+        low, high = self.state_bounds
+        return np.clip(np.concatenate([pos, vel]), low, high).astype(np.float32)
+
+
 def hinge_angles(model: mujoco.MjModel, data: mujoco.MjData, joint_ids: list[int]) -> np.ndarray:
     """Joint angles of hinges; unlimited ones wrapped into [-pi, pi) so they stay bounded."""
     angles = np.array([data.qpos[model.jnt_qposadr[j]] for j in joint_ids], dtype=np.float64)

@@ -8,6 +8,8 @@ workers, and a resumed run continues exactly where an uninterrupted one would ha
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.connection
+import os
 import queue
 import time
 from dataclasses import dataclass, field
@@ -126,30 +128,34 @@ def _run(cfg: CollectConfig, jobs: list[tuple[int, int]]):
 
 def _run_workers(cfg: CollectConfig, jobs: list[tuple[int, int]]):
     ctx = mp.get_context("spawn")  # MuJoCo's GL contexts and zarr's threads do not survive fork
-    job_queue, result_queue = ctx.Queue(), ctx.Queue()
+    job_queue = ctx.Queue()
     for job in jobs:
         job_queue.put(job)
-    workers = [
-        ctx.Process(
+    workers, receivers = [], []
+    for _ in range(min(cfg.workers, len(jobs))):
+        # One pipe per worker, written synchronously: a worker waits while this process writes
+        # (memory stays bounded), and a dead parent is a BrokenPipeError, never a hang.
+        receiver, sender = ctx.Pipe(duplex=False)
+        worker = ctx.Process(
             target=_worker,
-            args=(cfg.task, cfg.image_size, cfg.policy, cfg.seed, job_queue, result_queue),
+            args=(cfg.task, cfg.image_size, cfg.policy, cfg.seed, job_queue, sender),
             daemon=True,
         )
-        for _ in range(min(cfg.workers, len(jobs)))
-    ]
-    for worker in workers:
         worker.start()
+        sender.close()  # this process only reads
         job_queue.put(None)  # one stop sign per worker, after every job
+        workers.append(worker)
+        receivers.append(receiver)
     pending: dict[int, tuple[int, dict]] = {}
     try:
         for index, _ in jobs:
             while index not in pending:
-                got_index, got_seed, episode, error = _next_result(result_queue, workers)
+                got_index, got_seed, episode, error = _next_result(receivers)
                 if error is not None:
                     raise WmSimError(f"worker failed on episode {got_index}: {error}")
                 pending[got_index] = (got_seed, episode)
-            seed_, episode = pending.pop(index)
-            yield index, seed_, episode
+            seed, episode = pending.pop(index)
+            yield index, seed, episode
     finally:
         for worker in workers:
             if worker.is_alive():
@@ -157,26 +163,24 @@ def _run_workers(cfg: CollectConfig, jobs: list[tuple[int, int]]):
             worker.join(timeout=5)
 
 
-def _next_result(result_queue, workers):
-    while True:
-        try:
-            return result_queue.get(timeout=1.0)
-        except queue.Empty:
-            if not any(w.is_alive() for w in workers):
-                raise WmSimError("every collect worker exited before finishing its episodes") from None
+def _next_result(receivers: list) -> tuple:
+    """The next message from any worker; a worker whose pipe closed has finished or died."""
+    while receivers:
+        for conn in mp.connection.wait(receivers, timeout=1.0):
+            try:
+                return conn.recv()
+            except EOFError:
+                receivers.remove(conn)
+    raise WmSimError("every collect worker exited before finishing its episodes")
 
 
-def _worker(task_name: str, image_size: int, policy_name: str, seed: int, jobs, results) -> None:
+def _worker(task_name: str, image_size: int, policy_name: str, seed: int, jobs, sender) -> None:
     """Simulate and render episodes until the stop sign, or until the parent process is gone."""
-    parent = mp.parent_process()
+    parent_pid = os.getppid()  # reparenting is how a SIGKILLed parent shows while waiting for jobs
     task = make_task(task_name, image_size=image_size)
     policy = make_scripted_policy(policy_name, [task], seed=seed)
     try:
-        while True:
-            if parent is not None and not parent.is_alive():
-                # Killed parent (SIGKILL): nobody will read what is queued, so do not wait to flush it.
-                results.cancel_join_thread()
-                return
+        while os.getppid() == parent_pid:
             try:
                 job = jobs.get(timeout=0.5)
             except queue.Empty:
@@ -185,9 +189,14 @@ def _worker(task_name: str, image_size: int, policy_name: str, seed: int, jobs, 
                 return
             index, episode_seed_ = job
             try:
-                results.put((index, episode_seed_, record_episode(task, policy, episode_seed_, index), None))
+                message = (index, episode_seed_, record_episode(task, policy, episode_seed_, index), None)
             except Exception as exc:  # reported to the parent, which stops the run with this message
-                results.put((index, episode_seed_, None, f"{type(exc).__name__}: {exc}"))
+                message = (index, episode_seed_, None, f"{type(exc).__name__}: {exc}")
+            sender.send(message)
+            if message[3] is not None:
                 return
+    except BrokenPipeError:
+        return  # the parent is gone: nothing left to do
     finally:
+        sender.close()
         task.close()
