@@ -1,0 +1,171 @@
+"""Checkpoints: safetensors tensors plus JSON metadata, written atomically, loaded without executing code.
+
+A checkpoint is a directory:
+
+    model.safetensors     the world model's weights (and its state normalisation buffers)
+    meta.json             schema version, model config, what the data was (task, fps, image size,
+                          action bounds, feature names), training step
+    train_state.safetensors / train_state.json   optimiser and RNG state, for resume (optional)
+
+`save_checkpoint` writes a new directory under a temporary name and renames it into place, then
+points the `last` symlink at it by an atomic rename: a kill at any moment leaves the previous
+checkpoint whole. `shipped:<task>` names the checkpoints packaged with wm-sim.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from wm_sim.errors import WmSimError
+from wm_sim.world_model import WorldModel, WorldModelConfig
+
+CHECKPOINT_SCHEMA_VERSION = 1
+WEIGHTS, META = "model.safetensors", "meta.json"
+TRAIN_TENSORS, TRAIN_META = "train_state.safetensors", "train_state.json"
+SHIPPED_PREFIX = "shipped:"
+LAST = "last"
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from a path, a run directory's `last`, or `shipped:<task>`."""
+    text = str(path)
+    if text.startswith(SHIPPED_PREFIX):
+        name = text[len(SHIPPED_PREFIX) :]
+        shipped = Path(str(resources.files("wm_sim") / "checkpoints" / name))
+        if not (shipped / META).is_file():
+            available = sorted(
+                p.name
+                for p in Path(str(resources.files("wm_sim") / "checkpoints")).glob("*")
+                if (p / META).is_file()
+            )
+            raise WmSimError(f"no shipped checkpoint {name!r}; shipped: {available or 'none yet'}")
+        return shipped
+    directory = Path(text)
+    if (directory / LAST).exists() and not (directory / META).exists():
+        directory = directory / LAST
+    if not directory.exists():
+        raise WmSimError(f"no checkpoint at {directory}")
+    if not (directory / META).is_file():
+        raise WmSimError(f"{directory} is not a checkpoint: it has no {META}")
+    return directory.resolve()
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    name: str,
+    model: WorldModel,
+    meta: dict[str, Any],
+    train_tensors: dict[str, torch.Tensor] | None = None,
+    train_meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write checkpoint `run_dir/name` atomically and point `run_dir/last` at it."""
+    run_dir = Path(run_dir)
+    final = run_dir / name
+    if final.exists():
+        raise WmSimError(f"checkpoint {final} already exists; refusing to overwrite it")
+    staging = run_dir / f".{name}.{uuid.uuid4().hex}.partial"
+    staging.mkdir(parents=True)
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS))
+        full_meta = {"schema_version": CHECKPOINT_SCHEMA_VERSION, "model": model.config.to_dict(), **meta}
+        _write_json(staging / META, full_meta)
+        if train_tensors is not None:
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in train_tensors.items()},
+                str(staging / TRAIN_TENSORS),
+            )
+            _write_json(staging / TRAIN_META, train_meta or {})
+        _fsync_dir(staging)
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    link = run_dir / f".{LAST}.{uuid.uuid4().hex}"
+    os.symlink(name, link)
+    os.replace(link, run_dir / LAST)  # atomic: `last` is always a whole checkpoint
+    _fsync_dir(run_dir)
+    return final
+
+
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[WorldModel, dict[str, Any]]:
+    """The world model and metadata of a checkpoint; a bad file is one WmSimError naming it."""
+    directory = resolve_checkpoint(path)
+    meta = read_json(directory / META)
+    version = meta.get("schema_version")
+    if version != CHECKPOINT_SCHEMA_VERSION:
+        raise WmSimError(
+            f"{directory / META}: checkpoint schema version {version!r}; this wm-sim reads version {CHECKPOINT_SCHEMA_VERSION}"
+        )
+    try:
+        config = WorldModelConfig(**meta["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WmSimError(f"{directory / META}: invalid model config ({exc})") from exc
+    model = WorldModel(config)
+    state = read_tensors(directory / WEIGHTS, map_location)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[1:3]) or first[0]
+        raise WmSimError(f"{directory / WEIGHTS}: weights do not match the model config ({detail})") from exc
+    return model.to(map_location), meta
+
+
+def load_train_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The optimiser/RNG tensors and JSON of a checkpoint saved with training state."""
+    directory = resolve_checkpoint(path)
+    if not (directory / TRAIN_TENSORS).is_file():
+        raise WmSimError(f"{directory} holds no training state ({TRAIN_TENSORS}); it cannot be resumed")
+    return read_tensors(directory / TRAIN_TENSORS), read_json(directory / TRAIN_META)
+
+
+def read_tensors(file: Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file. Nothing in it is executed: safetensors holds no code."""
+    if not file.is_file():
+        raise WmSimError(f"{file} is missing")
+    try:
+        return load_file(str(file), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WmSimError(
+            f"{file} is not a valid safetensors file (truncated, tampered or another format): {exc}"
+        ) from exc
+
+
+def read_json(file: Path) -> dict[str, Any]:
+    if not file.is_file():
+        raise WmSimError(f"{file} is missing")
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WmSimError(f"{file} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise WmSimError(f"{file} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _write_json(file: Path, data: dict[str, Any]) -> None:
+    with open(file, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,337 @@
+"""The world model: a frame tokenizer and an action-conditioned, block-causal dynamics transformer.
+
+Reads top-down: attention backend, tokenizer (encoder, decoder), transformer blocks, the config,
+then the model with its training forward pass and its streaming step.
+
+A frame becomes a G x G grid of latent tokens (tanh-bounded). The dynamics transformer sees, for
+each time step t, the tokens of frame t plus embeddings of the proprioceptive state s_t and the
+action a_t, attends to every token of frames <= t (block-causal), and predicts all tokens of frame
+t+1 at once, with heads for the reward r_t+1, the continue probability and s_t+1. Streaming keeps
+the keys and values of the last `window` frames in a ring buffer, so a step costs the same at step
+10 and at step 100,000.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wm_sim.optional import is_available
+
+# --- attention backend -------------------------------------------------------------------------
+
+# Detected once. flash-attn takes (B, S, H, D) half-precision CUDA tensors and no mask; everything
+# else, and any call that needs a mask, goes through PyTorch's scaled_dot_product_attention.
+HAS_FLASH_ATTN = is_available("flash_attn")
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Multi-head attention of q (B, H, Sq, D) over k, v (B, H, Sk, D); mask True = may attend."""
+    if HAS_FLASH_ATTN and mask is None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        from flash_attn import flash_attn_func
+
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, Sq, H, D)
+        return out.transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def rotate_time(x: torch.Tensor, t: torch.Tensor, base: float = 1000.0) -> torch.Tensor:
+    """Rotary position embedding over time: x (B, H, S, D) rotated by each token's frame index t (B, S).
+
+    Attention then depends only on how many frames apart two tokens are, which is what lets a
+    ring-buffer cache keep old keys unchanged as the window slides.
+    """
+    half = x.shape[-1] // 2
+    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)  # (D/2,)
+    angles = t.to(torch.float32)[:, None, :, None] * freqs  # (B, 1, S, D/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+# --- tokenizer ---------------------------------------------------------------------------------
+
+
+class Encoder(nn.Module):
+    """(B, 3, S, S) pixels in [0, 1] -> (B, G*G, C) latent tokens in (-1, 1)."""
+
+    def __init__(self, image_size: int, grid: int, latent_dim: int, width: int):
+        super().__init__()
+        stages = int(math.log2(image_size // grid))
+        layers: list[nn.Module] = [nn.Conv2d(3, width // 2 ** (stages - 1), 3, padding=1)]
+        channels = width // 2 ** (stages - 1)
+        for i in range(stages):  # each stage halves the resolution
+            out = width // 2 ** max(stages - 2 - i, 0)
+            layers += [nn.GELU(), nn.Conv2d(channels, out, 4, stride=2, padding=1)]
+            channels = out
+        layers += [nn.GELU(), nn.Conv2d(channels, latent_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        z = self.net(pixels * 2.0 - 1.0)  # (B, C, G, G)
+        return torch.tanh(z.flatten(2).transpose(1, 2))  # (B, G*G, C)
+
+
+class Decoder(nn.Module):
+    """(B, G*G, C) latent tokens -> (B, 3, S, S) pixels in [0, 1].
+
+    Each stage is a 1x1 convolution followed by a pixel shuffle (x2 resolution), with a 3x3 mixing
+    convolution before it: cheap enough that decoding is not what bounds imagined frames/s.
+    """
+
+    def __init__(self, image_size: int, grid: int, latent_dim: int, width: int):
+        super().__init__()
+        self.grid = grid
+        stages = int(math.log2(image_size // grid))
+        layers: list[nn.Module] = [nn.Conv2d(latent_dim, width, 1)]
+        channels = width
+        for _ in range(stages):
+            out = max(channels // 2, 16)
+            layers += [
+                nn.GELU(),
+                nn.Conv2d(channels, channels, 3, padding=1, groups=max(channels // 16, 1)),
+                nn.GELU(),
+                nn.Conv2d(channels, out * 4, 1),
+                nn.PixelShuffle(2),
+            ]
+            channels = out
+        layers += [nn.GELU(), nn.Conv2d(channels, 3, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, _, c = tokens.shape
+        z = tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)  # (B, C, G, G)
+        return torch.sigmoid(self.net(z))  # (B, 3, S, S)
+
+
+# --- dynamics transformer ----------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def project(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, S, dim), frame indices t (B, S) -> q, k, v (B, H, S, dim/H) with time rotated in."""
+        b, s, d = x.shape
+        q, k, v = self.qkv(x).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        return rotate_time(q, t), rotate_time(k, t), v
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        b, h, s, dh = out.shape
+        return self.proj(out.transpose(1, 2).reshape(b, s, h * dh))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block whose attention can read keys and values from a cache."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None, cache=None
+    ) -> torch.Tensor:
+        q, k, v = self.attn.project(self.norm1(x), t)
+        if cache is not None:
+            k, v, mask = cache(k, v)
+        x = x + self.attn.merge(attend(q, k, v, mask))
+        return x + self.mlp(self.norm2(x))
+
+
+# --- config and model --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    """Shapes of the world model; saved in every checkpoint's metadata."""
+
+    image_size: int = 64
+    action_dim: int = 2
+    state_dim: int = 4
+    grid: int = 4  # latent tokens per frame: grid x grid
+    latent_dim: int = 32
+    tokenizer_width: int = 128
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: int = 4
+    window: int = 8  # frames the dynamics attends to (and trains on)
+
+    def __post_init__(self):
+        if self.image_size % self.grid or (self.image_size // self.grid) & (self.image_size // self.grid - 1):
+            raise ValueError(f"image_size / grid must be a power of two, got {self.image_size} / {self.grid}")
+        if self.dim % self.heads or (self.dim // self.heads) % 2:
+            raise ValueError(
+                f"dim must split into heads of even size, got dim={self.dim}, heads={self.heads}"
+            )
+
+    @property
+    def tokens(self) -> int:
+        return self.grid * self.grid
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Prediction:
+    """What the dynamics predicts for the frame after each input frame."""
+
+    latents: torch.Tensor  # (B, T, N, C)
+    state: torch.Tensor  # (B, T, state_dim), normalised
+    reward: torch.Tensor  # (B, T)
+    continue_logit: torch.Tensor  # (B, T)
+
+
+class WorldModel(nn.Module):
+    """Tokenizer + dynamics transformer + heads."""
+
+    def __init__(self, config: WorldModelConfig):
+        super().__init__()
+        c = config
+        self.config = c
+        self.encoder = Encoder(c.image_size, c.grid, c.latent_dim, c.tokenizer_width)
+        self.decoder = Decoder(c.image_size, c.grid, c.latent_dim, c.tokenizer_width)
+        self.latent_in = nn.Linear(c.latent_dim, c.dim)
+        self.state_in = nn.Linear(c.state_dim, c.dim)
+        self.action_in = nn.Linear(c.action_dim, c.dim)
+        self.position = nn.Parameter(torch.randn(c.tokens, c.dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.dim)
+        self.latent_out = nn.Linear(c.dim, c.latent_dim)
+        self.heads = nn.Linear(c.dim, c.state_dim + 2)  # next state, reward, continue logit
+        # Normalisation of agent_pos, from the training data; saved with the weights.
+        self.register_buffer("state_mean", torch.zeros(c.state_dim))
+        self.register_buffer("state_std", torch.ones(c.state_dim))
+
+    # -- tokenizer --
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(..., S, S, 3) uint8 frames -> (..., N, C) latents."""
+        lead = pixels.shape[:-3]
+        x = pixels.reshape(-1, *pixels.shape[-3:]).permute(0, 3, 1, 2).float() / 255.0
+        return self.encoder(x).reshape(*lead, self.config.tokens, self.config.latent_dim)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(..., N, C) latents -> (..., S, S, 3) float frames in [0, 1]."""
+        lead = latents.shape[:-2]
+        x = self.decoder(latents.reshape(-1, *latents.shape[-2:]))  # (B, 3, S, S)
+        return x.permute(0, 2, 3, 1).reshape(*lead, *x.shape[2:], 3)
+
+    def normalise_state(self, state: torch.Tensor) -> torch.Tensor:
+        return (state - self.state_mean) / self.state_std
+
+    def denormalise_state(self, state: torch.Tensor) -> torch.Tensor:
+        return state * self.state_std + self.state_mean
+
+    # -- dynamics --
+
+    def _tokens(self, latents: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """latents (B, T, N, C), normalised state (B, T, D), action (B, T, A) -> (B, T*N, dim)."""
+        b, t, n, _ = latents.shape
+        frame = self.state_in(state) + self.action_in(action)  # (B, T, dim)
+        x = self.latent_in(latents) + self.position + frame[:, :, None, :]  # (B, T, N, dim)
+        return x.reshape(b, t * n, -1)
+
+    def _heads(self, x: torch.Tensor, b: int, t: int) -> Prediction:
+        x = self.norm(x).view(b, t, self.config.tokens, -1)  # (B, T, N, dim)
+        latents = torch.tanh(self.latent_out(x))  # (B, T, N, C)
+        pooled = self.heads(x.mean(dim=2))  # (B, T, D + 2)
+        d = self.config.state_dim
+        return Prediction(latents, pooled[..., :d], pooled[..., d], pooled[..., d + 1])
+
+    def forward(self, latents: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> Prediction:
+        """Teacher-forced dynamics over a sequence: inputs at t predict frame t+1.
+
+        latents (B, T, N, C), normalised state (B, T, D), action (B, T, A). A token sees every token
+        of the last `window` frames up to its own: exactly what the streaming cache holds, so a
+        stream reproduces this forward pass at any length.
+        """
+        b, t, n, _ = latents.shape
+        x = self._tokens(latents, state, action)  # (B, T*N, dim)
+        frame = torch.arange(t, device=x.device).repeat_interleave(n)  # (T*N,)
+        lag = frame[:, None] - frame[None, :]
+        mask = (lag >= 0) & (lag < self.config.window)  # block-causal, sliding window
+        times = frame.expand(b, -1)
+        for block in self.blocks:
+            x = block(x, times, mask)
+        return self._heads(x, b, t)
+
+    # -- streaming --
+
+    def new_stream(
+        self, batch: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> StreamCache:
+        return StreamCache(self.config, batch, device, dtype)
+
+    def stream_step(
+        self, cache: StreamCache, latents: torch.Tensor, state: torch.Tensor, action: torch.Tensor
+    ) -> Prediction:
+        """One frame per row: latents (B, N, C), normalised state (B, D), action (B, A) -> Prediction of t+1.
+
+        Appends the frame's keys and values to `cache` (dropping the oldest beyond the window).
+        """
+        b = latents.shape[0]
+        x = self._tokens(latents[:, None], state[:, None], action[:, None])  # (B, N, dim)
+        times = cache.time[:, None].expand(b, self.config.tokens)  # (B, N)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, times, None, cache=cache.layer(layer))
+        cache.advance()
+        return self._heads(x, b, 1)
+
+
+class StreamCache:
+    """Keys and values of the last `window` frames of every row, in a ring buffer.
+
+    Each row keeps its own frame counter, so rows of a batch can be reset independently (the
+    vector env's partial resets); slots a row has not filled yet are masked out.
+    """
+
+    def __init__(self, config: WorldModelConfig, batch: int, device, dtype):
+        self.config = config
+        n, w = config.tokens, config.window
+        shape = (config.depth, batch, config.heads, w * n, config.dim // config.heads)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, W*N, Dh)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.time = torch.zeros(batch, dtype=torch.long, device=device)  # frames seen per row
+        self._slot_frame = torch.arange(w * n, device=device) // n  # (W*N,) ring slot -> frame slot
+
+    def reset(self, rows: torch.Tensor | None = None) -> None:
+        """Forget the history of `rows` (bool mask or indices; all rows when None)."""
+        if rows is None:
+            self.time.zero_()
+        else:
+            self.time[rows] = 0
+
+    def layer(self, index: int):
+        """A function storing this frame's k, v (B, H, N, Dh) and returning all cached k, v and the mask."""
+
+        def store(k: torch.Tensor, v: torch.Tensor):
+            n, w = self.config.tokens, self.config.window
+            slot = (self.time % w)[:, None] * n + torch.arange(n, device=k.device)  # (B, N)
+            index_ = slot[:, None, :, None].expand_as(k)
+            self.keys[index].scatter_(2, index_, k.to(self.keys.dtype))
+            self.values[index].scatter_(2, index_, v.to(self.values.dtype))
+            filled = torch.clamp(self.time + 1, max=w)  # (B,) frames held, this one included
+            if bool((filled == w).all()):
+                mask = None  # steady state: every slot valid, and flash-attn may be used
+            else:
+                frame_slot = self._slot_frame[None, :]  # (1, W*N)
+                mask = (frame_slot < filled[:, None])[:, None, None, :]  # (B, 1, 1, W*N)
+            return self.keys[index].to(k.dtype), self.values[index].to(v.dtype), mask
+
+        return store
+
+    def advance(self) -> None:
+        self.time += 1
