@@ -27,6 +27,11 @@ VERBS: dict[str, Verb] = {
         run="wm_sim.collect:collect",
         summary="record episodes of a scripted policy in a MuJoCo task into a zarr dataset",
     ),
+    "train": Verb(
+        schema="wm_sim.train:TrainConfig",
+        run="wm_sim.train:train",
+        summary="train the world model on a dataset (checkpoints, validation, resume=auto)",
+    ),
 }
 
 

@@ -1,0 +1,307 @@
+"""`wm-sim train`: fit the world model to a collected dataset, with checkpoints and resume.
+
+One training step sees windows of `window + 1` frames and learns, all at once:
+- to reconstruct every frame through the tokenizer (pixel L2);
+- to predict each next frame's latents, state, reward and continue flag from the frames before;
+- to do so from its own one-step predictions too (a second pass whose inputs are the first pass's
+  detached predictions), and from noise-augmented context latents: both teach the model to pull
+  its own errors back instead of compounding them, which is what keeps long rollouts legible.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from wm_sim.checkpoint import LAST, load_checkpoint, load_train_state, save_checkpoint
+from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY, image_key
+from wm_sim.data.store import EpisodeStore
+from wm_sim.data.windows import EpisodeWindows
+from wm_sim.errors import WmSimError
+from wm_sim.world_model import WorldModel, WorldModelConfig
+
+
+@dataclass
+class ModelSize:
+    """The size of the world model (a file of configs/model/); the data fixes the rest of its shape."""
+
+    grid: int = 4
+    latent_dim: int = 32
+    tokenizer_width: int = 128
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: int = 4
+    window: int = 8
+
+
+@dataclass
+class TrainConfig:
+    """Options of `wm-sim train`."""
+
+    data: str = field(default="datasets/reacher.zarr", metadata={"help": "the zarr dataset to train on"})
+    model: ModelSize = field(default_factory=ModelSize, metadata={"help": "model size: model=small|tiny"})
+    out: str = field(default="outputs/reacher", metadata={"help": "run directory: checkpoints and logs"})
+    steps: int = field(
+        default=20000, metadata={"help": "optimiser steps in all (a resumed run counts from its start)"}
+    )
+    batch_size: int = field(default=32, metadata={"help": "windows per step"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate (warm-up, then cosine decay)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    context_noise: float = field(
+        default=0.1, metadata={"help": "max std of the noise added to input latents"}
+    )
+    val_fraction: float = field(
+        default=0.1, metadata={"help": "every 1/f-th episode is held out for validation"}
+    )
+    val_every: int = field(default=500, metadata={"help": "steps between validations"})
+    checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
+    seed: int = field(default=0, metadata={"help": "seeds the initialisation and the batch order"})
+    resume: str = field(
+        default="false", metadata={"help": "false: new run; auto: continue out/last if present"}
+    )
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+
+
+def model_config(size: ModelSize, store: EpisodeStore) -> WorldModelConfig:
+    """The full model shape: the chosen size, plus what the dataset fixes."""
+    info = store.info
+    return WorldModelConfig(
+        image_size=info.image_size,
+        action_dim=info.features[ACTION_KEY].shape[0],
+        state_dim=info.features[STATE_KEY].shape[0],
+        **{k: getattr(size, k) for k in ModelSize.__dataclass_fields__},
+    )
+
+
+def losses(
+    model: WorldModel, batch: dict[str, torch.Tensor], context_noise: float
+) -> dict[str, torch.Tensor]:
+    """Every loss term of one batch of windows (B, T+1, ...)."""
+    pixels = batch["pixels"]  # (B, T+1, S, S, 3) uint8
+    target = pixels.float() / 255.0
+    latents = model.encode(pixels)  # (B, T+1, N, C)
+    recon = F.mse_loss(model.decode(latents), target)
+    state = model.normalise_state(batch["state"])  # (B, T+1, D)
+    action, reward, cont = batch["action"][:, :-1], batch["reward"][:, :-1], 1.0 - batch["terminated"][:, :-1]
+    goal = latents[:, 1:].detach()
+    noise = torch.rand(latents.shape[0], 1, 1, 1, device=latents.device) * context_noise
+    inputs = (latents[:, :-1] + noise * torch.randn_like(latents[:, :-1])).clamp(-1, 1)
+    first = model(inputs, state[:, :-1], action)
+    # Second pass: from frame 1 on, the inputs are the first pass's own (detached) predictions.
+    own = torch.cat([inputs[:, :1], first.latents[:, :-1].detach()], dim=1)
+    own_state = torch.cat([state[:, :1], first.state[:, :-1].detach()], dim=1)
+    second = model(own, own_state, action)
+    terms = {"recon": recon}
+    for name, pred in (("teacher", first), ("own", second)):
+        terms[f"{name}_latent"] = F.mse_loss(pred.latents, goal)
+        terms[f"{name}_state"] = F.mse_loss(pred.state, state[:, 1:])
+        terms[f"{name}_reward"] = F.mse_loss(pred.reward, reward)
+        terms[f"{name}_continue"] = F.binary_cross_entropy_with_logits(pred.continue_logit, cont)
+    # Pixels of predicted frames, at one random time step: the decoder learns predicted latents too.
+    t = int(torch.randint(0, first.latents.shape[1], (1,)))
+    terms["predicted_pixels"] = F.mse_loss(model.decode(second.latents[:, t]), target[:, t + 1])
+    weights = {"recon": 1.0, "predicted_pixels": 1.0}
+    terms["total"] = sum(weights.get(k, 1.0 if "latent" in k else 0.1) * v for k, v in terms.items())
+    return terms
+
+
+def to_batch(
+    windows: list[dict[str, np.ndarray]], camera: str, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Stack dataset windows into the tensors `losses` takes."""
+    stack = {key: np.stack([w[key] for w in windows]) for key in windows[0]}
+    return {
+        "pixels": torch.from_numpy(stack[image_key(camera)]).to(device),
+        "state": torch.from_numpy(stack[STATE_KEY]).to(device),
+        "action": torch.from_numpy(stack[ACTION_KEY]).to(device),
+        "reward": torch.from_numpy(stack[REWARD_KEY]).to(device),
+        "terminated": torch.from_numpy(stack[TERMINATED_KEY].astype(np.float32)).to(device),
+    }
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train (or continue training) a world model; returns the run directory."""
+    if cfg.steps <= 0 or cfg.batch_size <= 0:
+        raise WmSimError(
+            f"steps and batch_size must be positive, got steps={cfg.steps}, batch_size={cfg.batch_size}"
+        )
+    if cfg.resume not in ("false", "auto"):
+        raise WmSimError(f"resume must be false or auto, got {cfg.resume!r}")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    store = EpisodeStore.open(cfg.data)
+    config = model_config(cfg.model, store)
+    camera = store.info.cameras[0]
+    keys = [image_key(camera), STATE_KEY, ACTION_KEY, REWARD_KEY, TERMINATED_KEY]
+    train_set = EpisodeWindows(
+        store, config.window + 1, 0, split="train", val_fraction=cfg.val_fraction, keys=keys
+    )
+    val_set = EpisodeWindows(
+        store, config.window + 1, 0, split="val", val_fraction=cfg.val_fraction, keys=keys
+    )
+    if len(train_set) < cfg.batch_size:
+        raise WmSimError(
+            f"{cfg.data} has {len(train_set)} training windows of {config.window + 1} frames, fewer than one "
+            f"batch of {cfg.batch_size}: collect more episodes or lower batch_size"
+        )
+    run_dir = Path(cfg.out)
+    resuming = cfg.resume == "auto" and (run_dir / LAST).exists()
+    if run_dir.exists() and any(run_dir.iterdir()) and not resuming:
+        raise WmSimError(
+            f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another out="
+        )
+    device = torch.device("cpu")
+    model, optimiser, step, rng = _start(cfg, config, store, run_dir if resuming else None)
+    data_meta = _run_meta(cfg, store, camera)
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step")
+    started, seen = time.perf_counter(), 0
+    while step < cfg.steps:
+        model.train()
+        _set_lr(optimiser, cfg.lr, step, cfg.steps)
+        picks = rng.integers(0, len(train_set), cfg.batch_size)
+        terms = losses(model, to_batch([train_set[int(i)] for i in picks], camera, device), cfg.context_noise)
+        if not torch.isfinite(terms["total"]):
+            raise WmSimError(
+                f"loss became {terms['total'].item()} at step {step}; the last good checkpoint is {run_dir / LAST}"
+            )
+        optimiser.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        step += 1
+        seen += cfg.batch_size
+        bar.update(1)
+        bar.set_postfix(
+            loss=f"{terms['total'].item():.4f}", samples_per_s=f"{seen / (time.perf_counter() - started):.1f}"
+        )
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            meta_val = validate(model, val_set, camera, cfg.batch_size, device)
+            bar.write(f"step {step}: " + ", ".join(f"val_{k}={v:.4f}" for k, v in meta_val.items()))
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _checkpoint(run_dir, step, model, optimiser, rng, data_meta)
+    bar.close()
+    return run_dir
+
+
+def _run_meta(cfg: TrainConfig, store: EpisodeStore, camera: str) -> dict:
+    """What a checkpoint records about its data and run, so it can be used without the dataset."""
+    info = store.info
+    return {
+        "dataset": {
+            "path": str(Path(cfg.data).resolve()),
+            "task": info.task,
+            "fps": info.fps,
+            "image_size": info.image_size,
+            "camera": camera,
+            "action_low": info.action_low,
+            "action_high": info.action_high,
+            "state_names": info.features[STATE_KEY].names,
+            "action_names": info.features[ACTION_KEY].names,
+        },
+        "train": {k: v for k, v in vars(cfg).items() if k != "model"},
+    }
+
+
+def _start(cfg: TrainConfig, config: WorldModelConfig, store: EpisodeStore, resume_from: Path | None):
+    """(model, optimiser, step, batch rng): fresh, or exactly as a checkpoint left them."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    if resume_from is None:
+        model = WorldModel(config)
+        states = store.read(STATE_KEY, 0, store.num_frames)
+        model.state_mean.copy_(torch.from_numpy(states.mean(0)))
+        model.state_std.copy_(torch.from_numpy(states.std(0) + 1e-3))
+        return model, _optimiser(model, cfg), 0, rng
+    model, _ = load_checkpoint(resume_from / LAST)
+    if model.config != config:
+        raise WmSimError(
+            f"cannot resume {resume_from}: its model {model.config} differs from this run's {config}"
+        )
+    optimiser = _optimiser(model, cfg)
+    tensors, train_meta = load_train_state(resume_from / LAST)
+    optimiser.load_state_dict(_unflatten(train_meta["optimiser"], tensors))
+    rng.bit_generator.state = train_meta["rng"]
+    torch.set_rng_state(tensors["torch_rng"])
+    return model, optimiser, int(train_meta["step"]), rng
+
+
+def _optimiser(model: WorldModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _checkpoint(
+    run_dir: Path, step: int, model: WorldModel, optimiser, rng: np.random.Generator, meta: dict
+) -> None:
+    skeleton, tensors = _flatten(optimiser.state_dict())
+    tensors["torch_rng"] = torch.get_rng_state()
+    save_checkpoint(
+        run_dir,
+        f"step-{step:07d}",
+        model,
+        {**meta, "step": step},
+        train_tensors=tensors,
+        train_meta={"step": step, "optimiser": skeleton, "rng": rng.bit_generator.state},
+    )
+
+
+@torch.no_grad()
+def validate(
+    model: WorldModel, val_set: EpisodeWindows, camera: str, batch_size: int, device
+) -> dict[str, float]:
+    """Mean loss terms over (up to 8 batches of) the validation windows, without context noise."""
+    if len(val_set) == 0:
+        return {}
+    model.eval()
+    picks = np.linspace(0, len(val_set) - 1, min(len(val_set), 8 * batch_size)).astype(int)
+    sums: dict[str, float] = {}
+    for chunk in np.array_split(picks, max(1, len(picks) // batch_size)):
+        terms = losses(model, to_batch([val_set[int(i)] for i in chunk], camera, device), 0.0)
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
+    return {k: v / len(picks) for k, v in sums.items()}
+
+
+def _set_lr(optimiser: torch.optim.Optimizer, peak: float, step: int, total: int) -> None:
+    warmup = max(1, min(500, total // 20))
+    scale = (
+        (step + 1) / warmup
+        if step < warmup
+        else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    )
+    for group in optimiser.param_groups:
+        group["lr"] = peak * max(scale, 0.05)
+
+
+def _flatten(obj, prefix: str = "t", tensors: dict | None = None):
+    """Split a nested state (dicts, lists, tensors, numbers) into named tensors and a JSON skeleton."""
+    tensors = {} if tensors is None else tensors
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj
+        return {"__tensor__": prefix}, tensors
+    if isinstance(obj, dict):  # keys keep their type (optimiser state is keyed by int)
+        return {
+            "__dict__": [
+                [k, _flatten(v, f"{prefix}.{i}", tensors)[0]] for i, (k, v) in enumerate(obj.items())
+            ]
+        }, tensors
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(v, f"{prefix}.{i}", tensors)[0] for i, v in enumerate(obj)], tensors
+    return obj, tensors
+
+
+def _unflatten(skeleton, tensors: dict[str, torch.Tensor]):
+    if isinstance(skeleton, dict) and "__tensor__" in skeleton:
+        return tensors[skeleton["__tensor__"]]
+    if isinstance(skeleton, dict) and "__dict__" in skeleton:
+        return {k: _unflatten(v, tensors) for k, v in skeleton["__dict__"]}
+    if isinstance(skeleton, list):
+        return [_unflatten(v, tensors) for v in skeleton]
+    return skeleton
