@@ -180,6 +180,15 @@ def test_windows_stay_inside_episodes_and_splits_are_disjoint(reacher_store_path
         train[len(train)]
 
 
+def test_in_memory_windows_equal_windows_read_from_disk(reacher_store_path):
+    disk = EpisodeWindows(reacher_store_path, 3, 2, split="all")
+    memory = EpisodeWindows(reacher_store_path, 3, 2, split="all", in_memory=True)
+    assert len(disk) == len(memory)
+    for i in (0, 17, len(disk) - 1):
+        for key, value in disk[i].items():
+            np.testing.assert_array_equal(memory[i][key], value)
+
+
 def test_windows_work_with_a_torch_dataloader(reacher_store_path):
     torch = pytest.importorskip("torch")
     windows = EpisodeWindows(reacher_store_path, 2, 1, split="all", keys=[image_key("top"), "action"])

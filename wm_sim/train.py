@@ -142,7 +142,7 @@ def train(cfg: TrainConfig) -> Path:
     camera = store.info.cameras[0]
     keys = [image_key(camera), STATE_KEY, ACTION_KEY, REWARD_KEY, TERMINATED_KEY]
     train_set = EpisodeWindows(
-        store, config.window + 1, 0, split="train", val_fraction=cfg.val_fraction, keys=keys
+        store, config.window + 1, 0, split="train", val_fraction=cfg.val_fraction, keys=keys, in_memory=True
     )
     val_set = EpisodeWindows(
         store, config.window + 1, 0, split="val", val_fraction=cfg.val_fraction, keys=keys

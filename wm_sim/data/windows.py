@@ -39,6 +39,7 @@ class EpisodeWindows:
         val_fraction: float = 0.1,
         keys: list[str] | None = None,
         stride: int = 1,
+        in_memory: bool = False,
     ):
         self.store = store if isinstance(store, EpisodeStore) else EpisodeStore.open(store, mode="r")
         if context < 1 or horizon < 0:
@@ -56,6 +57,10 @@ class EpisodeWindows:
             raise WmSimError(f"unknown keys {sorted(unknown)}; the store has {self.store.keys}")
         self.episodes = self._split_episodes()
         self._starts = self._window_starts(stride)
+        # Training draws windows at random: one read of every committed row beats a shard read per window.
+        self._memory = (
+            {key: self.store.read(key, 0, self.store.num_frames) for key in self.keys} if in_memory else None
+        )
 
     def _split_episodes(self) -> list[int]:
         episodes = list(range(self.store.num_episodes))
@@ -78,4 +83,6 @@ class EpisodeWindows:
         if not -len(self) <= index < len(self):
             raise IndexError(f"window {index} out of range for {len(self)} windows")
         start = int(self._starts[index])
+        if self._memory is not None:
+            return {key: self._memory[key][start : start + self.length] for key in self.keys}
         return {key: self.store.read(key, start, start + self.length) for key in self.keys}
