@@ -57,18 +57,35 @@ def rotate_time(x: torch.Tensor, t: torch.Tensor, base: float = 1000.0) -> torch
 
 
 class Encoder(nn.Module):
-    """(B, 3, S, S) pixels in [0, 1] -> (B, G*G, C) latent tokens in (-1, 1)."""
+    """(B, 3, S, S) pixels in [0, 1] -> (B, G*G, C) latent tokens in (-1, 1).
+
+    Space-to-depth by 4, then stages of (depthwise 3x3, pointwise 1x1, space-to-depth by 2): about
+    a fifth of the multiply-adds of strided 4x4 convolutions, for the same receptive field growth.
+    """
 
     def __init__(self, image_size: int, grid: int, latent_dim: int, width: int):
         super().__init__()
-        stages = int(math.log2(image_size // grid))
-        layers: list[nn.Module] = [nn.Conv2d(3, width // 2 ** (stages - 1), 3, padding=1)]
-        channels = width // 2 ** (stages - 1)
-        for i in range(stages):  # each stage halves the resolution
-            out = width // 2 ** max(stages - 2 - i, 0)
-            layers += [nn.GELU(), nn.Conv2d(channels, out, 4, stride=2, padding=1)]
+        stages = int(math.log2(image_size // grid)) - 2  # the first 4x is the patchify
+        if stages < 0:
+            raise ValueError(f"image_size / grid must be at least 4, got {image_size} / {grid}")
+        channels = max(width // 2**stages, 16)
+        layers: list[nn.Module] = [nn.PixelUnshuffle(4), nn.Conv2d(48, channels, 1)]
+        for _ in range(stages):
+            out = min(channels * 2, width)
+            layers += [
+                nn.GELU(),
+                nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
+                nn.Conv2d(channels, channels, 1),
+                nn.GELU(),
+                nn.PixelUnshuffle(2),
+                nn.Conv2d(channels * 4, out, 1),
+            ]
             channels = out
-        layers += [nn.GELU(), nn.Conv2d(channels, latent_dim, 1)]
+        layers += [
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
+            nn.Conv2d(channels, latent_dim, 1),
+        ]
         self.net = nn.Sequential(*layers)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
