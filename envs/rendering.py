@@ -44,7 +44,7 @@ class OffscreenCamera:
         except Exception as exc:  # the GL backends raise assorted types; re-raise as one clear line
             raise WmSimError(
                 f"offscreen MuJoCo rendering failed with MUJOCO_GL={_gl_backend()!r} ({exc}); "
-                "install the EGL libraries (Debian: apt-get install libegl1 libgl1 libgles2) "
+                "install the EGL libraries (Debian: apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri) "
                 "or set MUJOCO_GL=osmesa"
             ) from exc
         # Shadow maps (4096^2) and reflections cost ~10x the frame itself on a software renderer,

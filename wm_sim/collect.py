@@ -7,10 +7,10 @@ workers, and a resumed run continues exactly where an uninterrupted one would ha
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
-import multiprocessing.connection
 import os
-import queue
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,34 +127,38 @@ def _run(cfg: CollectConfig, jobs: list[tuple[int, int]]):
 
 
 def _run_workers(cfg: CollectConfig, jobs: list[tuple[int, int]]):
+    """Worker k runs jobs k, k+n, k+2n, ... and sends each episode over its own pipe.
+
+    This process reads episode i from the one pipe that owes it: no shared queue, no reorder
+    buffer, memory bounded by one episode per worker (a worker's send waits until it is read), a
+    dead worker is an immediate error, and a dead parent is a BrokenPipeError in the worker.
+    """
     ctx = mp.get_context("spawn")  # MuJoCo's GL contexts and zarr's threads do not survive fork
-    job_queue = ctx.Queue()
-    for job in jobs:
-        job_queue.put(job)
+    count = min(cfg.workers, len(jobs))
     workers, receivers = [], []
-    for _ in range(min(cfg.workers, len(jobs))):
-        # One pipe per worker, written synchronously: a worker waits while this process writes
-        # (memory stays bounded), and a dead parent is a BrokenPipeError, never a hang.
+    for k in range(count):
         receiver, sender = ctx.Pipe(duplex=False)
         worker = ctx.Process(
             target=_worker,
-            args=(cfg.task, cfg.image_size, cfg.policy, cfg.seed, job_queue, sender),
+            args=(cfg.task, cfg.image_size, cfg.policy, cfg.seed, jobs[k::count], sender),
             daemon=True,
         )
         worker.start()
         sender.close()  # this process only reads
-        job_queue.put(None)  # one stop sign per worker, after every job
         workers.append(worker)
         receivers.append(receiver)
-    pending: dict[int, tuple[int, dict]] = {}
     try:
-        for index, _ in jobs:
-            while index not in pending:
-                got_index, got_seed, episode, error = _next_result(receivers)
-                if error is not None:
-                    raise WmSimError(f"worker failed on episode {got_index}: {error}")
-                pending[got_index] = (got_seed, episode)
-            seed, episode = pending.pop(index)
+        for i, (index, seed) in enumerate(jobs):
+            k = i % count
+            try:
+                episode, error = receivers[k].recv()
+            except EOFError:
+                workers[k].join(timeout=5)
+                raise WmSimError(
+                    f"collect worker {k} exited (code {workers[k].exitcode}) before finishing episode {index}"
+                ) from None
+            if error is not None:
+                raise WmSimError(f"collect worker {k} failed on episode {index}: {error}")
             yield index, seed, episode
     finally:
         for worker in workers:
@@ -163,40 +167,24 @@ def _run_workers(cfg: CollectConfig, jobs: list[tuple[int, int]]):
             worker.join(timeout=5)
 
 
-def _next_result(receivers: list) -> tuple:
-    """The next message from any worker; a worker whose pipe closed has finished or died."""
-    while receivers:
-        for conn in mp.connection.wait(receivers, timeout=1.0):
-            try:
-                return conn.recv()
-            except EOFError:
-                receivers.remove(conn)
-    raise WmSimError("every collect worker exited before finishing its episodes")
-
-
-def _worker(task_name: str, image_size: int, policy_name: str, seed: int, jobs, sender) -> None:
-    """Simulate and render episodes until the stop sign, or until the parent process is gone."""
-    parent_pid = os.getppid()  # reparenting is how a SIGKILLed parent shows while waiting for jobs
-    task = make_task(task_name, image_size=image_size)
-    policy = make_scripted_policy(policy_name, [task], seed=seed)
+def _worker(task_name: str, image_size: int, policy_name: str, seed: int, jobs: list, sender) -> None:
+    """Simulate and render the given episodes in order, sending each; stop if the parent is gone."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    parent_pid = os.getppid()  # reparenting is how a SIGKILLed parent shows between episodes
+    task = None
     try:
-        while os.getppid() == parent_pid:
-            try:
-                job = jobs.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if job is None:
+        task = make_task(task_name, image_size=image_size)
+        policy = make_scripted_policy(policy_name, [task], seed=seed)
+        for index, episode_seed_ in jobs:
+            if os.getppid() != parent_pid:
                 return
-            index, episode_seed_ = job
-            try:
-                message = (index, episode_seed_, record_episode(task, policy, episode_seed_, index), None)
-            except Exception as exc:  # reported to the parent, which stops the run with this message
-                message = (index, episode_seed_, None, f"{type(exc).__name__}: {exc}")
-            sender.send(message)
-            if message[3] is not None:
-                return
+            sender.send((record_episode(task, policy, episode_seed_, index), None))
     except BrokenPipeError:
         return  # the parent is gone: nothing left to do
+    except Exception as exc:  # reported to the parent, which stops the run with this message
+        with contextlib.suppress(BrokenPipeError):
+            sender.send((None, f"{type(exc).__name__}: {exc}"))
     finally:
         sender.close()
-        task.close()
+        if task is not None:
+            task.close()

@@ -61,6 +61,10 @@ class DatasetInfo:
     @classmethod
     def from_attrs(cls, attrs: dict, where: str) -> DatasetInfo:
         version = attrs.get("schema_version")
+        if not attrs:
+            raise WmSimError(
+                f"{where} has no attributes: its creation never finished (killed at the start?); delete it and collect again"
+            )
         if version is None:
             raise WmSimError(f"{where} is not a wm-sim dataset: its attributes have no schema_version")
         if version != SCHEMA_VERSION:

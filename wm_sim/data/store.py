@@ -16,6 +16,8 @@ append (`resume`) trims them.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -38,6 +40,7 @@ class EpisodeStore:
         self.info = info
         self.path = path
         self.writable = writable
+        self._lock_fd = _lock_for_writing(path) if writable else None
         self._arrays: dict[str, zarr.Array] = {}
         self.refresh()
 
@@ -136,6 +139,13 @@ class EpisodeStore:
     def episode_seeds(self) -> np.ndarray:
         return self._root["meta"]["episode_seed"][: self.num_episodes]
 
+    def close(self) -> None:
+        """Release the writer's lock (reading stays possible)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        self.writable = False
+
     def refresh(self) -> None:
         """(Re)read which episodes are committed, including those another process added since."""
         # the ends first: every row they cover was on disk before they were written
@@ -176,6 +186,17 @@ class EpisodeStore:
                 arr.resize((count,))
         for debris in self.path.rglob("*.partial"):  # temp files of a write the kill cut short
             debris.unlink(missing_ok=True)
+
+
+def _lock_for_writing(path: Path) -> int:
+    """Hold an exclusive lock on the store's directory: one writer at a time, readers unaffected."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WmSimError(f"{path} is being written by another process; wait for it to finish") from None
+    return fd  # released when the process ends or the store is closed
 
 
 def _valid_episode_ends(root: zarr.Group, info: DatasetInfo, path: Path) -> np.ndarray:
