@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 import torch
 
+import wm_sim.train as train_module
 from wm_sim.checkpoint import LAST, load_checkpoint
 from wm_sim.collect import CollectConfig, collect
 from wm_sim.errors import WmSimError
@@ -42,14 +46,53 @@ def test_training_writes_loadable_checkpoints_with_dataset_metadata(reacher_stor
     assert not torch.allclose(model.state_std, torch.ones(4))  # normalisation from the data, saved with it
 
 
-def test_resumed_training_is_identical_to_an_uninterrupted_run(reacher_store_path, tmp_path):
-    straight = train(config(reacher_store_path, tmp_path / "straight", steps=4))
-    train(config(reacher_store_path, tmp_path / "resumed", steps=2))
-    resumed = train(config(reacher_store_path, tmp_path / "resumed", steps=4, resume="auto"))
-    a, _ = load_checkpoint(straight)
-    b, _ = load_checkpoint(resumed)
+def _interrupted_after_step_2(data, out, monkeypatch) -> None:
+    """Run to 4 steps, but die right after writing the step-2 checkpoint."""
+    real = train_module._checkpoint
+
+    def die_after_step_2(run_dir, step, *args, **kwargs):
+        real(run_dir, step, *args, **kwargs)
+        if step == 2:
+            raise KeyboardInterrupt  # the process is gone here, with its step-2 checkpoint on disk
+
+    monkeypatch.setattr(train_module, "_checkpoint", die_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, out, steps=4, val_fraction=0.5))
+    monkeypatch.setattr(train_module, "_checkpoint", real)
+
+
+def _same_weights(a_dir, b_dir) -> None:
+    a, _ = load_checkpoint(a_dir)
+    b, _ = load_checkpoint(b_dir)
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
+
+
+def test_a_killed_run_resumes_identically_to_an_uninterrupted_one(reacher_store_path, tmp_path, monkeypatch):
+    straight = train(config(reacher_store_path, tmp_path / "straight", steps=4, val_fraction=0.5))
+    _interrupted_after_step_2(reacher_store_path, tmp_path / "resumed", monkeypatch)
+    resumed = train(
+        config(reacher_store_path, tmp_path / "resumed", steps=4, val_fraction=0.5, resume="auto")
+    )
+    _same_weights(straight, resumed)
+
+
+def test_a_checkpoint_orphaned_by_a_kill_is_replaced_on_resume(reacher_store_path, tmp_path):
+    straight = train(config(reacher_store_path, tmp_path / "straight", steps=4))
+    run = train(config(reacher_store_path, tmp_path / "run", steps=4))
+    # what a kill between renaming step-4 into place and moving `last` leaves behind
+    (run / LAST).unlink()
+    os.symlink("step-0000002", run / LAST)
+    train(config(reacher_store_path, run, steps=4, resume="auto"))
+    assert os.readlink(run / LAST) == "step-0000004"
+    _same_weights(straight, run)
+
+
+def test_debris_of_a_cut_short_first_checkpoint_is_not_a_run(reacher_store_path, tmp_path):
+    run = tmp_path / "run"
+    (run / ".step-0000002.0123abcd.partial").mkdir(parents=True)
+    train(config(reacher_store_path, run, steps=2))
+    assert (run / LAST).exists()
 
 
 def test_refusals_change_nothing(reacher_store_path, tmp_path):
@@ -63,6 +106,8 @@ def test_refusals_change_nothing(reacher_store_path, tmp_path):
                 reacher_store_path, run, steps=4, resume="auto", model=ModelSize(**{**vars(TINY), "dim": 64})
             )
         )
+    with pytest.raises(WmSimError, match=r"trained with lr=0\.001"):
+        train(config(reacher_store_path, run, steps=4, resume="auto", lr=0.01))
     with pytest.raises(WmSimError, match="fewer than one batch"):
         train(config(reacher_store_path, tmp_path / "other", batch_size=10_000))
     assert sorted(p.name for p in run.iterdir()) == before
@@ -76,3 +121,46 @@ def test_a_dataset_of_another_image_size_cannot_resume_a_run(reacher_store_path,
     )
     with pytest.raises(WmSimError, match="image_size=32"):
         train(config(small.path, run, steps=4, resume="auto"))
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.heads=3", "does not fit"),
+        ("model.tokenizer_width=100", "multiple of 16"),
+        ("val_every=0", "must be positive"),
+        ("resume=maybe", "resume must be false or auto"),
+        ("model=huge", "model/huge"),
+    ],
+)
+def test_train_bad_input_is_one_clear_line(reacher_store_path, tmp_path, override, expected):
+    args = [
+        "wm-sim",
+        "train",
+        f"data={reacher_store_path}",
+        f"out={tmp_path / 'run'}",
+        "model=tiny",
+        "steps=1",
+        override,
+    ]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert expected in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_accepts_resume_false_on_the_command_line(reacher_store_path, tmp_path):
+    args = [
+        "wm-sim",
+        "train",
+        f"data={reacher_store_path}",
+        f"out={tmp_path / 'run'}",
+        "model=tiny",
+        "steps=1",
+    ]
+    result = subprocess.run(
+        [*args, "batch_size=2", "resume=false"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / LAST).exists()

@@ -51,16 +51,16 @@ def test_streaming_step_reproduces_the_full_forward_pass(model, frames):
     torch.testing.assert_close(torch.cat([s.state for s in steps], 1), full.state, rtol=1e-5, atol=1e-5)
 
 
-def test_cache_memory_is_bounded_by_the_window(model):
+def test_cache_is_written_in_place_however_long_the_stream(model):
     latents, state, action = _inputs(model, 1, 1)
     cache = model.new_stream(1)
-    sizes = set()
+    buffers = (cache.keys.data_ptr(), cache.values.data_ptr(), cache.keys.shape)
     with torch.no_grad():
         for _ in range(3 * TINY.window):
             model.stream_step(cache, latents[:, 0], state[:, 0], action[:, 0])
-            sizes.add((cache.keys.shape, cache.values.shape))
-    assert len(sizes) == 1
+    assert (cache.keys.data_ptr(), cache.values.data_ptr(), cache.keys.shape) == buffers
     assert cache.keys.shape[3] == TINY.window * TINY.tokens
+    assert int(cache.time[0]) == 3 * TINY.window
 
 
 def test_resetting_one_row_restarts_only_that_row(model):

@@ -72,7 +72,13 @@ def save_checkpoint(
     run_dir = Path(run_dir)
     final = run_dir / name
     if final.exists():
-        raise WmSimError(f"checkpoint {final} already exists; refusing to overwrite it")
+        last = run_dir / LAST
+        if last.exists() and last.resolve() != final.resolve() and _is_newer(final, last.resolve()):
+            # A kill between the rename and the `last` update left this step unreferenced; the
+            # resumed run is writing the same step again, so the orphan is replaced, not kept.
+            shutil.rmtree(final)
+        else:
+            raise WmSimError(f"checkpoint {final} already exists; refusing to overwrite it")
     staging = run_dir / f".{name}.{uuid.uuid4().hex}.partial"
     staging.mkdir(parents=True)
     try:
@@ -98,6 +104,13 @@ def save_checkpoint(
     return final
 
 
+def _is_newer(candidate: Path, last: Path) -> bool:
+    try:
+        return int(read_json(candidate / META).get("step", -1)) > int(read_json(last / META).get("step", -1))
+    except WmSimError:
+        return True  # unreadable leftovers of a cut-short save are never what `last` holds
+
+
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[WorldModel, dict[str, Any]]:
@@ -110,10 +123,9 @@ def load_checkpoint(
             f"{directory / META}: checkpoint schema version {version!r}; this wm-sim reads version {CHECKPOINT_SCHEMA_VERSION}"
         )
     try:
-        config = WorldModelConfig(**meta["model"])
+        model = WorldModel(WorldModelConfig(**meta["model"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise WmSimError(f"{directory / META}: invalid model config ({exc})") from exc
-    model = WorldModel(config)
     state = read_tensors(directory / WEIGHTS, map_location)
     try:
         model.load_state_dict(state, strict=True)

@@ -1,7 +1,7 @@
 """`wm-sim train`: fit the world model to a collected dataset, with checkpoints and resume.
 
 One training step sees windows of `window + 1` frames and learns, all at once:
-- to reconstruct every frame through the tokenizer (pixel L2);
+- to reconstruct frames through the tokenizer (pixel L2, two random frames per window);
 - to predict each next frame's latents, state, reward and continue flag from the frames before;
 - to do so from its own one-step predictions too (a second pass whose inputs are the first pass's
   detached predictions), and from noise-augmented context latents: both teach the model to pull
@@ -135,12 +135,20 @@ def train(cfg: TrainConfig) -> Path:
         raise WmSimError(
             f"steps and batch_size must be positive, got steps={cfg.steps}, batch_size={cfg.batch_size}"
         )
-    if cfg.resume not in ("false", "auto"):
+    resume = str(cfg.resume).lower()  # Hydra reads `resume=false` as a bool
+    if resume not in ("false", "auto"):
         raise WmSimError(f"resume must be false or auto, got {cfg.resume!r}")
+    if cfg.val_every <= 0 or cfg.checkpoint_every <= 0:
+        raise WmSimError(
+            f"val_every and checkpoint_every must be positive, got {cfg.val_every}, {cfg.checkpoint_every}"
+        )
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     store = EpisodeStore.open(cfg.data)
-    config = model_config(cfg.model, store)
+    try:
+        config = model_config(cfg.model, store)
+    except ValueError as exc:
+        raise WmSimError(f"model size {cfg.model} does not fit {cfg.data}: {exc}") from exc
     camera = store.info.cameras[0]
     keys = [image_key(camera), STATE_KEY, ACTION_KEY, REWARD_KEY, TERMINATED_KEY]
     train_set = EpisodeWindows(
@@ -155,8 +163,9 @@ def train(cfg: TrainConfig) -> Path:
             f"batch of {cfg.batch_size}: collect more episodes or lower batch_size"
         )
     run_dir = Path(cfg.out)
-    resuming = cfg.resume == "auto" and (run_dir / LAST).exists()
-    if run_dir.exists() and any(run_dir.iterdir()) and not resuming:
+    resuming = resume == "auto" and (run_dir / LAST).exists()
+    # dot-files are debris of a checkpoint write a kill cut short, not a run
+    if run_dir.exists() and any(not p.name.startswith(".") for p in run_dir.iterdir()) and not resuming:
         raise WmSimError(
             f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another out="
         )
@@ -207,6 +216,8 @@ def _run_meta(cfg: TrainConfig, store: EpisodeStore, camera: str) -> dict:
             "action_high": info.action_high,
             "state_names": info.features[STATE_KEY].names,
             "action_names": info.features[ACTION_KEY].names,
+            "num_episodes": store.num_episodes,
+            "num_frames": store.num_frames,
         },
         "train": {k: v for k, v in vars(cfg).items() if k != "model"},
     }
@@ -222,17 +233,37 @@ def _start(cfg: TrainConfig, config: WorldModelConfig, store: EpisodeStore, resu
         model.state_mean.copy_(torch.from_numpy(states.mean(0)))
         model.state_std.copy_(torch.from_numpy(states.std(0) + 1e-3))
         return model, _optimiser(model, cfg), 0, rng
-    model, _ = load_checkpoint(resume_from / LAST)
+    model, meta = load_checkpoint(resume_from / LAST)
     if model.config != config:
         raise WmSimError(
             f"cannot resume {resume_from}: its model {model.config} differs from this run's {config}"
         )
+    _check_same_run(resume_from, meta, _run_meta(cfg, store, store.info.cameras[0]))
     optimiser = _optimiser(model, cfg)
     tensors, train_meta = load_train_state(resume_from / LAST)
     optimiser.load_state_dict(_unflatten(train_meta["optimiser"], tensors))
     rng.bit_generator.state = train_meta["rng"]
     torch.set_rng_state(tensors["torch_rng"])
     return model, optimiser, int(train_meta["step"]), rng
+
+
+# What must not change for a resumed run to be the same run (steps, resume and threads may).
+RUN_IDENTITY = ("batch_size", "lr", "weight_decay", "context_noise", "val_fraction", "seed", "data")
+
+
+def _check_same_run(run_dir: Path, saved: dict, now: dict) -> None:
+    for key in RUN_IDENTITY:
+        if saved.get("train", {}).get(key) != now["train"][key]:
+            raise WmSimError(
+                f"cannot resume {run_dir}: it was trained with {key}={saved.get('train', {}).get(key)!r}, "
+                f"this run asks for {now['train'][key]!r}"
+            )
+    for key in ("path", "num_frames"):
+        if saved.get("dataset", {}).get(key) != now["dataset"][key]:
+            raise WmSimError(
+                f"cannot resume {run_dir}: its dataset {key} was {saved.get('dataset', {}).get(key)!r}, "
+                f"now {now['dataset'][key]!r} (a changed dataset makes a different run; start a new out=)"
+            )
 
 
 def _optimiser(model: WorldModel, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -264,10 +295,13 @@ def validate(
     model.eval()
     picks = np.linspace(0, len(val_set) - 1, min(len(val_set), 8 * batch_size)).astype(int)
     sums: dict[str, float] = {}
-    for chunk in np.array_split(picks, max(1, len(picks) // batch_size)):
-        terms = losses(model, to_batch([val_set[int(i)] for i in chunk], camera, device), 0.0)
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
+    # The same random frames at every validation, and the training RNG left untouched by it.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        for chunk in np.array_split(picks, max(1, len(picks) // batch_size)):
+            terms = losses(model, to_batch([val_set[int(i)] for i in chunk], camera, device), 0.0)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
     return {k: v / len(picks) for k, v in sums.items()}
 
 

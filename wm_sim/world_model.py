@@ -46,8 +46,9 @@ def rotate_time(x: torch.Tensor, t: torch.Tensor, base: float = 1000.0) -> torch
     ring-buffer cache keep old keys unchanged as the window slides.
     """
     half = x.shape[-1] // 2
-    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)  # (D/2,)
-    angles = t.to(torch.float32)[:, None, :, None] * freqs  # (B, 1, S, D/2)
+    # float64 angles: frame indices of long streams (1e6) would lose the rotation's precision in float32
+    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float64) / half)  # (D/2,)
+    angles = t.to(torch.float64)[:, None, :, None] * freqs  # (B, 1, S, D/2)
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
@@ -186,6 +187,10 @@ class WorldModelConfig:
     window: int = 8  # frames the dynamics attends to (and trains on)
 
     def __post_init__(self):
+        if self.image_size < 4 * self.grid:
+            raise ValueError(f"image_size must be at least 4 x grid, got {self.image_size} and {self.grid}")
+        if self.tokenizer_width % 16:
+            raise ValueError(f"tokenizer_width must be a multiple of 16, got {self.tokenizer_width}")
         if self.image_size % self.grid or (self.image_size // self.grid) & (self.image_size // self.grid - 1):
             raise ValueError(f"image_size / grid must be a power of two, got {self.image_size} / {self.grid}")
         if self.dim % self.heads or (self.dim // self.heads) % 2:
