@@ -207,6 +207,19 @@ def test_in_memory_windows_equal_windows_read_from_disk(reacher_store_path):
             np.testing.assert_array_equal(memory[i][key], value)
 
 
+def test_padded_windows_reach_each_episodes_last_transition(reacher_store_path):
+    plain = EpisodeWindows(reacher_store_path, 4, 0, split="all")
+    padded = EpisodeWindows(reacher_store_path, 4, 0, split="all", pad_end=True)
+    assert len(padded) == len(plain) + 4  # one more window per episode
+    last = padded[50 - 4 + 1]  # episode 0's final window (starts 0..47): rows 47, 48, 49, padding
+    assert last["valid"].tolist() == [True, True, True, False]
+    assert last["frame_index"].tolist() == [47, 48, 49, 49]
+    assert last["next.done"][2]  # the episode's final transition is an input row now
+    assert padded[0]["valid"].all()
+    for i in range(len(padded)):  # never a row of another episode
+        assert len(set(padded[i]["episode_index"].tolist())) == 1
+
+
 def test_windows_work_with_a_torch_dataloader(reacher_store_path):
     torch = pytest.importorskip("torch")
     windows = EpisodeWindows(reacher_store_path, 2, 1, split="all", keys=[image_key("top"), "action"])

@@ -164,3 +164,17 @@ def test_train_accepts_resume_false_on_the_command_line(reacher_store_path, tmp_
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / LAST).exists()
+
+
+def test_the_continue_head_is_trained_on_terminations(tmp_path):
+    store = collect(
+        CollectConfig(
+            task="gym:Hopper-v5", policy="random", episodes=3, workers=1, out=str(tmp_path / "h.zarr")
+        )
+    )
+    windows = train_module.EpisodeWindows(store, TINY.window + 1, 0, "all", 0.0, pad_end=True)
+    batch = train_module.to_batch([windows[i] for i in range(len(windows))], "default", torch.device("cpu"))
+    assert batch["terminated"][:, :-1].sum() == 3  # each episode's fall is a transition the loss sees
+    model = train_module.WorldModel(train_module.model_config(TINY, store))
+    terms = train_module.losses(model, batch, 0.1)
+    assert all(torch.isfinite(v) for v in terms.values())

@@ -94,6 +94,9 @@ def losses(
     state = model.normalise_state(batch["state"])  # (B, T+1, D)
     action, reward, cont = batch["action"][:, :-1], batch["reward"][:, :-1], 1.0 - batch["terminated"][:, :-1]
     goal = latents[:, 1:].detach()
+    # A frame past the episode's end is padding: its own terms are masked, the transition into it
+    # (reward, termination) is real.
+    has_next = batch["valid"][:, 1:].float()  # (B, T)
     noise = torch.rand(latents.shape[0], 1, 1, 1, device=latents.device) * context_noise
     inputs = (latents[:, :-1] + noise * torch.randn_like(latents[:, :-1])).clamp(-1, 1)
     first = model(inputs, state[:, :-1], action)
@@ -103,16 +106,23 @@ def losses(
     second = model(own, own_state, action)
     terms = {"recon": recon}
     for name, pred in (("teacher", first), ("own", second)):
-        terms[f"{name}_latent"] = F.mse_loss(pred.latents, goal)
-        terms[f"{name}_state"] = F.mse_loss(pred.state, state[:, 1:])
+        terms[f"{name}_latent"] = _masked_mse(pred.latents, goal, has_next)
+        terms[f"{name}_state"] = _masked_mse(pred.state, state[:, 1:], has_next)
         terms[f"{name}_reward"] = F.mse_loss(pred.reward, reward)
         terms[f"{name}_continue"] = F.binary_cross_entropy_with_logits(pred.continue_logit, cont)
     # Pixels of predicted frames, at one random time step: the decoder learns predicted latents too.
     t = int(torch.randint(0, first.latents.shape[1], (1,)))
-    terms["predicted_pixels"] = F.mse_loss(model.decode(second.latents[:, t]), target[:, t + 1])
+    pixel_error = (model.decode(second.latents[:, t]) - target[:, t + 1]).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    terms["predicted_pixels"] = (pixel_error * has_next[:, t]).sum() / has_next[:, t].sum().clamp(min=1)
     weights = {"recon": 1.0, "predicted_pixels": 1.0}
     terms["total"] = sum(weights.get(k, 1.0 if "latent" in k else 0.1) * v for k, v in terms.items())
     return terms
+
+
+def _masked_mse(pred: torch.Tensor, goal: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the (B, T) steps where mask is 1."""
+    error = (pred - goal).pow(2).flatten(2).mean(-1)  # (B, T)
+    return (error * mask).sum() / mask.sum().clamp(min=1)
 
 
 def to_batch(
@@ -126,6 +136,7 @@ def to_batch(
         "action": torch.from_numpy(stack[ACTION_KEY]).to(device),
         "reward": torch.from_numpy(stack[REWARD_KEY]).to(device),
         "terminated": torch.from_numpy(stack[TERMINATED_KEY].astype(np.float32)).to(device),
+        "valid": torch.from_numpy(stack["valid"]).to(device),
     }
 
 
@@ -152,11 +163,9 @@ def train(cfg: TrainConfig) -> Path:
     camera = store.info.cameras[0]
     keys = [image_key(camera), STATE_KEY, ACTION_KEY, REWARD_KEY, TERMINATED_KEY]
     train_set = EpisodeWindows(
-        store, config.window + 1, 0, split="train", val_fraction=cfg.val_fraction, keys=keys, in_memory=True
+        store, config.window + 1, 0, "train", cfg.val_fraction, keys, in_memory=True, pad_end=True
     )
-    val_set = EpisodeWindows(
-        store, config.window + 1, 0, split="val", val_fraction=cfg.val_fraction, keys=keys
-    )
+    val_set = EpisodeWindows(store, config.window + 1, 0, "val", cfg.val_fraction, keys, pad_end=True)
     if len(train_set) < cfg.batch_size:
         raise WmSimError(
             f"{cfg.data} has {len(train_set)} training windows of {config.window + 1} frames, fewer than one "

@@ -40,6 +40,7 @@ class EpisodeWindows:
         keys: list[str] | None = None,
         stride: int = 1,
         in_memory: bool = False,
+        pad_end: bool = False,
     ):
         self.store = store if isinstance(store, EpisodeStore) else EpisodeStore.open(store, mode="r")
         if context < 1 or horizon < 0:
@@ -55,8 +56,9 @@ class EpisodeWindows:
         unknown = set(self.keys) - set(self.store.keys)
         if unknown:
             raise WmSimError(f"unknown keys {sorted(unknown)}; the store has {self.store.keys}")
+        self.pad_end = pad_end
         self.episodes = self._split_episodes()
-        self._starts = self._window_starts(stride)
+        self._starts, self._stops = self._window_starts(stride)
         # Training draws windows at random: one read of every committed row beats a shard read per window.
         self._memory = (
             {key: self.store.read(key, 0, self.store.num_frames) for key in self.keys} if in_memory else None
@@ -69,12 +71,18 @@ class EpisodeWindows:
         want_val = self.split == "val"
         return [e for e in episodes if is_validation_episode(e, self.val_fraction) == want_val]
 
-    def _window_starts(self, stride: int) -> np.ndarray:
-        starts = []
+    def _window_starts(self, stride: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each window's first row and its episode's end row."""
+        starts, stops = [], []
+        # With pad_end, one more window per episode runs a row past its end: the last transition's
+        # reward and termination are then a window's inputs, which they never are otherwise.
+        extra = 1 if self.pad_end else 0
         for episode in self.episodes:
             first, stop = self.store.episode_bounds(episode)
-            starts.extend(range(first, stop - self.length + 1, stride))
-        return np.asarray(starts, dtype=np.int64)
+            begun = range(first, stop - self.length + 1 + extra, stride)
+            starts.extend(begun)
+            stops.extend([stop] * len(begun))
+        return np.asarray(starts, dtype=np.int64), np.asarray(stops, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self._starts)
@@ -82,7 +90,14 @@ class EpisodeWindows:
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"window {index} out of range for {len(self)} windows")
-        start = int(self._starts[index])
+        start, stop = int(self._starts[index]), int(self._stops[index])
+        end = min(start + self.length, stop)
         if self._memory is not None:
-            return {key: self._memory[key][start : start + self.length] for key in self.keys}
-        return {key: self.store.read(key, start, start + self.length) for key in self.keys}
+            window = {key: self._memory[key][start:end] for key in self.keys}
+        else:
+            window = {key: self.store.read(key, start, end) for key in self.keys}
+        if self.pad_end:
+            missing = start + self.length - end  # rows past the episode's end: copies of its last row
+            window = {k: np.concatenate([v, np.repeat(v[-1:], missing, axis=0)]) for k, v in window.items()}
+            window["valid"] = np.arange(self.length) < self.length - missing
+        return window
