@@ -173,6 +173,17 @@ def test_resume_on_a_full_store_does_nothing(store_copy_factory):
     assert tree_digest(path) == before
 
 
+def test_collect_releases_the_store_so_it_can_be_continued_in_the_same_process(tmp_path):
+    out = str(tmp_path / "twice.zarr")
+    first = collect(CollectConfig(task="reacher", policy="random", episodes=1, workers=1, out=out))
+    assert not first.writable
+    second = collect(
+        CollectConfig(task="reacher", policy="random", episodes=2, workers=1, out=out, resume=True)
+    )
+    assert second.num_episodes == 2
+    np.testing.assert_array_equal(first.episode(0)["action"], second.episode(0)["action"])
+
+
 def test_cli_refuses_a_corrupt_store_in_one_line(store_copy_factory):
     path = store_copy_factory()
     (path / "zarr.json").write_text("garbage")

@@ -58,7 +58,7 @@ def episode_seed(seed: int, index: int) -> int:
 
 
 def collect(cfg: CollectConfig) -> EpisodeStore:
-    """Fill the store `cfg.out` with `cfg.episodes` episodes; returns the open store."""
+    """Fill the store `cfg.out` with `cfg.episodes` episodes; returns it open for reading."""
     _check_config(cfg)
     task = make_task(cfg.task, image_size=cfg.image_size)
     try:
@@ -67,12 +67,20 @@ def collect(cfg: CollectConfig) -> EpisodeStore:
     finally:
         task.close()
     store = _open_or_create(Path(cfg.out), info, cfg.resume)
+    try:
+        _fill(store, cfg)
+    finally:
+        store.close()  # release the writer's lock; reading goes on
+    return store
+
+
+def _fill(store: EpisodeStore, cfg: CollectConfig) -> None:
     todo = list(range(store.num_episodes, cfg.episodes))
     if not todo:
         print(
             f"{cfg.out} already holds {store.num_episodes} episodes (asked for {cfg.episodes}); nothing to do"
         )
-        return store
+        return
     jobs = [(index, episode_seed(cfg.seed, index)) for index in todo]
     with tqdm(total=cfg.episodes, initial=store.num_episodes, unit="ep", desc=f"collect {cfg.task}") as bar:
         start, frames = time.perf_counter(), 0
@@ -83,7 +91,6 @@ def collect(cfg: CollectConfig) -> EpisodeStore:
             bar.set_postfix(frames_per_s=f"{frames / elapsed:.0f}", ret=f"{episode['next.reward'].sum():.2f}")
             bar.update(1)
     print(f"{cfg.out}: {store.num_episodes} episodes, {store.num_frames} frames")
-    return store
 
 
 def _check_config(cfg: CollectConfig) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -41,6 +42,8 @@ class EpisodeStore:
         self.path = path
         self.writable = writable
         self._lock_fd = _lock_for_writing(path) if writable else None
+        # a forgotten writer still releases its lock when it is garbage-collected
+        self._release = weakref.finalize(self, os.close, self._lock_fd) if writable else None
         self._arrays: dict[str, zarr.Array] = {}
         self.refresh()
 
@@ -141,9 +144,9 @@ class EpisodeStore:
 
     def close(self) -> None:
         """Release the writer's lock (reading stays possible)."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._release is not None:
+            self._release()  # closes the lock's file descriptor, once
+            self._release, self._lock_fd = None, None
         self.writable = False
 
     def refresh(self) -> None:
