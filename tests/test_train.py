@@ -123,6 +123,12 @@ def test_a_dataset_of_another_image_size_cannot_resume_a_run(reacher_store_path,
         train(config(small.path, run, steps=4, resume="auto"))
 
 
+def _wm_sim_train(data, out, *overrides: str) -> subprocess.CompletedProcess:
+    """`wm-sim train` of a one-step tiny model, as a user runs it."""
+    args = ["wm-sim", "train", f"data={data}", f"out={out}", "model=tiny", "steps=1", *overrides]
+    return subprocess.run(args, capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
@@ -134,16 +140,7 @@ def test_a_dataset_of_another_image_size_cannot_resume_a_run(reacher_store_path,
     ],
 )
 def test_train_bad_input_is_one_clear_line(reacher_store_path, tmp_path, override, expected):
-    args = [
-        "wm-sim",
-        "train",
-        f"data={reacher_store_path}",
-        f"out={tmp_path / 'run'}",
-        "model=tiny",
-        "steps=1",
-        override,
-    ]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    result = _wm_sim_train(reacher_store_path, tmp_path / "run", override)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert expected in result.stderr
@@ -151,17 +148,7 @@ def test_train_bad_input_is_one_clear_line(reacher_store_path, tmp_path, overrid
 
 
 def test_train_accepts_resume_false_on_the_command_line(reacher_store_path, tmp_path):
-    args = [
-        "wm-sim",
-        "train",
-        f"data={reacher_store_path}",
-        f"out={tmp_path / 'run'}",
-        "model=tiny",
-        "steps=1",
-    ]
-    result = subprocess.run(
-        [*args, "batch_size=2", "resume=false"], capture_output=True, text=True, timeout=300
-    )
+    result = _wm_sim_train(reacher_store_path, tmp_path / "run", "batch_size=2", "resume=false")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / LAST).exists()
 
