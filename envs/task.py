@@ -175,6 +175,10 @@ class ArmTask(MujocoTask):
         self._arm_joints = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, n) for n in arm_joints]
         self._arm_dofs = [int(model.jnt_dofadr[j]) for j in self._arm_joints]
         self._arm_qpos = [int(model.jnt_qposadr[j]) for j in self._arm_joints]
+        # fixed by the model: computed once, not on every step
+        low, high = hinge_bounds(model, self._arm_joints)
+        speed = velocity_bounds(model, self._arm_joints)
+        self._state_low, self._state_high = np.concatenate([low, -speed]), np.concatenate([high, speed])
 
     @property
     def state_names(self) -> list[str]:
@@ -183,15 +187,12 @@ class ArmTask(MujocoTask):
 
     @property
     def state_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        low, high = hinge_bounds(self.model, self._arm_joints)
-        speed = velocity_bounds(self.model, self._arm_joints)
-        return np.concatenate([low, -speed]), np.concatenate([high, speed])
+        return self._state_low.copy(), self._state_high.copy()
 
     def agent_pos(self) -> np.ndarray:
         pos = hinge_angles(self.model, self.data, self._arm_joints)
         vel = self.data.qvel[self._arm_dofs]
-        low, high = self.state_bounds
-        return np.clip(np.concatenate([pos, vel]), low, high).astype(np.float32)
+        return np.clip(np.concatenate([pos, vel]), self._state_low, self._state_high).astype(np.float32)
 
 
 def hinge_angles(model: mujoco.MjModel, data: mujoco.MjData, joint_ids: list[int]) -> np.ndarray:

@@ -179,8 +179,8 @@ def train(cfg: TrainConfig) -> Path:
             f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another out="
         )
     device = torch.device("cpu")
-    model, optimiser, step, rng = _start(cfg, config, store, run_dir if resuming else None)
     data_meta = _run_meta(cfg, store, camera)
+    model, optimiser, step, rng = _start(cfg, config, store, data_meta, run_dir if resuming else None)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step")
     started, seen = time.perf_counter(), 0
     while step < cfg.steps:
@@ -232,7 +232,9 @@ def _run_meta(cfg: TrainConfig, store: EpisodeStore, camera: str) -> dict:
     }
 
 
-def _start(cfg: TrainConfig, config: WorldModelConfig, store: EpisodeStore, resume_from: Path | None):
+def _start(
+    cfg: TrainConfig, config: WorldModelConfig, store: EpisodeStore, run_meta: dict, resume_from: Path | None
+):
     """(model, optimiser, step, batch rng): fresh, or exactly as a checkpoint left them."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -247,7 +249,7 @@ def _start(cfg: TrainConfig, config: WorldModelConfig, store: EpisodeStore, resu
         raise WmSimError(
             f"cannot resume {resume_from}: its model {model.config} differs from this run's {config}"
         )
-    _check_same_run(resume_from, meta, _run_meta(cfg, store, store.info.cameras[0]))
+    _check_same_run(resume_from, meta, run_meta)
     optimiser = _optimiser(model, cfg)
     tensors, train_meta = load_train_state(resume_from / LAST)
     optimiser.load_state_dict(_unflatten(train_meta["optimiser"], tensors))
