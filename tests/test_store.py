@@ -188,7 +188,7 @@ def test_windows_stay_inside_episodes_and_splits_are_disjoint(reacher_store_path
     val = EpisodeWindows(reacher_store_path, context, horizon, split="val", val_fraction=0.5)
     assert set(train.episodes).isdisjoint(val.episodes)
     assert sorted(train.episodes + val.episodes) == [0, 1, 2, 3]
-    assert len(train) == len(train.episodes) * (50 - 7 + 1)
+    assert len(train) == len(train.episodes) * (200 - 7 + 1)
     for i in (0, len(train) // 2, len(train) - 1):
         window = train[i]
         assert window[image_key("top")].shape == (7, 64, 64, 3)

@@ -12,6 +12,7 @@ import wm_sim.train as train_module
 from wm_sim.checkpoint import LAST, load_checkpoint
 from wm_sim.collect import CollectConfig, collect
 from wm_sim.errors import WmSimError
+from wm_sim.tracking import WandbConfig
 from wm_sim.train import ModelSize, TrainConfig, train
 
 TINY = ModelSize(grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3)
@@ -27,6 +28,7 @@ def config(data, out, **overrides) -> TrainConfig:
         val_every=2,
         checkpoint_every=2,
         threads=1,
+        wandb=WandbConfig(mode="disabled"),
     )
     return TrainConfig(**{**base, **overrides})
 
@@ -125,7 +127,8 @@ def test_a_dataset_of_another_image_size_cannot_resume_a_run(reacher_store_path,
 
 def _wm_sim_train(data, out, *overrides: str) -> subprocess.CompletedProcess:
     """`wm-sim train` of a one-step tiny model, as a user runs it."""
-    args = ["wm-sim", "train", f"data={data}", f"out={out}", "model=tiny", "steps=1", *overrides]
+    args = ["wm-sim", "train", f"data={data}", f"out={out}", "model=tiny", "steps=1", "wandb.mode=disabled"]
+    args += overrides
     return subprocess.run(args, capture_output=True, text=True, timeout=300)
 
 
@@ -165,3 +168,66 @@ def test_the_continue_head_is_trained_on_terminations(tmp_path):
     model = train_module.WorldModel(train_module.model_config(TINY, store))
     terms = train_module.losses(model, batch, 0.1)
     assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_validation_results_are_saved_with_the_checkpoint(reacher_store_path, tmp_path):
+    run = train(config(reacher_store_path, tmp_path / "run", steps=2, val_fraction=0.5))
+    _, meta = load_checkpoint(run)
+    assert meta["val_step"] == 2
+    assert meta["val"]["total"] > 0 and set(meta["val"]) >= {"recon", "teacher_latent", "own_latent"}
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
+    reacher_store_path, tmp_path, monkeypatch
+):
+    real = train_module.losses
+    calls = {"n": 0}
+
+    def nan_from_the_third_step(model, batch, noise):
+        calls["n"] += 1
+        terms = real(model, batch, noise)
+        if calls["n"] >= 3 and model.training:
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(train_module, "losses", nan_from_the_third_step)
+    run = tmp_path / "run"
+    with pytest.raises(WmSimError, match=r"loss became nan at step 2.*last good checkpoint"):
+        train(config(reacher_store_path, run, steps=4, val_fraction=0.0))
+    assert os.readlink(run / LAST) == "step-0000002"
+    model, meta = load_checkpoint(run)
+    assert meta["step"] == 2 and all(torch.isfinite(v).all() for v in model.state_dict().values())
+
+
+def test_wandb_offline_run_is_continued_by_a_resumed_training(reacher_store_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    run = tmp_path / "run"
+    wandb = WandbConfig(mode="offline", videos=True)
+    train(config(reacher_store_path, run, steps=2, val_fraction=0.5, wandb=wandb))
+    _, first = load_checkpoint(run)
+    run_id = first["wandb_run_id"]
+    train(config(reacher_store_path, run, steps=4, val_fraction=0.5, wandb=wandb, resume="auto"))
+    _, second = load_checkpoint(run)
+    assert second["wandb_run_id"] == run_id and second["step"] == 4
+    offline_runs = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(offline_runs) == 2, list((run / "wandb").iterdir())  # one per session, the same run id
+    assert sorted(p.name for p in (run / "media").glob("*.mp4")) == ["rollout-0000002.mp4", "rollout-0000004.mp4"]
+
+
+def test_torchrun_trains_with_two_gloo_processes_and_only_rank_0_writes(reacher_store_path, tmp_path):
+    run = tmp_path / "run"
+    args = [
+        "torchrun", "--standalone", "--nproc_per_node=2", "-m", "wm_sim", "train",
+        f"data={reacher_store_path}", f"out={run}", "model=tiny", "steps=4", "batch_size=4",
+        "val_every=2", "checkpoint_every=2", "threads=1", "wandb.mode=disabled", "device=cpu", "val_fraction=0.5",
+    ]  # fmt: skip
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in run.iterdir()) == [LAST, "step-0000002", "step-0000004"]
+    model, meta = load_checkpoint(run)
+    assert meta["world_size"] == 2 and meta["step"] == 4
+    assert (result.stdout + result.stderr).count("step 4: val_") == 1  # one process validated and logged
+    # a run trained by two processes resumes in one
+    train(config(reacher_store_path, run, steps=6, resume="auto", val_fraction=0.5))
+    assert load_checkpoint(run)[1]["step"] == 6

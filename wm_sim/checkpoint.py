@@ -181,3 +181,25 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_dataset_fits(config: WorldModelConfig, meta: dict[str, Any], info, data: str | Path) -> None:
+    """One clear error when a dataset (its DatasetInfo) is not what a checkpoint was trained on."""
+    from wm_sim.data.schema import ACTION_KEY, STATE_KEY
+
+    trained = meta.get("dataset", {})
+    found = {
+        "task": info.task,
+        "image_size": info.image_size,
+        "action size": info.features[ACTION_KEY].shape[0],
+        "state size": info.features[STATE_KEY].shape[0],
+    }
+    expected = {
+        "task": trained.get("task", info.task),
+        "image_size": config.image_size,
+        "action size": config.action_dim,
+        "state size": config.state_dim,
+    }
+    for key, want in expected.items():
+        if found[key] != want:
+            raise WmSimError(f"{data} has {key} {found[key]!r}, but the model expects {want!r}")

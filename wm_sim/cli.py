@@ -32,6 +32,11 @@ VERBS: dict[str, Verb] = {
         run="wm_sim.train:train",
         summary="train the world model on a dataset (checkpoints, validation, resume=auto)",
     ),
+    "evaluate": Verb(
+        schema="wm_sim.evaluate:EvaluateConfig",
+        run="wm_sim.evaluate:evaluate",
+        summary="measure a checkpoint's open-loop fidelity and drift against recorded episodes",
+    ),
 }
 
 

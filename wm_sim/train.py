@@ -11,12 +11,16 @@ One training step sees windows of `window + 1` frames and learns, all at once:
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
@@ -25,6 +29,9 @@ from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY
 from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import EpisodeWindows
 from wm_sim.errors import WmSimError
+from wm_sim.media import comparison_frames, to_uint8, write_video
+from wm_sim.rollout import open_loop
+from wm_sim.tracking import Tracker, WandbConfig, new_run_id
 from wm_sim.world_model import WorldModel, WorldModelConfig
 
 
@@ -68,6 +75,10 @@ class TrainConfig:
         default="false", metadata={"help": "false: new run; auto: continue out/last if present"}
     )
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    device: str = field(default="auto", metadata={"help": "auto (CUDA if available), cpu, cuda"})
+    wandb: WandbConfig = field(
+        default_factory=WandbConfig, metadata={"help": "logging: wandb.mode=offline|online|disabled"}
+    )
 
 
 def model_config(size: ModelSize, store: EpisodeStore) -> WorldModelConfig:
@@ -140,8 +151,57 @@ def to_batch(
     }
 
 
+class Objective(nn.Module):
+    """The training losses as a module's forward, so DistributedDataParallel can wrap them whole."""
+
+    def __init__(self, model: WorldModel, context_noise: float):
+        super().__init__()
+        self.model = model
+        self.context_noise = context_noise
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return losses(self.model, batch, self.context_noise)
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process sits in a torchrun job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls) -> Distributed:
+        """Read torchrun's RANK / WORLD_SIZE / LOCAL_RANK; absent, this is a single process."""
+        return cls(
+            int(os.environ.get("RANK", 0)),
+            int(os.environ.get("WORLD_SIZE", 1)),
+            int(os.environ.get("LOCAL_RANK", 0)),
+        )
+
+
+def _device(cfg: TrainConfig, job: Distributed) -> torch.device:
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise WmSimError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise WmSimError("device=cuda, but torch sees no CUDA device")
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    return torch.device("cuda", job.local_rank) if use_cuda else torch.device("cpu")
+
+
 def train(cfg: TrainConfig) -> Path:
-    """Train (or continue training) a world model; returns the run directory."""
+    """Train (or continue training) a world model; returns the run directory.
+
+    Under `torchrun --nproc_per_node=N`, each process takes 1/N of every batch and
+    DistributedDataParallel averages the gradients (NCCL on CUDA, gloo on CPU); all processes
+    draw the same batch indices, so a run's data order does not depend on N. Only rank 0
+    validates, writes checkpoints and logs.
+    """
     if cfg.steps <= 0 or cfg.batch_size <= 0:
         raise WmSimError(
             f"steps and batch_size must be positive, got steps={cfg.steps}, batch_size={cfg.batch_size}"
@@ -153,8 +213,12 @@ def train(cfg: TrainConfig) -> Path:
         raise WmSimError(
             f"val_every and checkpoint_every must be positive, got {cfg.val_every}, {cfg.checkpoint_every}"
         )
+    job = Distributed.from_environment()
+    if cfg.batch_size % job.world_size:
+        raise WmSimError(f"batch_size={cfg.batch_size} must divide evenly over {job.world_size} processes")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    device = _device(cfg, job)
     store = EpisodeStore.open(cfg.data)
     try:
         config = model_config(cfg.model, store)
@@ -173,47 +237,106 @@ def train(cfg: TrainConfig) -> Path:
         )
     run_dir = Path(cfg.out)
     resuming = resume == "auto" and (run_dir / LAST).exists()
-    # dot-files are debris of a checkpoint write a kill cut short, not a run
-    if run_dir.exists() and any(not p.name.startswith(".") for p in run_dir.iterdir()) and not resuming:
+    if _holds_a_run(run_dir) and not resuming:
         raise WmSimError(
             f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another out="
         )
-    device = torch.device("cpu")
-    data_meta = _run_meta(cfg, store, camera)
-    model, optimiser, step, rng = _start(cfg, config, store, data_meta, run_dir if resuming else None)
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step")
-    started, seen = time.perf_counter(), 0
-    while step < cfg.steps:
-        model.train()
-        _set_lr(optimiser, cfg.lr, step, cfg.steps)
-        picks = rng.integers(0, len(train_set), cfg.batch_size)
-        terms = losses(model, to_batch([train_set[int(i)] for i in picks], camera, device), cfg.context_noise)
-        if not torch.isfinite(terms["total"]):
-            raise WmSimError(
-                f"loss became {terms['total'].item()} at step {step}; the last good checkpoint is {run_dir / LAST}"
-            )
-        optimiser.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        step += 1
-        seen += cfg.batch_size
-        bar.update(1)
-        bar.set_postfix(
-            loss=f"{terms['total'].item():.4f}", samples_per_s=f"{seen / (time.perf_counter() - started):.1f}"
+    run_meta = _run_meta(cfg, store, camera, job.world_size)
+    model, optimiser, step, rng, run_meta = _start(
+        cfg, config, store, train_set.episodes, run_meta, run_dir if resuming else None, device
+    )
+    objective: nn.Module = Objective(model, cfg.context_noise)
+    joined = job.world_size > 1 and not dist.is_initialized()
+    if joined:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if job.world_size > 1:
+        # Depthwise convolutions' weight gradients come back with another stride on a size-1 axis
+        # than DDP's bucket views; DDP copies them, which is correct, and warns on every process.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        objective = nn.parallel.DistributedDataParallel(
+            objective,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy
         )
-        if step % cfg.val_every == 0 or step == cfg.steps:
-            meta_val = validate(model, val_set, camera, cfg.batch_size, device)
-            bar.write(f"step {step}: " + ", ".join(f"val_{k}={v:.4f}" for k, v in meta_val.items()))
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _checkpoint(run_dir, step, model, optimiser, rng, data_meta)
-    bar.close()
+    tracker = Tracker(cfg.wandb, run_dir, run_meta["wandb_run_id"], run_meta, active=job.is_main)
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not job.is_main)
+    started, seen = time.perf_counter(), 0
+    share = cfg.batch_size // job.world_size
+    try:
+        while step < cfg.steps:
+            objective.train()
+            _set_lr(optimiser, cfg.lr, step, cfg.steps)
+            picks = rng.integers(0, len(train_set), cfg.batch_size)[job.rank * share : (job.rank + 1) * share]
+            terms = objective(to_batch([train_set[int(i)] for i in picks], camera, device))
+            total = terms["total"].detach().clone()
+            if job.world_size > 1:
+                dist.all_reduce(total)  # every rank stops together on a NaN anywhere
+            if not torch.isfinite(total):
+                raise WmSimError(
+                    f"loss became {total.item()} at step {step}; the last good checkpoint is {run_dir / LAST}"
+                )
+            optimiser.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+            step += 1
+            seen += cfg.batch_size
+            rate = seen / (time.perf_counter() - started)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total.item() / job.world_size:.4f}", samples_per_s=f"{rate:.1f}")
+            if not job.is_main:
+                continue
+            if step % 10 == 0:
+                tracker.log({f"train/{k}": float(v) for k, v in terms.items()} | {"samples_per_s": rate}, step)
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                run_meta["val"] = validate(model, val_set, camera, cfg.batch_size, device)
+                run_meta["val_step"] = step
+                bar.write(f"step {step}: " + ", ".join(f"val_{k}={v:.4f}" for k, v in run_meta["val"].items()))
+                tracker.log({f"val/{k}": v for k, v in run_meta["val"].items()}, step)
+                if tracker.active and cfg.wandb.videos and val_set.episodes:
+                    video = rollout_video(model, store, val_set.episodes[0], keys, run_dir / "media", step)
+                    tracker.video("val/rollout", video, step)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                _checkpoint(run_dir, step, model, optimiser, rng, run_meta)
+    finally:
+        bar.close()
+        tracker.finish()
+        if joined:
+            dist.destroy_process_group()
     return run_dir
 
 
-def _run_meta(cfg: TrainConfig, store: EpisodeStore, camera: str) -> dict:
+def _holds_a_run(run_dir: Path) -> bool:
+    """Whether a directory holds checkpoints (not just debris of a cut-short write, or logs)."""
+    if not run_dir.exists():
+        return False
+    return any(not p.name.startswith(".") and p.name not in ("wandb", "media") for p in run_dir.iterdir())
+
+
+@torch.no_grad()
+def rollout_video(
+    model: WorldModel, store: EpisodeStore, episode: int, keys: list[str], folder: Path, step: int
+) -> Path:
+    """An MP4 of one held-out episode (true | predicted | difference), for the experiment log."""
+    model.eval()
+    data = store.episode(episode, keys)
+    image, state, action = (torch.from_numpy(data[k][None]) for k in keys[:3])
+    context = min(4, len(data[keys[0]]) - 1)
+    device = next(model.parameters()).device
+    rollout = open_loop(model, image.to(device), state.to(device), action[:, :-1].to(device), context)
+    predicted = to_uint8(model.decode(rollout.latents[0]).cpu().numpy())
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_video(
+        folder / f"rollout-{step:07d}.mp4",
+        comparison_frames([(data[keys[0]][context:], predicted)]),
+        fps=min(store.info.fps, 30.0),
+    )
+
+
+def _run_meta(cfg: TrainConfig, store: EpisodeStore, camera: str, world_size: int) -> dict:
     """What a checkpoint records about its data and run, so it can be used without the dataset."""
     info = store.info
+    options = asdict(cfg)
     return {
         "dataset": {
             "path": str(Path(cfg.data).resolve()),
@@ -225,37 +348,54 @@ def _run_meta(cfg: TrainConfig, store: EpisodeStore, camera: str) -> dict:
             "action_high": info.action_high,
             "state_names": info.features[STATE_KEY].names,
             "action_names": info.features[ACTION_KEY].names,
+            "episode_steps": info.episode_steps,
             "num_episodes": store.num_episodes,
             "num_frames": store.num_frames,
         },
-        "train": {k: v for k, v in vars(cfg).items() if k != "model"},
+        "train": {k: v for k, v in options.items() if k not in ("model", "wandb")},
+        "wandb": options["wandb"],
+        "wandb_run_id": new_run_id(),
+        "world_size": world_size,
     }
 
 
 def _start(
-    cfg: TrainConfig, config: WorldModelConfig, store: EpisodeStore, run_meta: dict, resume_from: Path | None
+    cfg: TrainConfig,
+    config: WorldModelConfig,
+    store: EpisodeStore,
+    train_episodes: list[int],
+    run_meta: dict,
+    resume_from: Path | None,
+    device: torch.device,
 ):
-    """(model, optimiser, step, batch rng): fresh, or exactly as a checkpoint left them."""
+    """(model, optimiser, step, batch rng, run metadata): fresh, or exactly as a checkpoint left them."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if resume_from is None:
         model = WorldModel(config)
-        states = store.read(STATE_KEY, 0, store.num_frames)
+        # Normalisation statistics from the training episodes only: validation stays unseen.
+        states = np.concatenate(
+            [store.read(STATE_KEY, *store.episode_bounds(e)) for e in train_episodes]
+        )
         model.state_mean.copy_(torch.from_numpy(states.mean(0)))
         model.state_std.copy_(torch.from_numpy(states.std(0) + 1e-3))
-        return model, _optimiser(model, cfg), 0, rng
+        model.to(device)
+        return model, _optimiser(model, cfg), 0, rng, run_meta
     model, meta = load_checkpoint(resume_from / LAST)
     if model.config != config:
         raise WmSimError(
             f"cannot resume {resume_from}: its model {model.config} differs from this run's {config}"
         )
     _check_same_run(resume_from, meta, run_meta)
+    model.to(device)  # before the optimiser state is loaded, so that state lands on the same device
     optimiser = _optimiser(model, cfg)
     tensors, train_meta = load_train_state(resume_from / LAST)
     optimiser.load_state_dict(_unflatten(train_meta["optimiser"], tensors))
     rng.bit_generator.state = train_meta["rng"]
     torch.set_rng_state(tensors["torch_rng"])
-    return model, optimiser, int(train_meta["step"]), rng
+    # the same wandb run continues; the last validation stays on record until the next one
+    kept = {k: meta[k] for k in ("wandb_run_id", "val", "val_step") if k in meta}
+    return model, optimiser, int(train_meta["step"]), rng, {**run_meta, **kept}
 
 
 # What must not change for a resumed run to be the same run (steps, resume and threads may).

@@ -1,0 +1,307 @@
+"""`wm-sim evaluate`: how faithful is a checkpoint to MuJoCo, and how fast does it drift?
+
+On held-out episodes, the model sees `context` real frames (with their states and actions), then
+rolls out open-loop on the recorded actions, its own predictions fed back at every step. Each
+predicted frame is compared with the recorded one at horizons 1, 4, 16, 64 and the episode's end,
+beside two baselines that need no model: the last real frame held still (`copy_last`) and the
+training set's mean frame (`mean_frame`). Writes:
+
+    metrics.json      every metric, for each method, at each horizon, plus the full curves
+    errors.png        PSNR, SSIM, state and reward error against horizon (the drift, as a picture)
+    rollouts.mp4      true | predicted | difference, for a few episodes, side by side
+    strip.png         the same at the named horizons, for one episode, as a still image
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from wm_sim.checkpoint import check_dataset_fits, load_checkpoint
+from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY, image_key
+from wm_sim.data.store import EpisodeStore
+from wm_sim.data.windows import is_validation_episode
+from wm_sim.errors import WmSimError
+from wm_sim.media import comparison_frames, difference, grid, save_figure, to_uint8, write_png, write_video
+from wm_sim.metrics import finite_or_none, psnr, ssim
+from wm_sim.rollout import open_loop
+
+HORIZONS = (1, 4, 16, 64)
+METHODS = ("model", "copy_last", "mean_frame")
+# metric name -> whether higher is better
+METRICS = {
+    "psnr": True,
+    "ssim": True,
+    "state_rmse": False,
+    "reward_abs_error": False,
+    "termination_accuracy": True,
+}
+
+
+@dataclass
+class EvaluateConfig:
+    """Options of `wm-sim evaluate`."""
+
+    checkpoint: str = field(
+        default="shipped:reacher", metadata={"help": "checkpoint dir, run dir (its last), or shipped:<task>"}
+    )
+    data: str = field(default="datasets/reacher.zarr", metadata={"help": "the dataset to evaluate on"})
+    out: str = field(default="outputs/evaluate", metadata={"help": "where metrics, plot and videos go"})
+    split: str = field(
+        default="val", metadata={"help": "val: the episodes held out in training; all: every episode"}
+    )
+    context: int = field(default=8, metadata={"help": "real frames the model sees before imagining"})
+    episodes: int = field(default=0, metadata={"help": "evaluate at most this many episodes (0: all)"})
+    batch_size: int = field(default=32, metadata={"help": "episodes rolled out together"})
+    video_episodes: int = field(default=4, metadata={"help": "episodes shown in rollouts.mp4"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+
+
+def evaluate(cfg: EvaluateConfig) -> Path:
+    """Evaluate a checkpoint on a dataset; returns the output directory."""
+    if cfg.context < 1 or cfg.batch_size < 1 or cfg.episodes < 0 or cfg.video_episodes < 0:
+        raise WmSimError(
+            "need context >= 1, batch_size >= 1, episodes >= 0 and video_episodes >= 0, got "
+            f"context={cfg.context}, batch_size={cfg.batch_size}, episodes={cfg.episodes}, "
+            f"video_episodes={cfg.video_episodes}"
+        )
+    if cfg.split not in ("val", "all"):
+        raise WmSimError(f"split must be val or all, got {cfg.split!r}")
+    out = Path(cfg.out)
+    if (out / "metrics.json").exists():
+        raise WmSimError(f"{out} already holds an evaluation (metrics.json); choose another out=")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    model, meta = load_checkpoint(cfg.checkpoint)
+    model.eval()
+    store = EpisodeStore.open(cfg.data)
+    check_dataset_fits(model.config, meta, store.info, cfg.data)
+    camera = meta.get("dataset", {}).get("camera", store.info.cameras[0])
+    if camera not in store.info.cameras:
+        raise WmSimError(f"{cfg.data} has no camera {camera!r} (the model's); it has {store.info.cameras}")
+    val_fraction = float(meta.get("train", {}).get("val_fraction", 0.1))
+    episodes = _pick_episodes(store, cfg, val_fraction)
+    keys = [image_key(camera), STATE_KEY, ACTION_KEY, REWARD_KEY, TERMINATED_KEY]
+    baseline = _mean_baseline(store, keys, val_fraction)
+
+    results: dict[str, dict[str, list[np.ndarray]]] = {m: {k: [] for k in METRICS} for m in METHODS}
+    shown = set(episodes[:: max(1, len(episodes) // max(cfg.video_episodes, 1))][: cfg.video_episodes])
+    videos: list[tuple[np.ndarray, np.ndarray]] = []  # (true, predicted) uint8 frames per shown episode
+    batches = [episodes[i : i + cfg.batch_size] for i in range(0, len(episodes), cfg.batch_size)]
+    for chunk in tqdm(batches, desc="evaluate", unit="batch"):
+        data = [store.episode(e, keys) for e in chunk]
+        scores, predicted = _score_batch(model, data, keys, cfg.context, baseline)
+        for method in METHODS:
+            for name in METRICS:
+                results[method][name].extend(scores[method][name])
+        for row, e in enumerate(chunk):
+            if e in shown:
+                true = data[row][keys[0]][cfg.context :]
+                videos.append((true, predicted[row][: len(true)]))
+
+    report = _report(results, cfg, meta, len(episodes), store.info.fps)
+    out.mkdir(parents=True, exist_ok=True)
+    _plot(report, out / "errors.png")
+    if videos:
+        _write_videos(videos, out, store.info.fps)
+    tmp = out / ".metrics.json.partial"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out / "metrics.json")  # last: its presence means the evaluation is complete
+    summary = report["metrics"]["psnr"]
+    print(
+        "PSNR (dB) model / copy_last / mean_frame: "
+        + ", ".join(
+            f"h={h}: {summary['model'][h]:.1f} / {summary['copy_last'][h]:.1f} / {summary['mean_frame'][h]:.1f}"
+            for h in report["horizons"]
+            if summary["model"][h] is not None
+        )
+    )
+    print(f"wrote {out / 'metrics.json'}, {out / 'errors.png'}, {out / 'rollouts.mp4'}")
+    return out
+
+
+def _pick_episodes(store: EpisodeStore, cfg: EvaluateConfig, val_fraction: float) -> list[int]:
+    episodes = [
+        e
+        for e in range(store.num_episodes)
+        if cfg.split == "all" or is_validation_episode(e, val_fraction)
+    ]
+    long_enough = [e for e in episodes if np.diff(store.episode_bounds(e))[0] > cfg.context]
+    if not long_enough:
+        raise WmSimError(
+            f"{cfg.data} has no {cfg.split} episode longer than context={cfg.context} frames "
+            f"({len(episodes)} {cfg.split} episodes); collect more episodes or lower context"
+        )
+    if cfg.episodes and cfg.episodes < len(long_enough):
+        picks = np.linspace(0, len(long_enough) - 1, cfg.episodes).round().astype(int)
+        long_enough = [long_enough[i] for i in picks]
+    return long_enough
+
+
+def _mean_baseline(store: EpisodeStore, keys: list[str], val_fraction: float) -> dict[str, np.ndarray]:
+    """Mean frame, state and reward of (up to 100 evenly spread) training episodes."""
+    train = [e for e in range(store.num_episodes) if not is_validation_episode(e, val_fraction)]
+    train = train or list(range(store.num_episodes))
+    picks = [train[i] for i in np.linspace(0, len(train) - 1, min(100, len(train))).round().astype(int)]
+    sums: dict[str, np.ndarray] = {}
+    count = 0
+    for e in picks:
+        episode = store.episode(e, keys)
+        for key in keys:
+            sums[key] = sums.get(key, 0.0) + episode[key].astype(np.float64).sum(0)
+        count += len(episode[keys[0]])
+    return {key: (value / count).astype(np.float32) for key, value in sums.items()}
+
+
+def _score_batch(
+    model, data: list[dict[str, np.ndarray]], keys: list[str], context: int, baseline: dict[str, np.ndarray]
+) -> tuple[dict[str, dict[str, list[np.ndarray]]], list[np.ndarray]]:
+    """Per-episode metric curves (NaN past an episode's end) and the predicted frames (uint8)."""
+    image, state_key, action_key, reward_key, term_key = keys
+    lengths = [len(d[action_key]) for d in data]
+    longest = max(lengths)
+
+    def stacked(key: str) -> torch.Tensor:  # (B, longest, ...), padded with each episode's last row
+        return torch.from_numpy(
+            np.stack([np.concatenate([d[key], np.repeat(d[key][-1:], longest - len(d[key]), 0)]) for d in data])
+        )
+
+    frames, states, actions = stacked(image), stacked(state_key), stacked(action_key)
+    rewards, terminated = stacked(reward_key), stacked(term_key).bool()
+    # Prediction h (1-based) is frame context-1+h, after the transition in row context-2+h: so H =
+    # length - context frames can be compared, and one more reward and termination (the last row's).
+    rollout = open_loop(model, frames, states, actions, context)
+    horizon = longest - context + 1
+    with torch.no_grad():
+        predicted = model.decode(rollout.latents[:, : horizon - 1])  # (B, H-1, S, S, 3)
+    true_frames = frames[:, context:].float() / 255.0  # (B, H-1, S, S, 3)
+    true_state = states[:, context:]
+    true_reward = rewards[:, context - 1 :]  # (B, H)
+    true_term = terminated[:, context - 1 :]
+
+    last = frames[:, context - 1 : context].float() / 255.0
+    mean = torch.from_numpy(baseline[image]) / 255.0
+    guesses = {
+        "model": (predicted, rollout.state[:, : horizon - 1], rollout.reward, rollout.continue_prob < 0.5),
+        "copy_last": (
+            last.expand_as(true_frames),
+            states[:, context - 1 : context].expand_as(true_state),
+            # the last reward seen (none seen with one context frame: the mean reward)
+            (rewards[:, context - 2 : context - 1] if context >= 2 else torch.full((len(data), 1), float(baseline[reward_key])))
+            .expand_as(true_reward),
+            torch.zeros_like(true_term),  # the episode was still running
+        ),
+        "mean_frame": (
+            mean.expand_as(true_frames),
+            torch.from_numpy(baseline[state_key]).expand_as(true_state),
+            torch.full_like(true_reward, float(baseline[reward_key])),
+            torch.full_like(true_term, bool(baseline[term_key] > 0.5)),
+        ),
+    }
+    frame_ok = torch.arange(horizon - 1)[None, :] < torch.tensor(lengths)[:, None] - context  # (B, H-1)
+    step_ok = torch.arange(horizon)[None, :] < torch.tensor(lengths)[:, None] - context + 1  # (B, H)
+    scores: dict[str, dict[str, list[np.ndarray]]] = {}
+    for method, (frame, state, reward, term) in guesses.items():
+        curves = {
+            "psnr": (psnr(frame, true_frames), frame_ok),
+            "ssim": (ssim(frame, true_frames), frame_ok),
+            "state_rmse": ((state - true_state).pow(2).mean(-1).sqrt(), frame_ok),
+            "reward_abs_error": ((reward - true_reward).abs(), step_ok),
+            "termination_accuracy": ((term == true_term).float(), step_ok),
+        }
+        scores[method] = {
+            name: [np.where(ok[b].numpy(), value[b].numpy(), np.nan) for b in range(len(data))]
+            for name, (value, ok) in curves.items()
+        }
+    return scores, list(to_uint8(predicted.numpy()))
+
+
+def _report(results, cfg: EvaluateConfig, meta: dict, episodes: int, fps: float) -> dict:
+    """metrics.json: each metric for each method at each horizon (mean over episodes), and curves."""
+    names = [str(h) for h in HORIZONS] + ["end"]
+    metrics: dict = {}
+    curves: dict = {}
+    for name in METRICS:
+        metrics[name], curves[name] = {}, {}
+        for method in METHODS:
+            per_episode = results[method][name]
+            width = max(len(c) for c in per_episode)
+            table = np.full((len(per_episode), width), np.nan)
+            for i, c in enumerate(per_episode):
+                table[i, : len(c)] = c
+            with warnings.catch_warnings():  # horizons no episode reaches are NaN, then null
+                warnings.simplefilter("ignore", RuntimeWarning)
+                curve = np.nanmean(table, axis=0)  # (H,) mean over the episodes that reach h
+            at = {str(h): finite_or_none(curve[h - 1]) if h <= width else None for h in HORIZONS}
+            ends = [c[~np.isnan(c)][-1] for c in per_episode if (~np.isnan(c)).any()]
+            at["end"] = finite_or_none(float(np.mean(ends))) if ends else None
+            metrics[name][method] = at
+            curves[name][method] = [finite_or_none(v) for v in curve]
+    beats = {}
+    for name in ("psnr", "ssim"):
+        pairs = [(metrics[name]["model"][h], metrics[name]["copy_last"][h]) for h in names]
+        pairs = [(m, c) for m, c in pairs if m is not None and c is not None]
+        beats[name] = bool(pairs) and all((m > c) == METRICS[name] for m, c in pairs)
+    return {
+        "checkpoint": str(cfg.checkpoint),
+        "data": str(cfg.data),
+        "task": meta.get("dataset", {}).get("task"),
+        "fps": fps,
+        "split": cfg.split,
+        "episodes": episodes,
+        "context": cfg.context,
+        "horizons": names,
+        "higher_is_better": METRICS,
+        "metrics": metrics,
+        "model_beats_copy_last_at_every_horizon": beats,
+        "curves": curves,
+    }
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {
+        "psnr": "PSNR (dB, higher is better)",
+        "ssim": "SSIM (higher is better)",
+        "state_rmse": "proprioceptive state RMSE",
+        "reward_abs_error": "reward absolute error",
+    }
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for ax, (name, label) in zip(axes.flat, labels.items()):
+        for method, style in zip(METHODS, ("-", "--", ":")):
+            curve = np.array([np.nan if v is None else v for v in report["curves"][name][method]])
+            ax.plot(np.arange(1, len(curve) + 1), curve, style, label=method)
+        for h in HORIZONS:
+            ax.axvline(h, color="0.85", lw=0.8, zorder=0)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"horizon (frames predicted open-loop; {report['fps']:g} per second)")
+        ax.set_title(label, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"{report['task']}: {report['episodes']} {report['split']} episodes, {report['context']} real context frames",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _write_videos(videos: list[tuple[np.ndarray, np.ndarray]], out: Path, fps: float) -> None:
+    """rollouts.mp4 (a row per episode: true | predicted | difference) and strip.png."""
+    write_video(out / "rollouts.mp4", comparison_frames(videos), fps=min(fps, 30.0))
+    true, pred = videos[0]
+    steps = sorted({min(h, len(true)) - 1 for h in HORIZONS} | {len(true) - 1})
+    write_png(
+        out / "strip.png",
+        grid([[true[j] for j in steps], [pred[j] for j in steps], [difference(true[j], pred[j]) for j in steps]], 3),
+    )

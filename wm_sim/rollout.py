@@ -1,0 +1,85 @@
+"""Open-loop imagination: real context frames in, the world model's own predictions from then on.
+
+This is how the evaluation measures drift, and how environments built on the world model advance:
+the context frames are encoded once and streamed through the key-value cache, then each predicted
+frame's latents and state are fed back as the next input, with the next action.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from wm_sim.world_model import StreamCache, WorldModel
+
+
+@dataclass
+class Rollout:
+    """Predictions for horizons 1..H after the context; row b, column h-1 is horizon h."""
+
+    latents: torch.Tensor  # (B, H, N, C)
+    state: torch.Tensor  # (B, H, D), in the dataset's units
+    reward: torch.Tensor  # (B, H)
+    continue_prob: torch.Tensor  # (B, H)
+
+
+@torch.no_grad()
+def warm_up(
+    model: WorldModel, frames: torch.Tensor, state: torch.Tensor, actions: torch.Tensor
+) -> tuple[StreamCache, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Stream real context through a fresh cache.
+
+    frames (B, K, S, S, 3) uint8, state (B, K, D) in dataset units, actions (B, K, A): the action taken
+    at each context frame, the last of which leads to the first predicted frame. Returns the cache
+    and the prediction after the context: latents (B, N, C), normalised state (B, D), reward (B,),
+    continue probability (B,).
+    """
+    b, k = frames.shape[:2]
+    cache = model.new_stream(b, frames.device)
+    latents = model.encode(frames)  # (B, K, N, C)
+    norm_state = model.normalise_state(state)
+    for t in range(k):
+        pred = model.stream_step(cache, latents[:, t], norm_state[:, t], actions[:, t])
+    return (
+        cache,
+        pred.latents[:, 0],
+        pred.state[:, 0],
+        pred.reward[:, 0],
+        torch.sigmoid(pred.continue_logit[:, 0]),
+    )
+
+
+@torch.no_grad()
+def open_loop(
+    model: WorldModel,
+    frames: torch.Tensor,
+    state: torch.Tensor,
+    actions: torch.Tensor,
+    context: int,
+) -> Rollout:
+    """Roll out with recorded actions: the first `context` frames are real, the rest imagined.
+
+    frames (B, K, S, S, 3) uint8 and state (B, K, D) hold at least the context; actions (B, T, A)
+    hold the action at every frame from the first, so H = T - context + 1 frames are predicted.
+    """
+    if context < 1 or actions.shape[1] < context:
+        raise ValueError(f"need 1 <= context <= actions, got context={context}, {actions.shape[1]} actions")
+    horizon = actions.shape[1] - context + 1
+    cache, latents, norm_state, reward, cont = warm_up(
+        model, frames[:, :context], state[:, :context], actions[:, :context]
+    )
+    out_latents, out_state, out_reward, out_cont = [latents], [norm_state], [reward], [cont]
+    for h in range(1, horizon):
+        pred = model.stream_step(cache, latents, norm_state, actions[:, context - 1 + h])
+        latents, norm_state = pred.latents[:, 0], pred.state[:, 0]
+        out_latents.append(latents)
+        out_state.append(norm_state)
+        out_reward.append(pred.reward[:, 0])
+        out_cont.append(torch.sigmoid(pred.continue_logit[:, 0]))
+    return Rollout(
+        latents=torch.stack(out_latents, 1),
+        state=model.denormalise_state(torch.stack(out_state, 1)),
+        reward=torch.stack(out_reward, 1),
+        continue_prob=torch.stack(out_cont, 1),
+    )
