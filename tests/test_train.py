@@ -212,7 +212,10 @@ def test_wandb_offline_run_is_continued_by_a_resumed_training(reacher_store_path
     assert second["wandb_run_id"] == run_id and second["step"] == 4
     offline_runs = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(offline_runs) == 2, list((run / "wandb").iterdir())  # one per session, the same run id
-    assert sorted(p.name for p in (run / "media").glob("*.mp4")) == ["rollout-0000002.mp4", "rollout-0000004.mp4"]
+    assert sorted(p.name for p in (run / "media").glob("*.mp4")) == [
+        "rollout-0000002.mp4",
+        "rollout-0000004.mp4",
+    ]
 
 
 def test_torchrun_trains_with_two_gloo_processes_and_only_rank_0_writes(reacher_store_path, tmp_path):
@@ -225,7 +228,7 @@ def test_torchrun_trains_with_two_gloo_processes_and_only_rank_0_writes(reacher_
     result = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in run.iterdir()) == [LAST, "step-0000002", "step-0000004"]
-    model, meta = load_checkpoint(run)
+    _, meta = load_checkpoint(run)
     assert meta["world_size"] == 2 and meta["step"] == 4
     assert (result.stdout + result.stderr).count("step 4: val_") == 1  # one process validated and logged
     # a run trained by two processes resumes in one

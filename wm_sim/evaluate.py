@@ -129,9 +129,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
 
 def _pick_episodes(store: EpisodeStore, cfg: EvaluateConfig, val_fraction: float) -> list[int]:
     episodes = [
-        e
-        for e in range(store.num_episodes)
-        if cfg.split == "all" or is_validation_episode(e, val_fraction)
+        e for e in range(store.num_episodes) if cfg.split == "all" or is_validation_episode(e, val_fraction)
     ]
     long_enough = [e for e in episodes if np.diff(store.episode_bounds(e))[0] > cfg.context]
     if not long_enough:
@@ -170,7 +168,9 @@ def _score_batch(
 
     def stacked(key: str) -> torch.Tensor:  # (B, longest, ...), padded with each episode's last row
         return torch.from_numpy(
-            np.stack([np.concatenate([d[key], np.repeat(d[key][-1:], longest - len(d[key]), 0)]) for d in data])
+            np.stack(
+                [np.concatenate([d[key], np.repeat(d[key][-1:], longest - len(d[key]), 0)]) for d in data]
+            )
         )
 
     frames, states, actions = stacked(image), stacked(state_key), stacked(action_key)
@@ -194,8 +194,11 @@ def _score_batch(
             last.expand_as(true_frames),
             states[:, context - 1 : context].expand_as(true_state),
             # the last reward seen (none seen with one context frame: the mean reward)
-            (rewards[:, context - 2 : context - 1] if context >= 2 else torch.full((len(data), 1), float(baseline[reward_key])))
-            .expand_as(true_reward),
+            (
+                rewards[:, context - 2 : context - 1]
+                if context >= 2
+                else torch.full((len(data), 1), float(baseline[reward_key]))
+            ).expand_as(true_reward),
             torch.zeros_like(true_term),  # the episode was still running
         ),
         "mean_frame": (
@@ -278,8 +281,8 @@ def _plot(report: dict, path: Path) -> None:
         "reward_abs_error": "reward absolute error",
     }
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for ax, (name, label) in zip(axes.flat, labels.items()):
-        for method, style in zip(METHODS, ("-", "--", ":")):
+    for ax, (name, label) in zip(axes.flat, labels.items(), strict=True):
+        for method, style in zip(METHODS, ("-", "--", ":"), strict=True):
             curve = np.array([np.nan if v is None else v for v in report["curves"][name][method]])
             ax.plot(np.arange(1, len(curve) + 1), curve, style, label=method)
         for h in HORIZONS:
@@ -303,5 +306,12 @@ def _write_videos(videos: list[tuple[np.ndarray, np.ndarray]], out: Path, fps: f
     steps = sorted({min(h, len(true)) - 1 for h in HORIZONS} | {len(true) - 1})
     write_png(
         out / "strip.png",
-        grid([[true[j] for j in steps], [pred[j] for j in steps], [difference(true[j], pred[j]) for j in steps]], 3),
+        grid(
+            [
+                [true[j] for j in steps],
+                [pred[j] for j in steps],
+                [difference(true[j], pred[j]) for j in steps],
+            ],
+            3,
+        ),
     )

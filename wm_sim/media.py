@@ -29,9 +29,7 @@ def grid(rows: list[list[np.ndarray]], scale: int = 2, gap: int = 2) -> np.ndarr
     tiles = [[np.repeat(np.repeat(t, scale, 0), scale, 1) for t in row] for row in rows]
     h, w = tiles[0][0].shape[:2]
     ncols = max(len(r) for r in tiles)
-    out = np.full(
-        (len(tiles) * h + (len(tiles) - 1) * gap, ncols * w + (ncols - 1) * gap, 3), 255, np.uint8
-    )
+    out = np.full((len(tiles) * h + (len(tiles) - 1) * gap, ncols * w + (ncols - 1) * gap, 3), 255, np.uint8)
     for i, row in enumerate(tiles):
         for j, tile in enumerate(row):
             out[i * (h + gap) : i * (h + gap) + h, j * (w + gap) : j * (w + gap) + w] = tile

@@ -287,11 +287,15 @@ def train(cfg: TrainConfig) -> Path:
             if not job.is_main:
                 continue
             if step % 10 == 0:
-                tracker.log({f"train/{k}": float(v) for k, v in terms.items()} | {"samples_per_s": rate}, step)
+                tracker.log(
+                    {f"train/{k}": float(v) for k, v in terms.items()} | {"samples_per_s": rate}, step
+                )
             if step % cfg.val_every == 0 or step == cfg.steps:
                 run_meta["val"] = validate(model, val_set, camera, cfg.batch_size, device)
                 run_meta["val_step"] = step
-                bar.write(f"step {step}: " + ", ".join(f"val_{k}={v:.4f}" for k, v in run_meta["val"].items()))
+                bar.write(
+                    f"step {step}: " + ", ".join(f"val_{k}={v:.4f}" for k, v in run_meta["val"].items())
+                )
                 tracker.log({f"val/{k}": v for k, v in run_meta["val"].items()}, step)
                 if tracker.active and cfg.wandb.videos and val_set.episodes:
                     video = rollout_video(model, store, val_set.episodes[0], keys, run_dir / "media", step)
@@ -374,9 +378,7 @@ def _start(
     if resume_from is None:
         model = WorldModel(config)
         # Normalisation statistics from the training episodes only: validation stays unseen.
-        states = np.concatenate(
-            [store.read(STATE_KEY, *store.episode_bounds(e)) for e in train_episodes]
-        )
+        states = np.concatenate([store.read(STATE_KEY, *store.episode_bounds(e)) for e in train_episodes])
         model.state_mean.copy_(torch.from_numpy(states.mean(0)))
         model.state_std.copy_(torch.from_numpy(states.std(0) + 1e-3))
         model.to(device)
