@@ -1,0 +1,120 @@
+"""`wm-sim evaluate`: metrics that mean what they say, the pictures, and refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+
+from wm_sim.collect import CollectConfig, collect
+from wm_sim.data.store import EpisodeStore
+from wm_sim.errors import WmSimError
+from wm_sim.evaluate import HORIZONS, METHODS, METRICS, EvaluateConfig, evaluate
+from wm_sim.metrics import psnr, ssim
+from wm_sim.tracking import WandbConfig
+from wm_sim.train import ModelSize, TrainConfig, train
+
+TINY = ModelSize(grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3)
+CONTEXT = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_run(reacher_store_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    return train(
+        TrainConfig(
+            data=str(reacher_store_path), model=TINY, out=str(out), steps=2, batch_size=4,
+            val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
+        )
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def evaluation(tiny_run, reacher_store_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "report"
+    evaluate(
+        EvaluateConfig(
+            checkpoint=str(tiny_run), data=str(reacher_store_path), out=str(out), context=CONTEXT,
+            video_episodes=2, threads=1,
+        )
+    )  # fmt: skip
+    return out
+
+
+def test_psnr_and_ssim_agree_with_their_definitions():
+    frames = torch.rand(3, 32, 32, 3) * 0.8
+    assert torch.allclose(psnr(frames, frames + 0.1), torch.full((3,), 20.0), atol=1e-3)  # mse 0.01
+    assert torch.allclose(ssim(frames, frames), torch.ones(3), atol=1e-5)
+    noisy = (frames + 0.2 * torch.randn_like(frames)).clamp(0, 1)
+    noisier = (frames + 0.4 * torch.randn_like(frames)).clamp(0, 1)
+    assert torch.allclose(ssim(frames, noisy), ssim(noisy, frames), atol=1e-6)
+    assert (ssim(frames, noisier) < ssim(frames, noisy)).all() and (ssim(frames, noisy) < 0.9).all()
+    assert psnr(frames[None], frames[None]).shape == (1, 3)  # one value per frame, leading shape kept
+
+
+def test_metrics_json_holds_every_metric_for_every_method_at_every_horizon(evaluation):
+    report = json.loads((evaluation / "metrics.json").read_text())
+    names = [str(h) for h in HORIZONS] + ["end"]
+    assert report["horizons"] == names and report["split"] == "val" and report["context"] == CONTEXT
+    for metric in METRICS:
+        for method in METHODS:
+            values = report["metrics"][metric][method]
+            assert sorted(values) == sorted(names)
+            assert all(isinstance(values[h], float) for h in names), (metric, method, values)
+    assert all(0.0 <= report["metrics"]["ssim"][m]["end"] <= 1.0 for m in METHODS)
+    assert set(report["model_beats_copy_last_at_every_horizon"]) == {"psnr", "ssim"}
+
+
+def test_the_copy_last_baseline_is_what_it_says(evaluation, reacher_store_path):
+    """Recompute copy_last PSNR by hand from the dataset's held-out episodes."""
+    report = json.loads((evaluation / "metrics.json").read_text())
+    store = EpisodeStore.open(reacher_store_path)
+    key = f"observation.images.{store.info.cameras[0]}"
+    frames = [store.episode(e, [key])[key] for e in (1, 3)]  # val_fraction=0.5: episodes 1 and 3
+    assert report["episodes"] == 2
+    for h in (1, 16):
+        expected = np.mean(
+            [
+                float(
+                    psnr(
+                        torch.from_numpy(f[CONTEXT - 1]) / 255.0, torch.from_numpy(f[CONTEXT - 1 + h]) / 255.0
+                    )
+                )
+                for f in frames
+            ]
+        )
+        assert report["metrics"]["psnr"]["copy_last"][str(h)] == pytest.approx(expected, abs=1e-3)
+    # a still frame drifts away from a moving arm: the baseline itself shows why horizons matter
+    assert report["curves"]["psnr"]["copy_last"][0] > report["metrics"]["psnr"]["copy_last"]["end"]
+
+
+def test_plot_video_and_strip_are_written(evaluation, reacher_store_path):
+    assert (evaluation / "errors.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (evaluation / "strip.png").stat().st_size > 1000
+    video = imageio.mimread(evaluation / "rollouts.mp4", memtest=False)
+    steps = EpisodeStore.open(reacher_store_path).info.episode_steps
+    assert len(video) == steps - CONTEXT  # every predicted frame of the longest shown episode
+    height, width = video[0].shape[:2]
+    assert width > 2.9 * height / 2  # three columns (true | predicted | difference), two episode rows
+
+
+def test_an_evaluation_is_never_overwritten(evaluation, tiny_run, reacher_store_path):
+    before = (evaluation / "metrics.json").read_bytes()
+    with pytest.raises(WmSimError, match="already holds an evaluation"):
+        evaluate(EvaluateConfig(checkpoint=str(tiny_run), data=str(reacher_store_path), out=str(evaluation)))
+    assert (evaluation / "metrics.json").read_bytes() == before
+
+
+def test_a_dataset_the_model_cannot_read_is_one_clear_error(tiny_run, tmp_path):
+    small = collect(
+        CollectConfig(task="reacher", episodes=1, workers=1, image_size=32, out=str(tmp_path / "small.zarr"))
+    )
+    args = ["wm-sim", "evaluate", f"checkpoint={tiny_run}", f"data={small.path}", f"out={tmp_path / 'e'}"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "image_size 32" in result.stderr and "expects 64" in result.stderr
+    assert not (tmp_path / "e").exists()
