@@ -6,6 +6,7 @@ A checkpoint is a directory:
     meta.json             schema version, model config, what the data was (task, fps, image size,
                           action bounds, feature names), training step
     train_state.safetensors / train_state.json   optimiser and RNG state, for resume (optional)
+    contexts.safetensors  real start contexts, in packaged models (`wm-sim package`)
 
 `save_checkpoint` writes a new directory under a temporary name and renames it into place, then
 points the `last` symlink at it by an atomic rename: a kill at any moment leaves the previous
@@ -32,6 +33,7 @@ from wm_sim.world_model import WorldModel, WorldModelConfig
 CHECKPOINT_SCHEMA_VERSION = 1
 WEIGHTS, META = "model.safetensors", "meta.json"
 TRAIN_TENSORS, TRAIN_META = "train_state.safetensors", "train_state.json"
+CONTEXTS = "contexts.safetensors"  # real start contexts of a packaged model (wm-sim package)
 SHIPPED_PREFIX = "shipped:"
 LAST = "last"
 
@@ -85,14 +87,14 @@ def save_checkpoint(
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(staging / WEIGHTS))
         full_meta = {"schema_version": CHECKPOINT_SCHEMA_VERSION, "model": model.config.to_dict(), **meta}
-        _write_json(staging / META, full_meta)
+        write_json(staging / META, full_meta)
         if train_tensors is not None:
             save_file(
                 {k: v.detach().cpu().contiguous() for k, v in train_tensors.items()},
                 str(staging / TRAIN_TENSORS),
             )
-            _write_json(staging / TRAIN_META, train_meta or {})
-        _fsync_dir(staging)
+            write_json(staging / TRAIN_META, train_meta or {})
+        fsync_dir(staging)
         os.rename(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -100,7 +102,7 @@ def save_checkpoint(
     link = run_dir / f".{LAST}.{uuid.uuid4().hex}"
     os.symlink(name, link)
     os.replace(link, run_dir / LAST)  # atomic: `last` is always a whole checkpoint
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     return final
 
 
@@ -144,6 +146,21 @@ def load_train_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     return read_tensors(directory / TRAIN_TENSORS), read_json(directory / TRAIN_META)
 
 
+def load_start_contexts(path: str | Path) -> dict[str, torch.Tensor]:
+    """The bundled start contexts of a packaged checkpoint: frames, state, action (N, K, ...)."""
+    directory = resolve_checkpoint(path)
+    if not (directory / CONTEXTS).is_file():
+        raise WmSimError(
+            f"{directory} bundles no start contexts ({CONTEXTS}); make one with `wm-sim package`, "
+            "or pass the start frames to reset"
+        )
+    contexts = read_tensors(directory / CONTEXTS)
+    missing = {"frames", "state", "action"} - set(contexts)
+    if missing:
+        raise WmSimError(f"{directory / CONTEXTS} lacks {sorted(missing)}")
+    return contexts
+
+
 def read_tensors(file: Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file. Nothing in it is executed: safetensors holds no code."""
     if not file.is_file():
@@ -168,14 +185,14 @@ def read_json(file: Path) -> dict[str, Any]:
     return data
 
 
-def _write_json(file: Path, data: dict[str, Any]) -> None:
+def write_json(file: Path, data: dict[str, Any]) -> None:
     with open(file, "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -37,6 +37,11 @@ VERBS: dict[str, Verb] = {
         run="wm_sim.evaluate:evaluate",
         summary="measure a checkpoint's open-loop fidelity and drift against recorded episodes",
     ),
+    "package": Verb(
+        schema="wm_sim.package:PackageConfig",
+        run="wm_sim.package:package",
+        summary="bundle a checkpoint with start contexts and its evaluation (the shipped model)",
+    ),
 }
 
 

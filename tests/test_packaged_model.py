@@ -1,0 +1,84 @@
+"""`wm-sim package` and the shipped model: self-contained, never overwritten, loadable by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from wm_sim.checkpoint import load_checkpoint, load_start_contexts, resolve_checkpoint
+from wm_sim.data.store import EpisodeStore
+from wm_sim.data.windows import is_validation_episode
+from wm_sim.errors import WmSimError
+from wm_sim.package import PackageConfig, package
+from wm_sim.tracking import WandbConfig
+from wm_sim.train import ModelSize, TrainConfig, train
+
+TINY = ModelSize(grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3)
+SHIPPED = Path(__file__).resolve().parents[1] / "wm_sim" / "checkpoints" / "reacher"
+
+
+@pytest.fixture(scope="module")
+def packaged(reacher_store_path, tmp_path_factory):
+    root = tmp_path_factory.mktemp("package")
+    run = train(
+        TrainConfig(
+            data=str(reacher_store_path), model=TINY, out=str(root / "run"), steps=1, batch_size=4,
+            val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
+        )
+    )  # fmt: skip
+    return package(
+        PackageConfig(
+            checkpoint=str(run), data=str(reacher_store_path), out=str(root / "model"), contexts=6,
+            context_frames=3, evaluate=False,
+        )
+    )  # fmt: skip
+
+
+def test_a_packaged_model_loads_without_its_dataset_and_bundles_held_out_contexts(
+    packaged, reacher_store_path
+):
+    model, meta = load_checkpoint(packaged)
+    assert model.config.latent_dim == TINY.latent_dim and meta["contexts"]["count"] == 6
+    assert "wandb_run_id" not in meta  # a package is not a run
+    contexts = load_start_contexts(packaged)
+    assert contexts["frames"].shape == (6, 3, 64, 64, 3) and contexts["frames"].dtype == torch.uint8
+    assert contexts["state"].shape == (6, 3, 4) and contexts["action"].shape == (6, 3, 2)
+    store = EpisodeStore.open(reacher_store_path)
+    key = f"observation.images.{store.info.cameras[0]}"
+    for i, (episode, row) in enumerate(
+        zip(contexts["episode"].tolist(), contexts["start_row"].tolist(), strict=True)
+    ):
+        assert is_validation_episode(episode, 0.5)  # never a frame the model trained on
+        assert torch.equal(contexts["frames"][i], torch.from_numpy(store.read(key, row, row + 3)))
+    assert all(p.stat().st_mode & 0o444 == 0o444 for p in packaged.iterdir())  # readable once installed
+
+
+def test_an_existing_package_is_never_overwritten(packaged, reacher_store_path):
+    before = {p.name: p.read_bytes() for p in packaged.iterdir()}
+    with pytest.raises(WmSimError, match="already exists"):
+        package(PackageConfig(checkpoint=str(packaged), data=str(reacher_store_path), out=str(packaged)))
+    assert {p.name: p.read_bytes() for p in packaged.iterdir()} == before
+
+
+def test_a_run_checkpoint_has_no_start_contexts(reacher_store_path, packaged):
+    run = packaged.parent / "run"
+    with pytest.raises(WmSimError, match="bundles no start contexts"):
+        load_start_contexts(run)
+
+
+@pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped reacher model in this checkout")
+def test_the_shipped_reacher_model_is_small_loads_by_name_and_beats_copy_last():
+    assert resolve_checkpoint("shipped:reacher") == SHIPPED.resolve()
+    model, meta = load_checkpoint("shipped:reacher")
+    assert meta["dataset"]["task"] == "reacher" and model.config.image_size == 64
+    assert sum(p.stat().st_size for p in SHIPPED.iterdir()) <= 25 * 2**20
+    assert load_start_contexts("shipped:reacher")["frames"].shape[0] >= 200
+    report = json.loads((SHIPPED / "metrics.json").read_text())
+    for metric in ("psnr", "ssim"):
+        for horizon in report["horizons"]:
+            assert (
+                report["metrics"][metric]["model"][horizon] > report["metrics"][metric]["copy_last"][horizon]
+            )

@@ -1,0 +1,132 @@
+"""`wm-sim package`: make a self-contained model directory, such as the shipped `shipped:reacher`.
+
+A packaged model needs no dataset: beside the weights and metadata it holds a few hundred real
+start contexts (short runs of frames, states and actions from held-out episodes) that environment
+resets draw from, and its own evaluation (metrics.json, errors.png, strip.png, rollouts.mp4), so
+its fidelity travels with it. The directory is assembled under a temporary name and renamed into
+place; an existing one is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from wm_sim.checkpoint import (
+    CONTEXTS,
+    META,
+    WEIGHTS,
+    check_dataset_fits,
+    fsync_dir,
+    load_checkpoint,
+    write_json,
+)
+from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
+from wm_sim.data.store import EpisodeStore
+from wm_sim.data.windows import is_validation_episode
+from wm_sim.errors import WmSimError
+from wm_sim.evaluate import EvaluateConfig, evaluate
+
+MAX_PACKAGE_MB = 25.0
+
+
+@dataclass
+class PackageConfig:
+    """Options of `wm-sim package`."""
+
+    checkpoint: str = field(default="outputs/reacher-small", metadata={"help": "checkpoint or run dir"})
+    data: str = field(default="datasets/reacher.zarr", metadata={"help": "its dataset (held-out episodes)"})
+    out: str = field(default="wm_sim/checkpoints/reacher", metadata={"help": "the directory to create"})
+    contexts: int = field(default=256, metadata={"help": "start contexts to bundle"})
+    context_frames: int = field(default=4, metadata={"help": "frames per start context"})
+    evaluate: bool = field(default=True, metadata={"help": "run wm-sim evaluate into the package"})
+
+
+def package(cfg: PackageConfig) -> Path:
+    if cfg.contexts < 1 or cfg.context_frames < 1:
+        raise WmSimError(
+            f"need contexts >= 1 and context_frames >= 1, got {cfg.contexts}, {cfg.context_frames}"
+        )
+    out = Path(cfg.out)
+    if out.exists():
+        raise WmSimError(f"{out} already exists; remove it first to replace the packaged model")
+    model, meta = load_checkpoint(cfg.checkpoint)
+    store = EpisodeStore.open(cfg.data)
+    check_dataset_fits(model.config, meta, store.info, cfg.data)
+    val_fraction = float(meta.get("train", {}).get("val_fraction", 0.1))
+    contexts = start_contexts(
+        store, meta["dataset"]["camera"], val_fraction, cfg.contexts, cfg.context_frames
+    )
+
+    staging = out.parent / f".{out.name}.{uuid.uuid4().hex}.partial"
+    staging.mkdir(parents=True)
+    try:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(staging / WEIGHTS)
+        )
+        save_file(contexts, str(staging / CONTEXTS))
+        kept = {k: v for k, v in meta.items() if k not in ("wandb", "wandb_run_id")}
+        kept["contexts"] = {
+            "count": int(contexts["frames"].shape[0]),
+            "frames": cfg.context_frames,
+            "split": "val",
+            "val_fraction": val_fraction,
+        }
+        kept["packaged_from"] = {"checkpoint": str(cfg.checkpoint), "data": str(cfg.data)}
+        write_json(staging / META, kept)
+        if cfg.evaluate:
+            evaluate(EvaluateConfig(checkpoint=str(staging), data=cfg.data, out=str(staging)))
+        size_mb = sum(p.stat().st_size for p in staging.iterdir()) / 2**20
+        if size_mb > MAX_PACKAGE_MB:
+            raise WmSimError(
+                f"the package would be {size_mb:.1f} MB, over {MAX_PACKAGE_MB:.0f} MB: bundle fewer contexts"
+            )
+        for file in staging.iterdir():
+            file.chmod(0o644)  # package data: readable by whoever installs it
+        fsync_dir(staging)
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    print(f"wrote {out} ({size_mb:.1f} MB)")
+    return out
+
+
+def start_contexts(
+    store: EpisodeStore, camera: str, val_fraction: float, count: int, frames: int
+) -> dict[str, torch.Tensor]:
+    """`count` runs of `frames` consecutive rows, spread evenly over the held-out episodes.
+
+    Each holds frames (K, S, S, 3) uint8, agent state (K, D) and the actions taken at those frames
+    (K, A); a reset streams the frames and all but the last action, the policy supplies the rest.
+    """
+    episodes = [
+        e
+        for e in range(store.num_episodes)
+        if is_validation_episode(e, val_fraction) and np.diff(store.episode_bounds(e))[0] >= frames
+    ]
+    if not episodes:
+        raise WmSimError(
+            f"{store.path} has no held-out episode of at least {frames} frames to take contexts from"
+        )
+    per_episode = -(-count // len(episodes))
+    picks: list[tuple[int, int]] = []
+    for e in episodes:
+        first, stop = store.episode_bounds(e)
+        offsets = np.linspace(0, stop - first - frames, per_episode).round().astype(int)
+        picks += [(e, first + int(o)) for o in offsets]
+    picks = [picks[i] for i in np.linspace(0, len(picks) - 1, count).round().astype(int)]
+    keys = {"frames": image_key(camera), "state": STATE_KEY, "action": ACTION_KEY}
+    out = {
+        name: np.stack([store.read(key, row, row + frames) for _, row in picks]) for name, key in keys.items()
+    }
+    out["episode"] = np.array([e for e, _ in picks], dtype=np.int64)
+    out["start_row"] = np.array([row for _, row in picks], dtype=np.int64)
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
