@@ -16,3 +16,31 @@ def reacher_store_path(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "reacher.zarr"
     collect(CollectConfig(task="reacher", policy="mixed", episodes=4, workers=1, seed=7, out=str(out)))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(reacher_store_path, tmp_path_factory) -> Path:
+    """A tiny world model, packaged with 8 start contexts of 3 frames.
+
+    30 steps teach it that reacher never terminates, so test episodes run to truncation.
+    """
+    from wm_sim.package import PackageConfig, package
+    from wm_sim.tracking import WandbConfig
+    from wm_sim.train import ModelSize, TrainConfig, train
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    tiny = ModelSize(
+        grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3
+    )
+    run = train(
+        TrainConfig(
+            data=str(reacher_store_path), model=tiny, out=str(root / "run"), steps=30, batch_size=4, lr=3e-3,
+            val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
+        )
+    )  # fmt: skip
+    return package(
+        PackageConfig(
+            checkpoint=str(run), data=str(reacher_store_path), out=str(root / "model"), contexts=8,
+            context_frames=3, evaluate=False,
+        )
+    )  # fmt: skip

@@ -13,11 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from wm_sim.envs import make_task
+from wm_sim.envs.catalog import TASK_SPECS
 
 from wm_sim.collect import CollectConfig, collect
 from wm_sim.data.schema import image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.errors import WmSimError
+
+L = TASK_SPECS["reacher"].episode_steps  # rows per reacher episode
 
 
 def tree_digest(path: Path) -> str:
@@ -71,8 +74,8 @@ def test_policies_differ_and_the_expert_succeeds(tmp_path):
     rand = collect(
         CollectConfig(task="reacher", policy="random", episodes=2, workers=1, out=str(tmp_path / "r.zarr"))
     )
-    assert expert.read("next.success", 0, 100).reshape(2, 50)[:, -1].all()
-    assert expert.read("next.reward", 0, 100).sum() > rand.read("next.reward", 0, 100).sum() + 20
+    assert expert.read("next.success", 0, 2 * L).reshape(2, L)[:, -1].all()
+    assert expert.read("next.reward", 0, 2 * L).sum() > rand.read("next.reward", 0, 2 * L).sum() + 20
 
 
 def test_gym_task_collects_with_its_own_reward_and_terminations(tmp_path):
@@ -109,9 +112,9 @@ def test_sigkill_mid_run_keeps_only_complete_episodes_and_resume_finishes(tmp_pa
 
     survived = EpisodeStore.open(out)
     assert 3 <= survived.num_episodes < 14
-    assert survived.episode_ends.tolist() == [50 * (i + 1) for i in range(survived.num_episodes)]
+    assert survived.episode_ends.tolist() == [L * (i + 1) for i in range(survived.num_episodes)]
     for e in range(survived.num_episodes):
-        assert survived.episode(e, keys=["frame_index"])["frame_index"].tolist() == list(range(50))
+        assert survived.episode(e, keys=["frame_index"])["frame_index"].tolist() == list(range(L))
 
     # workers notice their parent is gone and exit by themselves
     deadline = time.monotonic() + 20

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import zarr
+from wm_sim.envs.catalog import TASK_SPECS
 
 from wm_sim.data.schema import SCHEMA_VERSION, image_key
 from wm_sim.data.store import FRAMES_PER_SHARD, EpisodeStore
@@ -15,6 +16,8 @@ from wm_sim.data.windows import EpisodeWindows, is_validation_episode
 from wm_sim.errors import WmSimError
 
 LEROBOT_KEYS = ["observation.state", "action", "next.reward", "next.done", "next.success", "timestamp"]
+
+L = TASK_SPECS["reacher"].episode_steps  # rows per reacher episode
 
 
 @pytest.fixture
@@ -30,8 +33,8 @@ def test_layout_follows_diffusion_policy_with_lerobot_keys(reacher_store_path):
     assert {image_key("top"), *LEROBOT_KEYS, "next.terminated", "physics_state"} <= data_keys
     assert set(root["meta"].array_keys()) == {"episode_ends", "episode_seed"}
     ends = root["meta"]["episode_ends"][:]
-    assert ends.tolist() == [50, 100, 150, 200]
-    assert root["data"][image_key("top")].shape == (200, 64, 64, 3)
+    assert ends.tolist() == [L, 2 * L, 3 * L, 4 * L]
+    assert root["data"][image_key("top")].shape == (4 * L, 64, 64, 3)
     assert root["data"][image_key("top")].dtype == np.uint8
     attrs = dict(root.attrs)
     assert attrs["schema_version"] == SCHEMA_VERSION
@@ -63,10 +66,10 @@ def test_episode_rows_are_consistent(reacher_store_path):
     store = EpisodeStore.open(reacher_store_path)
     for e in range(store.num_episodes):
         ep = store.episode(e)
-        assert ep["frame_index"].tolist() == list(range(50))
+        assert ep["frame_index"].tolist() == list(range(L))
         assert set(ep["episode_index"].tolist()) == {e}
-        assert ep["next.done"].tolist() == [False] * 49 + [True]
-        np.testing.assert_allclose(ep["timestamp"], np.arange(50) / 50.0, rtol=1e-6)
+        assert ep["next.done"].tolist() == [False] * (L - 1) + [True]
+        np.testing.assert_allclose(ep["timestamp"], np.arange(L) / 50.0, rtol=1e-6)
         assert np.all(np.abs(ep["action"]) <= 1.0)
 
 
@@ -106,13 +109,13 @@ def test_half_written_episode_is_invisible_and_trimmed_on_append(store_copy):
     (store_copy / "data" / "action" / "junk.1234.partial").write_bytes(b"torn")
 
     reader = EpisodeStore.open(store_copy, mode="r")
-    assert reader.num_episodes == 4 and reader.num_frames == 200
+    assert reader.num_episodes == 4 and reader.num_frames == 4 * L
     writer = EpisodeStore.open(store_copy, mode="a")
-    assert all(writer.array(k).shape[0] == 200 for k in writer.keys)
+    assert all(writer.array(k).shape[0] == 4 * L for k in writer.keys)
     assert not list(store_copy.rglob("*.partial"))
     writer.append_episode(reader.episode(1), seed=123)
     reopened = EpisodeStore.open(store_copy)
-    assert reopened.episode_ends.tolist() == [50, 100, 150, 200, 250]
+    assert reopened.episode_ends.tolist() == [L, 2 * L, 3 * L, 4 * L, 5 * L]
     np.testing.assert_array_equal(reopened.episode(4)[image_key("top")], reader.episode(1)[image_key("top")])
     assert reopened.episode_seeds()[-1] == 123
 
@@ -125,7 +128,7 @@ def test_reader_sees_a_consistent_snapshot_while_a_writer_appends(store_copy):
     assert reader.num_episodes == 4
     np.testing.assert_array_equal(reader.episode(3)["action"], before["action"])
     with pytest.raises(IndexError):
-        reader.read("action", 200, 250)
+        reader.read("action", 4 * L, 5 * L)
     reader.refresh()
     assert reader.num_episodes == 5
     np.testing.assert_array_equal(reader.episode(4)["action"], before["action"])
@@ -188,7 +191,7 @@ def test_windows_stay_inside_episodes_and_splits_are_disjoint(reacher_store_path
     val = EpisodeWindows(reacher_store_path, context, horizon, split="val", val_fraction=0.5)
     assert set(train.episodes).isdisjoint(val.episodes)
     assert sorted(train.episodes + val.episodes) == [0, 1, 2, 3]
-    assert len(train) == len(train.episodes) * (200 - 7 + 1)
+    assert len(train) == len(train.episodes) * (L - 7 + 1)
     for i in (0, len(train) // 2, len(train) - 1):
         window = train[i]
         assert window[image_key("top")].shape == (7, 64, 64, 3)
@@ -211,9 +214,9 @@ def test_padded_windows_reach_each_episodes_last_transition(reacher_store_path):
     plain = EpisodeWindows(reacher_store_path, 4, 0, split="all")
     padded = EpisodeWindows(reacher_store_path, 4, 0, split="all", pad_end=True)
     assert len(padded) == len(plain) + 4  # one more window per episode
-    last = padded[50 - 4 + 1]  # episode 0's final window (starts 0..47): rows 47, 48, 49, padding
+    last = padded[L - 4 + 1]  # episode 0's final window: its last 3 rows, then padding
     assert last["valid"].tolist() == [True, True, True, False]
-    assert last["frame_index"].tolist() == [47, 48, 49, 49]
+    assert last["frame_index"].tolist() == [L - 3, L - 2, L - 1, L - 1]
     assert last["next.done"][2]  # the episode's final transition is an input row now
     assert padded[0]["valid"].all()
     for i in range(len(padded)):  # never a row of another episode

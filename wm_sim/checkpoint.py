@@ -193,6 +193,11 @@ def write_json(file: Path, data: dict[str, Any]) -> None:
 
 
 def fsync_dir(directory: Path) -> None:
+    """Flush every file in `directory` and the directory itself: a rename after this is durable."""
+    for file in directory.iterdir():
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

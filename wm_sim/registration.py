@@ -11,6 +11,13 @@ PHYSICS_TWIN_IDS: dict[str, str] = {
 }
 
 
+# World-model envs: the shipped model per task, and any checkpoint (checkpoint=PATH).
+WORLD_MODEL_IDS: dict[str, str] = {
+    "wm_sim/Reacher-v0": "shipped:reacher",
+    "wm_sim/WorldModel-v0": "shipped:reacher",
+}
+
+
 def register_envs() -> None:
     """Register every wm_sim Gymnasium id (idempotent)."""
     from wm_sim.envs.catalog import TASK_SPECS
@@ -23,4 +30,14 @@ def register_envs() -> None:
             entry_point="wm_sim.envs.physics_env:PhysicsTwinEnv",
             kwargs={"task": task},
             max_episode_steps=TASK_SPECS[task].episode_steps,
+        )
+    for env_id, checkpoint in WORLD_MODEL_IDS.items():
+        if env_id in gymnasium.registry:
+            continue
+        gymnasium.register(
+            id=env_id,
+            entry_point="wm_sim.envs.world_model_env:WorldModelEnv",
+            vector_entry_point="wm_sim.envs.world_model_env:WorldModelVectorEnv",
+            kwargs={"checkpoint": checkpoint},
+            disable_env_checker=False,
         )

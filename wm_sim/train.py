@@ -286,9 +286,9 @@ def train(cfg: TrainConfig) -> Path:
             bar.set_postfix(loss=f"{total.item() / job.world_size:.4f}", samples_per_s=f"{rate:.1f}")
             if not job.is_main:
                 continue
-            if step % 10 == 0:
+            if step % 10 == 0 and tracker.active:
                 tracker.log(
-                    {f"train/{k}": float(v) for k, v in terms.items()} | {"samples_per_s": rate}, step
+                    {f"train/{k}": v.item() for k, v in terms.items()} | {"samples_per_s": rate}, step
                 )
             if step % cfg.val_every == 0 or step == cfg.steps:
                 run_meta["val"] = validate(model, val_set, camera, cfg.batch_size, device)

@@ -1,0 +1,143 @@
+"""A batch of imagined episodes advancing together: the engine under both world-model envs.
+
+Each row holds a "pending" frame: the latents and state of the frame the agent is looking at,
+whose action has not been chosen yet. `step(actions)` streams every row's pending frame with its
+action through the key-value cache in one batched forward pass, and the prediction becomes the new
+pending frame. A reset streams a real context (frames, states, actions) into fresh cache rows and
+leaves its last frame pending, so the first observation of an episode is a real camera image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wm_sim.world_model import StreamCache, WorldModel
+
+
+@dataclass
+class StepOutput:
+    """One batched step: numpy-free tensors on the model's device."""
+
+    pixels: torch.Tensor  # (B, S, S, 3) uint8
+    agent_pos: torch.Tensor  # (B, D) float32, dataset units
+    reward: torch.Tensor  # (B,) float32
+    terminated: torch.Tensor  # (B,) bool
+    truncated: torch.Tensor  # (B,) bool
+    uncertainty: torch.Tensor  # (B,) float32
+
+
+class ImaginedBatch:
+    """B independent imagined episodes of one world model, stepped in one forward pass."""
+
+    def __init__(self, model: WorldModel, batch: int, episode_steps: int, device: torch.device | str = "cpu"):
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.batch = batch
+        self.episode_steps = episode_steps
+        c = model.config
+        self.cache = model.new_stream(batch, self.device)
+        self.latents = torch.zeros(batch, c.tokens, c.latent_dim, device=self.device)  # pending frame
+        self.norm_state = torch.zeros(batch, c.state_dim, device=self.device)
+        self.pixels = torch.zeros(batch, c.image_size, c.image_size, 3, dtype=torch.uint8, device=self.device)
+        self.agent_pos = torch.zeros(batch, c.state_dim, device=self.device)
+        self.steps = torch.zeros(batch, dtype=torch.long, device=self.device)
+        # Predicted proprioception is kept inside these bounds (the observation space's), if set.
+        self.state_low: torch.Tensor | None = None
+        self.state_high: torch.Tensor | None = None
+
+    def bound_state(self, low: np.ndarray, high: np.ndarray) -> None:
+        self.state_low = torch.as_tensor(low, dtype=torch.float32, device=self.device)
+        self.state_high = torch.as_tensor(high, dtype=torch.float32, device=self.device)
+
+    @torch.inference_mode()
+    def reset_rows(
+        self, rows: torch.Tensor, frames: torch.Tensor, state: torch.Tensor, actions: torch.Tensor
+    ) -> None:
+        """Start new episodes in `rows` (indices, k of them) from real contexts.
+
+        frames (k, K, S, S, 3) uint8, state (k, K, D) dataset units, actions (k, K-1, A): the actions
+        taken between the context frames. The last frame is left pending.
+        """
+        k, length = frames.shape[:2]
+        frames, state, actions = (x.to(self.device) for x in (frames, state, actions))
+        fresh = self.model.new_stream(k, self.device)
+        latents = self.model.encode(frames)  # (k, K, N, C)
+        norm_state = self.model.normalise_state(state.float())
+        for t in range(length - 1):
+            self.model.stream_step(fresh, latents[:, t], norm_state[:, t], actions[:, t].float())
+        self.cache.keys[:, rows] = fresh.keys
+        self.cache.values[:, rows] = fresh.values
+        self.cache.time[rows] = fresh.time
+        self.latents[rows] = latents[:, -1]
+        self.norm_state[rows] = norm_state[:, -1]
+        self.pixels[rows] = frames[:, -1]
+        self.agent_pos[rows] = state[:, -1].float()
+        if self.state_low is not None:
+            self.agent_pos[rows] = torch.maximum(
+                torch.minimum(self.agent_pos[rows], self.state_high), self.state_low
+            )
+        self.steps[rows] = 0
+
+    @torch.inference_mode()
+    def step(self, actions: torch.Tensor) -> StepOutput:
+        """Advance every row by one frame under actions (B, A) in [-1, 1]."""
+        pred = self.model.stream_step(
+            self.cache, self.latents, self.norm_state, actions.to(self.device).float()
+        )
+        self.latents, self.norm_state = pred.latents[:, 0], pred.state[:, 0]
+        decoded = self.model.decode(self.latents)  # (B, S, S, 3) in [0, 1]
+        self.pixels = (decoded * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
+        self.agent_pos = self.model.denormalise_state(self.norm_state)
+        if self.state_low is not None:
+            self.agent_pos = torch.maximum(torch.minimum(self.agent_pos, self.state_high), self.state_low)
+        self.steps += 1
+        # How far the prediction sits off what the tokenizer can produce: re-encoding the decoded
+        # frame should give back the same latents; it grows as a rollout leaves the data it knows.
+        uncertainty = F.mse_loss(self.model.encode(self.pixels), self.latents, reduction="none").mean((1, 2))
+        return StepOutput(
+            pixels=self.pixels,
+            agent_pos=self.agent_pos,
+            reward=pred.reward[:, 0].float(),
+            terminated=torch.sigmoid(pred.continue_logit[:, 0]) < 0.5,
+            truncated=self.steps >= self.episode_steps,
+            uncertainty=uncertainty.float(),
+        )
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything that decides future frames, copied: set_state of it forks the simulator."""
+        return {
+            "keys": self.cache.keys.clone(),
+            "values": self.cache.values.clone(),
+            "time": self.cache.time.clone(),
+            "latents": self.latents.clone(),
+            "norm_state": self.norm_state.clone(),
+            "pixels": self.pixels.clone(),
+            "agent_pos": self.agent_pos.clone(),
+            "steps": self.steps.clone(),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        expected = self.cache.keys.shape
+        if tuple(state["keys"].shape) != tuple(expected):
+            raise ValueError(
+                f"state is of a batch of shape {tuple(state['keys'].shape)}, expected {tuple(expected)}"
+            )
+        self.cache.keys.copy_(state["keys"])
+        self.cache.values.copy_(state["values"])
+        self.cache.time.copy_(state["time"])
+        for name in ("latents", "norm_state", "pixels", "agent_pos", "steps"):
+            setattr(self, name, state[name].clone().to(self.device))
+
+
+def stack_contexts(contexts: dict[str, torch.Tensor], picks: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """frames, state, actions-between-frames of bundled contexts `picks`."""
+    index = torch.as_tensor(picks, dtype=torch.long)
+    return contexts["frames"][index], contexts["state"][index], contexts["action"][index][:, :-1]
+
+
+__all__ = ["ImaginedBatch", "StepOutput", "StreamCache", "stack_contexts"]

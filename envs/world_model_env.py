@@ -1,0 +1,339 @@
+"""Gymnasium environments whose physics is the world model: single, and natively batched.
+
+`wm_sim/Reacher-v0` loads the shipped reacher model; `wm_sim/WorldModel-v0` takes
+`checkpoint=PATH`. Both have the spaces of the physics twin of the model's task, so a policy moves
+between imagination and MuJoCo unchanged. Reward and termination come from the model's heads,
+truncation from the task's episode length; `info["uncertainty"]` says how far each prediction
+sits off what the tokenizer can produce.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from wm_sim.envs.catalog import TASK_SPECS, make_task
+from wm_sim.envs.imagination import ImaginedBatch, StepOutput, stack_contexts
+
+from wm_sim.checkpoint import load_checkpoint, load_start_contexts
+from wm_sim.errors import WmSimError
+
+DEFAULT_CHECKPOINT = "shipped:reacher"
+
+
+# --- shared by the single and the vector env ---------------------------------------------------
+
+
+class _Simulator:
+    """A loaded model, its spaces, its bundled start contexts and a batch of imagined episodes."""
+
+    def __init__(self, checkpoint: str, batch: int, device: str):
+        model, meta = load_checkpoint(checkpoint, map_location=device)
+        dataset = meta.get("dataset", {})
+        self.task = dataset.get("task", "reacher")
+        self.fps = float(dataset.get("fps", 50.0))
+        spec = TASK_SPECS.get(self.task)
+        episode_steps = int(dataset.get("episode_steps") or (spec.episode_steps if spec else 1000))
+        self.checkpoint = checkpoint
+        self.config = model.config
+        self.engine = ImaginedBatch(model, batch, episode_steps, device)
+        self.contexts: dict[str, torch.Tensor] | None = None
+        self._load_contexts = lambda: load_start_contexts(checkpoint)
+        low, high = _state_bounds(self.task, model.config.state_dim)
+        self.engine.bound_state(low, high)
+        size = model.config.image_size
+        self.observation_space = spaces.Dict(
+            {
+                "pixels": spaces.Box(0, 255, (size, size, 3), np.uint8),
+                "agent_pos": spaces.Box(low, high, dtype=np.float32),
+            }
+        )
+        self.action_space = spaces.Box(-1.0, 1.0, (model.config.action_dim,), np.float32)
+
+    def bundled(self, picks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.contexts is None:
+            self.contexts = self._load_contexts()
+        return stack_contexts(self.contexts, picks)
+
+    @property
+    def num_contexts(self) -> int:
+        if self.contexts is None:
+            self.contexts = self._load_contexts()
+        return int(self.contexts["frames"].shape[0])
+
+    def context_from_options(
+        self, options: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A user's start context: frames (required), agent_pos and actions (optional)."""
+        unknown = set(options) - {"frames", "agent_pos", "actions", "reset_mask"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; expected frames, agent_pos, actions")
+        frames = _frames(options["frames"], self.config.image_size)  # (K, S, S, 3)
+        k = frames.shape[0]
+        d, a = self.config.state_dim, self.config.action_dim
+        if options.get("agent_pos") is None:  # unknown: the training data's mean state
+            state = self.engine.model.state_mean.cpu().expand(k, d).clone()
+        else:
+            state = torch.as_tensor(np.asarray(options["agent_pos"], dtype=np.float32))
+            state = state.expand(k, d).clone() if state.shape == (d,) else state
+            if state.shape != (k, d):
+                raise ValueError(
+                    f"agent_pos must have shape ({d},) or ({k}, {d}) for {k} frames, got {tuple(state.shape)}"
+                )
+        if options.get("actions") is None:
+            actions = torch.zeros(k - 1, a)
+        else:
+            actions = torch.as_tensor(np.asarray(options["actions"], dtype=np.float32))
+            if actions.shape != (k - 1, a):
+                raise ValueError(
+                    f"actions must have shape ({k - 1}, {a}): one per frame before the last, got {tuple(actions.shape)}"
+                )
+        if not (torch.isfinite(state).all() and torch.isfinite(actions).all()):
+            raise ValueError("agent_pos and actions must be finite")
+        return frames[None], state[None], actions.clamp(-1, 1)[None]
+
+    def check_actions(self, actions: Any, batch: int) -> tuple[torch.Tensor, np.ndarray]:
+        """(B, A) float32 actions clipped to the space, and which rows were clipped."""
+        a = self.config.action_dim
+        if isinstance(actions, torch.Tensor):
+            actions = actions.detach().cpu().numpy()
+        array = np.asarray(actions)
+        if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"actions must be numbers (float32), got dtype {array.dtype}")
+        expected = (a,) if batch == 0 else (batch, a)
+        if array.shape != expected:
+            raise ValueError(f"action must have shape {expected}, got {array.shape}")
+        array = array.astype(np.float32).reshape(-1, a)
+        if not np.isfinite(array).all():
+            raise ValueError(f"actions must be finite, got {array.tolist()}")
+        clipped = np.clip(array, -1.0, 1.0)
+        return torch.from_numpy(clipped), (clipped != array).any(axis=1)
+
+
+def _state_bounds(task: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The physics twin's agent_pos bounds, so both envs share one observation space."""
+    try:
+        physics = make_task(task)
+    except WmSimError:  # a task this install cannot build: unbounded bounds are still valid
+        return np.full(dim, -np.inf, np.float32), np.full(dim, np.inf, np.float32)
+    low, high = physics.state_bounds
+    physics.close()
+    return low.astype(np.float32), high.astype(np.float32)
+
+
+def _frames(frames: Any, size: int) -> torch.Tensor:
+    """(K, S, S, 3) uint8 from one image (H, W, 3) or several (K, H, W, 3), resized if needed."""
+    array = np.asarray(frames)
+    if array.dtype != np.uint8:
+        raise ValueError(f"reset frames must be uint8 RGB images, got dtype {array.dtype}")
+    if array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"reset frames must be (H, W, 3) or (K, H, W, 3) RGB, got shape {array.shape}")
+    if array.shape[1:3] != (size, size):
+        from PIL import Image
+
+        array = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR)) for f in array])
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+# --- the single env ----------------------------------------------------------------------------
+
+
+class WorldModelEnv(gymnasium.Env):
+    """One imagined episode at a time, stepped by the world model.
+
+    Observation: Dict(pixels=Box(0, 255, (S, S, 3), uint8), agent_pos=Box(float32)), as the
+    physics twin. Action: Box(-1, 1, (A,), float32); out-of-range actions are clipped and flagged
+    in `info["action_clipped"]`. `reset(options={"frames": ..., "agent_pos": ..., "actions": ...})`
+    starts from your own camera images; without options it draws a bundled real start context.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 50}
+
+    def __init__(
+        self, checkpoint: str = DEFAULT_CHECKPOINT, render_mode: str | None = None, device: str = "cpu"
+    ):
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.sim = _Simulator(checkpoint, 1, device)
+        self.render_mode = render_mode
+        self.metadata = {**self.metadata, "render_fps": self.sim.fps}
+        self.observation_space = self.sim.observation_space
+        self.action_space = self.sim.action_space
+        self._needs_reset = True
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if options and "frames" in options:
+            context = self.sim.context_from_options(options)
+        else:
+            pick = self.np_random.integers(self.sim.num_contexts, size=1)
+            context = self.sim.bundled(pick)
+        self.sim.engine.reset_rows(torch.zeros(1, dtype=torch.long), *context)
+        self._needs_reset = False
+        return self._observation(), {"uncertainty": 0.0}
+
+    def step(self, action):
+        if self._needs_reset:
+            raise gymnasium.error.ResetNeeded(
+                "call reset() before step(), and again after an episode terminates or truncates"
+            )
+        actions, clipped = self.sim.check_actions(action, batch=0)
+        out: StepOutput = self.sim.engine.step(actions)
+        terminated, truncated = bool(out.terminated[0]), bool(out.truncated[0])
+        self._needs_reset = terminated or truncated
+        info = {"uncertainty": float(out.uncertainty[0]), "action_clipped": bool(clipped[0])}
+        return self._observation(), float(out.reward[0]), terminated, truncated, info
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        engine = self.sim.engine  # copies: the engine's buffers change in place on later resets
+        return {
+            "pixels": engine.pixels[0].cpu().numpy().copy(),
+            "agent_pos": engine.agent_pos[0].cpu().numpy().astype(np.float32, copy=True),
+        }
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        return self.sim.engine.pixels[0].cpu().numpy().copy()
+
+    def get_state(self) -> dict[str, Any]:
+        """The full simulator state (context cache, pending frame, step count, random generator)."""
+        return {
+            "engine": self.sim.engine.get_state(),
+            "np_random": self.np_random.bit_generator.state,
+            "needs_reset": self._needs_reset,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a get_state: the same actions from here give identical frames."""
+        self.sim.engine.set_state(state["engine"])
+        self.np_random.bit_generator.state = state["np_random"]
+        self._needs_reset = state["needs_reset"]
+
+
+# --- the vector env ----------------------------------------------------------------------------
+
+
+class WorldModelVectorEnv(VectorEnv):
+    """`num_envs` imagined episodes advanced in one batched forward pass per step.
+
+    Autoreset is next-step (Gymnasium's default): the step after an episode ends resets that
+    sub-env and returns its first observation, with reward 0 and neither flag set. Partial resets:
+    `reset(options={"reset_mask": bool array})`. `array_type="torch"` returns tensors on the
+    model's device instead of numpy arrays.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {
+        "render_modes": ["rgb_array"],
+        "render_fps": 50,
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+    }
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        checkpoint: str = DEFAULT_CHECKPOINT,
+        render_mode: str | None = None,
+        device: str = "cpu",
+        array_type: str = "numpy",
+    ):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        if array_type not in ("numpy", "torch"):
+            raise ValueError(f"array_type must be 'numpy' or 'torch', got {array_type!r}")
+        self.sim = _Simulator(checkpoint, num_envs, device)
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        self.use_torch = array_type == "torch"
+        self.metadata = {**self.metadata, "render_fps": self.sim.fps}
+        self.single_observation_space = self.sim.observation_space
+        self.single_action_space = self.sim.action_space
+        self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, num_envs)
+        self.action_space = gymnasium.vector.utils.batch_space(self.single_action_space, num_envs)
+        self._autoreset = np.zeros(num_envs, dtype=bool)
+        self._started = False
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
+        if seed is not None:
+            self._np_random, self._np_random_seed = gymnasium.utils.seeding.np_random(
+                seed if isinstance(seed, int) else int(seed[0])
+            )
+        mask = np.ones(self.num_envs, dtype=bool)
+        if options and options.get("reset_mask") is not None:
+            mask = np.asarray(options["reset_mask"], dtype=bool)
+            if mask.shape != (self.num_envs,):
+                raise ValueError(f"reset_mask must have shape ({self.num_envs},), got {mask.shape}")
+            if not self._started and not mask.all():
+                raise ValueError("the first reset must reset every sub-env")
+        if options and "frames" in options:
+            frames, state, actions = self.sim.context_from_options(options)
+            k = int(mask.sum())
+            context = (
+                frames.expand(k, *frames.shape[1:]),
+                state.expand(k, *state.shape[1:]),
+                actions.expand(k, *actions.shape[1:]),
+            )
+        else:
+            context = self.sim.bundled(self.np_random.integers(self.sim.num_contexts, size=int(mask.sum())))
+        self.sim.engine.reset_rows(torch.from_numpy(np.flatnonzero(mask)), *context)
+        self._autoreset[mask] = False
+        self._started = True
+        return self._observation(), {}
+
+    def step(self, actions):
+        if not self._started:
+            raise gymnasium.error.ResetNeeded("call reset() before step()")
+        acts, clipped = self.sim.check_actions(actions, batch=self.num_envs)
+        out = self.sim.engine.step(acts)
+        reward = out.reward.clone()
+        terminated, truncated = out.terminated.clone(), out.truncated.clone()
+        restart = self._autoreset.copy()
+        if restart.any():  # next-step autoreset: these rows begin a new episode instead
+            rows = np.flatnonzero(restart)
+            self.sim.engine.reset_rows(
+                torch.from_numpy(rows),
+                *self.sim.bundled(self.np_random.integers(self.sim.num_contexts, size=len(rows))),
+            )
+            index = torch.from_numpy(rows).to(reward.device)
+            reward[index], terminated[index], truncated[index] = 0.0, False, False
+        self._autoreset = (terminated | truncated).cpu().numpy()
+        info = {"uncertainty": out.uncertainty, "action_clipped": torch.from_numpy(clipped)}
+        obs = self._observation()
+        if self.use_torch:
+            return obs, reward, terminated, truncated, info
+        info = {k: v.cpu().numpy() for k, v in info.items()}
+        return obs, reward.cpu().numpy(), terminated.cpu().numpy(), truncated.cpu().numpy(), info
+
+    def _observation(self):
+        engine = self.sim.engine  # copies: the engine's buffers change in place on later resets
+        if self.use_torch:
+            return {"pixels": engine.pixels.clone(), "agent_pos": engine.agent_pos.clone()}
+        return {
+            "pixels": engine.pixels.cpu().numpy().copy(),
+            "agent_pos": engine.agent_pos.cpu().numpy().astype(np.float32, copy=True),
+        }
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        return tuple(self.sim.engine.pixels.cpu().numpy())
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "engine": self.sim.engine.get_state(),
+            "np_random": self.np_random.bit_generator.state,
+            "autoreset": self._autoreset.copy(),
+            "started": self._started,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.sim.engine.set_state(state["engine"])
+        self.np_random.bit_generator.state = state["np_random"]
+        self._autoreset = state["autoreset"].copy()
+        self._started = state["started"]
