@@ -108,7 +108,7 @@ def test_refusals_change_nothing(reacher_store_path, tmp_path):
                 reacher_store_path, run, steps=4, resume="auto", model=ModelSize(**{**vars(TINY), "dim": 64})
             )
         )
-    with pytest.raises(WmSimError, match=r"trained with lr=0\.001"):
+    with pytest.raises(WmSimError, match=r"trained with lr=0\.0005"):
         train(config(reacher_store_path, run, steps=4, resume="auto", lr=0.01))
     with pytest.raises(WmSimError, match="fewer than one batch"):
         train(config(reacher_store_path, tmp_path / "other", batch_size=10_000))
