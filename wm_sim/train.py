@@ -409,7 +409,16 @@ def _start(
 
 
 # What must not change for a resumed run to be the same run (steps, resume and threads may).
-RUN_IDENTITY = ("batch_size", "lr", "tokenizer_lr", "weight_decay", "context_noise", "val_fraction", "seed", "data")
+RUN_IDENTITY = (
+    "batch_size",
+    "lr",
+    "tokenizer_lr",
+    "weight_decay",
+    "context_noise",
+    "val_fraction",
+    "seed",
+    "data",
+)
 
 
 def _check_same_run(run_dir: Path, saved: dict, now: dict) -> None:
