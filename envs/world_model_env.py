@@ -72,6 +72,10 @@ class _Simulator:
         unknown = set(options) - {"frames", "agent_pos", "actions", "reset_mask"}
         if unknown:
             raise ValueError(f"unknown reset options {sorted(unknown)}; expected frames, agent_pos, actions")
+        if "frames" not in options:
+            raise ValueError(
+                "reset options agent_pos and actions need frames: the camera images to start from"
+            )
         frames = _frames(options["frames"], self.config.image_size)  # (K, S, S, 3)
         k = frames.shape[0]
         d, a = self.config.state_dim, self.config.action_dim
@@ -169,7 +173,7 @@ class WorldModelEnv(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        if options and "frames" in options:
+        if options and set(options) - {"reset_mask"}:
             context = self.sim.context_from_options(options)
         else:
             pick = self.np_random.integers(self.sim.num_contexts, size=1)
@@ -271,7 +275,7 @@ class WorldModelVectorEnv(VectorEnv):
                 raise ValueError(f"reset_mask must have shape ({self.num_envs},), got {mask.shape}")
             if not self._started and not mask.all():
                 raise ValueError("the first reset must reset every sub-env")
-        if options and "frames" in options:
+        if options and set(options) - {"reset_mask"}:
             frames, state, actions = self.sim.context_from_options(options)
             k = int(mask.sum())
             context = (

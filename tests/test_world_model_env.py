@@ -69,6 +69,8 @@ def test_reset_from_a_users_own_camera_image(env):
         env.reset(options={"frames": rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)})
     with pytest.raises(ValueError, match="uint8"):
         env.reset(options={"frames": np.zeros((64, 64, 3), np.float32)})
+    with pytest.raises(ValueError, match="need frames"):
+        env.reset(options={"agent_pos": np.zeros(4, np.float32)})
 
 
 def test_bad_actions_are_clear_errors_and_out_of_range_ones_are_clipped(env):

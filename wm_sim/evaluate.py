@@ -123,7 +123,8 @@ def evaluate(cfg: EvaluateConfig) -> Path:
             if summary["model"][h] is not None
         )
     )
-    print(f"wrote {out / 'metrics.json'}, {out / 'errors.png'}, {out / 'rollouts.mp4'}")
+    written = [out / name for name in ("metrics.json", "errors.png", "rollouts.mp4", "strip.png")]
+    print("wrote " + ", ".join(str(f) for f in written if f.exists()))
     return out
 
 
