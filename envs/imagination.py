@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wm_sim.world_model import StreamCache, WorldModel
+from wm_sim.world_model import WorldModel
 
 
 @dataclass
@@ -54,6 +54,11 @@ class ImaginedBatch:
         self.state_low = torch.as_tensor(low, dtype=torch.float32, device=self.device)
         self.state_high = torch.as_tensor(high, dtype=torch.float32, device=self.device)
 
+    def _bounded(self, agent_pos: torch.Tensor) -> torch.Tensor:
+        if self.state_low is None:
+            return agent_pos
+        return torch.maximum(torch.minimum(agent_pos, self.state_high), self.state_low)
+
     @torch.inference_mode()
     def reset_rows(
         self, rows: torch.Tensor, frames: torch.Tensor, state: torch.Tensor, actions: torch.Tensor
@@ -76,11 +81,7 @@ class ImaginedBatch:
         self.latents[rows] = latents[:, -1]
         self.norm_state[rows] = norm_state[:, -1]
         self.pixels[rows] = frames[:, -1]
-        self.agent_pos[rows] = state[:, -1].float()
-        if self.state_low is not None:
-            self.agent_pos[rows] = torch.maximum(
-                torch.minimum(self.agent_pos[rows], self.state_high), self.state_low
-            )
+        self.agent_pos[rows] = self._bounded(state[:, -1].float())
         self.steps[rows] = 0
 
     @torch.inference_mode()
@@ -92,9 +93,7 @@ class ImaginedBatch:
         self.latents, self.norm_state = pred.latents[:, 0], pred.state[:, 0]
         decoded = self.model.decode(self.latents)  # (B, S, S, 3) in [0, 1]
         self.pixels = (decoded * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
-        self.agent_pos = self.model.denormalise_state(self.norm_state)
-        if self.state_low is not None:
-            self.agent_pos = torch.maximum(torch.minimum(self.agent_pos, self.state_high), self.state_low)
+        self.agent_pos = self._bounded(self.model.denormalise_state(self.norm_state))
         self.steps += 1
         # How far the prediction sits off what the tokenizer can produce: re-encoding the decoded
         # frame should give back the same latents; it grows as a rollout leaves the data it knows.
@@ -138,6 +137,3 @@ def stack_contexts(contexts: dict[str, torch.Tensor], picks: np.ndarray) -> tupl
     """frames, state, actions-between-frames of bundled contexts `picks`."""
     index = torch.as_tensor(picks, dtype=torch.long)
     return contexts["frames"][index], contexts["state"][index], contexts["action"][index][:, :-1]
-
-
-__all__ = ["ImaginedBatch", "StepOutput", "StreamCache", "stack_contexts"]

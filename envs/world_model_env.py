@@ -38,11 +38,10 @@ class _Simulator:
         self.fps = float(dataset.get("fps", 50.0))
         spec = TASK_SPECS.get(self.task)
         episode_steps = int(dataset.get("episode_steps") or (spec.episode_steps if spec else 1000))
-        self.checkpoint = checkpoint
         self.config = model.config
         self.engine = ImaginedBatch(model, batch, episode_steps, device)
-        self.contexts: dict[str, torch.Tensor] | None = None
-        self._load_contexts = lambda: load_start_contexts(checkpoint)
+        self._checkpoint = checkpoint
+        self._contexts: dict[str, torch.Tensor] | None = None  # read on the first bundled reset
         low, high = _state_bounds(self.task, model.config.state_dim)
         self.engine.bound_state(low, high)
         size = model.config.image_size
@@ -54,15 +53,17 @@ class _Simulator:
         )
         self.action_space = spaces.Box(-1.0, 1.0, (model.config.action_dim,), np.float32)
 
+    @property
+    def contexts(self) -> dict[str, torch.Tensor]:
+        if self._contexts is None:
+            self._contexts = load_start_contexts(self._checkpoint)
+        return self._contexts
+
     def bundled(self, picks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.contexts is None:
-            self.contexts = self._load_contexts()
         return stack_contexts(self.contexts, picks)
 
     @property
     def num_contexts(self) -> int:
-        if self.contexts is None:
-            self.contexts = self._load_contexts()
         return int(self.contexts["frames"].shape[0])
 
     def context_from_options(

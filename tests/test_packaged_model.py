@@ -13,39 +13,27 @@ from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import is_validation_episode
 from wm_sim.errors import WmSimError
 from wm_sim.package import PackageConfig, package
-from wm_sim.tracking import WandbConfig
-from wm_sim.train import ModelSize, TrainConfig, train
+from wm_sim.train import ModelSize
 
 TINY = ModelSize(grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3)
 SHIPPED = Path(__file__).resolve().parents[1] / "wm_sim" / "checkpoints" / "reacher"
 
 
-@pytest.fixture(scope="module")
-def packaged(reacher_store_path, tmp_path_factory):
-    root = tmp_path_factory.mktemp("package")
-    run = train(
-        TrainConfig(
-            data=str(reacher_store_path), model=TINY, out=str(root / "run"), steps=1, batch_size=4,
-            val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
-        )
-    )  # fmt: skip
-    return package(
-        PackageConfig(
-            checkpoint=str(run), data=str(reacher_store_path), out=str(root / "model"), contexts=6,
-            context_frames=3, evaluate=False,
-        )
-    )  # fmt: skip
+@pytest.fixture
+def packaged(tiny_model_path):
+    """The session's tiny packaged model (conftest): 8 start contexts of 3 frames, next to its run."""
+    return tiny_model_path
 
 
 def test_a_packaged_model_loads_without_its_dataset_and_bundles_held_out_contexts(
     packaged, reacher_store_path
 ):
     model, meta = load_checkpoint(packaged)
-    assert model.config.latent_dim == TINY.latent_dim and meta["contexts"]["count"] == 6
+    assert model.config.latent_dim == TINY.latent_dim and meta["contexts"]["count"] == 8
     assert "wandb_run_id" not in meta  # a package is not a run
     contexts = load_start_contexts(packaged)
-    assert contexts["frames"].shape == (6, 3, 64, 64, 3) and contexts["frames"].dtype == torch.uint8
-    assert contexts["state"].shape == (6, 3, 4) and contexts["action"].shape == (6, 3, 2)
+    assert contexts["frames"].shape == (8, 3, 64, 64, 3) and contexts["frames"].dtype == torch.uint8
+    assert contexts["state"].shape == (8, 3, 4) and contexts["action"].shape == (8, 3, 2)
     store = EpisodeStore.open(reacher_store_path)
     key = f"observation.images.{store.info.cameras[0]}"
     for i, (episode, row) in enumerate(

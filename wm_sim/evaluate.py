@@ -27,7 +27,7 @@ from tqdm import tqdm
 from wm_sim.checkpoint import check_dataset_fits, load_checkpoint
 from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY, image_key
 from wm_sim.data.store import EpisodeStore
-from wm_sim.data.windows import is_validation_episode
+from wm_sim.data.windows import split_episodes
 from wm_sim.errors import WmSimError
 from wm_sim.media import comparison_frames, difference, grid, save_figure, to_uint8, write_png, write_video
 from wm_sim.metrics import finite_or_none, psnr, ssim
@@ -129,9 +129,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
 
 
 def _pick_episodes(store: EpisodeStore, cfg: EvaluateConfig, val_fraction: float) -> list[int]:
-    episodes = [
-        e for e in range(store.num_episodes) if cfg.split == "all" or is_validation_episode(e, val_fraction)
-    ]
+    episodes = split_episodes(store.num_episodes, cfg.split, val_fraction)
     long_enough = [e for e in episodes if np.diff(store.episode_bounds(e))[0] > cfg.context]
     if not long_enough:
         raise WmSimError(
@@ -146,7 +144,7 @@ def _pick_episodes(store: EpisodeStore, cfg: EvaluateConfig, val_fraction: float
 
 def _mean_baseline(store: EpisodeStore, keys: list[str], val_fraction: float) -> dict[str, np.ndarray]:
     """Mean frame, state and reward of (up to 100 evenly spread) training episodes."""
-    train = [e for e in range(store.num_episodes) if not is_validation_episode(e, val_fraction)]
+    train = split_episodes(store.num_episodes, "train", val_fraction)
     train = train or list(range(store.num_episodes))
     picks = [train[i] for i in np.linspace(0, len(train) - 1, min(100, len(train))).round().astype(int)]
     sums: dict[str, np.ndarray] = {}

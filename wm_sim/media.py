@@ -6,9 +6,19 @@ Writes go to a temporary file renamed into place, so a reader never sees a half-
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+
+@contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary sibling to write, renamed onto `path` once the write succeeded."""
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    yield tmp
+    os.replace(tmp, path)
 
 
 def to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -60,11 +70,12 @@ def write_video(path: str | Path, frames: list[np.ndarray] | np.ndarray, fps: fl
     frames = [np.asarray(f) for f in frames]
     h, w = frames[0].shape[:2]
     pad = ((0, h % 2), (0, w % 2), (0, 0))
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1, quality=8) as writer:
+    with (
+        _atomic(path) as tmp,
+        imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1, quality=8) as writer,
+    ):
         for frame in frames:
             writer.append_data(np.pad(frame, pad, constant_values=255))
-    os.replace(tmp, path)
     return path
 
 
@@ -72,9 +83,8 @@ def write_png(path: str | Path, image: np.ndarray) -> Path:
     from PIL import Image
 
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with _atomic(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
     return path
 
 
@@ -83,8 +93,7 @@ def save_figure(fig, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    with _atomic(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
     return path

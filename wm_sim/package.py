@@ -30,7 +30,7 @@ from wm_sim.checkpoint import (
 )
 from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
 from wm_sim.data.store import EpisodeStore
-from wm_sim.data.windows import is_validation_episode
+from wm_sim.data.windows import split_episodes
 from wm_sim.errors import WmSimError
 from wm_sim.evaluate import EvaluateConfig, evaluate
 
@@ -109,8 +109,8 @@ def start_contexts(
     """
     episodes = [
         e
-        for e in range(store.num_episodes)
-        if is_validation_episode(e, val_fraction) and np.diff(store.episode_bounds(e))[0] >= frames
+        for e in split_episodes(store.num_episodes, "val", val_fraction)
+        if np.diff(store.episode_bounds(e))[0] >= frames
     ]
     if not episodes:
         raise WmSimError(

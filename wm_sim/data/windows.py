@@ -27,6 +27,16 @@ def is_validation_episode(episode: int, val_fraction: float) -> bool:
     return int((episode + 1) * val_fraction) > int(episode * val_fraction)
 
 
+def split_episodes(num_episodes: int, split: str, val_fraction: float) -> list[int]:
+    """Indices of the episodes of `split` ("train", "val" or "all") among `num_episodes`."""
+    if split not in SPLITS:
+        raise WmSimError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "all":
+        return list(range(num_episodes))
+    want_val = split == "val"
+    return [e for e in range(num_episodes) if is_validation_episode(e, val_fraction) == want_val]
+
+
 class EpisodeWindows:
     """Every window of `context + horizon` consecutive frames lying inside one episode of a split."""
 
@@ -45,8 +55,6 @@ class EpisodeWindows:
         self.store = store if isinstance(store, EpisodeStore) else EpisodeStore.open(store, mode="r")
         if context < 1 or horizon < 0:
             raise WmSimError(f"need context >= 1 and horizon >= 0, got context={context}, horizon={horizon}")
-        if split not in SPLITS:
-            raise WmSimError(f"split must be one of {SPLITS}, got {split!r}")
         if stride < 1:
             raise WmSimError(f"stride must be >= 1, got {stride}")
         self.context, self.horizon, self.split = context, horizon, split
@@ -57,19 +65,12 @@ class EpisodeWindows:
         if unknown:
             raise WmSimError(f"unknown keys {sorted(unknown)}; the store has {self.store.keys}")
         self.pad_end = pad_end
-        self.episodes = self._split_episodes()
+        self.episodes = split_episodes(self.store.num_episodes, split, val_fraction)
         self._starts, self._stops = self._window_starts(stride)
         # Training draws windows at random: one read of every committed row beats a shard read per window.
         self._memory = (
             {key: self.store.read(key, 0, self.store.num_frames) for key in self.keys} if in_memory else None
         )
-
-    def _split_episodes(self) -> list[int]:
-        episodes = list(range(self.store.num_episodes))
-        if self.split == "all":
-            return episodes
-        want_val = self.split == "val"
-        return [e for e in episodes if is_validation_episode(e, self.val_fraction) == want_val]
 
     def _window_starts(self, stride: int) -> tuple[np.ndarray, np.ndarray]:
         """Each window's first row and its episode's end row."""
