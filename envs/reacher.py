@@ -66,16 +66,25 @@ class ReacherTask(ArmTask):
         reward = -distance - CONTROL_WEIGHT * float(np.square(ctrl).sum())
         return reward, distance < SUCCESS_DISTANCE, False
 
+    def goal(self) -> np.ndarray:
+        """The target's position relative to the arm's base, (2,): fixed for the whole episode."""
+        return (self.data.xpos[self._target][:2] - self.data.xpos[self._base][:2]).copy()
+
     def expert_action(self) -> np.ndarray:
         """Inverse kinematics to the target, then a PD controller on the joint angles."""
-        base = self.data.xpos[self._base][:2]
-        goal = self.data.xpos[self._target][:2] - base
-        q = self.data.qpos[self._arm_qpos]
-        q_goal = _two_link_ik(goal, LINK_LENGTHS, elbow_sign=np.sign(q[1]) or 1.0)
-        error = q_goal - q
-        error[0] = (error[0] + np.pi) % (2 * np.pi) - np.pi  # joint0 turns freely: take the short way
-        qvel = self.data.qvel[self._arm_dofs]
-        return np.clip(EXPERT_KP * error - EXPERT_KD * qvel, -1.0, 1.0)
+        return reacher_expert(self.data.qpos[self._arm_qpos], self.data.qvel[self._arm_dofs], self.goal())
+
+
+def reacher_expert(q: np.ndarray, qvel: np.ndarray, goal: np.ndarray) -> np.ndarray:
+    """The expert's normalised action from joint angles q (2,), their velocities (2,) and the goal (2,).
+
+    It needs nothing but what agent_pos holds and where the target is, so the same expert drives
+    MuJoCo (reading the physics) and a world model (reading its predicted agent_pos).
+    """
+    q_goal = _two_link_ik(goal, LINK_LENGTHS, elbow_sign=np.sign(q[1]) or 1.0)
+    error = q_goal - q
+    error[0] = (error[0] + np.pi) % (2 * np.pi) - np.pi  # joint0 turns freely: take the short way
+    return np.clip(EXPERT_KP * error - EXPERT_KD * qvel, -1.0, 1.0)
 
 
 LINK_LENGTHS = (0.1, 0.11)  # root -> elbow, elbow -> fingertip centre (reacher.xml)

@@ -44,6 +44,26 @@ class ExpertPolicy(Policy):
         return np.stack([task.expert_action() for task in self.tasks]).astype(np.float32)
 
 
+class ReacherGoalExpert(Policy):
+    """Reacher's expert acting on observations alone: agent_pos, and the goal known at the start.
+
+    ExpertPolicy reads the physics, which a world model does not have; this one reads only the
+    (imagined or real) agent_pos, so it drives either and takes the same actions on the same state.
+    """
+
+    def __init__(self, goals: np.ndarray):
+        self.goals = np.asarray(goals, dtype=np.float64).reshape(-1, 2)  # (num_envs, 2)
+        self.num_envs, self.action_dim = len(self.goals), 2
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        from wm_sim.envs.reacher import reacher_expert
+
+        state = np.asarray(obs["agent_pos"], dtype=np.float64).reshape(self.num_envs, 4)
+        return np.stack(
+            [reacher_expert(s[:2].copy(), s[2:], goal) for s, goal in zip(state, self.goals, strict=True)]
+        ).astype(np.float32)
+
+
 class MixedPolicy(Policy):
     """The expert with per-episode action noise, interrupted by segments of random actions.
 

@@ -37,6 +37,11 @@ VERBS: dict[str, Verb] = {
         run="wm_sim.evaluate:evaluate",
         summary="measure a checkpoint's open-loop fidelity and drift against recorded episodes",
     ),
+    "demo": Verb(
+        schema="wm_sim.demo:DemoConfig",
+        run="wm_sim.demo:demo",
+        summary="drive the shipped world model beside MuJoCo: side-by-side video, rewards, report",
+    ),
     "package": Verb(
         schema="wm_sim.package:PackageConfig",
         run="wm_sim.package:package",

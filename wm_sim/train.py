@@ -1,11 +1,14 @@
 """`wm-sim train`: fit the world model to a collected dataset, with checkpoints and resume.
 
 One training step sees windows of `window + 1` frames and learns, all at once:
-- to reconstruct frames through the tokenizer (pixel L2, two random frames per window);
+- to reconstruct frames through the tokenizer (pixel L2, two random frames per window), with the
+  pixels that differ from the scene's background (the arm, the target) weighted up: they are a few
+  percent of the frame and all of its meaning, and an unweighted loss learns them last or never;
 - to predict each next frame's latents, state, reward and continue flag from the frames before;
-- to do so from its own one-step predictions too (a second pass whose inputs are the first pass's
-  detached predictions), and from noise-augmented context latents: both teach the model to pull
-  its own errors back instead of compounding them, which is what keeps long rollouts legible.
+- to do so from its own predictions too (`rollout_passes` more passes, each fed the previous
+  pass's detached predictions, so pass k sees up to k steps of its own output), and from
+  noise-augmented context latents: both teach the model to pull its own errors back instead of
+  compounding them, which is what keeps long rollouts legible.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from wm_sim.errors import WmSimError
 from wm_sim.media import comparison_frames, to_uint8, write_video
 from wm_sim.rollout import open_loop
 from wm_sim.tracking import Tracker, WandbConfig, new_run_id
-from wm_sim.world_model import WorldModel, WorldModelConfig
+from wm_sim.world_model import Prediction, WorldModel, WorldModelConfig
 
 
 @dataclass
@@ -70,6 +73,15 @@ class TrainConfig:
     context_noise: float = field(
         default=0.1, metadata={"help": "max std of the noise added to input latents"}
     )
+    rollout_passes: int = field(
+        default=3, metadata={"help": "passes over the model's own predictions per step (0: teacher forcing)"}
+    )
+    foreground_weight: float = field(
+        default=8.0, metadata={"help": "extra pixel-loss weight where a frame differs from the background"}
+    )
+    init: str = field(
+        default="", metadata={"help": "start from this checkpoint's weights (fine-tuning); '' for scratch"}
+    )
     val_fraction: float = field(
         default=0.1, metadata={"help": "every 1/f-th episode is held out for validation"}
     )
@@ -98,15 +110,25 @@ def model_config(size: ModelSize, store: EpisodeStore) -> WorldModelConfig:
 
 
 def losses(
-    model: WorldModel, batch: dict[str, torch.Tensor], context_noise: float
+    model: WorldModel,
+    batch: dict[str, torch.Tensor],
+    context_noise: float,
+    rollout_passes: int = 1,
+    background: torch.Tensor | None = None,
+    foreground_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """Every loss term of one batch of windows (B, T+1, ...)."""
+    """Every loss term of one batch of windows (B, T+1, ...).
+
+    `background` (S, S, 3) in [0, 1] is the scene without the robot; pixels far from it weigh up to
+    1 + foreground_weight in the pixel losses.
+    """
     pixels = batch["pixels"]  # (B, T+1, S, S, 3) uint8
     target = pixels.float() / 255.0
+    weight = pixel_weights(target, background, foreground_weight)  # (B, T+1, S, S, 1)
     latents = model.encode(pixels)  # (B, T+1, N, C)
     # Reconstruct two random frames of each window: decoding all T+1 costs more than it teaches.
     frames = torch.randint(0, pixels.shape[1], (2,))
-    recon = F.mse_loss(model.decode(latents[:, frames]), target[:, frames])
+    recon = _weighted_mse(model.decode(latents[:, frames]), target[:, frames], weight[:, frames])
     state = model.normalise_state(batch["state"])  # (B, T+1, D)
     action, reward, cont = batch["action"][:, :-1], batch["reward"][:, :-1], 1.0 - batch["terminated"][:, :-1]
     # The encoder learns from reconstruction only: were the dynamics losses to reach it, the
@@ -119,23 +141,70 @@ def losses(
     noise = torch.rand(latents.shape[0], 1, 1, 1, device=latents.device) * context_noise
     inputs = (latents[:, :-1] + noise * torch.randn_like(latents[:, :-1])).clamp(-1, 1)
     first = model(inputs, state[:, :-1], action)
-    # Second pass: from frame 1 on, the inputs are the first pass's own (detached) predictions.
-    own = torch.cat([inputs[:, :1], first.latents[:, :-1].detach()], dim=1)
-    own_state = torch.cat([state[:, :1], first.state[:, :-1].detach()], dim=1)
-    second = model(own, own_state, action)
+    # Own passes: from frame 1 on, the inputs are the previous pass's own (detached) predictions.
+    own_passes, previous = [], first
+    for _ in range(rollout_passes):
+        own = torch.cat([inputs[:, :1], previous.latents[:, :-1].detach()], dim=1)
+        own_state = torch.cat([state[:, :1], previous.state[:, :-1].detach()], dim=1)
+        previous = model(own, own_state, action)
+        own_passes.append(previous)
     terms = {"recon": recon}
-    for name, pred in (("teacher", first), ("own", second)):
-        terms[f"{name}_latent"] = _masked_mse(pred.latents, goal, has_next)
-        terms[f"{name}_state"] = _masked_mse(pred.state, state[:, 1:], has_next)
-        terms[f"{name}_reward"] = F.mse_loss(pred.reward, reward)
-        terms[f"{name}_continue"] = F.binary_cross_entropy_with_logits(pred.continue_logit, cont)
+    for name, passes in (("teacher", [first]), ("own", own_passes)):
+        per_pass = [_prediction_terms(p, goal, state[:, 1:], reward, cont, has_next) for p in passes]
+        for key in per_pass[0] if per_pass else ():
+            terms[f"{name}_{key}"] = sum(t[key] for t in per_pass) / len(per_pass)
     # Pixels of predicted frames, at one random time step: the decoder learns predicted latents too.
     t = int(torch.randint(0, first.latents.shape[1], (1,)))
-    pixel_error = (model.decode(second.latents[:, t]) - target[:, t + 1]).pow(2).mean(dim=(1, 2, 3))  # (B,)
+    last = previous.latents[:, t]
+    pixel_error = _weighted_mse(model.decode(last), target[:, t + 1], weight[:, t + 1], per_row=True)  # (B,)
     terms["predicted_pixels"] = (pixel_error * has_next[:, t]).sum() / has_next[:, t].sum().clamp(min=1)
     weights = {"recon": 1.0, "predicted_pixels": 1.0}
     terms["total"] = sum(weights.get(k, 1.0 if "latent" in k else 0.1) * v for k, v in terms.items())
     return terms
+
+
+def _prediction_terms(
+    pred: Prediction,
+    goal: torch.Tensor,
+    state: torch.Tensor,
+    reward: torch.Tensor,
+    cont: torch.Tensor,
+    has_next: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """How far one pass's predictions are from the next frames' latents, states, rewards and flags."""
+    return {
+        "latent": _masked_mse(pred.latents, goal, has_next),
+        "state": _masked_mse(pred.state, state, has_next),
+        "reward": F.mse_loss(pred.reward, reward),
+        "continue": F.binary_cross_entropy_with_logits(pred.continue_logit, cont),
+    }
+
+
+def pixel_weights(
+    target: torch.Tensor, background: torch.Tensor | None, foreground_weight: float
+) -> torch.Tensor:
+    """Per-pixel loss weights (..., S, S, 1): 1 on the background, up to 1 + foreground_weight off it.
+
+    A pixel counts fully as foreground once any channel is 0.1 away from the background's.
+    """
+    if background is None or foreground_weight == 0:
+        return torch.ones_like(target[..., :1])
+    distance = (target - background).abs().amax(dim=-1, keepdim=True)  # (..., S, S, 1)
+    return 1.0 + foreground_weight * (distance / 0.1).clamp(max=1.0)
+
+
+def _weighted_mse(
+    pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, per_row: bool = False
+) -> torch.Tensor:
+    """Weighted mean squared error of frames (..., S, S, 3), normalised by the weights' sum."""
+    error = (pred - target).pow(2) * weight
+    dims = tuple(range(1, error.dim())) if per_row else tuple(range(error.dim()))
+    return error.sum(dims) / (weight.expand_as(error).sum(dims))
+
+
+def background_frame(frames: np.ndarray) -> np.ndarray:
+    """The scene without what moves: the per-pixel median of many frames (K, S, S, 3) uint8 -> float."""
+    return np.median(frames.astype(np.float32) / 255.0, axis=0)
 
 
 def _masked_mse(pred: torch.Tensor, goal: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -162,13 +231,25 @@ def to_batch(
 class Objective(nn.Module):
     """The training losses as a module's forward, so DistributedDataParallel can wrap them whole."""
 
-    def __init__(self, model: WorldModel, context_noise: float):
+    def __init__(
+        self,
+        model: WorldModel,
+        context_noise: float,
+        rollout_passes: int,
+        background: torch.Tensor,
+        foreground_weight: float,
+    ):
         super().__init__()
         self.model = model
         self.context_noise = context_noise
+        self.rollout_passes = rollout_passes
+        self.foreground_weight = foreground_weight
+        self.register_buffer("background", background)  # (S, S, 3)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return losses(self.model, batch, self.context_noise)
+        return losses(
+            self.model, batch, self.context_noise, self.rollout_passes, self.background, self.foreground_weight
+        )
 
 
 @dataclass(frozen=True)
@@ -221,6 +302,10 @@ def train(cfg: TrainConfig) -> Path:
         raise WmSimError(
             f"val_every and checkpoint_every must be positive, got {cfg.val_every}, {cfg.checkpoint_every}"
         )
+    if cfg.rollout_passes < 0 or cfg.foreground_weight < 0:
+        raise WmSimError(
+            f"rollout_passes and foreground_weight must be >= 0, got {cfg.rollout_passes}, {cfg.foreground_weight}"
+        )
     job = Distributed.from_environment()
     if cfg.batch_size % job.world_size:
         raise WmSimError(f"batch_size={cfg.batch_size} must divide evenly over {job.world_size} processes")
@@ -253,7 +338,13 @@ def train(cfg: TrainConfig) -> Path:
     model, optimiser, step, rng, run_meta = _start(
         cfg, config, store, train_set.episodes, run_meta, run_dir if resuming else None, device
     )
-    objective: nn.Module = Objective(model, cfg.context_noise)
+    # The background from training frames only, the same sample on every (resumed) run.
+    samples = np.linspace(0, len(train_set) - 1, min(len(train_set), 256)).astype(int)
+    background = background_frame(np.stack([train_set[int(i)][keys[0]][0] for i in samples]))
+    plain = Objective(
+        model, cfg.context_noise, cfg.rollout_passes, torch.from_numpy(background), cfg.foreground_weight
+    ).to(device)
+    objective: nn.Module = plain
     joined = job.world_size > 1 and not dist.is_initialized()
     if joined:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -262,7 +353,7 @@ def train(cfg: TrainConfig) -> Path:
         # than DDP's bucket views; DDP copies them, which is correct, and warns on every process.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         objective = nn.parallel.DistributedDataParallel(
-            objective,
+            plain,
             device_ids=[device.index] if device.type == "cuda" else None,
             gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy
         )
@@ -299,7 +390,7 @@ def train(cfg: TrainConfig) -> Path:
                     {f"train/{k}": v.item() for k, v in terms.items()} | {"samples_per_s": rate}, step
                 )
             if step % cfg.val_every == 0 or step == cfg.steps:
-                run_meta["val"] = validate(model, val_set, camera, cfg.batch_size, device)
+                run_meta["val"] = validate(plain, val_set, camera, cfg.batch_size, device)
                 run_meta["val_step"] = step
                 bar.write(
                     f"step {step}: " + ", ".join(f"val_{k}={v:.4f}" for k, v in run_meta["val"].items())
@@ -383,6 +474,13 @@ def _start(
     """(model, optimiser, step, batch rng, run metadata): fresh, or exactly as a checkpoint left them."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    if resume_from is None and cfg.init:
+        # Fine-tuning: the weights and the state normalisation they were trained with.
+        model, _ = load_checkpoint(cfg.init)
+        if model.config != config:
+            raise WmSimError(f"cannot start from {cfg.init}: its model {model.config} differs from {config}")
+        model.to(device)
+        return model, _optimiser(model, cfg), 0, rng, run_meta
     if resume_from is None:
         model = WorldModel(config)
         # Normalisation statistics from the training episodes only: validation stays unseen.
@@ -415,6 +513,9 @@ RUN_IDENTITY = (
     "tokenizer_lr",
     "weight_decay",
     "context_noise",
+    "rollout_passes",
+    "foreground_weight",
+    "init",
     "val_fraction",
     "seed",
     "data",
@@ -468,11 +569,12 @@ def _checkpoint(
 
 @torch.no_grad()
 def validate(
-    model: WorldModel, val_set: EpisodeWindows, camera: str, batch_size: int, device
+    objective: Objective, val_set: EpisodeWindows, camera: str, batch_size: int, device
 ) -> dict[str, float]:
     """Mean loss terms over (up to 8 batches of) the validation windows, without context noise."""
     if len(val_set) == 0:
         return {}
+    model = objective.model
     model.eval()
     picks = np.linspace(0, len(val_set) - 1, min(len(val_set), 8 * batch_size)).astype(int)
     sums: dict[str, float] = {}
@@ -480,7 +582,15 @@ def validate(
     with torch.random.fork_rng():
         torch.manual_seed(0)
         for chunk in np.array_split(picks, max(1, len(picks) // batch_size)):
-            terms = losses(model, to_batch([val_set[int(i)] for i in chunk], camera, device), 0.0)
+            batch = to_batch([val_set[int(i)] for i in chunk], camera, device)
+            terms = losses(
+                model,
+                batch,
+                0.0,
+                objective.rollout_passes,
+                objective.background,
+                objective.foreground_weight,
+            )
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
     return {k: v / len(picks) for k, v in sums.items()}

@@ -1,0 +1,120 @@
+"""The world-model env inside the tools people already use: Gymnasium's wrappers, its SyncVectorEnv,
+and Stable-Baselines3 PPO, each on the env exactly as `gym.make` returns it."""
+
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from gymnasium.wrappers import RecordEpisodeStatistics, RecordVideo, TimeLimit
+
+import wm_sim
+
+
+def _make(tiny_model_path, **kwargs):
+    return gym.make("wm_sim/WorldModel-v0", checkpoint=str(tiny_model_path), **kwargs)
+
+
+def test_record_video_writes_every_frame_of_an_episode(tiny_model_path, tmp_path):
+    env = RecordVideo(
+        _make(tiny_model_path, render_mode="rgb_array", max_episode_steps=12),
+        video_folder=str(tmp_path / "videos"),
+        episode_trigger=lambda episode: True,
+        disable_logger=True,
+    )
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    shown = [env.render()]
+    done = False
+    while not done:
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        shown.append(env.render())
+        done = terminated or truncated
+    env.close()
+    (video,) = sorted((tmp_path / "videos").glob("*.mp4"))
+    frames = iio.imread(video)  # (T, H, W, 3)
+    # The reset frame and 12 steps; moviepy's writer may drop the very last frame of a clip.
+    assert frames.shape[1:] == (64, 64, 3) and len(frames) in (len(shown), len(shown) - 1)
+    # The video is the env's own predicted frames, in order (up to the codec's loss).
+    error = np.abs(frames.astype(np.float32) - np.stack(shown[: len(frames)]).astype(np.float32)).mean()
+    assert error < 8.0, error
+
+
+def test_record_episode_statistics_sums_the_model_rewards(tiny_model_path):
+    env = RecordEpisodeStatistics(_make(tiny_model_path, max_episode_steps=15))
+    env.reset(seed=1)
+    env.action_space.seed(1)
+    rewards, info, done = [], {}, False
+    while not done:
+        _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        rewards.append(reward)
+        done = terminated or truncated
+    assert info["episode"]["l"] == len(rewards) == 15
+    assert info["episode"]["r"] == pytest.approx(sum(rewards), abs=1e-5)
+    env.close()
+
+
+def test_time_limit_truncates_at_its_limit_and_the_task_length_applies_without_it(tiny_model_path):
+    short = TimeLimit(_make(tiny_model_path).unwrapped, max_episode_steps=7)
+    short.reset(seed=0)
+    flags = [short.step(np.zeros(2, np.float32))[3] for _ in range(7)]
+    assert flags == [False] * 6 + [True]
+    short.close()
+
+    bare = _make(tiny_model_path).unwrapped  # no wrapper: the task's own episode length
+    bare.reset(seed=0)
+    steps, truncated = 0, False
+    while not truncated:
+        _, _, terminated, truncated, _ = bare.step(np.zeros(2, np.float32))
+        assert not terminated  # reacher never terminates; the tiny model learned that
+        steps += 1
+    assert steps == wm_sim.envs.catalog.TASK_SPECS["reacher"].episode_steps
+    bare.close()
+
+
+def test_sync_vector_env_over_the_single_env_matches_single_envs(tiny_model_path):
+    envs = gym.vector.SyncVectorEnv([lambda: _make(tiny_model_path) for _ in range(2)])
+    obs, _ = envs.reset(seed=[3, 4])
+    assert obs["pixels"].shape == (2, 64, 64, 3) and obs["agent_pos"].dtype == np.float32
+    actions = np.random.default_rng(0).uniform(-1, 1, (5, 2, 2)).astype(np.float32)
+    frames = [envs.step(a)[0]["pixels"] for a in actions]
+    envs.close()
+    for row, seed in enumerate((3, 4)):
+        single = _make(tiny_model_path)
+        single.reset(seed=seed)
+        for t, a in enumerate(actions):
+            np.testing.assert_array_equal(single.step(a[row])[0]["pixels"], frames[t][row])
+        single.close()
+
+
+def test_stable_baselines3_ppo_learns_on_the_env_unmodified(tiny_model_path):
+    pytest.importorskip("stable_baselines3", reason="Stable-Baselines3 is in the test extra")
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    env = _make(tiny_model_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sb3_check_env(env.unwrapped)
+    assert not [w for w in caught if "stable_baselines3" in (w.filename or "")], [
+        str(w.message) for w in caught
+    ]
+    torch.manual_seed(0)
+    agent = PPO(
+        "MultiInputPolicy", env, n_steps=512, batch_size=128, n_epochs=2, seed=0, device="cpu", verbose=0
+    )
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    agent.learn(total_timesteps=2048)
+    assert agent.num_timesteps >= 2048
+    # Whole imagined episodes ran through SB3's Monitor, and the update moved the policy.
+    episodes = list(agent.ep_info_buffer)
+    assert len(episodes) >= 2048 // 200 - 1
+    assert all(e["l"] == 200 and np.isfinite(e["r"]) for e in episodes)
+    assert any(not torch.equal(b, p) for b, p in zip(before, agent.policy.parameters(), strict=True))
+    action, _ = agent.predict(env.reset(seed=0)[0], deterministic=True)
+    assert env.action_space.contains(action)
+    env.close()
