@@ -118,3 +118,21 @@ def test_stable_baselines3_ppo_learns_on_the_env_unmodified(tiny_model_path):
     action, _ = agent.predict(env.reset(seed=0)[0], deterministic=True)
     assert env.action_space.contains(action)
     env.close()
+
+
+def test_the_readmes_snippet_runs_on_the_shipped_model():
+    """The README's env example, verbatim, on `wm_sim/Reacher-v0` (the shipped checkpoint)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = [b.split("```")[0] for b in readme.split("```python\n")[1:]]
+    (snippet,) = [b for b in blocks if "wm_sim/Reacher-v0" in b]
+    scope: dict = {}
+    exec(compile(snippet, "README.md", "exec"), scope)  # the README is ours: running it keeps it true
+    env, envs = scope["env"], scope["envs"]
+    assert envs.observation_space.contains(scope["obs"])
+    assert scope["obs"]["pixels"].shape == (256, 64, 64, 3)
+    assert type(envs).__name__ == "WorldModelVectorEnv"  # make_vec found the native vector env
+    assert np.isfinite(scope["rewards"]).all() and np.isfinite(scope["reward"])
+    env.close()
+    envs.close()

@@ -29,8 +29,12 @@ class DemoConfig:
     """Options of `wm-sim demo`."""
 
     checkpoint: str = field(default="shipped:reacher", metadata={"help": "a reacher world model"})
-    out: str = field(default="outputs/demo", metadata={"help": "folder for demo.mp4, rewards.png, report.json"})
-    seed: int = field(default=0, metadata={"help": "MuJoCo start state of the first episode (+1: the second)"})
+    out: str = field(
+        default="outputs/demo", metadata={"help": "folder for demo.mp4, rewards.png, report.json"}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "MuJoCo start state of the first episode (+1: the second)"}
+    )
     context: int = field(default=4, metadata={"help": "real MuJoCo frames the world model starts from"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
 
