@@ -26,7 +26,7 @@ def tiny_model_path(reacher_store_path, tmp_path_factory) -> Path:
     """
     from wm_sim.package import PackageConfig, package
     from wm_sim.tracking import WandbConfig
-    from wm_sim.train import ModelSize, TrainConfig, train
+    from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
 
     root = tmp_path_factory.mktemp("tiny-model")
     tiny = ModelSize(
@@ -34,7 +34,7 @@ def tiny_model_path(reacher_store_path, tmp_path_factory) -> Path:
     )
     run = train(
         TrainConfig(
-            data=str(reacher_store_path), model=tiny, out=str(root / "run"), steps=30, batch_size=4, lr=3e-3,
+            data=str(reacher_store_path), model=tiny, out=str(root / "run"), steps=30, training=TrainingConfig(batch_size=4, lr=3e-3),
             val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
         )
     )  # fmt: skip

@@ -16,7 +16,7 @@ from wm_sim.errors import WmSimError
 from wm_sim.evaluate import HORIZONS, METHODS, METRICS, EvaluateConfig, evaluate
 from wm_sim.metrics import psnr, ssim
 from wm_sim.tracking import WandbConfig
-from wm_sim.train import ModelSize, TrainConfig, train
+from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
 
 TINY = ModelSize(grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3)
 CONTEXT = 4
@@ -27,7 +27,7 @@ def tiny_run(reacher_store_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
     return train(
         TrainConfig(
-            data=str(reacher_store_path), model=TINY, out=str(out), steps=2, batch_size=4,
+            data=str(reacher_store_path), model=TINY, out=str(out), steps=2, training=TrainingConfig(batch_size=4),
             val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
         )
     )  # fmt: skip

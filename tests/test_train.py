@@ -13,20 +13,21 @@ from wm_sim.checkpoint import LAST, load_checkpoint
 from wm_sim.collect import CollectConfig, collect
 from wm_sim.errors import WmSimError
 from wm_sim.tracking import WandbConfig
-from wm_sim.train import ModelSize, TrainConfig, train
+from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
 
 TINY = ModelSize(grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3)
 
 
 def config(data, out, **overrides) -> TrainConfig:
+    """A tiny run; overrides of TrainingConfig's fields go into the training group."""
+    fitting = {k: overrides.pop(k) for k in list(overrides) if k in TrainingConfig.__dataclass_fields__}
+    training = TrainingConfig(**{"batch_size": 4, "val_every": 2, "checkpoint_every": 2, **fitting})
     base = dict(
         data=str(data),
         model=TINY,
         out=str(out),
         steps=4,
-        batch_size=4,
-        val_every=2,
-        checkpoint_every=2,
+        training=training,
         threads=1,
         wandb=WandbConfig(mode="disabled"),
     )
@@ -137,7 +138,8 @@ def _wm_sim_train(data, out, *overrides: str) -> subprocess.CompletedProcess:
     [
         ("model.heads=3", "does not fit"),
         ("model.tokenizer_width=100", "multiple of 16"),
-        ("val_every=0", "must be positive"),
+        ("training.val_every=0", "must be positive"),
+        ("training=huge", "training/huge"),
         ("resume=maybe", "resume must be false or auto"),
         ("model=huge", "model/huge"),
     ],
@@ -151,7 +153,7 @@ def test_train_bad_input_is_one_clear_line(reacher_store_path, tmp_path, overrid
 
 
 def test_train_accepts_resume_false_on_the_command_line(reacher_store_path, tmp_path):
-    result = _wm_sim_train(reacher_store_path, tmp_path / "run", "batch_size=2", "resume=false")
+    result = _wm_sim_train(reacher_store_path, tmp_path / "run", "training.batch_size=2", "resume=false")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / LAST).exists()
 
@@ -222,8 +224,8 @@ def test_torchrun_trains_with_two_gloo_processes_and_only_rank_0_writes(reacher_
     run = tmp_path / "run"
     args = [
         "torchrun", "--standalone", "--nproc_per_node=2", "-m", "wm_sim", "train",
-        f"data={reacher_store_path}", f"out={run}", "model=tiny", "steps=4", "batch_size=4",
-        "val_every=2", "checkpoint_every=2", "threads=1", "wandb.mode=disabled", "device=cpu", "val_fraction=0.5",
+        f"data={reacher_store_path}", f"out={run}", "model=tiny", "steps=4", "training.batch_size=4",
+        "training.val_every=2", "training.checkpoint_every=2", "threads=1", "wandb=disabled", "device=cpu", "val_fraction=0.5",
     ]  # fmt: skip
     result = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

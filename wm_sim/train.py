@@ -53,15 +53,9 @@ class ModelSize:
 
 
 @dataclass
-class TrainConfig:
-    """Options of `wm-sim train`."""
+class TrainingConfig:
+    """How the model is fitted (a file of configs/training/): batch, optimiser, losses, cadence."""
 
-    data: str = field(default="datasets/reacher.zarr", metadata={"help": "the zarr dataset to train on"})
-    model: ModelSize = field(default_factory=ModelSize, metadata={"help": "model size: model=small|tiny"})
-    out: str = field(default="outputs/reacher", metadata={"help": "run directory: checkpoints and logs"})
-    steps: int = field(
-        default=20000, metadata={"help": "optimiser steps in all (a resumed run counts from its start)"}
-    )
     batch_size: int = field(default=32, metadata={"help": "windows per step"})
     lr: float = field(
         default=5e-4, metadata={"help": "peak learning rate of the dynamics (warm-up, then cosine decay)"}
@@ -79,22 +73,39 @@ class TrainConfig:
     foreground_weight: float = field(
         default=8.0, metadata={"help": "extra pixel-loss weight where a frame differs from the background"}
     )
+    val_every: int = field(default=500, metadata={"help": "steps between validations"})
+    checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
+
+
+@dataclass
+class TrainConfig:
+    """Options of `wm-sim train`. Groups: model=, training=, wandb= (files under configs/)."""
+
+    data: str = field(default="datasets/reacher.zarr", metadata={"help": "the zarr dataset to train on"})
+    model: ModelSize = field(default_factory=ModelSize, metadata={"help": "model size: model=small|tiny"})
+    out: str = field(default="outputs/reacher", metadata={"help": "run directory: checkpoints and logs"})
+    steps: int = field(
+        default=20000, metadata={"help": "optimiser steps in all (a resumed run counts from its start)"}
+    )
+    resume: str = field(
+        default="false", metadata={"help": "false: new run; auto: continue out/last if present"}
+    )
+    training: TrainingConfig = field(
+        default_factory=TrainingConfig,
+        metadata={"help": "training=default|quick; training.lr=... and the rest one by one"},
+    )
     init: str = field(
         default="", metadata={"help": "start from this checkpoint's weights (fine-tuning); '' for scratch"}
     )
     val_fraction: float = field(
         default=0.1, metadata={"help": "every 1/f-th episode is held out for validation"}
     )
-    val_every: int = field(default=500, metadata={"help": "steps between validations"})
-    checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seeds the initialisation and the batch order"})
-    resume: str = field(
-        default="false", metadata={"help": "false: new run; auto: continue out/last if present"}
-    )
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if available), cpu, cuda"})
     wandb: WandbConfig = field(
-        default_factory=WandbConfig, metadata={"help": "logging: wandb.mode=offline|online|disabled"}
+        default_factory=WandbConfig,
+        metadata={"help": "logging: wandb=offline|online|disabled, or wandb.mode=..."},
     )
 
 
@@ -248,7 +259,12 @@ class Objective(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return losses(
-            self.model, batch, self.context_noise, self.rollout_passes, self.background, self.foreground_weight
+            self.model,
+            batch,
+            self.context_noise,
+            self.rollout_passes,
+            self.background,
+            self.foreground_weight,
         )
 
 
@@ -291,24 +307,25 @@ def train(cfg: TrainConfig) -> Path:
     draw the same batch indices, so a run's data order does not depend on N. Only rank 0
     validates, writes checkpoints and logs.
     """
-    if cfg.steps <= 0 or cfg.batch_size <= 0:
+    fit = cfg.training
+    if cfg.steps <= 0 or fit.batch_size <= 0:
         raise WmSimError(
-            f"steps and batch_size must be positive, got steps={cfg.steps}, batch_size={cfg.batch_size}"
+            f"steps and batch_size must be positive, got steps={cfg.steps}, batch_size={fit.batch_size}"
         )
     resume = str(cfg.resume).lower()  # Hydra reads `resume=false` as a bool
     if resume not in ("false", "auto"):
         raise WmSimError(f"resume must be false or auto, got {cfg.resume!r}")
-    if cfg.val_every <= 0 or cfg.checkpoint_every <= 0:
+    if fit.val_every <= 0 or fit.checkpoint_every <= 0:
         raise WmSimError(
-            f"val_every and checkpoint_every must be positive, got {cfg.val_every}, {cfg.checkpoint_every}"
+            f"val_every and checkpoint_every must be positive, got {fit.val_every}, {fit.checkpoint_every}"
         )
-    if cfg.rollout_passes < 0 or cfg.foreground_weight < 0:
+    if fit.rollout_passes < 0 or fit.foreground_weight < 0:
         raise WmSimError(
-            f"rollout_passes and foreground_weight must be >= 0, got {cfg.rollout_passes}, {cfg.foreground_weight}"
+            f"rollout_passes and foreground_weight must be >= 0, got {fit.rollout_passes}, {fit.foreground_weight}"
         )
     job = Distributed.from_environment()
-    if cfg.batch_size % job.world_size:
-        raise WmSimError(f"batch_size={cfg.batch_size} must divide evenly over {job.world_size} processes")
+    if fit.batch_size % job.world_size:
+        raise WmSimError(f"batch_size={fit.batch_size} must divide evenly over {job.world_size} processes")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg, job)
@@ -323,10 +340,10 @@ def train(cfg: TrainConfig) -> Path:
         store, config.window + 1, 0, "train", cfg.val_fraction, keys, in_memory=True, pad_end=True
     )
     val_set = EpisodeWindows(store, config.window + 1, 0, "val", cfg.val_fraction, keys, pad_end=True)
-    if len(train_set) < cfg.batch_size:
+    if len(train_set) < fit.batch_size:
         raise WmSimError(
             f"{cfg.data} has {len(train_set)} training windows of {config.window + 1} frames, fewer than one "
-            f"batch of {cfg.batch_size}: collect more episodes or lower batch_size"
+            f"batch of {fit.batch_size}: collect more episodes or lower batch_size"
         )
     run_dir = Path(cfg.out)
     resuming = resume == "auto" and (run_dir / LAST).exists()
@@ -342,7 +359,7 @@ def train(cfg: TrainConfig) -> Path:
     samples = np.linspace(0, len(train_set) - 1, min(len(train_set), 256)).astype(int)
     background = background_frame(np.stack([train_set[int(i)][keys[0]][0] for i in samples]))
     plain = Objective(
-        model, cfg.context_noise, cfg.rollout_passes, torch.from_numpy(background), cfg.foreground_weight
+        model, fit.context_noise, fit.rollout_passes, torch.from_numpy(background), fit.foreground_weight
     ).to(device)
     objective: nn.Module = plain
     joined = job.world_size > 1 and not dist.is_initialized()
@@ -360,12 +377,12 @@ def train(cfg: TrainConfig) -> Path:
     tracker = Tracker(cfg.wandb, run_dir, run_meta["wandb_run_id"], run_meta, active=job.is_main)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not job.is_main)
     started, seen = time.perf_counter(), 0
-    share = cfg.batch_size // job.world_size
+    share = fit.batch_size // job.world_size
     try:
         while step < cfg.steps:
             objective.train()
             _set_lr(optimiser, step, cfg.steps)
-            picks = rng.integers(0, len(train_set), cfg.batch_size)[job.rank * share : (job.rank + 1) * share]
+            picks = rng.integers(0, len(train_set), fit.batch_size)[job.rank * share : (job.rank + 1) * share]
             terms = objective(to_batch([train_set[int(i)] for i in picks], camera, device))
             total = terms["total"].detach().clone()
             if job.world_size > 1:
@@ -379,7 +396,7 @@ def train(cfg: TrainConfig) -> Path:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
             step += 1
-            seen += cfg.batch_size
+            seen += fit.batch_size
             rate = seen / (time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{total.item() / job.world_size:.4f}", samples_per_s=f"{rate:.1f}")
@@ -389,8 +406,8 @@ def train(cfg: TrainConfig) -> Path:
                 tracker.log(
                     {f"train/{k}": v.item() for k, v in terms.items()} | {"samples_per_s": rate}, step
                 )
-            if step % cfg.val_every == 0 or step == cfg.steps:
-                run_meta["val"] = validate(plain, val_set, camera, cfg.batch_size, device)
+            if step % fit.val_every == 0 or step == cfg.steps:
+                run_meta["val"] = validate(plain, val_set, camera, fit.batch_size, device)
                 run_meta["val_step"] = step
                 bar.write(
                     f"step {step}: " + ", ".join(f"val_{k}={v:.4f}" for k, v in run_meta["val"].items())
@@ -399,7 +416,7 @@ def train(cfg: TrainConfig) -> Path:
                 if tracker.active and cfg.wandb.videos and val_set.episodes:
                     video = rollout_video(model, store, val_set.episodes[0], keys, run_dir / "media", step)
                     tracker.video("val/rollout", video, step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if step % fit.checkpoint_every == 0 or step == cfg.steps:
                 _checkpoint(run_dir, step, model, optimiser, rng, run_meta)
     finally:
         bar.close()
@@ -455,7 +472,9 @@ def _run_meta(cfg: TrainConfig, store: EpisodeStore, camera: str, world_size: in
             "num_episodes": store.num_episodes,
             "num_frames": store.num_frames,
         },
-        "train": {k: v for k, v in options.items() if k not in ("model", "wandb")},
+        # flat: the run's options with the training group's inlined (what resume compares)
+        "train": {k: v for k, v in options.items() if k not in ("model", "wandb", "training")}
+        | options["training"],
         "wandb": options["wandb"],
         "wandb_run_id": new_run_id(),
         "world_size": world_size,
@@ -480,7 +499,7 @@ def _start(
         if model.config != config:
             raise WmSimError(f"cannot start from {cfg.init}: its model {model.config} differs from {config}")
         model.to(device)
-        return model, _optimiser(model, cfg), 0, rng, run_meta
+        return model, _optimiser(model, cfg.training), 0, rng, run_meta
     if resume_from is None:
         model = WorldModel(config)
         # Normalisation statistics from the training episodes only: validation stays unseen.
@@ -488,7 +507,7 @@ def _start(
         model.state_mean.copy_(torch.from_numpy(states.mean(0)))
         model.state_std.copy_(torch.from_numpy(states.std(0) + 1e-3))
         model.to(device)
-        return model, _optimiser(model, cfg), 0, rng, run_meta
+        return model, _optimiser(model, cfg.training), 0, rng, run_meta
     model, meta = load_checkpoint(resume_from / LAST)
     if model.config != config:
         raise WmSimError(
@@ -496,7 +515,7 @@ def _start(
         )
     _check_same_run(resume_from, meta, run_meta)
     model.to(device)  # before the optimiser state is loaded, so that state lands on the same device
-    optimiser = _optimiser(model, cfg)
+    optimiser = _optimiser(model, cfg.training)
     tensors, train_meta = load_train_state(resume_from / LAST)
     optimiser.load_state_dict(_unflatten(train_meta["optimiser"], tensors))
     rng.bit_generator.state = train_meta["rng"]
@@ -506,7 +525,7 @@ def _start(
     return model, optimiser, int(train_meta["step"]), rng, {**run_meta, **kept}
 
 
-# What must not change for a resumed run to be the same run (steps, resume and threads may).
+# What must not change for a resumed run to be the same run (steps, resume, threads, cadence may).
 RUN_IDENTITY = (
     "batch_size",
     "lr",
@@ -537,7 +556,7 @@ def _check_same_run(run_dir: Path, saved: dict, now: dict) -> None:
             )
 
 
-def _optimiser(model: WorldModel, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _optimiser(model: WorldModel, fit: TrainingConfig) -> torch.optim.Optimizer:
     # The tokenizer is a plain autoencoder and learns faster at a higher rate than the transformer
     # tolerates: the small moving arm only appears in its reconstructions after ~1000 steps at 2e-3.
     tokenizer = [*model.encoder.parameters(), *model.decoder.parameters()]
@@ -545,10 +564,10 @@ def _optimiser(model: WorldModel, cfg: TrainConfig) -> torch.optim.Optimizer:
     dynamics = [p for p in model.parameters() if id(p) not in ids]
     return torch.optim.AdamW(
         [
-            {"params": tokenizer, "lr": cfg.tokenizer_lr, "peak_lr": cfg.tokenizer_lr},
-            {"params": dynamics, "lr": cfg.lr, "peak_lr": cfg.lr},
+            {"params": tokenizer, "lr": fit.tokenizer_lr, "peak_lr": fit.tokenizer_lr},
+            {"params": dynamics, "lr": fit.lr, "peak_lr": fit.lr},
         ],
-        weight_decay=cfg.weight_decay,
+        weight_decay=fit.weight_decay,
     )
 
 
