@@ -236,3 +236,18 @@ def test_torchrun_trains_with_two_gloo_processes_and_only_rank_0_writes(reacher_
     # a run trained by two processes resumes in one
     train(config(reacher_store_path, run, steps=6, resume="auto", val_fraction=0.5))
     assert load_checkpoint(run)[1]["step"] == 6
+
+
+def test_config_groups_compose_and_single_options_override_them():
+    from wm_sim.cli import verb_help
+    from wm_sim.config import load_config
+
+    cfg = load_config(
+        "train", TrainConfig, ["training=quick", "training.lr=0.01", "wandb=disabled", "model=tiny"]
+    )
+    assert cfg.training.batch_size == 8 and cfg.training.rollout_passes == 1  # configs/training/quick.yaml
+    assert cfg.training.lr == 0.01 and cfg.wandb.mode == "disabled" and cfg.model.dim == 32
+    default = load_config("train", TrainConfig, [])
+    assert default.training == TrainingConfig() and default.wandb.mode == "offline"  # files match the code
+    text = verb_help("train")
+    assert "training.rollout_passes=3" in text and "wandb.mode=offline" in text

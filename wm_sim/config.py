@@ -50,9 +50,12 @@ def describe_options(schema: type) -> list[tuple[str, str, Any, str]]:
     rows = []
     for f in dataclasses.fields(schema):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        if dataclasses.is_dataclass(default):  # a config group: chosen by name, e.g. model=small
-            default = "<" + f.name + " group>"
         type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if dataclasses.is_dataclass(default):  # a config group: chosen by name, e.g. model=small
+            rows.append((f.name, "group", "<" + f.name + ">", f.metadata.get("help", "")))
+            # ...and each of its options settable alone, e.g. training.lr=1e-3
+            rows += [(f"{f.name}.{n}", t, d, h) for n, t, d, h in describe_options(type(default))]
+            continue
         rows.append((f.name, type_name, default, f.metadata.get("help", "")))
     return rows
 

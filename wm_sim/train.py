@@ -42,14 +42,14 @@ from wm_sim.world_model import Prediction, WorldModel, WorldModelConfig
 class ModelSize:
     """The size of the world model (a file of configs/model/); the data fixes the rest of its shape."""
 
-    grid: int = 4
-    latent_dim: int = 32
-    tokenizer_width: int = 128
-    dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: int = 4
-    window: int = 8
+    grid: int = field(default=4, metadata={"help": "latent tokens per frame: grid x grid"})
+    latent_dim: int = field(default=32, metadata={"help": "numbers per latent token"})
+    tokenizer_width: int = field(default=128, metadata={"help": "encoder/decoder channels (x16)"})
+    dim: int = field(default=128, metadata={"help": "transformer width"})
+    depth: int = field(default=4, metadata={"help": "transformer blocks"})
+    heads: int = field(default=4, metadata={"help": "attention heads"})
+    mlp_ratio: int = field(default=4, metadata={"help": "MLP hidden size / dim"})
+    window: int = field(default=8, metadata={"help": "frames attended to (and trained on)"})
 
 
 @dataclass
