@@ -17,16 +17,14 @@ make_vec with 256 envs >= 3x MuJoCo's single-process frames/s.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from world_model_speed import mujoco_frames_per_s
+from world_model_speed import machine, mujoco_frames_per_s, write_result
 
 RESULTS = Path(__file__).parent / "results" / "env_speed.json"
 
@@ -112,12 +110,7 @@ def main() -> None:
         )
     at_256 = rates.get("256", {}).get("numpy")
     result = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": cores,
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": machine(),
         "checkpoint": args.checkpoint,
         "mujoco_frames_per_s": {"1_process": mujoco_1, f"{cores}_processes": mujoco_all},
         "env_step_batch1": latency,
@@ -128,13 +121,7 @@ def main() -> None:
             "make_vec_256_ge_3x_mujoco_all_cores": None if at_256 is None else at_256 >= 3 * mujoco_all,
         },
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".partial")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
-    print(json.dumps(result["bounds"]))
-    print(f"wrote {out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -147,6 +147,27 @@ def memory_over_rollout(model, steps: int = 10_000, every: int = 500) -> dict:
     }
 
 
+def machine() -> dict:
+    """What the figures were measured on."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count() or 1,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def write_result(path: str | Path, result: dict) -> None:
+    """Write the JSON atomically and print the bounds it checked."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".partial")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    print(json.dumps(result["bounds"]))
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -196,12 +217,7 @@ def main() -> None:
 
     best = max(rows.values(), key=lambda r: r["frames_per_s"])
     result = {
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": cores,
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
+        "machine": machine(),
         "checkpoint": args.checkpoint,
         "task": task,
         "matmul_peak_gflop_per_s": peak,
@@ -216,13 +232,7 @@ def main() -> None:
             "memory_flat": memory["growth_after_warmup_mb"] < 5.0,
         },
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".partial")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
-    print(json.dumps(result["bounds"]))
-    print(f"wrote {out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
