@@ -251,3 +251,20 @@ def test_config_groups_compose_and_single_options_override_them():
     assert default.training == TrainingConfig() and default.wandb.mode == "offline"  # files match the code
     text = verb_help("train")
     assert "training.rollout_passes=3" in text and "wandb.mode=offline" in text
+
+
+def test_init_starts_from_another_checkpoints_weights(reacher_store_path, tmp_path):
+    first = train(config(reacher_store_path, tmp_path / "first", steps=2))
+    # With zero learning rates the fine-tuned weights must be exactly the ones it started from.
+    tuned = train(
+        config(reacher_store_path, tmp_path / "tuned", steps=2, lr=0.0, tokenizer_lr=0.0, init=str(first))
+    )
+    before, _ = load_checkpoint(first)
+    after, meta = load_checkpoint(tuned)
+    assert meta["train"]["init"] == str(first)
+    for (name, a), b in zip(before.state_dict().items(), after.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    bigger = ModelSize(**{**TINY.__dict__, "dim": 64})
+    with pytest.raises(WmSimError, match="cannot start from .*differs"):
+        train(config(reacher_store_path, tmp_path / "other", model=bigger, init=str(first)))
+    assert not (tmp_path / "other").exists()
