@@ -265,6 +265,6 @@ def test_init_starts_from_another_checkpoints_weights(reacher_store_path, tmp_pa
     for (name, a), b in zip(before.state_dict().items(), after.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     bigger = ModelSize(**{**TINY.__dict__, "dim": 64})
-    with pytest.raises(WmSimError, match="cannot start from .*differs"):
+    with pytest.raises(WmSimError, match=r"cannot start from .*differs"):
         train(config(reacher_store_path, tmp_path / "other", model=bigger, init=str(first)))
     assert not (tmp_path / "other").exists()

@@ -23,10 +23,20 @@ def _inputs(model: WorldModel, batch: int, frames: int, seed: int = 0):
     return model.encode(pixels), state, action
 
 
-@pytest.fixture
-def model() -> WorldModel:
+@pytest.fixture(params=[False, True], ids=["absolute", "residual"])
+def model(request) -> WorldModel:
     torch.manual_seed(0)
-    return WorldModel(TINY).eval()
+    return WorldModel(WorldModelConfig(**{**TINY.to_dict(), "residual": request.param})).eval()
+
+
+def test_a_residual_model_with_a_zero_change_head_copies_the_last_frame():
+    residual = WorldModel(WorldModelConfig(**{**TINY.to_dict(), "residual": True})).eval()
+    torch.nn.init.zeros_(residual.latent_out.weight)
+    torch.nn.init.zeros_(residual.latent_out.bias)
+    latents, state, action = _inputs(residual, 2, 5)
+    with torch.no_grad():
+        predicted = residual(latents, state, action).latents
+    torch.testing.assert_close(predicted, latents, rtol=0, atol=1e-5)
 
 
 def test_tokenizer_shapes_round_trip(model):

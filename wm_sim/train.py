@@ -17,7 +17,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,7 @@ class ModelSize:
     heads: int = field(default=4, metadata={"help": "attention heads"})
     mlp_ratio: int = field(default=4, metadata={"help": "MLP hidden size / dim"})
     window: int = field(default=8, metadata={"help": "frames attended to (and trained on)"})
+    residual: bool = field(default=True, metadata={"help": "predict the change of each latent"})
 
 
 @dataclass
@@ -496,6 +497,8 @@ def _start(
     if resume_from is None and cfg.init:
         # Fine-tuning: the weights and the state normalisation they were trained with.
         model, _ = load_checkpoint(cfg.init)
+        if model.config != config and replace(model.config, residual=config.residual) == config:
+            model = _as_residual(model, config)
         if model.config != config:
             raise WmSimError(f"cannot start from {cfg.init}: its model {model.config} differs from {config}")
         model.to(device)
@@ -523,6 +526,16 @@ def _start(
     # the same wandb run continues; the last validation stays on record until the next one
     kept = {k: meta[k] for k in ("wandb_run_id", "val", "val_step") if k in meta}
     return model, optimiser, int(train_meta["step"]), rng, {**run_meta, **kept}
+
+
+def _as_residual(model: WorldModel, config: WorldModelConfig) -> WorldModel:
+    """The same weights in a model that predicts latent changes; its change head starts at zero,
+    so before any step it predicts "nothing moves", the copy-last baseline, and learns from there."""
+    converted = WorldModel(config)
+    converted.load_state_dict(model.state_dict())
+    nn.init.zeros_(converted.latent_out.weight)
+    nn.init.zeros_(converted.latent_out.bias)
+    return converted
 
 
 # What must not change for a resumed run to be the same run (steps, resume, threads, cadence may).

@@ -169,6 +169,8 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+LATENT_LIMIT = 0.999  # |latent| kept below 1 before atanh: atanh(0.999) = 3.8
+
 # --- config and model --------------------------------------------------------------------------
 
 
@@ -187,6 +189,10 @@ class WorldModelConfig:
     heads: int = 4
     mlp_ratio: int = 4
     window: int = 8  # frames the dynamics attends to (and trains on)
+    # Predict the next latents as a change of the current ones (in atanh space), so what does not
+    # move (the background, a target) is copied for free and only motion must be learned. False in
+    # checkpoints from before it existed: those predicted absolute latents.
+    residual: bool = False
 
     def __post_init__(self):
         if self.image_size < 4 * self.grid:
@@ -268,9 +274,15 @@ class WorldModel(nn.Module):
         x = self.latent_in(latents) + self.position + frame[:, :, None, :]  # (B, T, N, dim)
         return x.reshape(b, t * n, -1)
 
-    def _heads(self, x: torch.Tensor, b: int, t: int) -> Prediction:
+    def _heads(self, x: torch.Tensor, inputs: torch.Tensor) -> Prediction:
+        """Transformer outputs x (B, T*N, dim) and the input latents (B, T, N, C) -> Prediction."""
+        b, t = inputs.shape[:2]
         x = self.norm(x).view(b, t, self.config.tokens, -1)  # (B, T, N, dim)
-        latents = torch.tanh(self.latent_out(x))  # (B, T, N, C)
+        if self.config.residual:
+            current = torch.atanh(inputs.clamp(-LATENT_LIMIT, LATENT_LIMIT))
+            latents = torch.tanh(current + self.latent_out(x))  # (B, T, N, C)
+        else:
+            latents = torch.tanh(self.latent_out(x))
         pooled = self.heads(x.mean(dim=2))  # (B, T, D + 2)
         d = self.config.state_dim
         return Prediction(latents, pooled[..., :d], pooled[..., d], pooled[..., d + 1])
@@ -290,7 +302,7 @@ class WorldModel(nn.Module):
         times = frame.expand(b, -1)
         for block in self.blocks:
             x = block(x, times, mask)
-        return self._heads(x, b, t)
+        return self._heads(x, latents)
 
     # -- streaming --
 
@@ -312,7 +324,7 @@ class WorldModel(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, times, None, cache=cache.layer(layer))
         cache.advance()
-        return self._heads(x, b, 1)
+        return self._heads(x, latents[:, None])
 
 
 class StreamCache:
