@@ -268,3 +268,18 @@ def test_init_starts_from_another_checkpoints_weights(reacher_store_path, tmp_pa
     with pytest.raises(WmSimError, match=r"cannot start from .*differs"):
         train(config(reacher_store_path, tmp_path / "other", model=bigger, init=str(first)))
     assert not (tmp_path / "other").exists()
+
+
+def test_init_turns_an_absolute_model_into_a_residual_one_that_starts_as_copy_last(
+    reacher_store_path, tmp_path
+):
+    absolute = ModelSize(**{**TINY.__dict__, "residual": False})
+    first = train(config(reacher_store_path, tmp_path / "abs", model=absolute, steps=2))
+    tuned = train(
+        config(reacher_store_path, tmp_path / "res", steps=2, lr=0.0, tokenizer_lr=0.0, init=str(first))
+    )
+    before, _ = load_checkpoint(first)
+    after, _ = load_checkpoint(tuned)
+    assert not before.config.residual and after.config.residual
+    assert not after.latent_out.weight.any() and not after.latent_out.bias.any()
+    assert torch.equal(before.encoder.net[1].weight, after.encoder.net[1].weight)
