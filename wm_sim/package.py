@@ -26,6 +26,7 @@ from wm_sim.checkpoint import (
     check_dataset_fits,
     fsync_dir,
     load_checkpoint,
+    read_json,
     write_json,
 )
 from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
@@ -83,6 +84,8 @@ def package(cfg: PackageConfig) -> Path:
         write_json(staging / META, kept)
         if cfg.evaluate:
             evaluate(EvaluateConfig(checkpoint=str(staging), data=cfg.data, out=str(staging)))
+            metrics = read_json(staging / "metrics.json")  # name the package, not its staging folder
+            write_json(staging / "metrics.json", {**metrics, "checkpoint": str(out)})
         size_mb = sum(p.stat().st_size for p in staging.iterdir()) / 2**20
         if size_mb > MAX_PACKAGE_MB:
             raise WmSimError(
