@@ -6,12 +6,14 @@
 What an RL user pays, not what the bare model costs (that is world_model_speed.py):
   1. MuJoCo reference: reacher step + 64x64 offscreen render in one process, and in one process
      per core;
-  2. `gym.make("wm_sim/Reacher-v0")`: `env.step` at batch 1 through the whole stack (action
+  2. `gym.make("wm_sim/WorldModel-v0", checkpoint=...)` (`wm_sim/Reacher-v0` for the shipped
+     model): `env.step` at batch 1 through the whole stack (action
      checks, the model's step, the frame decode, numpy observation): median, p90, p99;
   3. `gym.make_vec(..., num_envs=N)`: frames/s with numpy observations, and with the torch
      interface (tensors stay where the model is), autoresets included.
 Writes benchmarks/results/env_speed.json. Bounds (issue 4): batch-1 `env.step` median <= 20 ms;
-make_vec with 256 envs >= 3x MuJoCo's single-process frames/s.
+make_vec with 256 envs >= 3x MuJoCo's single-process frames/s (also reported: against one
+MuJoCo process per core).
 """
 
 from __future__ import annotations

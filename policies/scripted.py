@@ -2,6 +2,7 @@
 
 The expert reads the physics state, so these policies hold the tasks they act in; that is fine
 for collection and for the reference return, and the reason they cannot drive a world model.
+ReacherGoalExpert is the exception: it reads only agent_pos and a goal fixed at the start.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class ReacherGoalExpert(Policy):
     """Reacher's expert acting on observations alone: agent_pos, and the goal known at the start.
 
     ExpertPolicy reads the physics, which a world model does not have; this one reads only the
-    (imagined or real) agent_pos, so it drives either and takes the same actions on the same state.
+    (imagined or real) agent_pos, so it drives either. On the same state it acts as ExpertPolicy
+    up to agent_pos's float32 rounding and speed clipping.
     """
 
     def __init__(self, goals: np.ndarray):

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.wrappers import RecordEpisodeStatistics, RecordVideo, TimeLimit
+from wm_sim.envs.catalog import TASK_SPECS
 
-import wm_sim
+import wm_sim  # noqa: F401  (registers the envs)
+
+EPISODE_STEPS = TASK_SPECS["reacher"].episode_steps
 
 
 def _make(tiny_model_path, **kwargs):
@@ -72,7 +75,7 @@ def test_time_limit_truncates_at_its_limit_and_the_task_length_applies_without_i
         _, _, terminated, truncated, _ = bare.step(np.zeros(2, np.float32))
         assert not terminated  # reacher never terminates; the tiny model learned that
         steps += 1
-    assert steps == wm_sim.envs.catalog.TASK_SPECS["reacher"].episode_steps
+    assert steps == EPISODE_STEPS
     bare.close()
 
 
@@ -91,7 +94,7 @@ def test_sync_vector_env_over_the_single_env_matches_single_envs(tiny_model_path
         single.close()
 
 
-def test_stable_baselines3_ppo_learns_on_the_env_unmodified(tiny_model_path):
+def test_stable_baselines3_ppo_trains_for_a_few_thousand_steps_on_the_env_unmodified(tiny_model_path):
     pytest.importorskip("stable_baselines3", reason="Stable-Baselines3 is in the test extra")
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
@@ -112,8 +115,8 @@ def test_stable_baselines3_ppo_learns_on_the_env_unmodified(tiny_model_path):
     assert agent.num_timesteps >= 2048
     # Whole imagined episodes ran through SB3's Monitor, and the update moved the policy.
     episodes = list(agent.ep_info_buffer)
-    assert len(episodes) >= 2048 // 200 - 1
-    assert all(e["l"] == 200 and np.isfinite(e["r"]) for e in episodes)
+    assert len(episodes) >= 2048 // EPISODE_STEPS - 1
+    assert all(e["l"] == EPISODE_STEPS and np.isfinite(e["r"]) for e in episodes)
     assert any(not torch.equal(b, p) for b, p in zip(before, agent.policy.parameters(), strict=True))
     action, _ = agent.predict(env.reset(seed=0)[0], deterministic=True)
     assert env.action_space.contains(action)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 
@@ -139,6 +140,7 @@ def _wm_sim_train(data, out, *overrides: str) -> subprocess.CompletedProcess:
         ("model.heads=3", "does not fit"),
         ("model.tokenizer_width=100", "multiple of 16"),
         ("training.val_every=0", "must be positive"),
+        ("batch_size=4", "did you mean training.batch_size?"),
         ("training=huge", "training/huge"),
         ("resume=maybe", "resume must be false or auto"),
         ("model=huge", "model/huge"),
@@ -168,7 +170,8 @@ def test_the_continue_head_is_trained_on_terminations(tmp_path):
     batch = train_module.to_batch([windows[i] for i in range(len(windows))], "default", torch.device("cpu"))
     assert batch["terminated"][:, :-1].sum() == 3  # each episode's fall is a transition the loss sees
     model = train_module.WorldModel(train_module.model_config(TINY, store))
-    terms = train_module.losses(model, batch, 0.1)
+    background = torch.from_numpy(train_module.background_frame(batch["pixels"][:, 0].numpy()))
+    terms = train_module.losses(model, batch, 0.1, 3, background, 8.0)  # the default recipe
     assert all(torch.isfinite(v) for v in terms.values())
 
 
@@ -283,3 +286,51 @@ def test_init_turns_an_absolute_model_into_a_residual_one_that_starts_as_copy_la
     assert not before.config.residual and after.config.residual
     assert not after.latent_out.weight.any() and not after.latent_out.bias.any()
     assert torch.equal(before.encoder.net[1].weight, after.encoder.net[1].weight)
+
+
+def test_a_run_from_before_the_own_pass_options_resumes_with_their_old_values(reacher_store_path, tmp_path):
+    from wm_sim.checkpoint import META, read_json, write_json
+
+    absolute = ModelSize(**{**TINY.__dict__, "residual": False})
+    old = dict(model=absolute, rollout_passes=1, foreground_weight=0.0)
+    run = train(config(reacher_store_path, tmp_path / "run", steps=2, **old))
+    for step in run.glob("step-*"):  # what a checkpoint written before these options holds
+        meta = read_json(step / META)
+        for key in ("rollout_passes", "foreground_weight", "init"):
+            del meta["train"][key]
+        write_json(step / META, meta)
+    with pytest.raises(WmSimError, match=r"trained with rollout_passes=1, this run asks for 3"):
+        train(config(reacher_store_path, run, steps=4, resume="auto", model=absolute))
+    with pytest.raises(
+        WmSimError, match=r"residual \(saved False, this run True: pass model.residual=False\)"
+    ):
+        train(
+            config(reacher_store_path, run, steps=4, resume="auto", rollout_passes=1, foreground_weight=0.0)
+        )
+    train(config(reacher_store_path, run, steps=4, resume="auto", **old))
+    assert load_checkpoint(run)[1]["step"] == 4
+
+
+def test_init_never_turns_a_residual_model_into_an_absolute_one(reacher_store_path, tmp_path):
+    first = train(config(reacher_store_path, tmp_path / "res", steps=2))
+    absolute = ModelSize(**{**TINY.__dict__, "residual": False})
+    with pytest.raises(WmSimError, match=r"residual \(saved True, this run False"):
+        train(config(reacher_store_path, tmp_path / "abs", model=absolute, init=str(first)))
+
+
+def test_pixel_weights_weigh_what_differs_from_the_background():
+    background = torch.zeros(2, 2, 3)
+    frame = torch.zeros(1, 2, 2, 3)
+    frame[0, 0, 0] = torch.tensor([1.0, 0.0, 0.0])  # a red pixel on black: foreground
+    frame[0, 1, 1] = 0.02  # a faint difference: mostly background
+    weight = train_module.pixel_weights(frame, background, 8.0)[0, ..., 0]
+    assert weight[0, 0] == 9.0 and weight[0, 1] == 1.0 and weight[1, 1] == pytest.approx(1.0 + 8.0 * 0.2)
+    assert torch.equal(train_module.pixel_weights(frame, background, 0.0), torch.ones(1, 2, 2, 1))
+    # the weighted error is normalised by the weights: a uniform error stays itself
+    uniform = train_module._weighted_mse(
+        frame + 0.1, frame, train_module.pixel_weights(frame, background, 8.0)
+    )
+    assert uniform == pytest.approx(0.01)
+    frames = np.zeros((5, 2, 2, 3), np.uint8)
+    frames[:2, 0, 0] = 255  # something passing through two of five frames is not background
+    assert float(train_module.background_frame(frames).max()) == 0.0

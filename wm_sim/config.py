@@ -31,7 +31,10 @@ def load_config(verb: str, schema: type[T], overrides: list[str]) -> T:
             raise WmSimError(f"expected key=value, got {override!r}; see `wm-sim {verb} --help`")
         key = override.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
         if key not in known:
-            raise WmSimError(f"unknown option {key!r} for `wm-sim {verb}`; valid options: {', '.join(known)}")
+            hint = "".join(f" (did you mean {group}.{key}?)" for group in _groups_with(schema, key))
+            raise WmSimError(
+                f"unknown option {key!r} for `wm-sim {verb}`{hint}; valid options: {', '.join(known)}"
+            )
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="wm_sim.configs", version_base="1.3"):
@@ -43,6 +46,16 @@ def load_config(verb: str, schema: type[T], overrides: list[str]) -> T:
         ) from exc
     finally:
         GlobalHydra.instance().clear()
+
+
+def _groups_with(schema: type, key: str) -> list[str]:
+    """The config groups of `schema` that have an option named `key`."""
+    groups = []
+    for f in dataclasses.fields(schema):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(default) and key in {g.name for g in dataclasses.fields(default)}:
+            groups.append(f.name)
+    return groups
 
 
 def describe_options(schema: type) -> list[tuple[str, str, Any, str]]:

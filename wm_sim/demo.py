@@ -197,7 +197,7 @@ def _reward_figure(episodes: list[Episode]):
 def _print_summary(report: dict, paths: list[Path]) -> None:
     lines = []
     for e in report["episodes"]:
-        psnrs = ", ".join(f"h{h}={v}" for h, v in e["psnr"].items())
+        psnrs = ", ".join(f"{'' if h == 'end' else 'h'}{h}={v:.1f}" for h, v in e["psnr"].items())
         lines.append(
             f"{e['policy']:>6}: {e['steps']} steps, return imagined {e['imagined_return']:.2f} "
             f"vs MuJoCo {e['true_return']:.2f}; PSNR dB {psnrs}"

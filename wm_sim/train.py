@@ -311,22 +311,24 @@ def train(cfg: TrainConfig) -> Path:
     fit = cfg.training
     if cfg.steps <= 0 or fit.batch_size <= 0:
         raise WmSimError(
-            f"steps and batch_size must be positive, got steps={cfg.steps}, batch_size={fit.batch_size}"
+            f"steps and training.batch_size must be positive, got {cfg.steps} and {fit.batch_size}"
         )
     resume = str(cfg.resume).lower()  # Hydra reads `resume=false` as a bool
     if resume not in ("false", "auto"):
         raise WmSimError(f"resume must be false or auto, got {cfg.resume!r}")
     if fit.val_every <= 0 or fit.checkpoint_every <= 0:
         raise WmSimError(
-            f"val_every and checkpoint_every must be positive, got {fit.val_every}, {fit.checkpoint_every}"
+            f"training.val_every and training.checkpoint_every must be positive, got {fit.val_every}, {fit.checkpoint_every}"
         )
     if fit.rollout_passes < 0 or fit.foreground_weight < 0:
         raise WmSimError(
-            f"rollout_passes and foreground_weight must be >= 0, got {fit.rollout_passes}, {fit.foreground_weight}"
+            f"training.rollout_passes and training.foreground_weight must be >= 0, got {fit.rollout_passes}, {fit.foreground_weight}"
         )
     job = Distributed.from_environment()
     if fit.batch_size % job.world_size:
-        raise WmSimError(f"batch_size={fit.batch_size} must divide evenly over {job.world_size} processes")
+        raise WmSimError(
+            f"training.batch_size={fit.batch_size} must divide evenly over {job.world_size} processes"
+        )
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg, job)
@@ -338,13 +340,21 @@ def train(cfg: TrainConfig) -> Path:
     camera = store.info.cameras[0]
     keys = [image_key(camera), STATE_KEY, ACTION_KEY, REWARD_KEY, TERMINATED_KEY]
     train_set = EpisodeWindows(
-        store, config.window + 1, 0, "train", cfg.val_fraction, keys, in_memory=True, pad_end=True
+        store,
+        config.window + 1,
+        0,
+        "train",
+        cfg.val_fraction,
+        keys,
+        in_memory=True,
+        pad_end=True,
+        progress=job.is_main,
     )
     val_set = EpisodeWindows(store, config.window + 1, 0, "val", cfg.val_fraction, keys, pad_end=True)
     if len(train_set) < fit.batch_size:
         raise WmSimError(
             f"{cfg.data} has {len(train_set)} training windows of {config.window + 1} frames, fewer than one "
-            f"batch of {fit.batch_size}: collect more episodes or lower batch_size"
+            f"batch of {fit.batch_size}: collect more episodes or lower training.batch_size"
         )
     run_dir = Path(cfg.out)
     resuming = resume == "auto" and (run_dir / LAST).exists()
@@ -497,10 +507,13 @@ def _start(
     if resume_from is None and cfg.init:
         # Fine-tuning: the weights and the state normalisation they were trained with.
         model, _ = load_checkpoint(cfg.init)
-        if model.config != config and replace(model.config, residual=config.residual) == config:
+        if not model.config.residual and replace(model.config, residual=True) == config:
             model = _as_residual(model, config)
         if model.config != config:
-            raise WmSimError(f"cannot start from {cfg.init}: its model {model.config} differs from {config}")
+            raise WmSimError(
+                f"cannot start from {cfg.init}: its model differs from this run's in "
+                + _differences(model.config, config)
+            )
         model.to(device)
         return model, _optimiser(model, cfg.training), 0, rng, run_meta
     if resume_from is None:
@@ -514,7 +527,8 @@ def _start(
     model, meta = load_checkpoint(resume_from / LAST)
     if model.config != config:
         raise WmSimError(
-            f"cannot resume {resume_from}: its model {model.config} differs from this run's {config}"
+            f"cannot resume {resume_from}: its model differs from this run's in "
+            + _differences(model.config, config)
         )
     _check_same_run(resume_from, meta, run_meta)
     model.to(device)  # before the optimiser state is loaded, so that state lands on the same device
@@ -526,6 +540,12 @@ def _start(
     # the same wandb run continues; the last validation stays on record until the next one
     kept = {k: meta[k] for k in ("wandb_run_id", "val", "val_step") if k in meta}
     return model, optimiser, int(train_meta["step"]), rng, {**run_meta, **kept}
+
+
+def _differences(saved: WorldModelConfig, now: WorldModelConfig) -> str:
+    """The fields two model shapes disagree on, as the overrides that would match the saved one."""
+    a, b = saved.to_dict(), now.to_dict()
+    return ", ".join(f"{k} (saved {a[k]}, this run {b[k]}: pass model.{k}={a[k]})" for k in a if a[k] != b[k])
 
 
 def _as_residual(model: WorldModel, config: WorldModelConfig) -> WorldModel:
@@ -554,12 +574,16 @@ RUN_IDENTITY = (
 )
 
 
+# Options that runs from before they existed were trained with, in effect.
+LEGACY_OPTIONS = {"rollout_passes": 1, "foreground_weight": 0.0, "init": ""}
+
+
 def _check_same_run(run_dir: Path, saved: dict, now: dict) -> None:
     for key in RUN_IDENTITY:
-        if saved.get("train", {}).get(key) != now["train"][key]:
+        was = saved.get("train", {}).get(key, LEGACY_OPTIONS.get(key))
+        if was != now["train"][key]:
             raise WmSimError(
-                f"cannot resume {run_dir}: it was trained with {key}={saved.get('train', {}).get(key)!r}, "
-                f"this run asks for {now['train'][key]!r}"
+                f"cannot resume {run_dir}: it was trained with {key}={was!r}, this run asks for {now['train'][key]!r}"
             )
     for key in ("path", "num_frames"):
         if saved.get("dataset", {}).get(key) != now["dataset"][key]:

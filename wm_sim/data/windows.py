@@ -51,6 +51,7 @@ class EpisodeWindows:
         stride: int = 1,
         in_memory: bool = False,
         pad_end: bool = False,
+        progress: bool = True,
     ):
         self.store = store if isinstance(store, EpisodeStore) else EpisodeStore.open(store, mode="r")
         if context < 1 or horizon < 0:
@@ -68,15 +69,22 @@ class EpisodeWindows:
         self.episodes = split_episodes(self.store.num_episodes, split, val_fraction)
         self._starts, self._stops = self._window_starts(stride)
         # Training draws windows at random: one read of every committed row beats a shard read per window.
-        self._memory = self._load_all() if in_memory else None
+        self._memory = self._load_all(progress) if in_memory else None
 
-    def _load_all(self, block: int = 4096) -> dict[str, np.ndarray]:
+    def _load_all(self, progress: bool, block: int = 4096) -> dict[str, np.ndarray]:
         """Every committed row of every key, read in blocks under a progress bar (minutes for 100k frames)."""
         from tqdm import tqdm
 
         n = self.store.num_frames
         memory = {}
-        with tqdm(total=n * len(self.keys), desc="loading dataset", unit="row", unit_scale=True) as bar:
+        bar = tqdm(
+            total=n * len(self.keys),
+            desc="loading dataset",
+            unit="row",
+            unit_scale=True,
+            disable=not progress,
+        )
+        with bar:
             for key in self.keys:
                 head = self.store.read(key, 0, 0)  # dtype and row shape, no data
                 memory[key] = np.empty((n, *head.shape[1:]), dtype=head.dtype)
