@@ -58,8 +58,9 @@ def test_a_run_checkpoint_has_no_start_contexts(reacher_store_path, packaged):
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped reacher model in this checkout")
-def test_the_shipped_reacher_model_is_small_loads_by_name_and_beats_copy_last_in_psnr():
-    """Guards what the shipped model achieves (its SSIM still misses at some horizons: see metrics.json)."""
+def test_the_shipped_reacher_model_is_small_loads_by_name_and_beats_copy_last_where_it_claims():
+    """Guards what the README claims of the shipped model: better than holding the last frame in
+    PSNR at every horizon and in SSIM up to 16 frames (its SSIM misses at 64 and the end: drift)."""
     assert resolve_checkpoint("shipped:reacher") == SHIPPED.resolve()
     model, meta = load_checkpoint("shipped:reacher")
     assert meta["dataset"]["task"] == "reacher" and model.config.image_size == 64
@@ -67,6 +68,8 @@ def test_the_shipped_reacher_model_is_small_loads_by_name_and_beats_copy_last_in
     assert load_start_contexts("shipped:reacher")["frames"].shape[0] >= 200
     report = json.loads((SHIPPED / "metrics.json").read_text())
     assert report["split"] == "val" and report["episodes"] >= 50
-    psnr = report["metrics"]["psnr"]
+    assert report["checkpoint"] == "wm_sim/checkpoints/reacher"
+    psnr, ssim = report["metrics"]["psnr"], report["metrics"]["ssim"]
     assert all(psnr["model"][h] > psnr["copy_last"][h] for h in report["horizons"])
     assert report["model_beats_copy_last_at_every_horizon"]["psnr"]
+    assert all(ssim["model"][h] > ssim["copy_last"][h] for h in ("1", "4", "16"))

@@ -72,7 +72,7 @@ class TrainingConfig:
         default=3, metadata={"help": "passes over the model's own predictions per step (0: teacher forcing)"}
     )
     foreground_weight: float = field(
-        default=8.0, metadata={"help": "extra pixel-loss weight where a frame differs from the background"}
+        default=2.0, metadata={"help": "extra pixel-loss weight where a frame differs from the background"}
     )
     val_every: int = field(default=500, metadata={"help": "steps between validations"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
@@ -545,7 +545,13 @@ def _start(
 def _differences(saved: WorldModelConfig, now: WorldModelConfig) -> str:
     """The fields two model shapes disagree on, as the overrides that would match the saved one."""
     a, b = saved.to_dict(), now.to_dict()
-    return ", ".join(f"{k} (saved {a[k]}, this run {b[k]}: pass model.{k}={a[k]})" for k in a if a[k] != b[k])
+    sizes = set(ModelSize.__dataclass_fields__)  # the rest (image and action size...) come from the data
+    return ", ".join(
+        f"{k} (saved {a[k]}, this run {b[k]}: "
+        + (f"pass model.{k}={a[k]})" if k in sizes else "fixed by the dataset)")
+        for k in a
+        if a[k] != b[k]
+    )
 
 
 def _as_residual(model: WorldModel, config: WorldModelConfig) -> WorldModel:
