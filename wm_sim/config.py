@@ -48,21 +48,24 @@ def load_config(verb: str, schema: type[T], overrides: list[str]) -> T:
         GlobalHydra.instance().clear()
 
 
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
 def _groups_with(schema: type, key: str) -> list[str]:
     """The config groups of `schema` that have an option named `key`."""
-    groups = []
-    for f in dataclasses.fields(schema):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        if dataclasses.is_dataclass(default) and key in {g.name for g in dataclasses.fields(default)}:
-            groups.append(f.name)
-    return groups
+    return [
+        f.name
+        for f in dataclasses.fields(schema)
+        if dataclasses.is_dataclass(_default(f)) and key in {g.name for g in dataclasses.fields(_default(f))}
+    ]
 
 
 def describe_options(schema: type) -> list[tuple[str, str, Any, str]]:
     """(name, type, default, help) of every option of a config dataclass."""
     rows = []
     for f in dataclasses.fields(schema):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = _default(f)
         type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         if dataclasses.is_dataclass(default):  # a config group: chosen by name, e.g. model=small
             rows.append((f.name, "group", "<" + f.name + ">", f.metadata.get("help", "")))

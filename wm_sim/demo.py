@@ -18,10 +18,9 @@ from tqdm import tqdm
 
 from wm_sim.checkpoint import write_json
 from wm_sim.errors import WmSimError
+from wm_sim.evaluate import HORIZONS
 from wm_sim.media import grid, save_figure, write_video
 from wm_sim.metrics import finite_or_none, psnr
-
-HORIZONS = (1, 4, 16, 64)
 
 
 @dataclass

@@ -258,15 +258,12 @@ class Objective(nn.Module):
         self.foreground_weight = foreground_weight
         self.register_buffer("background", background)  # (S, S, 3)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return losses(
-            self.model,
-            batch,
-            self.context_noise,
-            self.rollout_passes,
-            self.background,
-            self.foreground_weight,
-        )
+    def forward(
+        self, batch: dict[str, torch.Tensor], context_noise: float | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The loss terms; `context_noise` overrides the training one (validation uses 0)."""
+        noise = self.context_noise if context_noise is None else context_noise
+        return losses(self.model, batch, noise, self.rollout_passes, self.background, self.foreground_weight)
 
 
 @dataclass(frozen=True)
@@ -504,25 +501,8 @@ def _start(
     """(model, optimiser, step, batch rng, run metadata): fresh, or exactly as a checkpoint left them."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    if resume_from is None and cfg.init:
-        # Fine-tuning: the weights and the state normalisation they were trained with.
-        model, _ = load_checkpoint(cfg.init)
-        if not model.config.residual and replace(model.config, residual=True) == config:
-            model = _as_residual(model, config)
-        if model.config != config:
-            raise WmSimError(
-                f"cannot start from {cfg.init}: its model differs from this run's in "
-                + _differences(model.config, config)
-            )
-        model.to(device)
-        return model, _optimiser(model, cfg.training), 0, rng, run_meta
     if resume_from is None:
-        model = WorldModel(config)
-        # Normalisation statistics from the training episodes only: validation stays unseen.
-        states = np.concatenate([store.read(STATE_KEY, *store.episode_bounds(e)) for e in train_episodes])
-        model.state_mean.copy_(torch.from_numpy(states.mean(0)))
-        model.state_std.copy_(torch.from_numpy(states.std(0) + 1e-3))
-        model.to(device)
+        model = _initial_model(cfg.init, config, store, train_episodes).to(device)
         return model, _optimiser(model, cfg.training), 0, rng, run_meta
     model, meta = load_checkpoint(resume_from / LAST)
     if model.config != config:
@@ -540,6 +520,28 @@ def _start(
     # the same wandb run continues; the last validation stays on record until the next one
     kept = {k: meta[k] for k in ("wandb_run_id", "val", "val_step") if k in meta}
     return model, optimiser, int(train_meta["step"]), rng, {**run_meta, **kept}
+
+
+def _initial_model(
+    init: str, config: WorldModelConfig, store: EpisodeStore, train_episodes: list[int]
+) -> WorldModel:
+    """A new run's model: `init`'s weights (fine-tuning), or fresh ones."""
+    if init:  # the weights and the state normalisation they were trained with
+        model, _ = load_checkpoint(init)
+        if not model.config.residual and replace(model.config, residual=True) == config:
+            model = _as_residual(model, config)
+        if model.config != config:
+            raise WmSimError(
+                f"cannot start from {init}: its model differs from this run's in "
+                + _differences(model.config, config)
+            )
+        return model
+    model = WorldModel(config)
+    # Normalisation statistics from the training episodes only: validation stays unseen.
+    states = np.concatenate([store.read(STATE_KEY, *store.episode_bounds(e)) for e in train_episodes])
+    model.state_mean.copy_(torch.from_numpy(states.mean(0)))
+    model.state_std.copy_(torch.from_numpy(states.std(0) + 1e-3))
+    return model
 
 
 def _differences(saved: WorldModelConfig, now: WorldModelConfig) -> str:
@@ -636,23 +638,14 @@ def validate(
     """Mean loss terms over (up to 8 batches of) the validation windows, without context noise."""
     if len(val_set) == 0:
         return {}
-    model = objective.model
-    model.eval()
+    objective.model.eval()
     picks = np.linspace(0, len(val_set) - 1, min(len(val_set), 8 * batch_size)).astype(int)
     sums: dict[str, float] = {}
     # The same random frames at every validation, and the training RNG left untouched by it.
     with torch.random.fork_rng():
         torch.manual_seed(0)
         for chunk in np.array_split(picks, max(1, len(picks) // batch_size)):
-            batch = to_batch([val_set[int(i)] for i in chunk], camera, device)
-            terms = losses(
-                model,
-                batch,
-                0.0,
-                objective.rollout_passes,
-                objective.background,
-                objective.foreground_weight,
-            )
+            terms = objective(to_batch([val_set[int(i)] for i in chunk], camera, device), context_noise=0.0)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
     return {k: v / len(picks) for k, v in sums.items()}
