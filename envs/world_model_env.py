@@ -291,6 +291,47 @@ class WorldModelVectorEnv(VectorEnv):
         self._started = True
         return self._observation(), {}
 
+    def reset_to(
+        self, frames: Any, agent_pos: Any, actions: Any | None = None, rows: Any | None = None
+    ) -> dict[str, Any]:
+        """Start sub-envs `rows` (all when None) each from its own real context; returns the observation.
+
+        frames (k, K, S, S, 3) uint8, agent_pos (k, K, D), actions (k, K-1, A) or None (zeros): what
+        verification and planners need, where every sub-env starts from another robot's camera.
+        """
+        index = np.arange(self.num_envs) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+        frames = torch.as_tensor(np.asarray(frames))
+        k, length = len(index), frames.shape[1] if frames.ndim == 5 else 0
+        c = self.sim.config
+        if (
+            frames.dtype != torch.uint8
+            or tuple(frames.shape) != (k, length, c.image_size, c.image_size, 3)
+            or length < 1
+        ):
+            raise ValueError(
+                f"frames must be uint8 of shape ({k}, K, {c.image_size}, {c.image_size}, 3), got "
+                f"{frames.dtype} {tuple(frames.shape)}"
+            )
+        state = torch.as_tensor(np.asarray(agent_pos, dtype=np.float32))
+        if tuple(state.shape) != (k, length, c.state_dim):
+            raise ValueError(
+                f"agent_pos must have shape ({k}, {length}, {c.state_dim}), got {tuple(state.shape)}"
+            )
+        if actions is None:
+            acts = torch.zeros(k, length - 1, c.action_dim)
+        else:
+            acts = torch.as_tensor(np.asarray(actions, dtype=np.float32))
+        if tuple(acts.shape) != (k, length - 1, c.action_dim):
+            raise ValueError(
+                f"actions must have shape ({k}, {length - 1}, {c.action_dim}), got {tuple(acts.shape)}"
+            )
+        if not self._started and len(np.unique(index)) != self.num_envs:
+            raise ValueError("the first reset must start every sub-env: pass rows=None")
+        self.sim.engine.reset_rows(torch.from_numpy(index), frames, state, acts.clamp(-1, 1))
+        self._autoreset[index] = False
+        self._started = True
+        return self._observation()
+
     def step(self, actions):
         if not self._started:
             raise gymnasium.error.ResetNeeded("call reset() before step()")

@@ -17,6 +17,15 @@ class Policy(ABC):
 
     num_envs: int
     action_dim: int
+    kind: str = ""  # the name a saved policy is restored by; "" for policies that cannot be saved
+
+    def params(self) -> dict:
+        """JSON-serialisable constructor arguments saved with the policy."""
+        return {}
+
+    def tensors(self) -> dict:
+        """Named weights (torch tensors) saved with the policy, in safetensors."""
+        return {}
 
     @abstractmethod
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:

@@ -21,9 +21,18 @@ SCRIPTED_POLICIES = ("random", "expert", "mixed")
 class RandomPolicy(Policy):
     """Uniform random actions in [-1, 1]."""
 
+    kind = "random"
+
     def __init__(self, action_dim: int, num_envs: int = 1, seed: int = 0):
         self.action_dim, self.num_envs = action_dim, num_envs
         self._rngs = [np.random.default_rng([seed, row]) for row in range(num_envs)]
+
+    def params(self) -> dict:
+        return {"action_dim": self.action_dim}
+
+    @classmethod
+    def restore(cls, params: dict, tensors: dict, num_envs: int, seed: int) -> RandomPolicy:
+        return cls(int(params["action_dim"]), num_envs=num_envs, seed=seed)
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         return np.stack([rng.uniform(-1.0, 1.0, self.action_dim) for rng in self._rngs]).astype(np.float32)
@@ -64,6 +73,28 @@ class ReacherGoalExpert(Policy):
         return np.stack(
             [reacher_expert(s[:2].copy(), s[2:], goal) for s, goal in zip(state, self.goals, strict=True)]
         ).astype(np.float32)
+
+
+class NoisyPolicy(Policy):
+    """Another policy's actions plus Gaussian noise of a fixed scale, clipped to [-1, 1].
+
+    Noisy experts of several scales make a population of graded quality for `wm-sim rank`.
+    """
+
+    def __init__(self, inner: Policy, noise: float, seed: int = 0):
+        if noise < 0:
+            raise WmSimError(f"action noise must be >= 0, got {noise}")
+        self.inner, self.noise = inner, float(noise)
+        self.num_envs, self.action_dim = inner.num_envs, inner.action_dim
+        self._rng = np.random.default_rng([seed, 1])
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        actions = self.inner.act(obs).astype(np.float64)
+        actions += self._rng.normal(0.0, self.noise, actions.shape)
+        return np.clip(actions, -1.0, 1.0).astype(np.float32)
+
+    def reset(self, mask: np.ndarray | None = None, seeds: list[int] | None = None) -> None:
+        self.inner.reset(mask, seeds)
 
 
 class MixedPolicy(Policy):

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,44 @@ def save_checkpoint(
     train_meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write checkpoint `run_dir/name` atomically and point `run_dir/last` at it."""
+
+    def write(staging: Path) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS))
+        full_meta = {"schema_version": CHECKPOINT_SCHEMA_VERSION, "model": model.config.to_dict(), **meta}
+        write_json(staging / META, full_meta)
+        write_train_state(staging, train_tensors, train_meta)
+
+    return commit_directory(run_dir, name, write, META)
+
+
+def write_train_state(
+    directory: Path, tensors: dict[str, torch.Tensor] | None, meta: dict[str, Any] | None
+) -> None:
+    """Optimiser and RNG state beside a checkpoint's weights (nothing when `tensors` is None)."""
+    if tensors is None:
+        return
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(directory / TRAIN_TENSORS))
+    write_json(directory / TRAIN_META, meta or {})
+
+
+def commit_directory(
+    run_dir: str | Path, name: str, write: Callable[[Path], None], meta_name: str, link_last: bool = True
+) -> Path:
+    """Let `write` fill a staging directory, rename it to `run_dir/name`, point `run_dir/last` at it.
+
+    A kill at any moment leaves the previous checkpoint whole and `last` pointing at a whole one;
+    an existing `name` is never overwritten, except an orphan a killed save left behind.
+    """
     run_dir = Path(run_dir)
     final = run_dir / name
     if final.exists():
         last = run_dir / LAST
-        if last.exists() and last.resolve() != final.resolve() and _is_newer(final, last.resolve()):
+        if (
+            last.exists()
+            and last.resolve() != final.resolve()
+            and _is_newer(final, last.resolve(), meta_name)
+        ):
             # A kill between the rename and the `last` update left this step unreferenced; the
             # resumed run is writing the same step again, so the orphan is replaced, not kept.
             shutil.rmtree(final)
@@ -84,21 +118,15 @@ def save_checkpoint(
     staging = run_dir / f".{name}.{uuid.uuid4().hex}.partial"
     staging.mkdir(parents=True)
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(staging / WEIGHTS))
-        full_meta = {"schema_version": CHECKPOINT_SCHEMA_VERSION, "model": model.config.to_dict(), **meta}
-        write_json(staging / META, full_meta)
-        if train_tensors is not None:
-            save_file(
-                {k: v.detach().cpu().contiguous() for k, v in train_tensors.items()},
-                str(staging / TRAIN_TENSORS),
-            )
-            write_json(staging / TRAIN_META, train_meta or {})
+        write(staging)
         fsync_dir(staging)
         os.rename(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if not link_last:
+        fsync_dir(run_dir)
+        return final
     link = run_dir / f".{LAST}.{uuid.uuid4().hex}"
     os.symlink(name, link)
     os.replace(link, run_dir / LAST)  # atomic: `last` is always a whole checkpoint
@@ -106,9 +134,10 @@ def save_checkpoint(
     return final
 
 
-def _is_newer(candidate: Path, last: Path) -> bool:
+def _is_newer(candidate: Path, last: Path, meta_name: str = META) -> bool:
     try:
-        return int(read_json(candidate / META).get("step", -1)) > int(read_json(last / META).get("step", -1))
+        step = int(read_json(candidate / meta_name).get("step", -1))
+        return step > int(read_json(last / meta_name).get("step", -1))
     except WmSimError:
         return True  # unreadable leftovers of a cut-short save are never what `last` holds
 

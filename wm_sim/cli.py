@@ -42,6 +42,26 @@ VERBS: dict[str, Verb] = {
         run="wm_sim.demo:demo",
         summary="drive the shipped world model beside MuJoCo: side-by-side video, rewards, report",
     ),
+    "train-policy": Verb(
+        schema="wm_sim.train_policy:TrainPolicyConfig",
+        run="wm_sim.train_policy:train_policy",
+        summary="train an actor-critic policy inside the world model only (PPO on imagined rollouts)",
+    ),
+    "verify": Verb(
+        schema="wm_sim.verify:VerifyConfig",
+        run="wm_sim.verify:verify",
+        summary="run a policy in MuJoCo and in the world model from the same starts: true vs imagined",
+    ),
+    "rank": Verb(
+        schema="wm_sim.rank:RankConfig",
+        run="wm_sim.rank:rank",
+        summary="rank policies in imagination and in MuJoCo: Spearman, Pearson, MMRV, scatter plot",
+    ),
+    "package-policy": Verb(
+        schema="wm_sim.policies.saved:PackagePolicyConfig",
+        run="wm_sim.policies.saved:package_policy",
+        summary="copy a trained policy without its training state (the shipped shipped:<task> policy)",
+    ),
     "package": Verb(
         schema="wm_sim.package:PackageConfig",
         run="wm_sim.package:package",
