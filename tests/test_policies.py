@@ -222,3 +222,35 @@ def test_reset_to_starts_each_sub_env_from_its_own_context(tiny_model_path):
         env.reset_to(frames.astype(np.float32), state)
     with pytest.raises(ValueError, match="agent_pos must have shape"):
         env.reset_to(frames, state[:, :, :2])
+
+
+def test_train_policy_refuses_bad_options(tiny_model_path, tmp_path):
+    base = TrainPolicyConfig(
+        checkpoint=str(tiny_model_path), out=str(tmp_path / "run"), wandb=WandbConfig(mode="disabled")
+    )
+    from dataclasses import replace
+
+    with pytest.raises(WmSimError, match="algo must be actor_critic"):
+        train_policy(replace(base, algo="dreamer"))
+    with pytest.raises(WmSimError, match="horizon must be at least 1"):
+        train_policy(replace(base, horizon=0))
+    with pytest.raises(WmSimError, match="simulates 'reacher'"):
+        train_policy(replace(base, task="pusher"))
+    with pytest.raises(WmSimError, match="no dataset at"):
+        train_policy(replace(base, data=str(tmp_path / "missing.zarr")))
+
+
+def test_start_states_are_the_encoded_frames_and_mark_episode_starts(tiny_model_path, reacher_store_path):
+    from wm_sim.data.schema import image_key
+    from wm_sim.data.store import EpisodeStore
+    from wm_sim.train_policy import encode_dataset
+
+    model, _ = load_checkpoint(tiny_model_path)
+    states = encode_dataset(model, str(reacher_store_path), context=3, early_steps=10)
+    store = EpisodeStore.open(reacher_store_path)
+    firsts = {store.episode_bounds(e)[0] for e in range(store.num_episodes)}
+    assert len(states.early) == store.num_episodes * (10 - 2) and set(states.early) <= set(states.starts)
+    assert all(row - 2 in firsts for row in states.early[:: 10 - 2])  # each episode's first start: its row 2
+    frame = torch.from_numpy(store.read(image_key(store.info.cameras[0]), 5, 6))
+    with torch.no_grad():
+        np.testing.assert_allclose(states.latents[5].float(), model.encode(frame)[0], atol=1e-3)

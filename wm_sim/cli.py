@@ -77,7 +77,7 @@ def _resolve(target: str):
 
 def usage() -> str:
     lines = ["usage: wm-sim <verb> key=value ...", "", "verbs:"]
-    lines += [f"  {name:<12} {verb.summary}" for name, verb in VERBS.items()]
+    lines += [f"  {name:<15} {verb.summary}" for name, verb in VERBS.items()]
     lines += ["", "`wm-sim <verb> --help` lists a verb's options."]
     return "\n".join(lines)
 

@@ -50,7 +50,13 @@ class TrainPolicyConfig:
     steps: int = field(default=300, metadata={"help": "policy updates"})
     batch: int = field(default=256, metadata={"help": "imagined rollouts per update"})
     horizon: int = field(default=15, metadata={"help": "imagined steps per rollout"})
-    context: int = field(default=4, metadata={"help": "real frames each rollout starts from"})
+    context: int = field(
+        default=4, metadata={"help": "most real frames a rollout starts from (1 to this, per update)"}
+    )
+    early_fraction: float = field(
+        default=0.5, metadata={"help": "share of rollouts starting in an episode's first early_steps"}
+    )
+    early_steps: int = field(default=40, metadata={"help": "what counts as an episode's start"})
     gamma: float = field(default=0.98, metadata={"help": "discount"})
     lam: float = field(default=0.95, metadata={"help": "lambda of the lambda-returns"})
     lr: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
@@ -77,6 +83,7 @@ class StartStates:
     actions: torch.Tensor  # (F, A)
     physics: np.ndarray  # (F, P)
     starts: np.ndarray  # rows with `context - 1` earlier rows in the same episode
+    early: np.ndarray  # those of them among the first `early_steps` of an episode
 
 
 @dataclass
@@ -93,7 +100,9 @@ class Imagined:
 
 
 @torch.no_grad()
-def encode_dataset(model: WorldModel, data: str, context: int, block: int = 512) -> StartStates:
+def encode_dataset(
+    model: WorldModel, data: str, context: int, early_steps: int = 40, block: int = 512
+) -> StartStates:
     """Encode every frame of `data` once (the encoder is frozen), under a progress bar."""
     store = EpisodeStore.open(data)
     trained = model.config
@@ -113,12 +122,15 @@ def encode_dataset(model: WorldModel, data: str, context: int, block: int = 512)
     state = torch.from_numpy(store.read(STATE_KEY, 0, n)).float()
     actions = torch.from_numpy(store.read(ACTION_KEY, 0, n)).float()
     physics = store.read(PHYSICS_KEY, 0, n)
-    starts = []
+    starts, early = [], []
     for episode in range(store.num_episodes):
         first, stop = store.episode_bounds(episode)
         starts.extend(range(first + context - 1, stop))
+        early.extend(range(first + context - 1, min(first + early_steps, stop)))
     store.close()
-    return StartStates(latents, model.normalise_state(state), actions, physics, np.asarray(starts))
+    return StartStates(
+        latents, model.normalise_state(state), actions, physics, np.asarray(starts), np.asarray(early)
+    )
 
 
 @torch.no_grad()
@@ -246,7 +258,18 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
 
     if cfg.algo != "actor_critic":
         raise WmSimError(f"algo must be actor_critic, got {cfg.algo!r}")
-    for name in ("steps", "batch", "horizon", "context", "epochs", "minibatches", "checkpoint_every"):
+    if not 0.0 <= cfg.early_fraction <= 1.0:
+        raise WmSimError(f"early_fraction must be in [0, 1], got {cfg.early_fraction}")
+    for name in (
+        "steps",
+        "batch",
+        "horizon",
+        "context",
+        "epochs",
+        "minibatches",
+        "checkpoint_every",
+        "early_steps",
+    ):
         if getattr(cfg, name) < 1:
             raise WmSimError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     resume = str(cfg.resume).lower()
@@ -293,7 +316,10 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
         step, run_id = int(saved["step"]), saved["train"]["wandb_run_id"]
         print(f"resuming {run_dir} at update {step}")
 
-    states = encode_dataset(model, data, cfg.context)
+    states = encode_dataset(model, data, cfg.context, cfg.early_steps)
+    if len(states.starts) == 0:
+        raise WmSimError(f"{data} has no episode of at least context={cfg.context} frames to start from")
+    early_pool = states.early if len(states.early) else states.starts
     observer = ObservationEncoder.from_world_model(model).cpu()
     task = make_task(cfg.task, image_size=model.config.image_size) if cfg.verify_every > 0 else None
     train_meta_json = {**asdict(cfg), "checkpoint": checkpoint, "data": data, "wandb_run_id": run_id}
@@ -303,9 +329,14 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     started, samples = time.perf_counter(), 0
     try:
         while step < cfg.steps:
-            rows = rng.choice(states.starts, size=cfg.batch)
+            # Episode starts are rare in the data (the expert spends most of an episode on the
+            # target), yet they are where a policy must travel: over-sample them. The context
+            # length varies so the policy also meets the one-frame starts `wm-sim verify` uses.
+            early = rng.random(cfg.batch) < cfg.early_fraction
+            rows = np.where(early, rng.choice(early_pool, cfg.batch), rng.choice(states.starts, cfg.batch))
+            context = int(rng.integers(1, cfg.context + 1))
             net.eval()
-            batch = imagine(model, net, states, rows, cfg.horizon, cfg.context, device)
+            batch = imagine(model, net, states, rows, cfg.horizon, context, device)
             net.train()
             terms = ppo_update(net, optimiser, batch, cfg, generator)
             step += 1
