@@ -254,3 +254,11 @@ def test_start_states_are_the_encoded_frames_and_mark_episode_starts(tiny_model_
     frame = torch.from_numpy(store.read(image_key(store.info.cameras[0]), 5, 6))
     with torch.no_grad():
         np.testing.assert_allclose(states.latents[5].float(), model.encode(frame)[0], atol=1e-3)
+
+
+def test_the_score_falls_back_to_random_for_a_task_without_an_expert():
+    from wm_sim.verify import normalized_score
+
+    assert normalized_score(-40.0, -170.0, -4.0)[0] == pytest.approx(130 / 166)
+    score, formula = normalized_score(-40.0, -160.0, None)
+    assert score == pytest.approx(120 / 160) and "no expert" in formula
