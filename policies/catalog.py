@@ -3,7 +3,8 @@
     random                 uniform random actions
     expert                 the task's scripted expert (reads the physics state; the reference return)
     noisy_expert:0.3       the expert plus Gaussian action noise of that scale
-    cem, cem:horizon=8     the sampling-based planner over world-model forks (options after the colon)
+    cem, cem:horizon=8     the sampling-based planner over world-model forks (options after the colon;
+                           on the command line quote them: "policy='cem:horizon=8,population=16'")
     shipped:reacher        the imagination-trained policy packaged with wm-sim
     outputs/policies/run   a saved policy: a run directory (its `last`) or one checkpoint
 
