@@ -43,7 +43,7 @@ def policy_run(tiny_model_path, reacher_store_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("policy") / "run"
     cfg = TrainPolicyConfig(
         checkpoint=str(tiny_model_path), data=str(reacher_store_path), out=str(out), steps=2, batch=8,
-        horizon=3, context=2, checkpoint_every=1, verify_every=1, verify_rows=2, threads=1,
+        horizon=3, context=2, checkpoint_every=1, verify_every=1, verify_rows=2, verify_horizon=5, threads=1,
         wandb=WandbConfig(mode="disabled"),
     )  # fmt: skip
     return train_policy(cfg), cfg
@@ -126,6 +126,7 @@ def test_train_policy_checkpoints_and_resumes(policy_run):
     assert sorted(p.name for p in run.glob("step-*")) == ["step-0000001", "step-0000002"]
     meta = json.loads((run / "last" / "policy.json").read_text())
     assert meta["step"] == 2 and "verify/reward_gap" in meta["metrics"]  # replayed in MuJoCo
+    assert "verify/deployed_reward_gap" in meta["metrics"]  # and the mean-action policy, longer
     assert np.isfinite(meta["metrics"]["verify/true_reward"])
     with pytest.raises(WmSimError, match="already holds a run"):
         train_policy(cfg)

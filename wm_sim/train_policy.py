@@ -67,6 +67,9 @@ class TrainPolicyConfig:
     checkpoint_every: int = field(default=50, metadata={"help": "updates between checkpoints"})
     verify_every: int = field(default=25, metadata={"help": "updates between MuJoCo replays (0: never)"})
     verify_rows: int = field(default=8, metadata={"help": "imagined rollouts replayed in MuJoCo each time"})
+    verify_horizon: int = field(
+        default=64, metadata={"help": "steps of the deployed (mean-action) policy also replayed (0: none)"}
+    )
     resume: str = field(default="false", metadata={"help": "false | auto (continue the run in out=)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
@@ -135,9 +138,19 @@ def encode_dataset(
 
 @torch.no_grad()
 def imagine(
-    model: WorldModel, net, states: StartStates, rows: np.ndarray, horizon: int, context: int, device
+    model: WorldModel,
+    net,
+    states: StartStates,
+    rows: np.ndarray,
+    horizon: int,
+    context: int,
+    device,
+    deterministic: bool = False,
 ) -> Imagined:
-    """Stream each row's real context, then let `net` act for `horizon` imagined steps."""
+    """Stream each row's real context, then let `net` act for `horizon` imagined steps.
+
+    Actions are sampled from the policy, or its mean actions if `deterministic` (how it is deployed).
+    """
     from wm_sim.policies.actor_critic import policy_features
 
     b = len(rows)
@@ -156,7 +169,7 @@ def imagine(
     for _ in range(horizon):
         f = policy_features(latents, norm_state)
         dist = net.distribution(f)
-        action = dist.sample()
+        action = dist.mean if deterministic else dist.sample()
         pred = model.stream_step(cache, latents, norm_state, action.clamp(-1.0, 1.0))
         features.append(f)
         actions.append(action)
@@ -258,6 +271,8 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
 
     if cfg.algo != "actor_critic":
         raise WmSimError(f"algo must be actor_critic, got {cfg.algo!r}")
+    if cfg.verify_horizon < 0:
+        raise WmSimError(f"verify_horizon must be >= 0, got {cfg.verify_horizon}")
     if not 0.0 <= cfg.early_fraction <= 1.0:
         raise WmSimError(f"early_fraction must be in [0, 1], got {cfg.early_fraction}")
     for name in (
@@ -357,10 +372,24 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
                 )  # fmt: skip
                 gap = replay_in_physics(task, states, sub)
                 logged |= {f"verify/{k}": v for k, v in gap.items()}
-                bar.write(
+                line = (
                     f"update {step}: imagined reward/step {gap['imagined_reward']:.3f}, "
                     f"MuJoCo {gap['true_reward']:.3f} (gap {gap['reward_gap']:.3f})"
                 )
+                if cfg.verify_horizon > 0:
+                    # The training rollouts are short; exploiting the model's drift shows over
+                    # longer ones, with the mean actions the policy is deployed with.
+                    net.eval()
+                    deployed = imagine(
+                        model, net, states, rows[picks], cfg.verify_horizon, context, device, True
+                    )
+                    long_gap = replay_in_physics(task, states, deployed)
+                    logged |= {f"verify/deployed_{k}": v for k, v in long_gap.items()}
+                    line += (
+                        f"; deployed over {cfg.verify_horizon} steps: imagined {long_gap['imagined_reward']:.3f}, "
+                        f"MuJoCo {long_gap['true_reward']:.3f} (gap {long_gap['reward_gap']:.3f})"
+                    )
+                bar.write(line)
             tracker.log(logged, step)
             bar.update(1)
             bar.set_postfix(
