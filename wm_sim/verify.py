@@ -117,7 +117,6 @@ class Harness:
             tasks = self.tasks[:k]
             starts = [task.reset(int(s)) for task, s in zip(tasks, chunk, strict=True)]
             goals = np.stack([task.goal() for task in tasks]) if hasattr(tasks[0], "goal") else None
-            physics = [task.get_physics_state() for task in tasks]
             # 1. MuJoCo, closed loop, real pixels, true reward
             policy = make_policy(ref, self.setting(k, False, int(chunk[0]), goals))
             obs = _stack(starts)
@@ -155,12 +154,12 @@ class Harness:
             if imagined is not None:
                 out.imagined_frames.extend(imagined)
             # 3. MuJoCo's actions replayed open-loop in the world model
+            if not replay:
+                continue
             self.env.reset_to(first_frames, first_state, rows=rows)
-            for step in range(t if replay else 0):
+            for step in range(t):
                 _, reward, _, _, _ = self.env.step(self._pad(actions[:, step]))
                 out.replayed_rewards[first : first + k, step] = reward[:k]
-            for task, state in zip(tasks, physics, strict=True):
-                task.set_physics_state(state)
         return out
 
     def _pad(self, actions: np.ndarray) -> np.ndarray:
