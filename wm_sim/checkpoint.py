@@ -169,7 +169,11 @@ def load_checkpoint(
 
 def load_train_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The optimiser/RNG tensors and JSON of a checkpoint saved with training state."""
-    directory = resolve_checkpoint(path)
+    return read_train_state(resolve_checkpoint(path))
+
+
+def read_train_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The training state beside any checkpoint's weights (world model or policy)."""
     if not (directory / TRAIN_TENSORS).is_file():
         raise WmSimError(f"{directory} holds no training state ({TRAIN_TENSORS}); it cannot be resumed")
     return read_tensors(directory / TRAIN_TENSORS), read_json(directory / TRAIN_META)

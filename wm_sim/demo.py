@@ -19,7 +19,7 @@ from tqdm import tqdm
 from wm_sim.checkpoint import write_json
 from wm_sim.errors import WmSimError
 from wm_sim.evaluate import HORIZONS
-from wm_sim.media import grid, save_figure, write_video
+from wm_sim.media import captioned_pair, save_figure, write_video
 from wm_sim.metrics import finite_or_none, psnr
 
 
@@ -157,19 +157,13 @@ def _episode(env, task, policy, name: str, seed: int, context: int, bar) -> Epis
 
 def _side_by_side(episodes: list[Episode], scale: int = 4) -> list[np.ndarray]:
     """Video frames: imagined | MuJoCo, with a caption naming the policy and step."""
-    from PIL import Image, ImageDraw
-
-    frames = []
-    for episode in episodes:
-        for t, (imagined, true) in enumerate(zip(episode.imagined_frames, episode.true_frames, strict=True)):
-            body = grid([[imagined, true]], scale=scale, gap=4)
-            canvas = Image.new("RGB", (body.shape[1], body.shape[0] + 18), (255, 255, 255))
-            canvas.paste(Image.fromarray(body), (0, 18))
-            draw = ImageDraw.Draw(canvas)
-            draw.text((4, 3), f"imagined ({episode.policy}, step {t + 1})", fill=(0, 0, 0))
-            draw.text((body.shape[1] // 2 + 4, 3), "MuJoCo, same actions", fill=(0, 0, 0))
-            frames.append(np.asarray(canvas))
-    return frames
+    return [
+        captioned_pair(
+            imagined, true, f"imagined ({episode.policy}, step {t + 1})", "MuJoCo, same actions", scale
+        )
+        for episode in episodes
+        for t, (imagined, true) in enumerate(zip(episode.imagined_frames, episode.true_frames, strict=True))
+    ]
 
 
 def _reward_figure(episodes: list[Episode]):

@@ -46,6 +46,21 @@ def grid(rows: list[list[np.ndarray]], scale: int = 2, gap: int = 2) -> np.ndarr
     return out
 
 
+def captioned_pair(
+    left: np.ndarray, right: np.ndarray, left_text: str, right_text: str, scale: int = 4
+) -> np.ndarray:
+    """Two uint8 frames side by side, upscaled, each half captioned in a white band above it."""
+    from PIL import Image, ImageDraw
+
+    body = grid([[left, right]], scale=scale, gap=4)
+    canvas = Image.new("RGB", (body.shape[1], body.shape[0] + 18), (255, 255, 255))
+    canvas.paste(Image.fromarray(body), (0, 18))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), left_text, fill=(0, 0, 0))
+    draw.text((body.shape[1] // 2 + 4, 3), right_text, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
 def comparison_frames(pairs: list[tuple[np.ndarray, np.ndarray]], scale: int = 2) -> list[np.ndarray]:
     """Video frames of true | predicted | difference, one row per (true, predicted) uint8 sequence.
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from wm_sim.checkpoint import LAST, load_checkpoint, read_json, read_tensors
+from wm_sim.checkpoint import LAST, load_checkpoint, read_json, read_train_state
 from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.errors import WmSimError
@@ -266,7 +266,7 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
         ObservationEncoder,
         feature_dim,
     )
-    from wm_sim.policies.saved import POLICY_JSON, save_policy
+    from wm_sim.policies.saved import POLICY_JSON, load_policy, save_policy
     from wm_sim.train import _flatten, _unflatten
 
     if cfg.algo != "actor_critic":
@@ -320,10 +320,8 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     if resuming:
         last = (run_dir / LAST).resolve()
         saved = read_json(last / POLICY_JSON)
-        tensors = read_tensors(last / "policy.safetensors")
-        net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
-        train_tensors = read_tensors(last / "train_state.safetensors")
-        train_meta = read_json(last / "train_state.json")
+        net.load_state_dict(load_policy(last)[0].net.state_dict())
+        train_tensors, train_meta = read_train_state(last)
         optimiser.load_state_dict(_unflatten(train_meta["optimiser"], train_tensors))
         torch.set_rng_state(train_tensors["torch_rng"])
         generator.set_state(train_tensors["generator"])

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from wm_sim.checkpoint import load_checkpoint, write_json
 from wm_sim.errors import WmSimError
-from wm_sim.media import grid, save_figure, write_video
+from wm_sim.media import captioned_pair, save_figure, write_video
 
 
 @dataclass
@@ -318,20 +318,11 @@ def _figure(main: Rollouts, report: dict):
 
 def _side_by_side(main: Rollouts, episode: int, scale: int = 4) -> list[np.ndarray]:
     """MuJoCo | imagined (both closed loop from the same first frame), captioned."""
-    from PIL import Image, ImageDraw
-
-    frames = []
-    for t, (true, imagined) in enumerate(
-        zip(main.true_frames[episode], main.imagined_frames[episode], strict=True)
-    ):
-        body = grid([[true, imagined]], scale=scale, gap=4)
-        canvas = Image.new("RGB", (body.shape[1], body.shape[0] + 18), (255, 255, 255))
-        canvas.paste(Image.fromarray(body), (0, 18))
-        draw = ImageDraw.Draw(canvas)
-        draw.text((4, 3), f"MuJoCo (step {t + 1})", fill=(0, 0, 0))
-        draw.text((body.shape[1] // 2 + 4, 3), "world model, same policy", fill=(0, 0, 0))
-        frames.append(np.asarray(canvas))
-    return frames
+    pairs = zip(main.true_frames[episode], main.imagined_frames[episode], strict=True)
+    return [
+        captioned_pair(true, imagined, f"MuJoCo (step {t + 1})", "world model, same policy", scale)
+        for t, (true, imagined) in enumerate(pairs)
+    ]
 
 
 def _print(report: dict, out: Path) -> None:
