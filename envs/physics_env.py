@@ -39,6 +39,7 @@ class PhysicsTwinEnv(gymnasium.Env):
             }
         )
         self.action_space = spaces.Box(-1.0, 1.0, (self.task.action_dim,), np.float32)
+        self.state_names: list[str] = list(self.task.state_names)  # agent_pos's entries
         self._obs: dict[str, np.ndarray] | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

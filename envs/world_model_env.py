@@ -42,6 +42,9 @@ class _Simulator:
         self.engine = ImaginedBatch(model, batch, episode_steps, device)
         self._checkpoint = checkpoint
         self._contexts: dict[str, torch.Tensor] | None = None  # read on the first bundled reset
+        # the names of agent_pos's entries (joint names on ROS), as the dataset recorded them
+        names = dataset.get("state_names") or [f"state_{i}" for i in range(model.config.state_dim)]
+        self.state_names: list[str] = list(names)
         low, high = _state_bounds(self.task, model.config.state_dim)
         self.engine.bound_state(low, high)
         size = model.config.image_size
@@ -170,6 +173,7 @@ class WorldModelEnv(gymnasium.Env):
         self.metadata = {**self.metadata, "render_fps": self.sim.fps}
         self.observation_space = self.sim.observation_space
         self.action_space = self.sim.action_space
+        self.state_names = self.sim.state_names  # agent_pos's entries
         self._needs_reset = True
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

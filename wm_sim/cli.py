@@ -67,6 +67,21 @@ VERBS: dict[str, Verb] = {
         run="wm_sim.package:package",
         summary="bundle a checkpoint with start contexts and its evaluation (the shipped model)",
     ),
+    "ros serve": Verb(
+        schema="wm_sim.ros.serve:ServeConfig",
+        run="wm_sim.ros.serve:serve",
+        summary="serve a Gymnasium env over ROS 2 topics (lockstep or realtime; needs wm-sim[ros])",
+    ),
+    "ros import-bag": Verb(
+        schema="wm_sim.ros.bag_import:ImportBagConfig",
+        run="wm_sim.ros.bag_import:import_bag",
+        summary="convert a rosbag2 recording (sqlite3 or mcap) into a zarr dataset (needs wm-sim[ros])",
+    ),
+    "bench": Verb(
+        schema="wm_sim.benchmarks.suites:BenchConfig",
+        run="wm_sim.benchmarks.suites:bench",
+        summary="run a benchmark suite; writes benchmarks/results/<machine>-<date>.json and the table",
+    ),
 }
 
 
@@ -77,7 +92,7 @@ def _resolve(target: str):
 
 def usage() -> str:
     lines = ["usage: wm-sim <verb> key=value ...", "", "verbs:"]
-    lines += [f"  {name:<15} {verb.summary}" for name, verb in VERBS.items()]
+    lines += [f"  {name:<17} {verb.summary}" for name, verb in VERBS.items()]
     lines += ["", "`wm-sim <verb> --help` lists a verb's options."]
     return "\n".join(lines)
 
@@ -96,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     name, overrides = args[0], args[1:]
+    if overrides and f"{name} {overrides[0]}" in VERBS:  # a two-word verb: `wm-sim ros serve ...`
+        name, overrides = f"{name} {overrides[0]}", overrides[1:]
     if name not in VERBS:
         print(f"wm-sim: error: unknown verb {name!r}; expected one of: {', '.join(VERBS)}", file=sys.stderr)
         return 2

@@ -23,8 +23,12 @@ T = TypeVar("T")
 
 
 def load_config(verb: str, schema: type[T], overrides: list[str]) -> T:
-    """Compose `configs/<verb>.yaml` over `schema` with `overrides`; returns a `schema` instance."""
-    ConfigStore.instance().store(name=f"{verb}_schema", node=schema)
+    """Compose `configs/<verb>.yaml` over `schema` with `overrides`; returns a `schema` instance.
+
+    A two-word verb's file joins its words with a dash: `ros serve` reads `configs/ros-serve.yaml`.
+    """
+    file_name = verb.replace(" ", "-")
+    ConfigStore.instance().store(name=f"{file_name}_schema", node=schema)
     known = [f.name for f in dataclasses.fields(schema)]
     for override in overrides:
         if "=" not in override:
@@ -38,7 +42,7 @@ def load_config(verb: str, schema: type[T], overrides: list[str]) -> T:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_module(config_module="wm_sim.configs", version_base="1.3"):
-            cfg = compose(config_name=verb, overrides=overrides)
+            cfg = compose(config_name=file_name, overrides=overrides)
         return OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise WmSimError(

@@ -19,6 +19,8 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
     "std_srvs": ("ros", "the ROS 2 bridge"),
     "geometry_msgs": ("ros", "the ROS 2 bridge"),
     "rosgraph_msgs": ("ros", "the ROS 2 bridge"),
+    "diagnostic_msgs": ("ros", "the ROS 2 bridge"),
+    "rcl_interfaces": ("ros", "the ROS 2 bridge"),
     "rosbags": ("ros", "importing rosbags"),
     "flash_attn": ("gpu", "flash attention on CUDA"),
     "pytest": ("test", "the test suite"),

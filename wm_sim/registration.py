@@ -18,6 +18,10 @@ WORLD_MODEL_IDS: dict[str, str] = {
 }
 
 
+# Any ROS 2 robot or `wm-sim ros serve`, as a Gymnasium env (needs the wm-sim[ros] extra).
+ROS_ENV_ID = "wm_sim/Ros-v0"
+
+
 def register_envs() -> None:
     """Register every wm_sim Gymnasium id (idempotent)."""
     from wm_sim.envs.catalog import TASK_SPECS
@@ -41,3 +45,5 @@ def register_envs() -> None:
             kwargs={"checkpoint": checkpoint},
             disable_env_checker=False,
         )
+    if ROS_ENV_ID not in gymnasium.registry:
+        gymnasium.register(id=ROS_ENV_ID, entry_point="wm_sim.ros.ros_env:RosEnv")

@@ -1,0 +1,412 @@
+"""`RosEnv`: any ROS 2 robot or simulator as a Gymnasium env, so this project's policies run on it.
+
+`step(action)` publishes the command and waits for the next camera image, and the joint state
+stamped with it; reward and termination come from their topics when the robot has them.
+Against `wm-sim ros serve` the spaces, bounds and joint names are read from the server's
+parameters, seeds travel with each reset, and a seeded episode is reproducible:
+
+    env = RosEnv()                                   # /wm_sim, served by `wm-sim ros serve`
+    env = RosEnv(namespace="/arm", image_topic="/arm/camera/image_raw", action_low=[-1] * 7,
+                 action_high=[1] * 7, state_names=[...], image_size=64, reward_topic="")
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+from wm_sim.ros import topics
+from wm_sim.ros.messages import image_to_rgb, square_frame
+
+from wm_sim.errors import WmSimError
+from wm_sim.optional import require
+
+
+class RosTimeoutError(WmSimError, TimeoutError):
+    """The robot or simulator did not answer in time."""
+
+
+class RosEnv(gymnasium.Env):
+    """A Gymnasium env whose dynamics are whatever answers on the ROS topics.
+
+    Observation: Dict(pixels=Box(0, 255, (S, S, 3), uint8), agent_pos=Box(float32)) (agent_pos
+    only with a joint-state topic): the spaces of this project's envs. Images of another size are
+    centre-cropped and resized; images of an unknown encoding are dropped with a warning.
+    Action: Box(action_low, action_high). `info["elapsed"]`: seconds since the episode's first
+    observation, by the stamps; `stamp`: the last observation's stamp in seconds.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 50}
+
+    def __init__(
+        self,
+        namespace: str = "/wm_sim",
+        server: str | None = "simulator",
+        command_topic: str = topics.COMMANDS,
+        image_topic: str = topics.IMAGE,
+        joint_state_topic: str = topics.JOINT_STATES,
+        reward_topic: str = topics.REWARD,
+        done_topic: str = topics.DONE,
+        terminated_topic: str = topics.TERMINATED,
+        reset_service: str = topics.RESET,
+        action_low: Sequence[float] | None = None,
+        action_high: Sequence[float] | None = None,
+        state_names: Sequence[str] | None = None,
+        image_size: int | None = None,
+        timeout: float = 5.0,
+        connect_timeout: float = 20.0,
+        slop: float = 0.0,
+        localhost_only: bool = True,
+        render_mode: str | None = None,
+    ):
+        """Topic names are relative to `namespace` unless absolute; "" turns an optional one off.
+
+        `server` names the node whose parameters describe the spaces (`wm-sim ros serve`'s
+        node); None for a robot, which then needs action_low, action_high and image_size (and
+        state_names with a joint-state topic). `slop`: how far (s) a joint state's stamp may be
+        from its image's; 0 matches stamps exactly, as `wm-sim ros serve` stamps both alike.
+        """
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        if timeout <= 0 or connect_timeout <= 0 or slop < 0:
+            raise ValueError("timeout and connect_timeout must be positive, slop >= 0")
+        rclpy = require("rclpy")
+        topics.use_local_discovery(localhost_only)
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Bool, Float32, Float64MultiArray
+
+        self.render_mode = render_mode
+        self.timeout = timeout
+        self.slop_ns = round(slop * 1e9)
+        self.namespace = topics.check_namespace(namespace)
+        name = lambda topic: topics.join(self.namespace, topic) if topic else ""  # noqa: E731
+        self.topics = {
+            "commands": name(command_topic),
+            "image": name(image_topic),
+            "joint_states": name(joint_state_topic),
+            "reward": name(reward_topic),
+            "done": name(done_topic),
+            "terminated": name(terminated_topic),
+            "reset": name(reset_service),
+        }
+        self._Float64MultiArray = Float64MultiArray
+        self._warned: dict[str, float] = {}
+        self.dropped_images = 0
+        self._last_stamp = -1
+        self._episode_start = 0
+        self._pixels: np.ndarray | None = None
+        self._needs_reset = True
+        self._images: list[tuple[int, np.ndarray]] = []  # (stamp_ns, pixels), oldest first
+        self._joints: dict[int, np.ndarray] = {}  # stamp_ns -> agent_pos
+        self._rewards: list[float] = []
+        self._dones: list[bool] = []
+        self._terminations: list[bool] = []
+        self._context = rclpy.Context()
+        rclpy.init(context=self._context)
+        try:
+            self._node = rclpy.create_node(
+                f"wm_sim_ros_env_{id(self):x}", context=self._context, start_parameter_services=False
+            )
+            self._executor = SingleThreadedExecutor(context=self._context)
+            self._executor.add_node(self._node)
+            self._server = topics.join(self.namespace, server) if server else None
+            described = self._read_server_parameters(connect_timeout) if self._server else {}
+            self._build_spaces(described, action_low, action_high, state_names, image_size)
+            qos = topics.Qos.make()
+            self._publisher = self._node.create_publisher(
+                Float64MultiArray, self.topics["commands"], qos.reliable
+            )
+            self._node.create_subscription(Image, self.topics["image"], self._on_image, qos.sensor)
+            if self.joint_layout is not None:
+                self._node.create_subscription(
+                    JointState, self.topics["joint_states"], self._on_joints, qos.reliable
+                )
+            for key, store, kind in (
+                ("reward", self._rewards, Float32),
+                ("done", self._dones, Bool),
+                ("terminated", self._terminations, Bool),
+            ):
+                if self.topics[key]:
+                    self._node.create_subscription(
+                        kind, self.topics[key], lambda m, s=store: s.append(m.data), qos.reliable
+                    )
+            self._reset_client = None
+            if self.topics["reset"]:
+                from std_srvs.srv import Trigger
+
+                self._reset_client = self._node.create_client(Trigger, self.topics["reset"])
+            self._connect(connect_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- Gymnasium API --------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if options:
+            raise ValueError(f"RosEnv.reset takes no options, got {sorted(options)}")
+        self._drain()
+        after = self._last_stamp
+        if self._reset_client is not None:
+            if self._seedable:  # the client owns the randomness: the same seed, the same episode
+                self._set_reset_seed(int(self.np_random.integers(2**31 - 1)))
+            self._clear_scalars()
+            reply = self._call(self._reset_client, require("std_srvs").srv.Trigger.Request(), "reset")
+            if not reply.success:
+                raise WmSimError(f"{self.topics['reset']} refused the reset: {reply.message}")
+            match = re.search(r"stamp_ns=(\d+)", reply.message)  # `wm-sim ros serve` says its stamp
+            after = int(match.group(1)) - 1 if match else self._newest_stamp()
+        obs, stamp = self._wait_observation(after, "the first observation after the reset")
+        if self._seedable:  # our server publishes reward 0 and done false with a reset: consume them
+            self._wait_scalars("the reward and done of the reset")
+        self._clear_scalars()
+        self._needs_reset = False
+        self._episode_start = stamp
+        return obs, {"elapsed": 0.0}
+
+    def step(self, action):
+        if self._needs_reset:
+            raise gymnasium.error.ResetNeeded("call reset() before step(), and again after the episode ends")
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != self.action_space.shape or not np.isfinite(action).all():
+            raise ValueError(
+                f"action must be {self.action_space.shape} finite numbers, got {action.tolist()}"
+            )
+        self._drain()
+        self._clear_scalars()
+        after = self._newest_stamp()  # in realtime mode, images keep coming: wait for a newer one
+        self._publisher.publish(self._Float64MultiArray(data=action.tolist()))
+        obs, stamp = self._wait_observation(after, "the observation after a command")
+        self._wait_scalars("the reward and done of that step")
+        reward = float(self._rewards[-1]) if self._rewards else 0.0
+        done = bool(self._dones[-1]) if self._dones else False
+        terminated = bool(self._terminations[-1]) if self._terminations else done
+        truncated = done and not terminated
+        self._needs_reset = done
+        return obs, reward, terminated, truncated, {"elapsed": (stamp - self._episode_start) / 1e9}
+
+    @property
+    def stamp(self) -> float:
+        """The stamp of the last observation, in seconds (simulated time from `wm-sim ros serve`)."""
+        return self._last_stamp / 1e9
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array" or self._pixels is None:
+            return None
+        return self._pixels.copy()
+
+    def close(self) -> None:
+        if getattr(self, "_context", None) is None:
+            return
+        context, self._context = self._context, None
+        if getattr(self, "_executor", None) is not None:
+            self._executor.shutdown()
+        if getattr(self, "_node", None) is not None:
+            self._node.destroy_node()
+        require("rclpy").try_shutdown(context=context)
+
+    # --- spaces ---------------------------------------------------------------------------------
+
+    def _read_server_parameters(self, timeout: float) -> dict[str, Any]:
+        """The server's description of itself: bounds, image size, state names, fps."""
+        from rcl_interfaces.srv import GetParameters
+
+        client = self._node.create_client(GetParameters, f"{self._server}/get_parameters")
+        names = [
+            "action_low",
+            "action_high",
+            "image_height",
+            "image_width",
+            "state_names",
+            "state_low",
+            "state_high",
+            "fps",
+        ]
+        request = GetParameters.Request(names=names)
+        try:
+            reply = self._call(client, request, f"the parameters of {self._server}", timeout)
+        except RosTimeoutError as exc:
+            raise RosTimeoutError(
+                f"no simulator node {self._server} answered within {timeout:g} s: start `wm-sim ros serve` "
+                "(namespace and node_name must match), or for a robot pass server=None with action_low, "
+                "action_high, image_size and state_names"
+            ) from exc
+        finally:
+            self._node.destroy_client(client)
+        from rclpy.parameter import parameter_value_to_python
+
+        values = {n: parameter_value_to_python(v) for n, v in zip(names, reply.values, strict=True)}
+        self._seedable = True
+        return {n: v for n, v in values.items() if v is not None}
+
+    def _build_spaces(self, described, action_low, action_high, state_names, image_size) -> None:
+        self._seedable = bool(described)
+        low = np.asarray(
+            action_low if action_low is not None else described.get("action_low", []), np.float32
+        )
+        high = np.asarray(
+            action_high if action_high is not None else described.get("action_high", []), np.float32
+        )
+        if low.size == 0 or low.shape != high.shape or not (low < high).all():
+            raise WmSimError(
+                "RosEnv needs the command's bounds: action_low and action_high of equal length with "
+                f"low < high (got {low.tolist()} and {high.tolist()}), or a server that declares them"
+            )
+        size = image_size or described.get("image_height")
+        if not size or (image_size is None and described.get("image_width") != size):
+            raise WmSimError(
+                "RosEnv needs image_size (square frames of that many pixels) or a server that declares it"
+            )
+        names = list(state_names) if state_names is not None else list(described.get("state_names", []))
+        self.joint_layout = topics.JointLayout.of(names) if names and self.topics["joint_states"] else None
+        self.action_space = spaces.Box(low, high, dtype=np.float32)
+        observation = {"pixels": spaces.Box(0, 255, (int(size), int(size), 3), np.uint8)}
+        if self.joint_layout is not None:
+            s_low = np.asarray(described.get("state_low", [-np.inf] * len(names)), np.float32)
+            s_high = np.asarray(described.get("state_high", [np.inf] * len(names)), np.float32)
+            if state_names is not None and len(s_low) != len(names):
+                s_low, s_high = (
+                    np.full(len(names), -np.inf, np.float32),
+                    np.full(len(names), np.inf, np.float32),
+                )
+            observation["agent_pos"] = spaces.Box(s_low, s_high, dtype=np.float32)
+        self.observation_space = spaces.Dict(observation)
+        fps = described.get("fps")
+        if fps:
+            self.metadata = {**self.metadata, "render_fps": float(fps)}
+
+    # --- waiting on ROS -------------------------------------------------------------------------
+
+    def _connect(self, timeout: float) -> None:
+        """Wait until the command topic has a subscriber and the image topic a publisher."""
+        checks = [
+            (
+                lambda: self._publisher.get_subscription_count() > 0,
+                f"a subscriber on {self.topics['commands']}",
+            ),
+            (
+                lambda: self._node.count_publishers(self.topics["image"]) > 0,
+                f"a publisher on {self.topics['image']}",
+            ),
+        ]
+        if self._reset_client is not None:
+            checks.append((self._reset_client.service_is_ready, f"the service {self.topics['reset']}"))
+        for ready, what in checks:
+            self._wait_for(ready, what, timeout)
+
+    def _wait_for(self, ready: Callable[[], bool], what: str, timeout: float | None = None) -> None:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while not ready():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RosTimeoutError(
+                    f"waited {timeout or self.timeout:g} s for {what} in vain: is the robot or "
+                    "`wm-sim ros serve` running in this namespace, and not paused?"
+                )
+            self._executor.spin_once(timeout_sec=min(left, 0.05))
+
+    def _drain(self) -> None:
+        """Handle whatever already arrived, without waiting."""
+        self._executor.spin_once(timeout_sec=0.0)
+
+    def _call(self, client: Any, request: Any, what: str, timeout: float | None = None) -> Any:
+        self._wait_for(client.service_is_ready, f"the service for {what}", timeout)
+        future = client.call_async(request)
+        self._wait_for(future.done, f"the answer to {what}", timeout)
+        return future.result()
+
+    def _set_reset_seed(self, seed: int) -> None:
+        from rcl_interfaces.srv import SetParameters
+        from rclpy.parameter import Parameter
+
+        if not hasattr(self, "_seed_client"):
+            self._seed_client = self._node.create_client(SetParameters, f"{self._server}/set_parameters")
+        request = SetParameters.Request(
+            parameters=[Parameter(topics.RESET_SEED_PARAMETER, value=seed).to_parameter_msg()]
+        )
+        reply = self._call(self._seed_client, request, "seeding the reset")
+        if not reply.results[0].successful:
+            raise WmSimError(f"{self._server} refused the reset seed: {reply.results[0].reason}")
+
+    def _wait_observation(self, after_ns: int, what: str) -> tuple[dict[str, np.ndarray], int]:
+        """The first image stamped after `after_ns`, with its joint state; its stamp."""
+        found: list[tuple[dict[str, np.ndarray], int]] = []
+
+        def ready() -> bool:
+            for stamp, pixels in self._images:
+                if stamp <= after_ns:
+                    continue
+                obs = {"pixels": pixels.copy()}
+                if self.joint_layout is not None:
+                    state = self._joint_state_at(stamp)
+                    if state is None:
+                        return False
+                    obs["agent_pos"] = state
+                found.append((obs, stamp))
+                return True
+            return False
+
+        self._wait_for(ready, what)
+        obs, stamp = found[0]
+        self._last_stamp = stamp
+        self._pixels = obs["pixels"]
+        self._images = [(s, p) for s, p in self._images if s > stamp]
+        self._joints = {s: v for s, v in self._joints.items() if s >= stamp - self.slop_ns}
+        return obs, stamp
+
+    def _joint_state_at(self, stamp: int) -> np.ndarray | None:
+        if self.slop_ns == 0:
+            state = self._joints.get(stamp)
+        else:
+            near = [s for s in self._joints if abs(s - stamp) <= self.slop_ns]
+            state = self._joints[min(near, key=lambda s: abs(s - stamp))] if near else None
+        return None if state is None else state.copy()
+
+    def _newest_stamp(self) -> int:
+        return max([self._last_stamp, *(stamp for stamp, _ in self._images)])
+
+    def _wait_scalars(self, what: str) -> None:
+        """Wait for a message on each enabled reward, done and terminated topic."""
+        stores = (("reward", self._rewards), ("done", self._dones), ("terminated", self._terminations))
+        self._wait_for(lambda: all(not self.topics[key] or values for key, values in stores), what)
+
+    def _clear_scalars(self) -> None:
+        for values in (self._rewards, self._dones, self._terminations):
+            values.clear()
+
+    # --- subscriptions --------------------------------------------------------------------------
+
+    def _on_image(self, msg: Any) -> None:
+        try:
+            rgb = image_to_rgb(msg)
+        except WmSimError as exc:
+            self.dropped_images += 1
+            self._warn("image", f"image dropped ({self.dropped_images} so far): {exc}")
+            return
+        size = self.observation_space["pixels"].shape[0]
+        pixels = rgb if rgb.shape[:2] == (size, size) else square_frame(rgb, size)
+        self._images.append((topics.stamp_ns(msg.header.stamp), pixels))
+        del self._images[:-32]
+
+    def _on_joints(self, msg: Any) -> None:
+        try:
+            state = self.joint_layout.from_msg(msg)
+        except (KeyError, IndexError):
+            self._warn("joints", f"joint state without the joints {list(self.joint_layout.joints)} dropped")
+            return
+        self._joints[topics.stamp_ns(msg.header.stamp)] = state
+        if len(self._joints) > 64:
+            del self._joints[min(self._joints)]
+
+    def _warn(self, reason: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(reason, -10.0) >= 2.0:
+            self._warned[reason] = now
+            self._node.get_logger().warning(text)

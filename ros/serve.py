@@ -1,0 +1,200 @@
+"""`wm-sim ros serve`: any registered Gymnasium env as a ROS 2 simulator node.
+
+    wm-sim ros serve env=wm_sim/Reacher-v0 mode=lockstep
+    wm-sim ros serve env=wm_sim/Reacher-MuJoCo-v0 mode=realtime rate=50   # the physics twin, same topics
+    wm-sim ros serve params=my_robot.yaml                                   # ROS parameter file
+
+Topics, services and their QoS are in `wm_sim.ros.topics`; the node is `wm_sim.ros.sim_node`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+from wm_sim.ros import topics
+
+from wm_sim.errors import WmSimError
+from wm_sim.optional import require
+
+MODES = ("lockstep", "realtime")
+
+
+@dataclass
+class ServeConfig:
+    """Options of `wm-sim ros serve`."""
+
+    env: str = field(
+        default="wm_sim/Reacher-v0",
+        metadata={"help": "a registered Gymnasium id with a Box action and a pixel observation"},
+    )
+    env_kwargs: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "keyword arguments of gymnasium.make, e.g. +env_kwargs.checkpoint=PATH"},
+    )
+    mode: str = field(
+        default="lockstep", metadata={"help": "lockstep (a command, a step) or realtime (steps at rate Hz)"}
+    )
+    rate: float = field(default=0.0, metadata={"help": "realtime steps per second (0: the env's fps)"})
+    namespace: str = field(default="/wm_sim", metadata={"help": "the topics' namespace"})
+    node_name: str = field(default="simulator", metadata={"help": "the node's name in that namespace"})
+    frame_id: str = field(default="camera", metadata={"help": "frame_id of the published images"})
+    seed: int = field(default=0, metadata={"help": "seed of the first episode (-1: unseeded)"})
+    autoreset: bool = field(
+        default=True, metadata={"help": "a command after an episode's end starts the next episode"}
+    )
+    localhost_only: bool = field(
+        default=True, metadata={"help": "DDS discovery on this host only (unless the shell sets it)"}
+    )
+    params: str = field(
+        default="", metadata={"help": "ROS 2 parameter YAML (ros__parameters); command-line values win"}
+    )
+    duration: float = field(default=0.0, metadata={"help": "stop after this many seconds (0: at Ctrl-C)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Serve `cfg.env` until Ctrl-C (or `cfg.duration`), then shut down cleanly."""
+    cfg = with_params_file(cfg)
+    _check(cfg)
+    rclpy = require("rclpy")
+    topics.use_local_discovery(cfg.localhost_only)
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from wm_sim.ros.sim_node import NodeConfig, SimulatorNode
+
+    if cfg.threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    env = make_env(cfg.env, cfg.env_kwargs)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = None
+    executor = SingleThreadedExecutor(context=context)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `docker stop`, launch: same as Ctrl-C
+    try:
+        node = SimulatorNode(
+            env,
+            NodeConfig(
+                mode=cfg.mode,
+                rate=cfg.rate,
+                namespace=topics.check_namespace(cfg.namespace),
+                node_name=cfg.node_name,
+                frame_id=cfg.frame_id,
+                seed=None if cfg.seed < 0 else cfg.seed,
+                autoreset=cfg.autoreset,
+            ),
+            context=context,
+        )
+        executor.add_node(node)
+        ns = node.get_namespace()
+        print(
+            f"serving {cfg.env} ({cfg.mode}{f', {node.rate:g} Hz' if cfg.mode == 'realtime' else ''}) "
+            f"as {node.get_fully_qualified_name()}: commands on {topics.join(ns, topics.COMMANDS)} "
+            f"[{node.action_dim} floats], observations on {topics.join(ns, topics.IMAGE)}, "
+            f"{topics.join(ns, topics.JOINT_STATES)}, {topics.join(ns, topics.REWARD)}, "
+            f"{topics.join(ns, topics.DONE)}, /clock; Ctrl-C stops",
+            flush=True,
+        )
+        deadline = time.monotonic() + cfg.duration if cfg.duration > 0 else float("inf")
+        while context.ok() and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=min(0.1, max(0.0, deadline - time.monotonic())))
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if node is not None:
+            print(f"stopped: {node.summary()}", flush=True)
+            executor.remove_node(node)
+            node.destroy_node()
+        executor.shutdown()
+        rclpy.try_shutdown(context=context)
+        env.close()
+
+
+def make_env(env_id: str, kwargs: dict[str, Any]) -> gymnasium.Env:
+    """gymnasium.make, with an unknown id or bad keyword turned into one clear error."""
+    import wm_sim  # noqa: F401  (registers the wm_sim ids)
+
+    try:
+        return gymnasium.make(env_id, **kwargs)
+    except gymnasium.error.Error as exc:
+        ours = sorted(k for k in gymnasium.registry if k.startswith("wm_sim/"))
+        raise WmSimError(f"cannot make env {env_id!r}: {exc}; wm-sim registers {', '.join(ours)}") from exc
+    except TypeError as exc:
+        raise WmSimError(f"env {env_id!r} does not take env_kwargs {dict(kwargs)}: {exc}") from exc
+
+
+def with_params_file(cfg: ServeConfig) -> ServeConfig:
+    """`cfg` with the values of its ROS parameter file, where the command line left the default.
+
+    The file is ROS 2's: `<node>: {ros__parameters: {...}}`, with `/**` for any node; the
+    sections for `/**`, the node name and its full name apply in that order.
+    """
+    if not cfg.params:
+        return cfg
+    values = read_ros_params(Path(cfg.params), cfg.node_name, cfg.namespace)
+    fields = {f.name: f for f in dataclasses.fields(ServeConfig) if f.name != "params"}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise WmSimError(
+            f"{cfg.params}: unknown parameters {unknown}; `wm-sim ros serve` takes {', '.join(fields)}"
+        )
+    changes = {}
+    for name, value in values.items():
+        f = fields[name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if getattr(cfg, name) == default:
+            changes[name] = value
+    try:
+        return dataclasses.replace(cfg, **changes)
+    except TypeError as exc:
+        raise WmSimError(f"{cfg.params}: {exc}") from exc
+
+
+def read_ros_params(path: Path, node_name: str, namespace: str) -> dict[str, Any]:
+    """The ros__parameters of a ROS 2 parameter file that apply to node `namespace/node_name`."""
+    import yaml
+
+    if not path.is_file():
+        raise WmSimError(f"params file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise WmSimError(f"params file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise WmSimError(f"params file {path}: expected a mapping of node names to ros__parameters")
+    values: dict[str, Any] = {}
+    full_name = topics.join(namespace, node_name)
+    for key in ("/**", node_name, full_name.lstrip("/"), full_name):
+        section = data.get(key)
+        if section is None:
+            continue
+        if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
+            raise WmSimError(f"params file {path}: section {key!r} must hold a ros__parameters mapping")
+        values.update(section["ros__parameters"])
+    if not values:
+        raise WmSimError(
+            f"params file {path} has no ros__parameters for node {full_name}: "
+            f"expected a section named '/**', {node_name!r} or {full_name!r}"
+        )
+    return values
+
+
+def _check(cfg: ServeConfig) -> None:
+    if cfg.mode not in MODES:
+        raise WmSimError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    if cfg.rate < 0:
+        raise WmSimError(f"rate must be positive (steps per second) or 0 for the env's fps, got {cfg.rate}")
+    if cfg.duration < 0:
+        raise WmSimError(f"duration must be >= 0 seconds, got {cfg.duration}")
+    topics.check_namespace(cfg.namespace)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
