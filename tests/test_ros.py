@@ -365,3 +365,92 @@ def test_joint_layout_round_trip():
     assert (
         topics.join("/wm_sim", "commands") == "/wm_sim/commands" and topics.join("/a", "/clock") == "/clock"
     )
+
+
+class FakeRobot:
+    """A robot driver in a thread of this process: a camera at 20 Hz (each frame preceded by a
+    depth image RosEnv cannot use), joint states on the driver's own clock, a command topic."""
+
+    def __init__(self, namespace: str):
+        import threading
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("fake_robot", namespace=namespace, context=self.context)
+        qos = topics.Qos.make()
+        self.image = self.node.create_publisher(Image, "camera/image_raw", qos.sensor)
+        self.joints = self.node.create_publisher(JointState, "joint_states", qos.reliable)
+        self.commands: list[list[float]] = []
+        self.node.create_subscription(
+            Float64MultiArray, "cmd", lambda m: self.commands.append(list(m.data)), qos.reliable
+        )
+        self.ticks = 0
+        self.node.create_timer(0.05, self._on_tick)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            while self.context.ok():
+                self.executor.spin_once(timeout_sec=0.05)
+        except ExternalShutdownException:  # close() shut the context down under the wait
+            pass
+
+    def _on_tick(self) -> None:
+        from wm_sim.ros.messages import rgb_to_image_fields
+
+        self.ticks += 1
+        t = self.ticks * 0.05
+        depth = Image(height=2, width=2, encoding="16UC1", step=4, data=bytes(8))  # not a colour image
+        depth.header.stamp = topics.time_msg(t)
+        self.image.publish(depth)
+        frame = np.zeros((96, 128, 3), np.uint8)
+        frame[..., 0] = 200  # red, sent as bgr8
+        fields = rgb_to_image_fields(frame, "bgr8")
+        good = Image(**{**fields, "data": fields["data"].tobytes()})
+        good.header.stamp = topics.time_msg(t + 0.001)
+        joints = JointState(name=["b", "a"], position=[2.0 * t, t])
+        joints.header.stamp = topics.time_msg(t + 0.004)  # the driver's own clock: close, not equal
+        self.joints.publish(joints)
+        self.image.publish(good)
+
+    def close(self) -> None:
+        rclpy.try_shutdown(context=self.context)
+        self.thread.join(timeout=5)
+        self.node.destroy_node()
+
+
+def test_ros_env_drives_a_robot_without_a_server():
+    from wm_sim.ros.ros_env import RosEnv
+
+    robot = FakeRobot("/arm")
+    try:
+        env = RosEnv(
+            namespace="/arm", server=None, command_topic="cmd", image_topic="camera/image_raw",
+            reward_topic="", done_topic="", terminated_topic="", reset_service="",
+            action_low=[-1, -1, -1], action_high=[1, 1, 1], state_names=["a", "b"], image_size=64,
+            slop=0.01, timeout=5.0, connect_timeout=30.0,
+        )  # fmt: skip
+        try:
+            assert env.observation_space["pixels"].shape == (64, 64, 3)
+            env.reset()  # no reset service: the robot's next image starts the episode
+            obs, reward, terminated, truncated, info = env.step(np.array([0.5, 0.0, -0.5], np.float32))
+            deadline = time.monotonic() + 5.0  # the camera runs free: the command may land later
+            while not robot.commands and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert robot.commands == [[0.5, 0.0, -0.5]]
+            assert obs["pixels"].shape == (64, 64, 3) and (obs["pixels"][..., 0] == 200).all()
+            assert (obs["pixels"][..., 1:] == 0).all()  # bgr8 became RGB; 96x128 cropped and resized
+            t = round(env.stamp - 0.001, 3)  # the image's stamp is t + 1 ms, its joint state's t + 4 ms
+            assert obs["agent_pos"] == pytest.approx([t, 2.0 * t])  # by joint name, within the slop
+            assert (reward, terminated, truncated) == (0.0, False, False)
+            assert info["elapsed"] > 0
+            assert env.dropped_images >= 1  # the 16UC1 images: dropped with a warning, not fatal
+        finally:
+            env.close()
+    finally:
+        robot.close()

@@ -6,17 +6,14 @@ import numpy as np
 
 from wm_sim.data.schema import (
     ACTION_KEY,
-    DONE_KEY,
-    EPISODE_INDEX_KEY,
-    FRAME_INDEX_KEY,
     PHYSICS_STATE_KEY,
     REWARD_KEY,
     STATE_KEY,
     SUCCESS_KEY,
     TERMINATED_KEY,
-    TIMESTAMP_KEY,
     DatasetInfo,
-    Feature,
+    episode_bookkeeping,
+    frame_features,
     image_key,
 )
 from wm_sim.envs.task import MujocoTask
@@ -25,24 +22,17 @@ from wm_sim.policies.base import Policy
 
 def dataset_info(task: MujocoTask, task_name: str, collection: dict) -> DatasetInfo:
     """The store attributes for episodes of `task` (named `task_name` in the catalog)."""
-    size = task.image_size
-    features = {image_key(cam): Feature((size, size, 3), "uint8") for cam in task.camera_names}
-    features |= {
-        STATE_KEY: Feature((len(task.state_names),), "float32", task.state_names),
-        ACTION_KEY: Feature((task.action_dim,), "float32", task.action_names),
-        REWARD_KEY: Feature((), "float32"),
-        DONE_KEY: Feature((), "bool"),
-        TERMINATED_KEY: Feature((), "bool"),
-        SUCCESS_KEY: Feature((), "bool"),
-        TIMESTAMP_KEY: Feature((), "float32"),
-        FRAME_INDEX_KEY: Feature((), "int64"),
-        EPISODE_INDEX_KEY: Feature((), "int64"),
-        PHYSICS_STATE_KEY: Feature((task.physics_state_size,), "float64"),
-    }
+    features = frame_features(
+        list(task.camera_names),
+        task.image_size,
+        task.state_names,
+        task.action_names,
+        task.physics_state_size,
+    )
     return DatasetInfo(
         task=task_name,
         fps=float(task.fps),
-        image_size=size,
+        image_size=task.image_size,
         cameras=list(task.camera_names),
         action_low=[-1.0] * task.action_dim,
         action_high=[1.0] * task.action_dim,
@@ -91,18 +81,12 @@ def record_episode(
         if result.terminated:
             break
     length = len(rows[ACTION_KEY])
-    done = np.zeros(length, dtype=bool)
-    done[-1] = True
     return {
         image_key(task.camera_names[0]): np.stack(rows["pixels"]).astype(np.uint8),
         STATE_KEY: np.stack(rows[STATE_KEY]).astype(np.float32),
         ACTION_KEY: np.stack(rows[ACTION_KEY]).astype(np.float32),
         REWARD_KEY: np.asarray(rows[REWARD_KEY], dtype=np.float32),
-        DONE_KEY: done,
         TERMINATED_KEY: np.asarray(rows[TERMINATED_KEY], dtype=bool),
         SUCCESS_KEY: np.asarray(rows[SUCCESS_KEY], dtype=bool),
-        TIMESTAMP_KEY: (np.arange(length) / task.fps).astype(np.float32),
-        FRAME_INDEX_KEY: np.arange(length, dtype=np.int64),
-        EPISODE_INDEX_KEY: np.full(length, episode_index, dtype=np.int64),
         PHYSICS_STATE_KEY: np.stack(rows[PHYSICS_STATE_KEY]).astype(np.float64),
-    }
+    } | episode_bookkeeping(episode_index, np.arange(length) / task.fps)

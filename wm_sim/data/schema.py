@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from wm_sim.errors import WmSimError
 
 SCHEMA_VERSION = 1
@@ -33,6 +35,44 @@ class Feature:
     shape: tuple[int, ...]
     dtype: str
     names: list[str] | None = None
+
+
+def frame_features(
+    cameras: list[str],
+    image_size: int,
+    state_names: list[str],
+    action_names: list[str],
+    physics_state_size: int | None = None,
+) -> dict[str, Feature]:
+    """Every per-frame array of a dataset; `physics_state` only where the episodes can be replayed."""
+    features = {image_key(cam): Feature((image_size, image_size, 3), "uint8") for cam in cameras}
+    features |= {
+        STATE_KEY: Feature((len(state_names),), "float32", list(state_names)),
+        ACTION_KEY: Feature((len(action_names),), "float32", list(action_names)),
+        REWARD_KEY: Feature((), "float32"),
+        DONE_KEY: Feature((), "bool"),
+        TERMINATED_KEY: Feature((), "bool"),
+        SUCCESS_KEY: Feature((), "bool"),
+        TIMESTAMP_KEY: Feature((), "float32"),
+        FRAME_INDEX_KEY: Feature((), "int64"),
+        EPISODE_INDEX_KEY: Feature((), "int64"),
+    }
+    if physics_state_size is not None:
+        features[PHYSICS_STATE_KEY] = Feature((physics_state_size,), "float64")
+    return features
+
+
+def episode_bookkeeping(episode_index: int, timestamps: np.ndarray) -> dict[str, np.ndarray]:
+    """The per-row bookkeeping of one episode: done on its last row, time, frame and episode index."""
+    length = len(timestamps)
+    done = np.zeros(length, dtype=bool)
+    done[-1] = True
+    return {
+        DONE_KEY: done,
+        TIMESTAMP_KEY: np.asarray(timestamps, dtype=np.float32),
+        FRAME_INDEX_KEY: np.arange(length, dtype=np.int64),
+        EPISODE_INDEX_KEY: np.full(length, episode_index, dtype=np.int64),
+    }
 
 
 @dataclass(frozen=True)
