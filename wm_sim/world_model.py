@@ -341,6 +341,9 @@ class StreamCache:
         self.keys = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, W*N, Dh)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.time = torch.zeros(batch, dtype=torch.long, device=device)  # frames seen per row
+        # Build the mask even in steady state: no host sync, so a step can be compiled whole and
+        # captured in a CUDA graph (wm_sim.envs.acceleration), at the price of the flash-attn path.
+        self.always_mask = False
         self._slot_frame = torch.arange(w * n, device=device) // n  # (W*N,) ring slot -> frame slot
 
     def reset(self, rows: torch.Tensor | None = None) -> None:
@@ -360,7 +363,7 @@ class StreamCache:
             self.keys[index].scatter_(2, index_, k.to(self.keys.dtype))
             self.values[index].scatter_(2, index_, v.to(self.values.dtype))
             filled = torch.clamp(self.time + 1, max=w)  # (B,) frames held, this one included
-            if bool((filled == w).all()):
+            if not self.always_mask and bool((filled == w).all()):
                 mask = None  # steady state: every slot valid, and flash-attn may be used
             else:
                 frame_slot = self._slot_frame[None, :]  # (1, W*N)

@@ -1,0 +1,69 @@
+"""FLOPs of one imagined frame: counted by hand from the model's shapes, and by torch as it runs.
+
+The roofline suite divides achieved FLOP/s by the machine's matmul peak. The count is of
+multiply-adds (x2) in matmuls, convolutions and attention, the work a peak is measured on;
+element-wise work (norms, activations, the pixel shuffles) is left out, as torch's
+FlopCounterMode leaves it out. The two counts agree exactly (a test checks it), so either can be
+trusted in the results, with one known gap: FlopCounterMode has no formula for the CPU
+attention kernel (nor for flash-attn's), so on CPU it misses `attention_flops` exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from wm_sim.world_model import WorldModel
+
+
+def conv_stack_flops(net: nn.Sequential, channels: int, size: int) -> int:
+    """FLOPs of a stack of convolutions and pixel (un)shuffles on one (channels, size, size) input."""
+    flops = 0
+    for layer in net:
+        if isinstance(layer, nn.Conv2d):
+            kh, kw = layer.kernel_size
+            flops += 2 * layer.out_channels * size * size * (layer.in_channels // layer.groups) * kh * kw
+            channels = layer.out_channels
+        elif isinstance(layer, nn.PixelUnshuffle):
+            channels, size = channels * layer.downscale_factor**2, size // layer.downscale_factor
+        elif isinstance(layer, nn.PixelShuffle):
+            channels, size = channels // layer.upscale_factor**2, size * layer.upscale_factor
+    return flops
+
+
+def frame_flops(model: WorldModel) -> dict[str, int]:
+    """Hand count of one frame of an imagined step, by stage.
+
+    dynamics: the streaming transformer step (one frame's N tokens attending to the window's W*N
+    cached keys) and its heads; decode: latents to pixels; uncertainty: the re-encode of the
+    decoded frame that `info["uncertainty"]` is made from.
+    """
+    c = model.config
+    n, d = c.tokens, c.dim
+    embed = 2 * n * c.latent_dim * d + 2 * c.state_dim * d + 2 * c.action_dim * d
+    block = (
+        2 * n * d * 3 * d  # q, k, v
+        + 2 * n * d * d  # output projection
+        + 2 * 2 * n * d * c.mlp_ratio * d  # MLP in and out
+    )
+    heads = 2 * n * d * c.latent_dim + 2 * d * (c.state_dim + 2)
+    grid = c.grid
+    return {
+        "dynamics": embed + c.depth * block + heads + attention_flops(model),
+        "decode": conv_stack_flops(model.decoder.net, c.latent_dim, grid),
+        "uncertainty": conv_stack_flops(model.encoder.net, 3, c.image_size),
+    }
+
+
+def attention_flops(model: WorldModel) -> int:
+    """q k^T and attention x v of one frame's N queries over the window's W*N keys, all heads and layers."""
+    c = model.config
+    return c.depth * 2 * 2 * c.tokens * (c.window * c.tokens) * c.dim
+
+
+def counted_step_flops(engine_step, actions: torch.Tensor) -> int:
+    """FLOPs torch counts in one call of `engine_step(actions)` (a whole batch)."""
+    with FlopCounterMode(display=False) as counter:
+        engine_step(actions)
+    return int(counter.get_total_flops())

@@ -1,0 +1,295 @@
+"""The benchmark suites compute their figures correctly: counts, statistics, verdicts and files.
+
+Speed is never asserted here (the machine is shared); the smoke run proves every suite runs end
+to end and writes a well-formed results file and README table.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from wm_sim.benchmarks import results as results_io
+from wm_sim.benchmarks.flops import attention_flops, conv_stack_flops, counted_step_flops, frame_flops
+from wm_sim.benchmarks.memory import growth_percent
+from wm_sim.benchmarks.stability import STAT_NAMES, Reference, frame_statistics, judge
+from wm_sim.benchmarks.stats import percentiles, ratios, summarize, target
+from wm_sim.benchmarks.suites import BenchConfig, bench, chosen_suites
+from wm_sim.benchmarks.training import learning_figures
+from wm_sim.envs.acceleration import Acceleration, accelerate
+from wm_sim.envs.imagination import ImaginedBatch
+
+from wm_sim.errors import WmSimError
+from wm_sim.world_model import WorldModel, WorldModelConfig
+
+TINY = WorldModelConfig(latent_dim=8, tokenizer_width=32, dim=32, depth=2, heads=2, mlp_ratio=2, window=3)
+
+
+def test_summary_is_median_with_quartiles_and_extremes():
+    s = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s.median, s.q1, s.q3, s.min, s.max, s.n) == (3.0, 2.0, 4.0, 1.0, 5.0, 5)
+    assert s.text("{:.0f}") == "3 [1-5]"
+    assert summarize([7.0]).text("{:.0f}") == "7"
+    assert ratios([10.0, 30.0], [5.0, 10.0]) == [2.0, 3.0]
+    assert percentiles(list(range(101)), (50, 99)) == {"p50": 50.0, "p99": 99.0}
+    with pytest.raises(ValueError):
+        ratios([1.0], [1.0, 2.0])
+
+
+def test_targets_say_whether_they_held():
+    assert target("x", 3.5, ">=", 3.0)["held"] is True
+    assert target("x", 25.0, "<=", 20.0)["held"] is False
+    assert target("x", None, "<=", 20.0)["held"] is None
+
+
+def test_conv_flops_match_a_hand_count():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.PixelUnshuffle(2), nn.Conv2d(32, 4, 1, groups=2))
+    hand = 2 * 8 * 8 * 8 * 3 * 9 + 2 * 4 * 4 * 4 * 16
+    assert conv_stack_flops(net, 3, 8) == hand
+
+
+def test_frame_flops_match_torch_counter_plus_the_attention_it_cannot_see():
+    model = WorldModel(TINY).eval()
+    per_frame = frame_flops(model)
+    c = TINY
+    # the attention term by hand: N queries over W*N keys, q k^T and attention x v, every layer
+    assert attention_flops(model) == c.depth * 4 * 16 * (c.window * 16) * c.dim
+    engine = ImaginedBatch(model, 3, 200)
+    counted = counted_step_flops(engine.step, torch.zeros(3, 2))
+    assert counted + 3 * attention_flops(model) == 3 * sum(per_frame.values())
+
+
+def test_frame_statistics_of_flat_and_two_colour_frames():
+    flat = torch.full((1, 8, 8, 3), 255, dtype=torch.uint8)
+    moments, hist = frame_statistics(flat)
+    assert torch.allclose(moments, torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0, 0.0]]))
+    assert hist[0, -1] == 1.0 and hist.sum() == 1.0
+    half = torch.zeros(1, 8, 8, 3, dtype=torch.uint8)
+    half[:, :4] = 255
+    moments, hist = frame_statistics(half)
+    assert torch.allclose(moments[0, :3], torch.full((3,), 0.5))
+    assert hist[0, 0] == 0.5 and hist[0, -1] == 0.5
+
+
+def _reference(seed: int = 0) -> tuple[Reference, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    moments = rng.uniform(0.4, 0.6, (200, 6))
+    hists = rng.dirichlet(np.ones(64) * 50, 200)
+    joints = rng.uniform(-1, 1, (200, 2))
+    limits = (np.array([-3.0, -3.0]), np.array([3.0, 3.0]))
+    reference = Reference.from_real(moments, hists, joints, limits)
+    stats = np.concatenate([moments, 0.5 * np.abs(hists - hists.mean(0)).sum(1, keepdims=True)], axis=1)
+    return reference, stats
+
+
+def test_stability_passes_a_stream_inside_the_real_ranges():
+    reference, real_stats = _reference()
+    steps = 1000
+    stats = real_stats[np.arange(steps) % len(real_stats)]
+    verdict = judge(stats, np.zeros((steps, 2)), reference, window=100, fps=50.0)
+    assert verdict["passed"] and verdict["held_steps"] == steps and verdict["frames_in_range"] == 1.0
+
+
+def test_stability_fails_where_the_picture_drifts_out_and_says_when():
+    reference, real_stats = _reference()
+    steps = 1000
+    stats = real_stats[np.arange(steps) % len(real_stats)].copy()
+    stats[600:, 3:6] = 0.01  # the spread collapses: a picture washing out
+    verdict = judge(stats, np.zeros((steps, 2)), reference, window=100, fps=50.0)
+    assert not verdict["passed"]
+    assert verdict["held_steps"] == 600 and verdict["held_minutes"] == round(600 / 50 / 60, 2)
+    assert verdict["out_of_range_by_statistic"]["spread_r"] == 0.4
+    assert verdict["out_of_range_by_statistic"]["mean_r"] == 0.0
+    assert set(verdict["out_of_range_by_statistic"]) == set(STAT_NAMES)
+
+
+def test_stability_fails_on_a_joint_past_its_limit_and_tolerates_rounding():
+    reference, real_stats = _reference()
+    stats = real_stats[:300]
+    joints = np.zeros((300, 2))
+    joints[:, 1] = 3.0 + 0.01  # within the tolerance of the limit
+    assert judge(stats, joints, reference, window=100, fps=50.0)["passed"]
+    joints[250, 0] = -3.5
+    verdict = judge(stats, joints, reference, window=100, fps=50.0)
+    assert (
+        not verdict["passed"] and verdict["held_steps"] == 250 and verdict["joint_steps_out_of_limits"] == 1
+    )
+
+
+def test_a_few_odd_frames_in_a_window_do_not_fail_it():
+    reference, real_stats = _reference()
+    stats = real_stats[:200].copy()
+    stats[50:55, 0] = 5.0  # 5% of a 100-step window
+    assert judge(stats, np.zeros((200, 2)), reference, window=100, fps=50.0)["passed"]
+
+
+def test_memory_growth_is_measured_from_the_warm_step():
+    steps = [100, 200, 300, 400]
+    assert growth_percent(steps, [50.0, 100.0, 101.0, 102.0], start=200) == pytest.approx(2.0)
+
+
+def test_learning_figures_time_the_first_validation_under_the_target():
+    rows = [
+        {"step": 20, "val_loss": 0.5, "seconds": 10.0},
+        {"step": 40, "val_loss": 0.2, "seconds": 20.0},
+        {"step": 60, "val_loss": 0.1, "seconds": 30.0},
+    ]
+    figures = learning_figures(rows, batch=8, target_loss=0.25)
+    assert figures["samples_per_s"] == pytest.approx(40 * 8 / 20.0)
+    assert (figures["time_to_target_s"], figures["step_at_target"]) == (20.0, 40)
+    assert learning_figures(rows, batch=8, target_loss=0.01)["time_to_target_s"] is None
+
+
+def test_unknown_suite_names_the_valid_ones():
+    assert chosen_suites("all")[0] == "throughput" and chosen_suites("latency+memory") == [
+        "latency",
+        "memory",
+    ]
+    with pytest.raises(WmSimError, match="expected all or one of: throughput, latency"):
+        chosen_suites("speed")
+
+
+def test_bench_options_compose_from_the_command_line():
+    from wm_sim.config import load_config
+
+    cfg = load_config("bench", BenchConfig, ["suite=latency+memory", "smoke=true", "num_envs=[1,2]"])
+    assert (cfg.suite, cfg.smoke, cfg.num_envs, cfg.checkpoint) == (
+        "latency+memory",
+        True,
+        [1, 2],
+        "shipped:reacher",
+    )
+
+
+def _results(suites: dict, updated: str) -> dict:
+    machine = {"name": "m", "cpu": "cpu", "cores": 2, "device": "cpu", "torch": "2", "torch_threads": 2}
+    return {
+        "schema_version": results_io.SCHEMA_VERSION, "machine": machine, "date": "2026-01-01",
+        "updated": updated, "checkpoint": "c", "task": "reacher", "acceleration": "float32", "suites": suites,
+    }  # fmt: skip
+
+
+def test_a_same_day_rerun_merges_suites_and_keeps_what_it_replaced(tmp_path):
+    path = results_io.results_path(tmp_path, "m", "2026-01-01")
+    first = {"latency": {"table": [["p50", "8 ms"]], "targets": []}, "memory": {"table": [], "targets": []}}
+    assert results_io.write_results(path, _results(first, "2026-01-01T10:00:00")) == []
+    second = {"latency": {"table": [["p50", "9 ms"]], "targets": [target("p50", 9.0, "<=", 20.0, "ms")]}}
+    assert results_io.write_results(path, _results(second, "2026-01-01T11:00:00")) == ["latency"]
+    data = json.loads(path.read_text())
+    assert set(data["suites"]) == {"latency", "memory"}
+    assert data["suites"]["latency"]["table"] == [["p50", "9 ms"]]
+    assert data["superseded"][0]["suite"] == "latency" and data["superseded"][0]["table"] == [["p50", "8 ms"]]
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_readme_table_is_regenerated_between_its_markers_from_the_newest_results(tmp_path):
+    old = results_io.results_path(tmp_path, "m", "2026-01-01")
+    new = results_io.results_path(tmp_path, "m", "2026-01-02")
+    suites = {"latency": {"table": [["p50", "8 ms"]], "targets": [target("p50", 8.0, "<=", 20.0, "ms")]}}
+    results_io.write_results(old, _results({"memory": {"table": [["rss", "1"]]}}, "2026-01-01T10:00:00"))
+    results_io.write_results(new, _results(suites, "2026-01-02T10:00:00"))
+    (tmp_path / "other.json").write_text('{"not": "a results file"}')
+    assert results_io.newest_results(tmp_path) == new
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# B\n\nbefore\n{results_io.BEGIN}\nstale\n{results_io.END}\nafter\n")
+    results_io.update_readme(readme, new)
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("# B\n\nbefore\n") and text.endswith("after\n")
+    assert "| latency | p50 | 8 ms | |" in text and "<= 20ms: **met**" in text
+    results_io.update_readme(readme, new)  # idempotent
+    assert readme.read_text() == text
+    readme.write_text("no markers")
+    with pytest.raises(WmSimError, match="markers"):
+        results_io.update_readme(readme, new)
+
+
+# --- the GPU path, run on CPU wherever it can be --------------------------------------------
+
+
+def _engines(acceleration: Acceleration, device: str = "cpu"):
+    torch.manual_seed(0)
+    model = WorldModel(TINY).eval()
+    twin = WorldModel(TINY).eval()
+    twin.load_state_dict(model.state_dict())
+    plain = ImaginedBatch(model, 3, 200, device)
+    fast = accelerate(ImaginedBatch(twin, 3, 200, device), acceleration)
+    frames = torch.randint(0, 256, (3, 2, 64, 64, 3), dtype=torch.uint8)
+    for engine in (plain, fast):
+        engine.reset_rows(torch.arange(3), frames, torch.zeros(3, 2, 4), torch.zeros(3, 1, 2))
+    return plain, fast
+
+
+def _same_rollout(plain, fast, steps: int, pixel_tol: int, state_tol: float) -> None:
+    for t in range(steps):
+        actions = torch.rand(3, 2) * 2 - 1
+        if t == 4:  # a partial reset mid-stream, as the vector env's autoreset does
+            frames = torch.randint(0, 256, (1, 2, 64, 64, 3), dtype=torch.uint8)
+            for engine in (plain, fast):
+                engine.reset_rows(torch.tensor([1]), frames, torch.zeros(1, 2, 4), torch.zeros(1, 1, 2))
+        a, b = plain.step(actions), fast.step(actions)
+        assert b.agent_pos.dtype == torch.float32 and b.pixels.dtype == torch.uint8
+        assert (a.pixels.int() - b.pixels.int()).abs().max() <= pixel_tol
+        assert torch.allclose(a.agent_pos, b.agent_pos, atol=state_tol)
+        assert torch.equal(a.truncated, b.truncated)
+
+
+def test_compiled_step_gives_the_same_frames_as_the_eager_step():
+    plain, fast = _engines(Acceleration(compile=True, backend="aot_eager"))
+    _same_rollout(plain, fast, steps=6, pixel_tol=1, state_tol=1e-4)
+
+
+def test_bf16_step_stays_within_bf16_rounding_of_float32_and_keeps_float32_state():
+    plain, fast = _engines(Acceleration(precision="bfloat16"))
+    _same_rollout(plain, fast, steps=6, pixel_tol=16, state_tol=0.1)
+    assert fast.latents.dtype == torch.float32 and fast.norm_state.dtype == torch.float32
+
+
+def test_cuda_graphs_are_refused_off_cuda_and_unknown_precisions_are_errors():
+    with pytest.raises(WmSimError, match="CUDA graphs need a CUDA device"):
+        _engines(Acceleration(cuda_graph=True))
+    with pytest.raises(WmSimError, match="precision"):
+        Acceleration(precision="float16")
+    assert Acceleration.for_device("cpu") == Acceleration() and not Acceleration().active
+    assert Acceleration.for_device("cuda").cuda_graph
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs can only be captured on a CUDA device")
+def test_cuda_graph_replay_gives_the_same_frames_as_the_eager_step():
+    plain, fast = _engines(Acceleration(precision="bfloat16", compile=True, cuda_graph=True), "cuda")
+    _same_rollout(plain, fast, steps=8, pixel_tol=16, state_tol=0.1)
+
+
+# --- every suite, end to end, at smoke size ----------------------------------------------------
+
+
+def test_smoke_bench_runs_every_suite_and_writes_results_and_table(tiny_model_path, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Benchmarks\n\n{results_io.BEGIN}\n{results_io.END}\n")
+    out = tmp_path / "results"
+    results = bench(
+        BenchConfig(checkpoint=str(tiny_model_path), smoke=True, repeats=2, out=str(out), readme=str(readme))
+    )
+    files = list(out.glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["suites"].keys() == results["suites"].keys()
+    assert list(results["suites"]) == ["throughput", "latency", "roofline", "memory", "stability", "train"]
+    for name, suite in results["suites"].items():
+        assert suite["table"], name
+        for t in suite["targets"]:
+            assert t["held"] in (True, False), (name, t)
+    figures = {name: suite["figures"] for name, suite in results["suites"].items()}
+    assert set(figures["throughput"]["vector_env_frames_per_s"]) == {"1", "4"}
+    assert figures["throughput"]["vector_env_frames_per_s"]["4"]["n"] == 2
+    split = figures["latency"]["split"]
+    assert set(split) == {"dynamics", "decode", "uncertainty", "conversion"}
+    assert sum(split.values()) == pytest.approx(1.0, abs=1e-3)
+    assert figures["roofline"]["torch_counter_misses_attention"] is True
+    assert figures["memory"]["steps"][-1] == 60
+    assert set(figures["stability"]["verdicts"]) == {"random", "expert"}
+    assert (out / figures["stability"]["plot"]).is_file()
+    assert figures["train"]["time_to_target_s"] is not None  # the smoke target is always reached
+    text = readme.read_text()
+    for name in results["suites"]:
+        assert f"| {name} |" in text
