@@ -1,140 +1,126 @@
-"""Lock-step round trip over ROS 2: `RosEnv.step` against `wm-sim ros serve` in another process.
+"""`ros`: the lock-step round trip over ROS 2, `RosEnv.step` against `wm-sim ros serve`.
 
-    python -m wm_sim.benchmarks.ros_latency                       # shipped reacher model, 500 steps
-    python -m wm_sim.benchmarks.ros_latency --env wm_sim/Reacher-MuJoCo-v0
+One round trip is what an RL loop over ROS pays per step: publish the command; the server, in
+its own process, steps the env and publishes image, joint state, reward and done; the client
+has them all. Beside it, in the same run, the env's own `step` in this process at one thread
+(what the server does inside each round trip): the difference is what ROS costs. The server
+runs on the CPU with one torch thread, as `wm-sim ros serve threads=1`.
 
-One round trip is what an RL loop over ROS pays per step: publish the command, the server steps
-the env and publishes image, joint state, reward and done, and the client has them all. Beside
-it, in the same run, the env's own `step` in this process: the difference is the cost of ROS.
-Writes benchmarks/results/ros_latency.json.
+Needs the `ros` extra; without it the suite reports itself skipped instead of failing `all`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import random
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from wm_sim.benchmarks.context import Bench
+from wm_sim.benchmarks.stats import summarize, target
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from wm_sim.optional import is_available
 
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    """p50 / p90 / p99 / mean in milliseconds."""
-    ms = np.asarray(seconds) * 1e3
-    return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "mean_ms": float(ms.mean()),
-    }
+P50_BOUND_MS = 30.0
 
 
-def env_step_times(env_id: str, steps: int, seed: int = 0) -> list[float]:
-    """The env's own step in this process, one thread: the floor under a ROS round trip."""
-    import gymnasium
+def env_step_ms(checkpoint: str, actions: np.ndarray) -> list[float]:
+    """The env's own step in this process, one torch thread, CPU: the floor under a round trip."""
+    import gymnasium as gym
     import torch
 
-    import wm_sim  # noqa: F401
-
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    env = gymnasium.make(env_id)
-    rng = np.random.default_rng(seed)
-    env.reset(seed=seed)
+    env = gym.make("wm_sim/WorldModel-v0", checkpoint=checkpoint)
+    try:
+        env.reset(seed=0)
+        times = []
+        for action in actions:
+            start = time.perf_counter()
+            _, _, terminated, truncated, _ = env.step(action)
+            times.append((time.perf_counter() - start) * 1e3)
+            if terminated or truncated:
+                env.reset()
+        return times
+    finally:
+        env.close()
+        torch.set_num_threads(threads)
+
+
+def round_trip_ms(env, actions: np.ndarray) -> list[float]:
+    """Wall time of each RosEnv.step(actions[i]) in ms; resets after an episode's end are untimed."""
     times = []
-    for _ in tqdm(range(steps), desc=f"{env_id} step, in process", leave=False):
-        action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+    for action in actions:
         start = time.perf_counter()
         _, _, terminated, truncated, _ = env.step(action)
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start) * 1e3)
         if terminated or truncated:
             env.reset()
-    env.close()
     return times
 
 
-def round_trip_times(env_id: str, steps: int, warmup: int, seed: int = 0) -> list[float]:
-    """RosEnv.step against `wm-sim ros serve env=<env_id> mode=lockstep` in a child process."""
+def start_server(checkpoint: str) -> subprocess.Popen:
+    """`wm-sim ros serve` of `checkpoint`, lock-step, in a child process on its own ROS domain."""
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "wm_sim", "ros", "serve", "env=wm_sim/WorldModel-v0",
+            f"+env_kwargs.checkpoint={checkpoint}", "mode=lockstep", "threads=1",
+        ],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def run(bench: Bench) -> dict:
+    if not is_available("rclpy"):
+        return {
+            "skipped": 'needs the ros extra: pip install "wm-sim[ros]"',
+            "figures": {},
+            "targets": [target("RosEnv.step round trip p50", None, "<=", P50_BOUND_MS, "ms")],
+            "table": [["lock-step round trip over ROS 2", 'skipped: needs pip install "wm-sim[ros]"']],
+        }
     from wm_sim.ros.ros_env import RosEnv
 
-    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
-    server = subprocess.Popen(
-        [sys.executable, "-m", "wm_sim", "ros", "serve", f"env={env_id}", "mode=lockstep", "threads=1"],
-        stdout=subprocess.DEVNULL,
-    )
+    steps = bench.sizes.latency_steps
+    server = start_server(bench.checkpoint)
     try:
-        env = RosEnv(connect_timeout=120.0, timeout=10.0)
-        rng = np.random.default_rng(seed)
-        times = []
-        env.reset(seed=seed)
-        for i in tqdm(range(warmup + steps), desc=f"{env_id} round trip over ROS 2", leave=False):
-            action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
-            start = time.perf_counter()
-            _, _, terminated, truncated, _ = env.step(action)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-            if terminated or truncated:
-                env.reset()
-        env.close()
-        return times
+        env = RosEnv(connect_timeout=120.0, timeout=20.0)
+        try:
+            env.reset(seed=0)
+            env.action_space.seed(0)
+            actions = np.stack([env.action_space.sample() for _ in range(steps)])
+            round_trip_ms(env, actions[: min(50, steps)])  # warm-up: DDS, allocator, caches
+            p50, p99, floor = [], [], []
+            for _ in tqdm(range(bench.repeats), desc="ros round trip", unit="repeat"):
+                times = round_trip_ms(env, actions)
+                p50.append(float(np.percentile(times, 50)))
+                p99.append(float(np.percentile(times, 99)))
+                floor.append(float(np.percentile(env_step_ms(bench.checkpoint, actions), 50)))
+        finally:
+            env.close()
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def measure(env_id: str = "wm_sim/Reacher-v0", steps: int = 500, warmup: int = 50) -> dict:
-    in_process = percentiles(env_step_times(env_id, steps))
-    over_ros = percentiles(round_trip_times(env_id, steps, warmup))
+    p50_s, p99_s, floor_s = summarize(p50), summarize(p99), summarize(floor)
+    overhead = summarize([a - b for a, b in zip(p50, floor, strict=True)])
     return {
-        "env": env_id,
-        "steps": steps,
-        "round_trip": over_ros,
-        "env_step_in_process": in_process,
-        "ros_overhead_p50_ms": over_ros["p50_ms"] - in_process["p50_ms"],
-        "target": {"round_trip_p50_ms_at_most": 30.0, "met": over_ros["p50_ms"] <= 30.0},
+        "figures": {
+            "round_trip_p50_ms": p50_s.to_dict(),
+            "round_trip_p99_ms": p99_s.to_dict(),
+            "env_step_in_process_p50_ms": floor_s.to_dict(),
+            "ros_overhead_p50_ms": overhead.to_dict(),
+            "steps_per_repeat": steps,
+        },
+        "targets": [target("RosEnv.step round trip p50", p50_s.median, "<=", P50_BOUND_MS, "ms")],
+        "table": [
+            [
+                "RosEnv.step lock-step round trip: p50 / p99 (ms)",
+                f"{p50_s.text('{:.1f}')} / {p99_s.text('{:.1f}')}",
+            ],
+            ["env.step in process, 1 thread: p50 (ms)", floor_s.text("{:.1f}")],
+            ["ROS 2 overhead at p50 (ms)", overhead.text("{:.1f}")],
+        ],
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="wm_sim/Reacher-v0")
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--out", default=str(RESULTS / "ros_latency.json"))
-    args = parser.parse_args(argv)
-    import platform
-
-    import torch
-
-    result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}",
-        "torch": torch.__version__,
-        **measure(args.env, args.steps, args.warmup),
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
-    rt, local = result["round_trip"], result["env_step_in_process"]
-    print("| measure | p50 | p90 | p99 |\n|---|---|---|---|")
-    print(
-        f"| RosEnv.step round trip ({args.env}) | {rt['p50_ms']:.1f} ms | {rt['p90_ms']:.1f} ms | {rt['p99_ms']:.1f} ms |"
-    )
-    print(
-        f"| env.step in process | {local['p50_ms']:.1f} ms | {local['p90_ms']:.1f} ms | {local['p99_ms']:.1f} ms |"
-    )
-    print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@
     wm-sim bench suite=all smoke=true     # tiny sizes: proves the pipeline in a minute
     python -m wm_sim.benchmarks suite=memory
 
-Suites: throughput, latency, roofline, memory, stability, train (each a module of this package).
+Suites: throughput, latency, roofline, memory, stability, train, ros (each a module of this package).
 Results go to `benchmarks/results/<machine>-<date>.json` (a same-day rerun merges into it, see
 results.py) and the table between the markers of `benchmarks/README.md` is regenerated from the
 newest results file. On a GPU the streaming step runs in bf16, compiled and replayed from a CUDA
@@ -44,6 +44,7 @@ SUITES = {
     "memory": "memory",
     "stability": "stability",
     "train": "training",
+    "ros": "ros_latency",  # needs the ros extra; reported as skipped without it
 }
 PACKAGE_DIR = Path(__file__).parent
 

@@ -189,8 +189,8 @@ class SimulatorNode(Node):
             self._tick_gaps.append(start - self._last_tick)
             del self._tick_gaps[:-200]
         self._last_tick = start
-        if self.paused:
-            return
+        if self.paused or (self.episode_over and not self.config.autoreset):
+            return  # time stands still until resumed, or until the reset service is called
         if self.episode_over:
             self._reset(None)
         else:

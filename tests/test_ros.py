@@ -281,8 +281,11 @@ def test_ros_env_without_a_server_is_one_clear_error():
 
 
 def test_realtime_rate_and_ctrl_c(tmp_path):
-    server = Server(tmp_path, "env=wm_sim/Reacher-MuJoCo-v0", "mode=realtime", "rate=50")
-    client = Client()
+    # a namespace of its own: the module's lock-step server is still up, on /wm_sim
+    server = Server(
+        tmp_path, "env=wm_sim/Reacher-MuJoCo-v0", "mode=realtime", "rate=50", "namespace=/realtime"
+    )
+    client = Client("/realtime")
     try:
         client.connect(server)
         client.send([1.0, 0.0])  # held for every tick until the next command
