@@ -22,6 +22,7 @@ from tqdm import tqdm
 from wm_sim.benchmarks.context import Bench
 from wm_sim.benchmarks.stats import summarize, target
 
+from wm_sim.errors import WmSimError
 from wm_sim.optional import is_available
 
 P50_BOUND_MS = 30.0
@@ -74,6 +75,31 @@ def start_server(checkpoint: str) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def connect(server: subprocess.Popen, env_class: type, within_s: float = 120.0):
+    """A RosEnv on `server`, retrying while it starts; a server that died is one clear error."""
+    from wm_sim.ros.ros_env import RosTimeoutError
+
+    deadline = time.monotonic() + within_s
+    while True:
+        if server.poll() is not None:
+            raise WmSimError(f"`wm-sim ros serve` exited with code {server.returncode} before answering")
+        try:
+            return env_class(connect_timeout=5.0, timeout=20.0)
+        except RosTimeoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def stop(server: subprocess.Popen) -> None:
+    """SIGTERM (a clean shutdown), then SIGKILL if it has not gone within 30 s."""
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def run(bench: Bench) -> dict:
     if not is_available("rclpy"):
         return {
@@ -87,7 +113,7 @@ def run(bench: Bench) -> dict:
     steps = bench.sizes.latency_steps
     server = start_server(bench.checkpoint)
     try:
-        env = RosEnv(connect_timeout=120.0, timeout=20.0)
+        env = connect(server, RosEnv)
         try:
             env.reset(seed=0)
             env.action_space.seed(0)
@@ -102,8 +128,7 @@ def run(bench: Bench) -> dict:
         finally:
             env.close()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)
     p50_s, p99_s, floor_s = summarize(p50), summarize(p99), summarize(floor)
     overhead = summarize([a - b for a, b in zip(p50, floor, strict=True)])
     return {

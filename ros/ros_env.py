@@ -12,7 +12,7 @@ parameters, seeds travel with each reset, and a seeded episode is reproducible:
 
 from __future__ import annotations
 
-import re
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -50,10 +50,10 @@ class RosEnv(gymnasium.Env):
         command_topic: str = topics.COMMANDS,
         image_topic: str = topics.IMAGE,
         joint_state_topic: str = topics.JOINT_STATES,
-        reward_topic: str = topics.REWARD,
-        done_topic: str = topics.DONE,
-        terminated_topic: str = topics.TERMINATED,
-        reset_service: str = topics.RESET,
+        reward_topic: str | None = None,
+        done_topic: str | None = None,
+        terminated_topic: str | None = None,
+        reset_service: str | None = None,
         action_low: Sequence[float] | None = None,
         action_high: Sequence[float] | None = None,
         state_names: Sequence[str] | None = None,
@@ -68,8 +68,12 @@ class RosEnv(gymnasium.Env):
 
         `server` names the node whose parameters describe the spaces (`wm-sim ros serve`'s
         node); None for a robot, which then needs action_low, action_high and image_size (and
-        state_names with a joint-state topic). `slop`: how far (s) a joint state's stamp may be
-        from its image's; 0 matches stamps exactly, as `wm-sim ros serve` stamps both alike.
+        state_names with a joint-state topic). The reward, done, terminated topics and the reset
+        service default to the server's names with a server, and to off (None) without one.
+        `slop`: how far (s) a joint state's stamp may be from its image's; 0 matches stamps
+        exactly, as `wm-sim ros serve` stamps both alike. `localhost_only` keeps DDS discovery on
+        this host unless the shell sets ROS_AUTOMATIC_DISCOVERY_RANGE: pass False for a robot on
+        the network.
         """
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
@@ -86,17 +90,20 @@ class RosEnv(gymnasium.Env):
         self.slop_ns = round(slop * 1e9)
         self.namespace = topics.check_namespace(namespace)
         name = lambda topic: topics.join(self.namespace, topic) if topic else ""  # noqa: E731
+        optional = lambda given, default: name(default if given is None and server else given)  # noqa: E731
         self.topics = {
             "commands": name(command_topic),
             "image": name(image_topic),
             "joint_states": name(joint_state_topic),
-            "reward": name(reward_topic),
-            "done": name(done_topic),
-            "terminated": name(terminated_topic),
-            "reset": name(reset_service),
+            "reward": optional(reward_topic, topics.REWARD),
+            "done": optional(done_topic, topics.DONE),
+            "terminated": optional(terminated_topic, topics.TERMINATED),
+            "reset": optional(reset_service, topics.RESET),
         }
         self._Float64MultiArray = Float64MultiArray
         self._warned: dict[str, float] = {}
+        self._handled = 0  # messages handled by this env's callbacks: how _drain knows it is done
+        self._subscriptions: list[Any] = []
         self.dropped_images = 0
         self._last_stamp = -1
         self._episode_start = 0
@@ -122,20 +129,21 @@ class RosEnv(gymnasium.Env):
             self._publisher = self._node.create_publisher(
                 Float64MultiArray, self.topics["commands"], qos.reliable
             )
-            self._node.create_subscription(Image, self.topics["image"], self._on_image, qos.sensor)
+            subscribe = lambda kind, topic, callback, profile: self._subscriptions.append(  # noqa: E731
+                self._node.create_subscription(kind, topic, self._counted(callback), profile)
+            )
+            subscribe(Image, self.topics["image"], self._on_image, qos.sensor)
             if self.joint_layout is not None:
-                self._node.create_subscription(
-                    JointState, self.topics["joint_states"], self._on_joints, qos.reliable
-                )
+                # a robot's driver may publish joint states best effort: a best-effort reader takes both
+                profile = qos.reliable if self._server else qos.sensor
+                subscribe(JointState, self.topics["joint_states"], self._on_joints, profile)
             for key, store, kind in (
                 ("reward", self._rewards, Float32),
                 ("done", self._dones, Bool),
                 ("terminated", self._terminations, Bool),
             ):
                 if self.topics[key]:
-                    self._node.create_subscription(
-                        kind, self.topics[key], lambda m, s=store: s.append(m.data), qos.reliable
-                    )
+                    subscribe(kind, self.topics[key], lambda m, s=store: s.append(m.data), qos.reliable)
             self._reset_client = None
             if self.topics["reset"]:
                 from std_srvs.srv import Trigger
@@ -148,12 +156,15 @@ class RosEnv(gymnasium.Env):
 
     # --- Gymnasium API --------------------------------------------------------------------------
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
         if options:
             raise ValueError(f"RosEnv.reset takes no options, got {sorted(options)}")
+        self._needs_reset = True  # until the new episode's first observation is in hand
         self._drain()
-        after = self._last_stamp
+        after = self._newest_stamp()  # without a reset service: the robot's next frame
         if self._reset_client is not None:
             if self._seedable:  # the client owns the randomness: the same seed, the same episode
                 self._set_reset_seed(int(self.np_random.integers(2**31 - 1)))
@@ -161,8 +172,8 @@ class RosEnv(gymnasium.Env):
             reply = self._call(self._reset_client, require("std_srvs").srv.Trigger.Request(), "reset")
             if not reply.success:
                 raise WmSimError(f"{self.topics['reset']} refused the reset: {reply.message}")
-            match = re.search(r"stamp_ns=(\d+)", reply.message)  # `wm-sim ros serve` says its stamp
-            after = int(match.group(1)) - 1 if match else self._newest_stamp()
+            stamp = topics.reset_stamp(reply.message)  # `wm-sim ros serve` says the frame's stamp
+            after = stamp - 1 if stamp is not None else after
         obs, stamp = self._wait_observation(after, "the first observation after the reset")
         if self._seedable:  # our server publishes reward 0 and done false with a reset: consume them
             self._wait_scalars("the reward and done of the reset")
@@ -171,26 +182,43 @@ class RosEnv(gymnasium.Env):
         self._episode_start = stamp
         return obs, {"elapsed": 0.0}
 
-    def step(self, action):
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Publish `action`; return the first observation stamped after it was sent.
+
+        Lock-step servers answer each command with exactly one step. Against a free-running
+        robot or a realtime server, the reward is the sum of those received since the last
+        observation returned, and the episode is over if any of them said so.
+        """
         if self._needs_reset:
-            raise gymnasium.error.ResetNeeded("call reset() before step(), and again after the episode ends")
+            raise gymnasium.error.ResetNeeded(
+                "call reset() before step(), after the episode ends, and after a step timed out"
+            )
         action = np.asarray(action, dtype=np.float64)
         if action.shape != self.action_space.shape or not np.isfinite(action).all():
             raise ValueError(
                 f"action must be {self.action_space.shape} finite numbers, got {action.tolist()}"
             )
+        low, high = self.action_space.low, self.action_space.high
+        clipped = np.clip(action, low, high)
+        if not np.array_equal(clipped, action):  # never send a robot a command outside its bounds
+            self._warn("clipped", f"action {action.tolist()} clipped to [{low.tolist()}, {high.tolist()}]")
+        self._needs_reset = True  # a step that times out leaves the stream out of step: reset first
         self._drain()
-        self._clear_scalars()
-        after = self._newest_stamp()  # in realtime mode, images keep coming: wait for a newer one
-        self._publisher.publish(self._Float64MultiArray(data=action.tolist()))
+        after = self._newest_stamp()  # a free-running camera keeps sending: wait for a newer frame
+        self._publisher.publish(self._Float64MultiArray(data=clipped.tolist()))
         obs, stamp = self._wait_observation(after, "the observation after a command")
         self._wait_scalars("the reward and done of that step")
-        reward = float(self._rewards[-1]) if self._rewards else 0.0
-        done = bool(self._dones[-1]) if self._dones else False
-        terminated = bool(self._terminations[-1]) if self._terminations else done
-        truncated = done and not terminated
+        self._drain()
+        reward = float(np.sum(self._rewards)) if self._rewards else 0.0
+        done = any(self._dones)
+        terminated = any(self._terminations) if self.topics["terminated"] else done
+        self._clear_scalars()
         self._needs_reset = done
-        return obs, reward, terminated, truncated, {"elapsed": (stamp - self._episode_start) / 1e9}
+        info = {
+            "elapsed": (stamp - self._episode_start) / 1e9,
+            "action_clipped": bool((clipped != action).any()),
+        }
+        return obs, reward, terminated, done and not terminated, info
 
     @property
     def stamp(self) -> float:
@@ -296,6 +324,10 @@ class RosEnv(gymnasium.Env):
                 f"a publisher on {self.topics['image']}",
             ),
         ]
+        checks += [
+            (lambda s=s: s.get_publisher_count() > 0, f"our reader of {s.topic_name} to match its publisher")
+            for s in self._subscriptions
+        ]  # discovery is per reader: messages sent before a reader matched never reach it
         if self._reset_client is not None:
             checks.append((self._reset_client.service_is_ready, f"the service {self.topics['reset']}"))
         for ready, what in checks:
@@ -306,15 +338,32 @@ class RosEnv(gymnasium.Env):
         while not ready():
             left = deadline - time.monotonic()
             if left <= 0:
+                local = os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST"
                 raise RosTimeoutError(
                     f"waited {timeout or self.timeout:g} s for {what} in vain: is the robot or "
-                    "`wm-sim ros serve` running in this namespace, and not paused?"
+                    "`wm-sim ros serve` running in this namespace and ROS domain, and not paused?"
+                    + (
+                        " Discovery is limited to this host (localhost_only=False to look further)."
+                        if local
+                        else ""
+                    )
                 )
             self._executor.spin_once(timeout_sec=min(left, 0.05))
 
-    def _drain(self) -> None:
-        """Handle whatever already arrived, without waiting."""
-        self._executor.spin_once(timeout_sec=0.0)
+    def _drain(self, limit: int = 10_000) -> None:
+        """Handle everything that already arrived, without waiting (spin_once handles one message)."""
+        for _ in range(limit):
+            handled = self._handled
+            self._executor.spin_once(timeout_sec=0.0)
+            if self._handled == handled:
+                return
+
+    def _counted(self, callback: Callable[[Any], None]) -> Callable[[Any], None]:
+        def counted(msg: Any) -> None:
+            self._handled += 1
+            callback(msg)
+
+        return counted
 
     def _call(self, client: Any, request: Any, what: str, timeout: float | None = None) -> Any:
         self._wait_for(client.service_is_ready, f"the service for {what}", timeout)

@@ -48,11 +48,14 @@ class ServeConfig:
     autoreset: bool = field(
         default=True, metadata={"help": "a command after an episode's end starts the next episode"}
     )
+    publish_clock: bool = field(
+        default=True, metadata={"help": "publish simulated time on /clock (one simulator per ROS domain)"}
+    )
     localhost_only: bool = field(
         default=True, metadata={"help": "DDS discovery on this host only (unless the shell sets it)"}
     )
     params: str = field(
-        default="", metadata={"help": "ROS 2 parameter YAML (ros__parameters); command-line values win"}
+        default="", metadata={"help": "ROS 2 parameter YAML (ros__parameters); the command line wins over it"}
     )
     duration: float = field(default=0.0, metadata={"help": "stop after this many seconds (0: at Ctrl-C)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
@@ -60,7 +63,6 @@ class ServeConfig:
 
 def serve(cfg: ServeConfig) -> None:
     """Serve `cfg.env` until Ctrl-C (or `cfg.duration`), then shut down cleanly."""
-    cfg = with_params_file(cfg)
     _check(cfg)
     rclpy = require("rclpy")
     topics.use_local_discovery(cfg.localhost_only)
@@ -88,6 +90,7 @@ def serve(cfg: ServeConfig) -> None:
                 frame_id=cfg.frame_id,
                 seed=None if cfg.seed < 0 else cfg.seed,
                 autoreset=cfg.autoreset,
+                publish_clock=cfg.publish_clock,
             ),
             context=context,
         )
@@ -127,34 +130,56 @@ def make_env(env_id: str, kwargs: dict[str, Any]) -> gymnasium.Env:
         ours = sorted(k for k in gymnasium.registry if k.startswith("wm_sim/"))
         raise WmSimError(f"cannot make env {env_id!r}: {exc}; wm-sim registers {', '.join(ours)}") from exc
     except TypeError as exc:
+        if not kwargs:
+            raise
         raise WmSimError(f"env {env_id!r} does not take env_kwargs {dict(kwargs)}: {exc}") from exc
 
 
-def with_params_file(cfg: ServeConfig) -> ServeConfig:
-    """`cfg` with the values of its ROS parameter file, where the command line left the default.
+# Parameters every ROS node may be given in a shared `/**` section; they mean nothing to this one.
+STANDARD_ROS_PARAMETERS = ("use_sim_time", "qos_overrides", "start_type_description_service")
 
-    The file is ROS 2's: `<node>: {ros__parameters: {...}}`, with `/**` for any node; the
-    sections for `/**`, the node name and its full name apply in that order.
+
+def with_params_file(overrides: list[str]) -> list[str]:
+    """The command line's overrides with its `params=` file's values placed before them.
+
+    Composed in that order, the command line wins over the file and the file over the defaults,
+    and the file's values are type-checked like typed ones. The file is ROS 2's:
+    `<node>: {ros__parameters: {...}}`; the sections for `/**`, the node name and its full name
+    apply in that order.
     """
-    if not cfg.params:
-        return cfg
-    values = read_ros_params(Path(cfg.params), cfg.node_name, cfg.namespace)
-    fields = {f.name: f for f in dataclasses.fields(ServeConfig) if f.name != "params"}
-    unknown = sorted(set(values) - set(fields))
+    given = dict(o.lstrip("+").split("=", 1) for o in overrides if "=" in o)
+    if not given.get("params"):
+        return overrides
+    path = Path(given["params"].strip("'\""))
+    node_name = given.get("node_name", ServeConfig.node_name).strip("'\"")
+    namespace = given.get("namespace", ServeConfig.namespace).strip("'\"")
+    values = read_ros_params(path, node_name, namespace)
+    fields = {f.name for f in dataclasses.fields(ServeConfig)} - {"params"}
+    unknown = sorted(set(values) - fields - set(STANDARD_ROS_PARAMETERS))
     if unknown:
         raise WmSimError(
-            f"{cfg.params}: unknown parameters {unknown}; `wm-sim ros serve` takes {', '.join(fields)}"
+            f"{path}: unknown parameters {unknown}; `wm-sim ros serve` takes {', '.join(sorted(fields))}"
         )
-    changes = {}
+    layer = []
     for name, value in values.items():
-        f = fields[name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        if getattr(cfg, name) == default:
-            changes[name] = value
-    try:
-        return dataclasses.replace(cfg, **changes)
-    except TypeError as exc:
-        raise WmSimError(f"{cfg.params}: {exc}") from exc
+        if name not in fields:
+            continue
+        if isinstance(value, dict):  # env_kwargs: one override per entry, added to the dict
+            layer += [f"++{name}.{key}={_hydra_value(item, path)}" for key, item in value.items()]
+        else:
+            layer.append(f"{name}={_hydra_value(value, path)}")
+    return layer + overrides
+
+
+def _hydra_value(value: object, path: Path) -> str:
+    """A YAML scalar as Hydra override text: strings quoted, so no character is taken as syntax."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    raise WmSimError(f"{path}: parameter value {value!r} is not a string, number or boolean")
 
 
 def read_ros_params(path: Path, node_name: str, namespace: str) -> dict[str, Any]:
@@ -194,6 +219,7 @@ def _check(cfg: ServeConfig) -> None:
     if cfg.duration < 0:
         raise WmSimError(f"duration must be >= 0 seconds, got {cfg.duration}")
     topics.check_namespace(cfg.namespace)
+    topics.check_node_name(cfg.node_name)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -25,7 +25,17 @@ from wm_sim.ros import topics
 from wm_sim.errors import WmSimError
 from wm_sim.optional import require
 
-require("rclpy")  # without ROS: one error naming the wm-sim[ros] extra, before the imports below
+# without ROS: one error naming the wm-sim[ros] extra, before the imports below
+for _package in (
+    "rclpy",
+    "rcl_interfaces",
+    "diagnostic_msgs",
+    "rosgraph_msgs",
+    "sensor_msgs",
+    "std_msgs",
+    "std_srvs",
+):
+    require(_package)
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
 from rcl_interfaces.msg import ParameterDescriptor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -49,6 +59,7 @@ class NodeConfig:
     frame_id: str = "camera"
     seed: int | None = 0  # the first episode's seed
     autoreset: bool = True  # a command after the end of an episode starts the next one
+    publish_clock: bool = True  # /clock is global: one simulator per ROS domain should publish it
 
 
 def pixel_key(space: gymnasium.Space) -> str | None:
@@ -95,12 +106,23 @@ class SimulatorNode(Node):
         self.action_low = env.action_space.low.astype(np.float64)
         self.action_high = env.action_space.high.astype(np.float64)
         self.action_dim = int(env.action_space.shape[0])
-        fps = float(env.metadata.get("render_fps") or 0.0) or 50.0
+        fps = float(env.metadata.get("render_fps") or 0.0)
+        if fps <= 0:
+            fps = 50.0
+            self.get_logger().warning(
+                "the env declares no metadata['render_fps']: simulating 50 steps per second"
+            )
         self.period_ns = round(1e9 / fps)  # simulated time of one step
         self.rate = config.rate or fps
-        names = getattr(env.unwrapped, "state_names", None)
-        state_dim = env.observation_space[self.state_key].shape[0] if self.state_key else 0
-        self.joints = topics.JointLayout.of(names or [f"joint_{i}" for i in range(state_dim)])
+        state_dim = int(np.prod(env.observation_space[self.state_key].shape)) if self.state_key else 0
+        names = list(getattr(env.unwrapped, "state_names", None) or [])
+        if len(names) != state_dim:
+            if names:
+                self.get_logger().warning(
+                    f"the env names {len(names)} state entries for a state of {state_dim}: publishing joint_0 ..."
+                )
+            names = [f"joint_{i}" for i in range(state_dim)]
+        self.joints = topics.JointLayout.of(names)
 
         self.sim_ns = 0
         self.steps = 0
@@ -110,6 +132,7 @@ class SimulatorNode(Node):
         self.command = np.zeros(self.action_dim, dtype=np.float64)  # held between realtime ticks
         self.drops: Counter[str] = Counter()
         self.overruns = 0
+        self.late_ticks = 0
         self.clipped = 0
         self._warned: dict[str, float] = {}
         self._last_tick: float | None = None
@@ -185,9 +208,14 @@ class SimulatorNode(Node):
 
     def _on_tick(self) -> None:
         start = time.perf_counter()
+        period = 1.0 / self.rate
         if self._last_tick is not None:
-            self._tick_gaps.append(start - self._last_tick)
+            gap = start - self._last_tick
+            self._tick_gaps.append(gap)
             del self._tick_gaps[:-200]
+            if gap > 1.5 * period:  # the executor was busy (or the machine): ticks came late or not at all
+                self.late_ticks += 1
+                self._report_overrun(f"tick came {(gap - period) * 1e3:.1f} ms late", gap)
         self._last_tick = start
         if self.paused or (self.episode_over and not self.config.autoreset):
             return  # time stands still until resumed, or until the reset service is called
@@ -196,9 +224,9 @@ class SimulatorNode(Node):
         else:
             self._step(self.command)
         took = time.perf_counter() - start
-        if took > 1.0 / self.rate:
+        if took > period:
             self.overruns += 1
-            self._report_overrun(took)
+            self._report_overrun(f"step took {took * 1e3:.1f} ms", took)
 
     def _on_reset(self, request: Any, response: Any) -> Any:
         seed = self.get_parameter(topics.RESET_SEED_PARAMETER).value
@@ -206,7 +234,7 @@ class SimulatorNode(Node):
             self.set_parameters([Parameter(topics.RESET_SEED_PARAMETER, value=-1)])
         self._reset(int(seed) if seed >= 0 else None)
         response.success = True
-        response.message = f"episode {self.episodes} started; stamp_ns={self.sim_ns}"
+        response.message = topics.reset_reply(self.episodes, self.sim_ns)
         return response
 
     def _on_pause(self, request: Any, response: Any) -> Any:
@@ -239,7 +267,8 @@ class SimulatorNode(Node):
 
     def _publish(self, obs: Any, reward: float, terminated: bool, done: bool) -> None:
         stamp = topics.time_msg(self.sim_ns / 1e9)
-        self.pub_clock.publish(Clock(clock=stamp))
+        if self.config.publish_clock:
+            self.pub_clock.publish(Clock(clock=stamp))
         if self.state_key is not None:
             self.pub_joints.publish(self.joints.to_msg(obs[self.state_key], stamp))
         self.pub_reward.publish(Float32(data=reward))
@@ -261,10 +290,10 @@ class SimulatorNode(Node):
             self._warned[reason] = now
             self.get_logger().warning(text)
 
-    def _report_overrun(self, took: float) -> None:
+    def _report_overrun(self, what: str, took: float) -> None:
         period = 1.0 / self.rate
-        text = f"realtime step took {took * 1e3:.1f} ms, over its period of {period * 1e3:.1f} ms"
-        self._warn("overrun", f"{text} ({self.overruns} overruns so far)")
+        text = f"realtime {what}, over the period of {period * 1e3:.1f} ms"
+        self._warn("overrun", f"{text} ({self.overruns} slow steps, {self.late_ticks} late ticks so far)")
         status = DiagnosticStatus(
             level=DiagnosticStatus.WARN,
             name=f"{self.get_fully_qualified_name()}: realtime step",
@@ -272,8 +301,9 @@ class SimulatorNode(Node):
             hardware_id="wm_sim",
             values=[
                 KeyValue(key="overruns", value=str(self.overruns)),
+                KeyValue(key="late_ticks", value=str(self.late_ticks)),
                 KeyValue(key="steps", value=str(self.steps)),
-                KeyValue(key="step_ms", value=f"{took * 1e3:.2f}"),
+                KeyValue(key="duration_ms", value=f"{took * 1e3:.2f}"),
                 KeyValue(key="period_ms", value=f"{period * 1e3:.2f}"),
             ],
         )
@@ -288,7 +318,10 @@ class SimulatorNode(Node):
     def summary(self) -> str:
         parts = [f"{self.steps} steps", f"{self.episodes} episodes", f"t={self.sim_ns / 1e9:.2f} s simulated"]
         if self.timer is not None:
-            parts.append(f"{self.measured_rate():.1f} Hz (target {self.rate:g}), {self.overruns} overruns")
+            parts.append(
+                f"{self.measured_rate():.1f} Hz (target {self.rate:g}), {self.overruns} slow steps, "
+                f"{self.late_ticks} late ticks"
+            )
         if self.drops:
             parts.append("dropped " + ", ".join(f"{n} {reason}" for reason, n in sorted(self.drops.items())))
         if self.clipped:

@@ -8,6 +8,7 @@ no ROS install, and a missing one is one error naming the `wm-sim[ros]` extra.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,17 @@ DIAGNOSTICS = "/diagnostics"  # diagnostic_msgs/DiagnosticArray: realtime overru
 RESET_SEED_PARAMETER = "reset_seed"
 
 
+def reset_reply(episode: int, stamp_ns: int) -> str:
+    """The reset service's message: says the stamp of the episode's first observation."""
+    return f"episode {episode} started; stamp_ns={stamp_ns}"
+
+
+def reset_stamp(message: str) -> int | None:
+    """The stamp in a `reset_reply`, or None for another server's reply."""
+    match = re.search(r"stamp_ns=(\d+)", message)
+    return int(match.group(1)) if match else None
+
+
 def join(namespace: str, name: str) -> str:
     """`name` under `namespace` (absolute names stay as they are): ('/wm_sim', 'commands') -> '/wm_sim/commands'."""
     if name.startswith("/"):
@@ -41,20 +53,32 @@ def join(namespace: str, name: str) -> str:
     return "/" + "/".join(part for part in (*namespace.strip("/").split("/"), name) if part)
 
 
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # a ROS name token: ASCII, no leading digit
+
+
+def _is_token(text: str) -> bool:
+    return bool(_NAME.fullmatch(text)) and "__" not in text
+
+
 def check_namespace(namespace: str) -> str:
     """A valid absolute ROS namespace, or one error saying what a namespace may hold."""
     parts = namespace.strip("/").split("/") if namespace.strip("/") else []
-    for part in parts:
-        if (
-            not part
-            or not (part[0].isalpha() or part[0] == "_")
-            or not all(c.isalnum() or c == "_" for c in part)
-        ):
-            raise WmSimError(
-                f"namespace {namespace!r} is not a valid ROS namespace: expected '/'-separated names of "
-                "letters, digits and underscores, each starting with a letter (e.g. /wm_sim or /robot1/sim)"
-            )
+    if not all(_is_token(part) for part in parts):
+        raise WmSimError(
+            f"namespace {namespace!r} is not a valid ROS namespace: expected '/'-separated names of ASCII "
+            "letters, digits and single underscores, each starting with a letter (e.g. /wm_sim or /robot1/sim)"
+        )
     return "/" + "/".join(parts)
+
+
+def check_node_name(name: str) -> str:
+    """A valid ROS node name, or one error saying what a node name may hold."""
+    if not _is_token(name):
+        raise WmSimError(
+            f"node_name {name!r} is not a valid ROS node name: expected ASCII letters, digits and single "
+            "underscores, starting with a letter (e.g. simulator)"
+        )
+    return name
 
 
 def use_local_discovery(localhost_only: bool) -> None:

@@ -198,9 +198,15 @@ def test_bad_traffic_is_dropped_and_the_node_keeps_serving(lockstep, tmp_path):
     client.spin_for(1.0)
     assert len(client.images) == count  # nothing stepped
 
-    # a subscriber that vanishes in the middle of the stream
+    # subscribers (best effort and reliable) that vanish in the middle of the stream
     listener = subprocess.Popen(
-        [sys.executable, "-c", _LISTENER.format(topic=topics.join("/wm_sim", topics.IMAGE))],
+        [
+            sys.executable,
+            "-c",
+            _LISTENER.format(
+                topic=topics.join("/wm_sim", topics.IMAGE), joints=topics.join("/wm_sim", topics.JOINT_STATES)
+            ),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -227,10 +233,13 @@ def test_bad_traffic_is_dropped_and_the_node_keeps_serving(lockstep, tmp_path):
 _LISTENER = """
 import os, rclpy
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import Image, JointState
 rclpy.init()
 node = rclpy.create_node("vanishing_listener")
 node.create_subscription(Image, "{topic}", lambda m: None, qos_profile_sensor_data)
+node.create_subscription(JointState, "{joints}", lambda m: None, 10)  # reliable: the server tracks acks
+while node.count_publishers("{joints}") == 0:
+    rclpy.spin_once(node, timeout_sec=0.05)
 print("listening", flush=True)
 rclpy.spin(node)
 """
@@ -323,20 +332,30 @@ def test_unservable_env_and_bad_options_are_one_line_errors(tmp_path):
         assert expected in result.stderr and "Traceback" not in result.stderr
 
 
-def test_params_file_fills_what_the_command_line_left(tmp_path):
+def test_params_file_is_a_layer_under_the_command_line(tmp_path):
+    from wm_sim.config import load_config
+
+    def compose(*overrides: str) -> ServeConfig:
+        return load_config("ros serve", ServeConfig, with_params_file(list(overrides)))
+
     path = tmp_path / "serve.yaml"
     path.write_text(
-        "/**:\n  ros__parameters:\n    mode: realtime\n    rate: 25.0\n"
-        "simulator:\n  ros__parameters:\n    seed: 7\n"
+        "/**:\n  ros__parameters:\n    mode: realtime\n    rate: 25.0\n    use_sim_time: true\n"
+        "simulator:\n  ros__parameters:\n    seed: 7\n    env_kwargs:\n      checkpoint: outputs/it's/last\n"
     )
-    cfg = with_params_file(ServeConfig(params=str(path), rate=40.0))
+    cfg = compose(f"params={path}", "rate=40.0")
     assert (cfg.mode, cfg.rate, cfg.seed) == ("realtime", 40.0, 7)  # the command line's rate wins
+    assert cfg.env_kwargs == {"checkpoint": "outputs/it's/last"}  # quoted through Hydra intact
+    assert compose(f"params={path}", "mode=lockstep").mode == "lockstep"  # even naming the default
+    path.write_text("/**:\n  ros__parameters:\n    seed: many\n")
+    with pytest.raises(WmSimError, match="seed"):  # type-checked like a typed value
+        compose(f"params={path}")
     path.write_text("/**:\n  ros__parameters:\n    colour: red\n")
     with pytest.raises(WmSimError, match="unknown parameters \\['colour'\\]"):
-        with_params_file(ServeConfig(params=str(path)))
+        compose(f"params={path}")
     path.write_text("other_node:\n  ros__parameters:\n    mode: realtime\n")
     with pytest.raises(WmSimError, match="no ros__parameters for node /wm_sim/simulator"):
-        with_params_file(ServeConfig(params=str(path)))
+        compose(f"params={path}")
 
 
 def test_shipped_launch_file_and_its_parameters():

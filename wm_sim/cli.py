@@ -19,6 +19,9 @@ class Verb:
     schema: str  # "module:ConfigClass"
     run: str  # "module:function", called with the config
     summary: str
+    # "module:function" turning the command line's overrides into the overrides to compose, e.g.
+    # a parameter file's values placed before them (so what the command line says still wins)
+    expand: str | None = None
 
 
 VERBS: dict[str, Verb] = {
@@ -71,6 +74,7 @@ VERBS: dict[str, Verb] = {
         schema="wm_sim.ros.serve:ServeConfig",
         run="wm_sim.ros.serve:serve",
         summary="serve a Gymnasium env over ROS 2 topics (lockstep or realtime; needs wm-sim[ros])",
+        expand="wm_sim.ros.serve:with_params_file",
     ),
     "ros import-bag": Verb(
         schema="wm_sim.ros.bag_import:ImportBagConfig",
@@ -121,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     verb = VERBS[name]
     try:
+        if verb.expand is not None:
+            overrides = _resolve(verb.expand)(overrides)
         cfg = load_config(name, _resolve(verb.schema), overrides)
         _resolve(verb.run)(cfg)
     except WmSimError as exc:
