@@ -18,49 +18,32 @@ import sys
 import time
 
 import numpy as np
+import torch
 from tqdm import tqdm
 from wm_sim.benchmarks.context import Bench
+from wm_sim.benchmarks.latency import step_times_ms
 from wm_sim.benchmarks.stats import summarize, target
 
 from wm_sim.errors import WmSimError
 from wm_sim.optional import is_available
 
 P50_BOUND_MS = 30.0
+CPU = torch.device("cpu")  # the server steps on the CPU: nothing to synchronise
 
 
 def env_step_ms(checkpoint: str, actions: np.ndarray) -> list[float]:
     """The env's own step in this process, one torch thread, CPU: the floor under a round trip."""
     import gymnasium as gym
-    import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     env = gym.make("wm_sim/WorldModel-v0", checkpoint=checkpoint)
     try:
         env.reset(seed=0)
-        times = []
-        for action in actions:
-            start = time.perf_counter()
-            _, _, terminated, truncated, _ = env.step(action)
-            times.append((time.perf_counter() - start) * 1e3)
-            if terminated or truncated:
-                env.reset()
-        return times
+        return step_times_ms(env, actions, CPU)
     finally:
         env.close()
         torch.set_num_threads(threads)
-
-
-def round_trip_ms(env, actions: np.ndarray) -> list[float]:
-    """Wall time of each RosEnv.step(actions[i]) in ms; resets after an episode's end are untimed."""
-    times = []
-    for action in actions:
-        start = time.perf_counter()
-        _, _, terminated, truncated, _ = env.step(action)
-        times.append((time.perf_counter() - start) * 1e3)
-        if terminated or truncated:
-            env.reset()
-    return times
 
 
 def start_server(checkpoint: str) -> subprocess.Popen:
@@ -118,10 +101,10 @@ def run(bench: Bench) -> dict:
             env.reset(seed=0)
             env.action_space.seed(0)
             actions = np.stack([env.action_space.sample() for _ in range(steps)])
-            round_trip_ms(env, actions[: min(50, steps)])  # warm-up: DDS, allocator, caches
+            step_times_ms(env, actions[: min(50, steps)], CPU)  # warm-up: DDS, allocator, caches
             p50, p99, floor = [], [], []
             for _ in tqdm(range(bench.repeats), desc="ros round trip", unit="repeat"):
-                times = round_trip_ms(env, actions)
+                times = step_times_ms(env, actions, CPU)  # RosEnv.step: the round trip
                 p50.append(float(np.percentile(times, 50)))
                 p99.append(float(np.percentile(times, 99)))
                 floor.append(float(np.percentile(env_step_ms(bench.checkpoint, actions), 50)))

@@ -101,7 +101,7 @@ class RosEnv(gymnasium.Env):
             "reset": optional(reset_service, topics.RESET),
         }
         self._Float64MultiArray = Float64MultiArray
-        self._warned: dict[str, float] = {}
+        self._may_warn = topics.Throttle()
         self._handled = 0  # messages handled by this env's callbacks: how _drain knows it is done
         self._subscriptions: list[Any] = []
         self.dropped_images = 0
@@ -455,7 +455,5 @@ class RosEnv(gymnasium.Env):
             del self._joints[min(self._joints)]
 
     def _warn(self, reason: str, text: str) -> None:
-        now = time.monotonic()
-        if now - self._warned.get(reason, -10.0) >= 2.0:
-            self._warned[reason] = now
+        if self._may_warn(reason):
             self._node.get_logger().warning(text)

@@ -134,7 +134,7 @@ class SimulatorNode(Node):
         self.overruns = 0
         self.late_ticks = 0
         self.clipped = 0
-        self._warned: dict[str, float] = {}
+        self._may_warn = topics.Throttle(WARN_EVERY_S)
         self._last_tick: float | None = None
         self._tick_gaps: list[float] = []
 
@@ -284,10 +284,7 @@ class SimulatorNode(Node):
         self._warn(reason, f"{text} ({self.drops[reason]} so far)")
 
     def _warn(self, reason: str, text: str) -> None:
-        """Log at most every WARN_EVERY_S per reason: a flood of one kind never hides another."""
-        now = time.monotonic()
-        if now - self._warned.get(reason, -WARN_EVERY_S) >= WARN_EVERY_S:
-            self._warned[reason] = now
+        if self._may_warn(reason):
             self.get_logger().warning(text)
 
     def _report_overrun(self, what: str, took: float) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,22 @@ def check_node_name(name: str) -> str:
             "underscores, starting with a letter (e.g. simulator)"
         )
     return name
+
+
+class Throttle:
+    """At most one warning per `every` seconds for each reason: a flood of one kind never hides another."""
+
+    def __init__(self, every: float = 2.0):
+        self.every = every
+        self._last: dict[str, float] = {}
+
+    def __call__(self, reason: str) -> bool:
+        """True when a warning for `reason` may be logged now (and counts it as logged)."""
+        now = time.monotonic()
+        if now - self._last.get(reason, -self.every) < self.every:
+            return False
+        self._last[reason] = now
+        return True
 
 
 def use_local_discovery(localhost_only: bool) -> None:
