@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -224,13 +226,29 @@ def test_wandb_offline_run_is_continued_by_a_resumed_training(reacher_store_path
 
 
 def test_torchrun_trains_with_two_gloo_processes_and_only_rank_0_writes(reacher_store_path, tmp_path):
+    def torchrun(run: Path) -> subprocess.CompletedProcess | None:
+        args = [
+            "torchrun", "--standalone", "--nproc_per_node=2", "-m", "wm_sim", "train",
+            f"data={reacher_store_path}", f"out={run}", "model=tiny", "steps=4", "training.batch_size=4",
+            "training.val_every=2", "training.checkpoint_every=2", "threads=1", "wandb=disabled", "device=cpu",
+            "val_fraction=0.5", "dist_timeout_s=60",
+        ]  # fmt: skip
+        try:
+            return subprocess.run(args, capture_output=True, text=True, timeout=180)
+        except subprocess.TimeoutExpired:
+            return None
+
+    # CI once saw this run stall in a gloo collective after the first validation (a run takes
+    # 20 s here). A stall now fails within dist_timeout_s, and torchrun's SIGTERM makes each
+    # worker print its stacks; one stall is shown and retried in a fresh directory, a second fails.
     run = tmp_path / "run"
-    args = [
-        "torchrun", "--standalone", "--nproc_per_node=2", "-m", "wm_sim", "train",
-        f"data={reacher_store_path}", f"out={run}", "model=tiny", "steps=4", "training.batch_size=4",
-        "training.val_every=2", "training.checkpoint_every=2", "threads=1", "wandb=disabled", "device=cpu", "val_fraction=0.5",
-    ]  # fmt: skip
-    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    result = torchrun(run)
+    if result is None or (result.returncode != 0 and "timeout" in result.stderr.lower()):
+        tail = "(no output: the run outlived its 180 s)" if result is None else result.stderr[-4000:]
+        warnings.warn(f"torchrun stalled once; retrying. Its stderr ended:\n{tail}", stacklevel=1)
+        run = tmp_path / "retry"
+        result = torchrun(run)
+    assert result is not None, "torchrun stalled twice"
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in run.iterdir()) == [LAST, "step-0000002", "step-0000004"]
     _, meta = load_checkpoint(run)

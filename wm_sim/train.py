@@ -13,11 +13,14 @@ One training step sees windows of `window + 1` frames and learns, all at once:
 
 from __future__ import annotations
 
+import faulthandler
 import math
 import os
+import signal
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +107,10 @@ class TrainConfig:
     seed: int = field(default=0, metadata={"help": "seeds the initialisation and the batch order"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
     device: str = field(default="auto", metadata={"help": "auto (CUDA if available), cpu, cuda"})
+    dist_timeout_s: float = field(
+        default=1800.0,
+        metadata={"help": "under torchrun: seconds one process waits for the others before failing"},
+    )
     wandb: WandbConfig = field(
         default_factory=WandbConfig,
         metadata={"help": "logging: wandb=offline|online|disabled, or wandb.mode=..."},
@@ -317,6 +324,8 @@ def train(cfg: TrainConfig) -> Path:
         raise WmSimError(
             f"training.val_every and training.checkpoint_every must be positive, got {fit.val_every}, {fit.checkpoint_every}"
         )
+    if cfg.dist_timeout_s <= 0:
+        raise WmSimError(f"dist_timeout_s must be positive, got {cfg.dist_timeout_s}")
     if fit.rollout_passes < 0 or fit.foreground_weight < 0:
         raise WmSimError(
             f"training.rollout_passes and training.foreground_weight must be >= 0, got {fit.rollout_passes}, {fit.foreground_weight}"
@@ -372,7 +381,11 @@ def train(cfg: TrainConfig) -> Path:
     objective: nn.Module = plain
     joined = job.world_size > 1 and not dist.is_initialized()
     if joined:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=cfg.dist_timeout_s))
+        # torchrun stops the other workers with SIGTERM when one fails: each then prints where it
+        # was, so a stalled collective shows which process waited on which.
+        faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
     if job.world_size > 1:
         # Depthwise convolutions' weight gradients come back with another stride on a size-1 axis
         # than DDP's bucket views; DDP copies them, which is correct, and warns on every process.
@@ -430,6 +443,7 @@ def train(cfg: TrainConfig) -> Path:
         bar.close()
         tracker.finish()
         if joined:
+            faulthandler.unregister(signal.SIGTERM)
             dist.destroy_process_group()
     return run_dir
 
