@@ -60,7 +60,8 @@ def test_a_run_checkpoint_has_no_start_contexts(reacher_store_path, packaged):
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped reacher model in this checkout")
 def test_the_shipped_reacher_model_is_small_loads_by_name_and_beats_copy_last_where_it_claims():
     """Guards what the README claims of the shipped model: better than holding the last frame in
-    PSNR at every horizon and in SSIM up to 16 frames (its SSIM misses at 64 and the end: drift)."""
+    PSNR, reward error and agent_pos error at every horizon, and in SSIM up to 16 frames (its SSIM
+    misses at 64 and the end: drift)."""
     assert resolve_checkpoint("shipped:reacher") == SHIPPED.resolve()
     model, meta = load_checkpoint("shipped:reacher")
     assert meta["dataset"]["task"] == "reacher" and model.config.image_size == 64
@@ -73,6 +74,9 @@ def test_the_shipped_reacher_model_is_small_loads_by_name_and_beats_copy_last_wh
     assert all(psnr["model"][h] > psnr["copy_last"][h] for h in report["horizons"])
     assert report["model_beats_copy_last_at_every_horizon"]["psnr"]
     assert all(ssim["model"][h] > ssim["copy_last"][h] for h in ("1", "4", "16"))
+    for error in ("reward_abs_error", "state_rmse"):
+        errors = report["metrics"][error]
+        assert all(errors["model"][h] < errors["copy_last"][h] for h in report["horizons"]), error
 
 
 def test_the_shipped_policy_fits_reacher_and_sees_through_the_shipped_models_encoder():
