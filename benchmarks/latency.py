@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 from wm_sim.benchmarks.context import Bench
 from wm_sim.benchmarks.machine import synchronize
-from wm_sim.benchmarks.stats import summarize, target
+from wm_sim.benchmarks.stats import percentiles, summarize, target
 from wm_sim.benchmarks.timing import StageTimer
 
 P50_BOUND_MS = 20.0
@@ -55,8 +55,9 @@ def run(bench: Bench) -> dict:
     p50, p99 = [], []
     for _ in tqdm(range(bench.repeats), desc="latency", unit="repeat"):
         times = step_times_ms(env, actions, bench.device)
-        p50.append(float(np.percentile(times, 50)))
-        p99.append(float(np.percentile(times, 99)))
+        spread = percentiles(times, (50, 99))
+        p50.append(spread["p50"])
+        p99.append(spread["p99"])
     if bench.acceleration.active:
         env.close()
         env = bench.eager().make_env()

@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 from wm_sim.benchmarks.context import Bench
 from wm_sim.benchmarks.latency import step_times_ms
-from wm_sim.benchmarks.stats import summarize, target
+from wm_sim.benchmarks.stats import percentiles, summarize, target
 
 from wm_sim.errors import WmSimError
 from wm_sim.optional import is_available
@@ -105,8 +105,9 @@ def run(bench: Bench) -> dict:
             p50, p99, floor = [], [], []
             for _ in tqdm(range(bench.repeats), desc="ros round trip", unit="repeat"):
                 times = step_times_ms(env, actions, CPU)  # RosEnv.step: the round trip
-                p50.append(float(np.percentile(times, 50)))
-                p99.append(float(np.percentile(times, 99)))
+                spread = percentiles(times, (50, 99))
+                p50.append(spread["p50"])
+                p99.append(spread["p99"])
                 floor.append(float(np.percentile(env_step_ms(bench.checkpoint, actions), 50)))
         finally:
             env.close()
