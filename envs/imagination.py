@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wm_sim.world_model import WorldModel
+from wm_sim.world_model import Anchor, WorldModel
 
 
 @dataclass
@@ -46,6 +46,10 @@ class ImaginedBatch:
         self.pixels = torch.zeros(batch, c.image_size, c.image_size, 3, dtype=torch.uint8, device=self.device)
         self.agent_pos = torch.zeros(batch, c.state_dim, device=self.device)
         self.steps = torch.zeros(batch, dtype=torch.long, device=self.device)
+        # Each row's last real context frame, which an anchored decoder composites over.
+        self.anchor = Anchor(
+            torch.zeros_like(self.latents), torch.zeros(self.pixels.shape, device=self.device)
+        )
         # Predicted proprioception is kept inside these bounds (the observation space's), if set.
         self.state_low: torch.Tensor | None = None
         self.state_high: torch.Tensor | None = None
@@ -81,6 +85,8 @@ class ImaginedBatch:
         self.latents[rows] = latents[:, -1]
         self.norm_state[rows] = norm_state[:, -1]
         self.pixels[rows] = frames[:, -1]
+        self.anchor.latents[rows] = latents[:, -1]
+        self.anchor.pixels[rows] = frames[:, -1].float() / 255.0
         self.agent_pos[rows] = self._bounded(state[:, -1].float())
         self.steps[rows] = 0
 
@@ -91,7 +97,7 @@ class ImaginedBatch:
             self.cache, self.latents, self.norm_state, actions.to(self.device).float()
         )
         self.latents, self.norm_state = pred.latents[:, 0], pred.state[:, 0]
-        decoded = self.model.decode(self.latents)  # (B, S, S, 3) in [0, 1]
+        decoded = self.model.decode(self.latents, self.anchor)  # (B, S, S, 3) in [0, 1]
         self.pixels = (decoded * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
         self.agent_pos = self._bounded(self.model.denormalise_state(self.norm_state))
         self.steps += 1
@@ -118,6 +124,8 @@ class ImaginedBatch:
             "pixels": self.pixels.clone(),
             "agent_pos": self.agent_pos.clone(),
             "steps": self.steps.clone(),
+            "anchor_latents": self.anchor.latents.clone(),
+            "anchor_pixels": self.anchor.pixels.clone(),
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -131,6 +139,9 @@ class ImaginedBatch:
         self.cache.time.copy_(state["time"])
         for name in ("latents", "norm_state", "pixels", "agent_pos", "steps"):
             setattr(self, name, state[name].clone().to(self.device))
+        # in place, like the cache: a captured CUDA graph reads these very buffers
+        self.anchor.latents.copy_(state["anchor_latents"])
+        self.anchor.pixels.copy_(state["anchor_pixels"])
 
 
 def stack_contexts(contexts: dict[str, torch.Tensor], picks: np.ndarray) -> tuple[torch.Tensor, ...]:

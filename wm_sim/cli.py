@@ -35,6 +35,11 @@ VERBS: dict[str, Verb] = {
         run="wm_sim.train:train",
         summary="train the world model on a dataset (checkpoints, validation, resume=auto)",
     ),
+    "tune-decoder": Verb(
+        schema="wm_sim.decoder_tuning:DecoderTuningConfig",
+        run="wm_sim.decoder_tuning:tune_decoder",
+        summary="train an anchored decoder on a frozen world model (keeps the static scene in long rollouts)",
+    ),
     "evaluate": Verb(
         schema="wm_sim.evaluate:EvaluateConfig",
         run="wm_sim.evaluate:evaluate",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from wm_sim.world_model import StreamCache, WorldModel
+from wm_sim.world_model import Anchor, StreamCache, WorldModel
 
 
 @dataclass
@@ -22,6 +22,11 @@ class Rollout:
     state: torch.Tensor  # (B, H, D), in the dataset's units
     reward: torch.Tensor  # (B, H)
     continue_prob: torch.Tensor  # (B, H)
+    anchor: Anchor  # the last context frame: what decode(latents, anchor) composites over
+
+    def frames(self, model: WorldModel) -> torch.Tensor:
+        """The predicted frames (B, H, S, S, 3), float in [0, 1]."""
+        return model.decode(self.latents, self.anchor)
 
 
 @torch.no_grad()
@@ -82,4 +87,5 @@ def open_loop(
         state=model.denormalise_state(torch.stack(out_state, 1)),
         reward=torch.stack(out_reward, 1),
         continue_prob=torch.stack(out_cont, 1),
+        anchor=model.anchor(frames[:, context - 1]),
     )

@@ -38,7 +38,7 @@ from wm_sim.errors import WmSimError
 from wm_sim.media import comparison_frames, to_uint8, write_video
 from wm_sim.rollout import open_loop
 from wm_sim.tracking import Tracker, WandbConfig, new_run_id
-from wm_sim.world_model import Prediction, WorldModel, WorldModelConfig
+from wm_sim.world_model import Anchor, Prediction, WorldModel, WorldModelConfig
 
 
 @dataclass
@@ -54,6 +54,9 @@ class ModelSize:
     mlp_ratio: int = field(default=4, metadata={"help": "MLP hidden size / dim"})
     window: int = field(default=8, metadata={"help": "frames attended to (and trained on)"})
     residual: bool = field(default=True, metadata={"help": "predict the change of each latent"})
+    anchored: bool = field(
+        default=False, metadata={"help": "decode over a real anchor frame (see also wm-sim tune-decoder)"}
+    )
 
 
 @dataclass
@@ -145,9 +148,12 @@ def losses(
     target = pixels.float() / 255.0
     weight = pixel_weights(target, background, foreground_weight)  # (B, T+1, S, S, 1)
     latents = model.encode(pixels)  # (B, T+1, N, C)
+    # An anchored decoder composites over another real frame of the same episode: a random one.
+    rows, pick = torch.arange(pixels.shape[0]), torch.randint(0, pixels.shape[1], (pixels.shape[0],))
+    anchor = Anchor(latents[rows, pick].detach(), target[rows, pick])
     # Reconstruct two random frames of each window: decoding all T+1 costs more than it teaches.
     frames = torch.randint(0, pixels.shape[1], (2,))
-    recon = _weighted_mse(model.decode(latents[:, frames]), target[:, frames], weight[:, frames])
+    recon = _weighted_mse(model.decode(latents[:, frames], anchor), target[:, frames], weight[:, frames])
     state = model.normalise_state(batch["state"])  # (B, T+1, D)
     action, reward, cont = batch["action"][:, :-1], batch["reward"][:, :-1], 1.0 - batch["terminated"][:, :-1]
     # The encoder learns from reconstruction only: were the dynamics losses to reach it, the
@@ -175,7 +181,7 @@ def losses(
     # Pixels of predicted frames, at one random time step: the decoder learns predicted latents too.
     t = int(torch.randint(0, first.latents.shape[1], (1,)))
     last = previous.latents[:, t]
-    pixel_error = _weighted_mse(model.decode(last), target[:, t + 1], weight[:, t + 1], per_row=True)  # (B,)
+    pixel_error = _weighted_mse(model.decode(last, anchor), target[:, t + 1], weight[:, t + 1], per_row=True)
     terms["predicted_pixels"] = (pixel_error * has_next[:, t]).sum() / has_next[:, t].sum().clamp(min=1)
     weights = {"recon": 1.0, "predicted_pixels": 1.0}
     terms["total"] = sum(weights.get(k, 1.0 if "latent" in k else 0.1) * v for k, v in terms.items())
@@ -466,7 +472,7 @@ def rollout_video(
     context = min(4, len(data[keys[0]]) - 1)
     device = next(model.parameters()).device
     rollout = open_loop(model, image.to(device), state.to(device), action[:, :-1].to(device), context)
-    predicted = to_uint8(model.decode(rollout.latents[0]).cpu().numpy())
+    predicted = to_uint8(rollout.frames(model)[0].cpu().numpy())
     folder.mkdir(parents=True, exist_ok=True)
     return write_video(
         folder / f"rollout-{step:07d}.mp4",

@@ -3,7 +3,10 @@
 Reads top-down: attention backend, tokenizer (encoder, decoder), transformer blocks, the config,
 then the model with its training forward pass and its streaming step.
 
-A frame becomes a G x G grid of latent tokens (tanh-bounded). The dynamics transformer sees, for
+A frame becomes a G x G grid of latent tokens (tanh-bounded). An anchored decoder also reads a real
+"anchor" frame (the last real frame before imagination began) and blends, per pixel, its own colour
+with the anchor's: what has not moved since (the background, a target) is copied exactly however
+far a rollout has drifted. The dynamics transformer sees, for
 each time step t, the tokens of frame t plus embeddings of the proprioceptive state s_t and the
 action a_t, attends to every token of frames <= t (block-causal), and predicts all tokens of frame
 t+1 at once, with heads for the reward r_t+1, the continue probability and s_t+1. Streaming keeps
@@ -101,13 +104,19 @@ class Decoder(nn.Module):
     resolution). The last stage predicts each 2x2 block of RGB pixels straight from the half-
     resolution features, so nothing runs at full resolution: at 64x64 that is two thirds of the
     decoder's time saved, and decoding is not what bounds imagined frames/s.
+
+    Anchored, it also reads the anchor frame's tokens and predicts a fourth channel, the weight of
+    its own colour against the anchor's pixel: where the anchor already shows what is there (the
+    scene, a target that never moves), copying it is exact, and no drift of the latents fades it.
     """
 
-    def __init__(self, image_size: int, grid: int, latent_dim: int, width: int):
+    def __init__(self, image_size: int, grid: int, latent_dim: int, width: int, anchored: bool = False):
         super().__init__()
         self.grid = grid
+        self.anchored = anchored
         stages = int(math.log2(image_size // grid))
-        layers: list[nn.Module] = [nn.Conv2d(latent_dim, width, 1)]
+        inputs, outputs = (2 * latent_dim, 4) if anchored else (latent_dim, 3)
+        layers: list[nn.Module] = [nn.Conv2d(inputs, width, 1)]
         channels = width
         for _ in range(stages - 1):
             out = max(channels // 2, 16)
@@ -119,13 +128,26 @@ class Decoder(nn.Module):
                 nn.PixelShuffle(2),
             ]
             channels = out
-        layers += [nn.GELU(), nn.Conv2d(channels, 3 * 4, 3, padding=1), nn.PixelShuffle(2)]
+        layers += [nn.GELU(), nn.Conv2d(channels, outputs * 4, 3, padding=1), nn.PixelShuffle(2)]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        anchor_tokens: torch.Tensor | None = None,
+        anchor_pixels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """tokens (B, N, C); anchored: the anchor's tokens (B, N, C) and pixels (B, 3, S, S) in [0, 1]."""
+        if self.anchored:
+            tokens = torch.cat([tokens, anchor_tokens], dim=-1)  # (B, N, 2C)
         b, _, c = tokens.shape
         z = tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)  # (B, C, G, G)
-        return torch.sigmoid(self.net(z))  # (B, 3, S, S)
+        out = self.net(z)  # (B, 3 or 4, S, S)
+        colour = torch.sigmoid(out[:, :3])
+        if not self.anchored:
+            return colour
+        own = torch.sigmoid(out[:, 3:])  # (B, 1, S, S): 1 = this pixel is drawn, 0 = copied from the anchor
+        return own * colour + (1.0 - own) * anchor_pixels
 
 
 # --- dynamics transformer ----------------------------------------------------------------------
@@ -193,6 +215,9 @@ class WorldModelConfig:
     # move (the background, a target) is copied for free and only motion must be learned. False in
     # checkpoints from before it existed: those predicted absolute latents.
     residual: bool = False
+    # Composite decoded frames over a real anchor frame (see Decoder). False in checkpoints from
+    # before it existed; `wm-sim tune-decoder` turns a model's decoder into an anchored one.
+    anchored: bool = False
 
     def __post_init__(self):
         if self.image_size < 4 * self.grid:
@@ -215,6 +240,17 @@ class WorldModelConfig:
 
 
 @dataclass
+class Anchor:
+    """A real frame an anchored decoder composites over; every decode of a rollout takes its context's."""
+
+    latents: torch.Tensor  # (B, N, C)
+    pixels: torch.Tensor  # (B, S, S, 3) float in [0, 1]
+
+    def __getitem__(self, rows) -> Anchor:
+        return Anchor(self.latents[rows], self.pixels[rows])
+
+
+@dataclass
 class Prediction:
     """What the dynamics predicts for the frame after each input frame."""
 
@@ -232,7 +268,7 @@ class WorldModel(nn.Module):
         c = config
         self.config = c
         self.encoder = Encoder(c.image_size, c.grid, c.latent_dim, c.tokenizer_width)
-        self.decoder = Decoder(c.image_size, c.grid, c.latent_dim, c.tokenizer_width)
+        self.decoder = Decoder(c.image_size, c.grid, c.latent_dim, c.tokenizer_width, c.anchored)
         self.latent_in = nn.Linear(c.latent_dim, c.dim)
         self.state_in = nn.Linear(c.state_dim, c.dim)
         self.action_in = nn.Linear(c.action_dim, c.dim)
@@ -253,10 +289,25 @@ class WorldModel(nn.Module):
         x = pixels.reshape(-1, *pixels.shape[-3:]).permute(0, 3, 1, 2).float() / 255.0
         return self.encoder(x).reshape(*lead, self.config.tokens, self.config.latent_dim)
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(..., N, C) latents -> (..., S, S, 3) float frames in [0, 1]."""
+    def anchor(self, frames: torch.Tensor) -> Anchor:
+        """The anchor of rollouts that start after real frames (B, S, S, 3) uint8 (the last real ones)."""
+        return Anchor(self.encode(frames), frames.float() / 255.0)
+
+    def decode(self, latents: torch.Tensor, anchor: Anchor | None = None) -> torch.Tensor:
+        """(B, ..., N, C) latents -> (B, ..., S, S, 3) float frames in [0, 1].
+
+        An anchored model needs the anchor of each row b (it is shared by the row's frames); a
+        model that is not anchored ignores it, so callers pass it whatever the model.
+        """
         lead = latents.shape[:-2]
-        x = self.decoder(latents.reshape(-1, *latents.shape[-2:]))  # (B, 3, S, S)
+        flat = latents.reshape(-1, *latents.shape[-2:])  # (M, N, C)
+        if not self.config.anchored:
+            x = self.decoder(flat)
+        elif anchor is None:
+            raise ValueError("this world model's decoder is anchored: decode needs model.anchor(frames)")
+        else:
+            pixels = _per_frame(anchor.pixels, lead).permute(0, 3, 1, 2)  # (M, 3, S, S)
+            x = self.decoder(flat, _per_frame(anchor.latents, lead), pixels)
         return x.permute(0, 2, 3, 1).reshape(*lead, *x.shape[2:], 3)
 
     def normalise_state(self, state: torch.Tensor) -> torch.Tensor:
@@ -325,6 +376,13 @@ class WorldModel(nn.Module):
             x = block(x, times, None, cache=cache.layer(layer))
         cache.advance()
         return self._heads(x, latents[:, None])
+
+
+def _per_frame(row_values: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+    """Each row's value (B, ...) repeated for every frame of a (B, ...) = `lead` batch, flattened (M, ...)."""
+    tail = row_values.shape[1:]
+    shaped = row_values.reshape(row_values.shape[0], *(1,) * (len(lead) - 1), *tail)
+    return shaped.expand(*lead, *tail).reshape(-1, *tail)
 
 
 class StreamCache:

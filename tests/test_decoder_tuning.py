@@ -1,0 +1,188 @@
+"""The anchored decoder and `wm-sim tune-decoder`: compositing, conversion, frozen parts, resume."""
+
+from __future__ import annotations
+
+import json
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from wm_sim.checkpoint import LAST, load_checkpoint
+from wm_sim.data.store import EpisodeStore
+from wm_sim.decoder_tuning import (
+    DecoderTuningConfig,
+    _batch,
+    _own_rollouts,
+    anchored,
+    still_foreground,
+    tune_decoder,
+)
+from wm_sim.errors import WmSimError
+from wm_sim.evaluate import EvaluateConfig, evaluate
+from wm_sim.package import PackageConfig, package
+from wm_sim.world_model import Anchor, WorldModel, WorldModelConfig
+
+TINY = WorldModelConfig(
+    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, window=3
+)
+
+
+def _frames(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8)
+
+
+def _own_channel_bias(model: WorldModel) -> torch.Tensor:
+    return model.decoder.net[-2].bias[12:]  # the draw-or-copy channel, before the pixel shuffle
+
+
+def test_the_own_weight_chooses_between_the_decoded_colour_and_the_anchor():
+    torch.manual_seed(0)
+    plain = WorldModel(TINY).eval()
+    model = anchored(plain).eval()
+    latents, anchor = model.encode(_frames(2, 0)), model.anchor(_frames(2, 1))
+    with torch.no_grad():
+        _own_channel_bias(model).fill_(-50.0)  # copy every pixel
+        torch.testing.assert_close(model.decode(latents, anchor), anchor.pixels, rtol=0, atol=1e-6)
+        _own_channel_bias(model).fill_(50.0)  # draw every pixel: what the plain decoder drew
+        torch.testing.assert_close(model.decode(latents, anchor), plain.decode(latents), rtol=0, atol=1e-6)
+
+
+def test_conversion_starts_halfway_between_the_plain_decoder_and_the_anchor():
+    torch.manual_seed(0)
+    plain = WorldModel(TINY).eval()
+    model = anchored(plain).eval()
+    assert model.config.anchored and not plain.config.anchored
+    latents, anchor = plain.encode(_frames(3, 2)), plain.anchor(_frames(3, 3))
+    with torch.no_grad():
+        expected = 0.5 * plain.decode(latents) + 0.5 * anchor.pixels
+        torch.testing.assert_close(model.decode(latents, anchor), expected, rtol=0, atol=1e-6)
+    # everything but the decoder is the plain model's
+    for name, value in plain.state_dict().items():
+        if not name.startswith("decoder."):
+            assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_each_rows_anchor_serves_all_of_its_frames():
+    torch.manual_seed(0)
+    model = anchored(WorldModel(TINY)).eval()
+    with torch.no_grad():
+        _own_channel_bias(model).fill_(0.3)
+        latents = model.encode(_frames(8, 4)).reshape(2, 4, TINY.tokens, TINY.latent_dim)
+        anchor = model.anchor(_frames(2, 5))
+        together = model.decode(latents, anchor)  # (2, 4, S, S, 3)
+        for b in range(2):
+            alone = model.decode(latents[b], Anchor(anchor.latents[[b] * 4], anchor.pixels[[b] * 4]))
+            torch.testing.assert_close(together[b], alone, rtol=1e-6, atol=1e-6)
+
+
+def test_an_anchored_model_refuses_to_decode_without_an_anchor():
+    model = anchored(WorldModel(TINY)).eval()
+    with pytest.raises(ValueError, match="anchored"):
+        model.decode(model.encode(_frames(1, 0)))
+
+
+def _tuning(checkpoint, data, out, **overrides) -> DecoderTuningConfig:
+    base = dict(
+        checkpoint=str(checkpoint), data=str(data), out=str(out), steps=4, batch_size=6, episodes=2,
+        context=2, horizon=3, far_horizon=6, checkpoint_every=2, threads=1,
+    )  # fmt: skip
+    return DecoderTuningConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_model_path, reacher_store_path, tmp_path_factory):
+    return tune_decoder(_tuning(tiny_model_path, reacher_store_path, tmp_path_factory.mktemp("tune") / "run"))
+
+
+def test_tuning_changes_the_decoder_only_and_records_how(tuned, tiny_model_path):
+    source, _ = load_checkpoint(tiny_model_path)
+    model, meta = load_checkpoint(tuned)
+    assert model.config.anchored and meta["step"] == 4
+    assert meta["decoder_tuning"]["checkpoint"] == str(tiny_model_path)
+    start = anchored(source).state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, start[name]) == (not name.startswith("decoder.")), name
+    assert sorted(p.name for p in tuned.iterdir() if p.name.startswith("step-")) == [
+        "step-0000002",
+        "step-0000004",
+    ]
+
+
+def test_a_killed_tuning_resumes_to_the_same_weights(tuned, tiny_model_path, reacher_store_path, tmp_path):
+    out = tmp_path / "run"
+    tune_decoder(_tuning(tiny_model_path, reacher_store_path, out, steps=2))
+    tune_decoder(_tuning(tiny_model_path, reacher_store_path, out, resume="auto"))
+    resumed, _ = load_checkpoint(out / LAST)
+    whole, _ = load_checkpoint(tuned)
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_refusals(tuned, tiny_model_path, reacher_store_path, tmp_path):
+    with pytest.raises(WmSimError, match="already holds a run"):
+        tune_decoder(_tuning(tiny_model_path, reacher_store_path, tuned))
+    with pytest.raises(WmSimError, match="tuned with lr"):
+        tune_decoder(_tuning(tiny_model_path, reacher_store_path, tuned, resume="auto", steps=6, lr=1e-3))
+    with pytest.raises(WmSimError, match="checkpoint= is required"):
+        tune_decoder(_tuning("", reacher_store_path, tmp_path / "a"))
+    with pytest.raises(WmSimError, match="far_horizon\\) = 10000"):
+        tune_decoder(_tuning(tiny_model_path, reacher_store_path, tmp_path / "b", far_horizon=9998))
+    with pytest.raises(WmSimError, match="far_horizon must be 0 or beyond horizon=3"):
+        tune_decoder(_tuning(tiny_model_path, reacher_store_path, tmp_path / "b", far_horizon=3))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_an_anchored_model_evaluates_and_its_env_keeps_and_forks_the_anchor(
+    tuned, reacher_store_path, tmp_path
+):
+    report = evaluate(
+        EvaluateConfig(checkpoint=str(tuned), data=str(reacher_store_path), out=str(tmp_path / "eval"), context=2, episodes=1, video_episodes=1)
+    )  # fmt: skip
+    metrics = json.loads((report / "metrics.json").read_text())["metrics"]
+    assert metrics["ssim"]["model"]["1"] is not None
+    packaged = package(
+        PackageConfig(checkpoint=str(tuned), data=str(reacher_store_path), out=str(tmp_path / "pkg"), contexts=4, context_frames=3, evaluate=False)
+    )  # fmt: skip
+    env = gym.make("wm_sim/WorldModel-v0", checkpoint=str(packaged))
+    first, _ = env.reset(seed=0)
+    engine = env.unwrapped.sim.engine
+    np.testing.assert_array_equal((engine.anchor.pixels[0] * 255).round().byte().numpy(), first["pixels"])
+    actions = np.random.default_rng(0).uniform(-1, 1, (4, 2)).astype(np.float32)
+    state = env.unwrapped.get_state()
+    frames = [env.step(a)[0]["pixels"] for a in actions]
+    env.reset(seed=5)  # another start: another anchor
+    env.unwrapped.set_state(state)
+    assert all(np.array_equal(a, env.step(b)[0]["pixels"]) for a, b in zip(frames, actions, strict=True))
+    env.close()
+
+
+def test_far_predictions_are_trained_only_on_what_stood_still_in_the_anchors_foreground(
+    tiny_model_path, reacher_store_path
+):
+    source, meta = load_checkpoint(tiny_model_path)
+    model = anchored(source).eval()
+    store = EpisodeStore.open(reacher_store_path)
+    cfg = _tuning(tiny_model_path, reacher_store_path, "unused", real_fraction=0.0, batch_size=64, episodes=1)
+    data = _own_rollouts(model, store, store.info.cameras[0], meta, cfg)
+    assert data.own.shape[:2] == (1, 6)  # the rollout runs out to far_horizon
+    _, target, weight = _batch(model, data, cfg, np.random.default_rng(0))
+    ones = (weight == 1).flatten(1).all(1)  # rows trained on the whole frame: the near ones
+    assert 0 < int(ones.sum()) < 64
+    expected = still_foreground(target, data.anchors.pixels[0], data.background)
+    assert torch.equal(weight[~ones], expected[~ones].float())
+    # what stood still in the anchor's foreground is a sliver of the frame
+    assert 0 < weight[~ones].mean() < 0.2
+
+
+def test_still_foreground_is_the_target_not_the_background_nor_where_the_arm_was_or_is():
+    background = torch.full((8, 8, 3), 0.3)
+    anchor, frame = background.clone(), background.clone()
+    anchor[1:3, 1:3] = frame[1:3, 1:3] = torch.tensor([0.9, 0.1, 0.1])  # the target, in both
+    anchor[5:7, 0:4] = torch.tensor([0.1, 0.6, 0.9])  # the arm in the anchor...
+    frame[0:4, 5:7] = torch.tensor([0.1, 0.6, 0.9])  # ...and somewhere else now
+    expected = torch.zeros(8, 8, 1, dtype=torch.bool)
+    expected[1:3, 1:3] = True
+    assert torch.equal(still_foreground(frame, anchor, background), expected)

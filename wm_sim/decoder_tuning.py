@@ -1,0 +1,290 @@
+"""`wm-sim tune-decoder`: teach a world model's decoder to draw its frames over a real anchor frame.
+
+Long imagined rollouts lose what never moves. The dynamics' small errors, fed back, erode the
+latents of a static target until the decoder no longer draws it, and smear the background; a
+still copy of the last real frame keeps both exact. An anchored decoder (`world_model.Decoder`)
+also reads that last real frame and learns, pixel by pixel, whether to draw or to copy it.
+
+This stage trains the decoder alone. The encoder and the dynamics are frozen, so the latents do
+not change and everything built on them (policies read latents) stays valid. Each batch mixes:
+
+- the dynamics' own open-loop predictions, up to `horizon` frames past `context` real frames of a
+  training episode, decoded over the last real frame, against the recorded frames;
+- real frames' latents decoded over another real frame of the same episode, any distance apart,
+  so that the decoder learns to paint over where the arm was and to keep what is still there.
+
+Own predictions further out than a few frames are deliberately not trained on: there the arm's
+place is uncertain, and a squared-error decoder learns to erase it (an empty scene is closer to the
+truth than a misplaced arm). That flatters SSIM and shows the user nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from wm_sim.checkpoint import LAST, check_dataset_fits, load_checkpoint, load_train_state
+from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
+from wm_sim.data.store import EpisodeStore
+from wm_sim.data.windows import split_episodes
+from wm_sim.errors import WmSimError
+from wm_sim.rollout import open_loop
+from wm_sim.train import _checkpoint, _holds_a_run, _set_lr, _unflatten, background_frame
+from wm_sim.world_model import Anchor, WorldModel
+
+
+@dataclass
+class DecoderTuningConfig:
+    """Options of `wm-sim tune-decoder`."""
+
+    checkpoint: str = field(
+        default="", metadata={"help": "the world model whose decoder to tune (checkpoint or run dir)"}
+    )
+    data: str = field(default="datasets/reacher.zarr", metadata={"help": "the dataset it was trained on"})
+    out: str = field(default="outputs/reacher-anchored", metadata={"help": "run directory: checkpoints"})
+    steps: int = field(default=2500, metadata={"help": "optimiser steps in all"})
+    resume: str = field(default="false", metadata={"help": "false: new run; auto: continue out/last"})
+    batch_size: int = field(default=64, metadata={"help": "frames per step"})
+    lr: float = field(default=3e-4, metadata={"help": "peak learning rate (warm-up, then cosine decay)"})
+    episodes: int = field(default=256, metadata={"help": "training episodes used (0: all)"})
+    context: int = field(default=8, metadata={"help": "real frames before each own rollout"})
+    horizon: int = field(default=8, metadata={"help": "own-prediction frames per rollout trained on"})
+    real_fraction: float = field(
+        default=0.5, metadata={"help": "share of each batch that is real frames over another real frame"}
+    )
+    far_horizon: int = field(
+        default=0,
+        metadata={
+            "help": "own-prediction frames out to which only pixels still showing the anchor are trained (0: none)"
+        },
+    )
+    checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
+    seed: int = field(default=0, metadata={"help": "seeds the batch order"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+
+
+# What must not change for a resumed run to be the same run.
+RUN_IDENTITY = (
+    "checkpoint",
+    "data",
+    "batch_size",
+    "lr",
+    "episodes",
+    "context",
+    "horizon",
+    "real_fraction",
+    "far_horizon",
+    "seed",
+)
+
+
+def anchored(model: WorldModel) -> WorldModel:
+    """The same model with an anchored decoder that starts from the plain decoder's weights.
+
+    The anchor's tokens enter through new, zeroed input weights, and the draw-or-copy channel
+    starts at one half everywhere: training moves it towards the anchor where the anchor is right.
+    """
+    if model.config.anchored:
+        return model
+    converted = WorldModel(replace(model.config, anchored=True))
+    state = model.state_dict()
+    target = converted.state_dict()
+    first, last = "decoder.net.0", f"decoder.net.{len(converted.decoder.net) - 2}"
+    with torch.no_grad():
+        for name, value in state.items():
+            if name == f"{first}.weight":  # (width, C, 1, 1) -> (width, 2C, 1, 1)
+                target[name].zero_()
+                target[name][:, : value.shape[1]] = value
+            elif name in (f"{last}.weight", f"{last}.bias"):  # 12 -> 16 outputs: RGB, then draw-or-copy
+                target[name].zero_()
+                target[name][: value.shape[0]] = value
+            else:
+                target[name].copy_(value)
+    converted.load_state_dict(target)
+    return converted
+
+
+def tune_decoder(cfg: DecoderTuningConfig) -> Path:
+    """Train an anchored decoder on a frozen world model; returns the run directory."""
+    if not cfg.checkpoint:
+        raise WmSimError("checkpoint= is required: the world model whose decoder to tune")
+    if min(cfg.steps, cfg.batch_size, cfg.context, cfg.horizon, cfg.checkpoint_every) < 1 or cfg.episodes < 0:
+        raise WmSimError(
+            "steps, batch_size, context, horizon and checkpoint_every must be >= 1 and episodes >= 0, got "
+            f"{cfg.steps}, {cfg.batch_size}, {cfg.context}, {cfg.horizon}, {cfg.checkpoint_every}, {cfg.episodes}"
+        )
+    if not 0.0 <= cfg.real_fraction <= 1.0:
+        raise WmSimError(f"real_fraction must be within [0, 1], got {cfg.real_fraction}")
+    if cfg.far_horizon and cfg.far_horizon <= cfg.horizon:
+        raise WmSimError(f"far_horizon must be 0 or beyond horizon={cfg.horizon}, got {cfg.far_horizon}")
+    resume = str(cfg.resume).lower()  # Hydra reads `resume=false` as a bool
+    if resume not in ("false", "auto"):
+        raise WmSimError(f"resume must be false or auto, got {cfg.resume!r}")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    run_dir = Path(cfg.out)
+    resuming = resume == "auto" and (run_dir / LAST).exists()
+    if _holds_a_run(run_dir) and not resuming:
+        raise WmSimError(
+            f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another out="
+        )
+    options = asdict(cfg)
+    if resuming:
+        model, meta = load_checkpoint(run_dir / LAST)
+        meta = {k: v for k, v in meta.items() if k not in ("schema_version", "model", "step")}
+        was = meta.get("decoder_tuning", {})
+        for key in RUN_IDENTITY:
+            if was.get(key) != options[key]:
+                raise WmSimError(
+                    f"cannot resume {run_dir}: it was tuned with {key}={was.get(key)!r}, this run asks for {options[key]!r}"
+                )
+    else:
+        source, meta = load_checkpoint(cfg.checkpoint)
+        model = anchored(source)
+        # what the source says of its data and training stays; its shape and step are this run's
+        meta = {k: v for k, v in meta.items() if k not in ("schema_version", "model", "step")}
+        meta["decoder_tuning"] = options
+    store = EpisodeStore.open(cfg.data)
+    check_dataset_fits(model.config, meta, store.info, cfg.data)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model.eval()  # frozen parts stay in inference behaviour; only the decoder learns
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.decoder.parameters():
+        p.requires_grad_(True)
+    optimiser = torch.optim.AdamW(model.decoder.parameters(), lr=cfg.lr, weight_decay=0.0)
+    for group in optimiser.param_groups:
+        group["peak_lr"] = cfg.lr
+    step = 0
+    if resuming:
+        tensors, train_meta = load_train_state(run_dir / LAST)
+        optimiser.load_state_dict(_unflatten(train_meta["optimiser"], tensors))
+        rng.bit_generator.state = train_meta["rng"]
+        torch.set_rng_state(tensors["torch_rng"])
+        step = int(train_meta["step"])
+
+    camera = meta.get("dataset", {}).get("camera", store.info.cameras[0])
+    data = _own_rollouts(model, store, camera, meta, cfg)
+    bar = tqdm(total=cfg.steps, initial=step, desc="tune-decoder", unit="step")
+    try:
+        while step < cfg.steps:
+            _set_lr(optimiser, step, cfg.steps)
+            decoded, target, weight = _batch(model, data, cfg, rng)
+            error = decoded - target
+            loss = ((error.pow(2) + 0.5 * error.abs()) * weight).sum() / (3 * weight.sum()).clamp(min=1.0)
+            if not torch.isfinite(loss):
+                raise WmSimError(
+                    f"loss became {loss.item()} at step {step}; the last good checkpoint is {run_dir / LAST}"
+                )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.decoder.parameters(), 1.0)
+            optimiser.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.5f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                _checkpoint(run_dir, step, model, optimiser, rng, {**meta, "decoder_tuning": options})
+    finally:
+        bar.close()
+    return run_dir
+
+
+@dataclass
+class TuningData:
+    """What the decoder is tuned on, for E training episodes."""
+
+    frames: list[torch.Tensor]  # E x (L_e, S, S, 3) uint8: every recorded frame
+    own: torch.Tensor  # (E, H, N, C): the frozen model's predictions after `context` real frames
+    anchors: Anchor  # (E, ...): the last of those real frames
+    background: torch.Tensor  # (S, S, 3) in [0, 1]: the scene without what moves
+
+
+@torch.no_grad()
+def _own_rollouts(
+    model: WorldModel, store: EpisodeStore, camera: str, meta: dict, cfg: DecoderTuningConfig
+) -> TuningData:
+    """Every chosen training episode's frames and the model's own rollout from its start."""
+    val_fraction = float(meta.get("train", {}).get("val_fraction", 0.1))
+    length = cfg.context + max(cfg.horizon, cfg.far_horizon)
+    chosen = [
+        e
+        for e in split_episodes(store.num_episodes, "train", val_fraction)
+        if np.diff(store.episode_bounds(e))[0] >= length
+    ]
+    if not chosen:
+        raise WmSimError(
+            f"{cfg.data} has no training episode of context + max(horizon, far_horizon) = {length} frames"
+        )
+    if cfg.episodes and cfg.episodes < len(chosen):
+        chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, cfg.episodes).round().astype(int)]
+    keys = [image_key(camera), STATE_KEY, ACTION_KEY]
+    frames, own, anchors = [], [], []
+    for start in tqdm(range(0, len(chosen), 64), desc="own rollouts", unit="batch"):
+        data = [store.episode(e, keys) for e in chosen[start : start + 64]]
+        frames += [torch.from_numpy(d[keys[0]]) for d in data]
+        image, state, action = (torch.from_numpy(np.stack([d[k][:length] for d in data])) for k in keys)
+        rollout = open_loop(model, image, state.float(), action[:, : length - 1].float(), cfg.context)
+        own.append(rollout.latents)  # (b, H, N, C): frames context .. length-1
+        anchors.append(rollout.anchor)
+    anchor = Anchor(torch.cat([a.latents for a in anchors]), torch.cat([a.pixels for a in anchors]))
+    sample = np.concatenate([f[:: max(1, len(f) // 8)].numpy() for f in frames])
+    background = torch.from_numpy(background_frame(sample[:: max(1, len(sample) // 512)]))
+    return TuningData(frames, torch.cat(own), anchor, background)
+
+
+def still_foreground(frames: torch.Tensor, anchor: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Pixels (..., S, S, 1) where the anchor shows something other than the background and the
+    frame still shows it: what stood still since (a target). Frames and anchor (..., S, S, 3)."""
+    unchanged = (frames - anchor).abs().amax(-1, keepdim=True) < 0.1
+    return unchanged & ((anchor - background).abs().amax(-1, keepdim=True) >= 0.1)
+
+
+def _batch(
+    model: WorldModel, data: TuningData, cfg: DecoderTuningConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch decoded (with gradients into the decoder), its recorded frames (B, S, S, 3) and
+    the pixels' loss weights (B, S, S, 1).
+
+    Own predictions past `horizon` (half of the own ones, with `far_horizon`) are trained only on
+    `still_foreground`: there copying the anchor is right wherever the arm went. Everywhere else
+    their truth is where the arm really is, and learning it would teach erasing a misplaced arm.
+    """
+    frames, own, anchors = data.frames, data.own, data.anchors
+    b = cfg.batch_size
+    rows = rng.integers(0, len(frames), b)
+    real = rng.random(b) < cfg.real_fraction
+    far = ~real & (rng.random(b) < 0.5) if cfg.far_horizon else np.zeros(b, dtype=bool)
+    h = np.where(
+        far,
+        rng.integers(cfg.horizon, max(cfg.far_horizon, cfg.horizon + 1), b),
+        rng.integers(0, cfg.horizon, b),
+    )
+    latents = own[rows, h].clone()  # (B, N, C)
+    anchor = anchors[torch.from_numpy(rows)]
+    target = torch.stack([frames[r][cfg.context + t] for r, t in zip(rows, h, strict=True)])
+    if real.any():
+        picked = np.flatnonzero(real)
+        shown = [int(rng.integers(0, len(frames[rows[i]]))) for i in picked]
+        under = [int(rng.integers(0, len(frames[rows[i]]))) for i in picked]
+        shown_frames = torch.stack([frames[rows[i]][j] for i, j in zip(picked, shown, strict=True)])
+        under_frames = torch.stack([frames[rows[i]][j] for i, j in zip(picked, under, strict=True)])
+        index = torch.from_numpy(picked)
+        with torch.no_grad():
+            latents[index] = model.encode(shown_frames)
+            real_anchor = model.anchor(under_frames)
+        anchor = Anchor(anchor.latents.clone(), anchor.pixels.clone())
+        anchor.latents[index], anchor.pixels[index] = real_anchor.latents, real_anchor.pixels
+        target[index] = shown_frames
+    target = target.float() / 255.0
+    weight = torch.ones_like(target[..., :1])
+    if far.any():
+        index = torch.from_numpy(np.flatnonzero(far))
+        weight[index] = still_foreground(target[index], anchor.pixels[index], data.background).float()
+    return model.decode(latents, anchor), target, weight
