@@ -17,6 +17,7 @@ from wm_sim.collect import CollectConfig, collect
 from wm_sim.errors import WmSimError
 from wm_sim.tracking import WandbConfig
 from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
+from wm_sim.world_model import WorldModel
 
 TINY = ModelSize(grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3)
 
@@ -50,6 +51,19 @@ def test_training_writes_loadable_checkpoints_with_dataset_metadata(reacher_stor
     assert meta["dataset"]["state_names"] == ["joint0.pos", "joint1.pos", "joint0.vel", "joint1.vel"]
     assert model.config.image_size == 64 and model.config.action_dim == 2 and model.config.state_dim == 4
     assert not torch.allclose(model.state_std, torch.ones(4))  # normalisation from the data, saved with it
+
+
+def test_an_anchored_model_trains_with_another_frame_of_the_window_as_its_anchor(
+    reacher_store_path, tmp_path
+):
+    anchored = ModelSize(**{**TINY.__dict__, "anchored": True})
+    run = train(config(reacher_store_path, tmp_path / "run", model=anchored, steps=2, val_fraction=0.5))
+    model, meta = load_checkpoint(run)
+    assert model.config.anchored
+    assert all(np.isfinite(v) for v in meta["val"].values()) and meta["val"]["predicted_pixels"] > 0
+    torch.manual_seed(0)  # the run's seed: the weights it started from
+    start = WorldModel(model.config)
+    assert not torch.equal(start.decoder.net[0].weight, model.decoder.net[0].weight)  # the decoder learned
 
 
 def _interrupted_after_step_2(data, out, monkeypatch) -> None:
