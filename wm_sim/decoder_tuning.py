@@ -6,16 +6,18 @@ still copy of the last real frame keeps both exact. An anchored decoder (`world_
 also reads that last real frame and learns, pixel by pixel, whether to draw or to copy it.
 
 This stage trains the decoder alone. The encoder and the dynamics are frozen, so the latents do
-not change and everything built on them (policies read latents) stays valid. Each batch mixes:
+not change and everything built on them (policies trained on latents) stays valid. Each batch mixes:
 
-- the dynamics' own open-loop predictions, up to `horizon` frames past `context` real frames of a
-  training episode, decoded over the last real frame, against the recorded frames;
 - real frames' latents decoded over another real frame of the same episode, any distance apart,
-  so that the decoder learns to paint over where the arm was and to keep what is still there.
+  so that the decoder learns to paint over where the arm was and to keep what is still there;
+- the dynamics' own open-loop predictions after `context` real frames of a training episode,
+  decoded over the last of them, against the recorded frames: on the whole frame up to `horizon`
+  frames out, and out to `far_horizon` only where the anchor's foreground still stands (the
+  target), so the decoder learns to keep a target that the drifting latents have lost.
 
-Own predictions further out than a few frames are deliberately not trained on: there the arm's
-place is uncertain, and a squared-error decoder learns to erase it (an empty scene is closer to the
-truth than a misplaced arm). That flatters SSIM and shows the user nothing.
+Far predictions are deliberately not trained on the rest of the frame: there the arm's place is
+uncertain, and a squared-error decoder learns to erase it (an empty scene is closer to the truth
+than a misplaced arm). That flatters SSIM and shows the user nothing.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class DecoderTuningConfig:
     steps: int = field(default=2500, metadata={"help": "optimiser steps in all"})
     resume: str = field(default="false", metadata={"help": "false: new run; auto: continue out/last"})
     batch_size: int = field(default=64, metadata={"help": "frames per step"})
-    lr: float = field(default=3e-4, metadata={"help": "peak learning rate (warm-up, then cosine decay)"})
+    lr: float = field(default=6e-4, metadata={"help": "peak learning rate (warm-up, then cosine decay)"})
     episodes: int = field(default=256, metadata={"help": "training episodes used (0: all)"})
     context: int = field(default=8, metadata={"help": "real frames before each own rollout"})
     horizon: int = field(default=8, metadata={"help": "own-prediction frames per rollout trained on"})
@@ -58,7 +60,7 @@ class DecoderTuningConfig:
         default=0.5, metadata={"help": "share of each batch that is real frames over another real frame"}
     )
     far_horizon: int = field(
-        default=0,
+        default=64,
         metadata={
             "help": "own-prediction frames out to which only pixels still showing the anchor are trained (0: none)"
         },
@@ -134,21 +136,18 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
             f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another out="
         )
     options = asdict(cfg)
+    model, meta = load_checkpoint(run_dir / LAST if resuming else cfg.checkpoint)
+    # what the source says of its data and training stays; its shape and step are this run's
+    meta = {k: v for k, v in meta.items() if k not in ("schema_version", "model", "step")}
     if resuming:
-        model, meta = load_checkpoint(run_dir / LAST)
-        meta = {k: v for k, v in meta.items() if k not in ("schema_version", "model", "step")}
         was = meta.get("decoder_tuning", {})
         for key in RUN_IDENTITY:
             if was.get(key) != options[key]:
                 raise WmSimError(
                     f"cannot resume {run_dir}: it was tuned with {key}={was.get(key)!r}, this run asks for {options[key]!r}"
                 )
-    else:
-        source, meta = load_checkpoint(cfg.checkpoint)
-        model = anchored(source)
-        # what the source says of its data and training stays; its shape and step are this run's
-        meta = {k: v for k, v in meta.items() if k not in ("schema_version", "model", "step")}
-        meta["decoder_tuning"] = options
+    model = anchored(model)
+    meta["decoder_tuning"] = options
     store = EpisodeStore.open(cfg.data)
     check_dataset_fits(model.config, meta, store.info, cfg.data)
     torch.manual_seed(cfg.seed)
@@ -190,7 +189,7 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.5f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _checkpoint(run_dir, step, model, optimiser, rng, {**meta, "decoder_tuning": options})
+                _checkpoint(run_dir, step, model, optimiser, rng, meta)
     finally:
         bar.close()
     return run_dir
