@@ -48,7 +48,8 @@ class ImaginedBatch:
         self.steps = torch.zeros(batch, dtype=torch.long, device=self.device)
         # Each row's last real context frame, which an anchored decoder composites over.
         self.anchor = Anchor(
-            torch.zeros_like(self.latents), torch.zeros(self.pixels.shape, device=self.device)
+            torch.zeros_like(self.latents),
+            torch.zeros(batch, 3, c.image_size, c.image_size, device=self.device),
         )
         # Predicted proprioception is kept inside these bounds (the observation space's), if set.
         self.state_low: torch.Tensor | None = None
@@ -86,7 +87,7 @@ class ImaginedBatch:
         self.norm_state[rows] = norm_state[:, -1]
         self.pixels[rows] = frames[:, -1]
         self.anchor.latents[rows] = latents[:, -1]
-        self.anchor.pixels[rows] = frames[:, -1].float() / 255.0
+        self.anchor.pixels[rows] = frames[:, -1].permute(0, 3, 1, 2).float() / 255.0
         self.agent_pos[rows] = self._bounded(state[:, -1].float())
         self.steps[rows] = 0
 

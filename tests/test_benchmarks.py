@@ -275,7 +275,15 @@ def test_smoke_bench_runs_every_suite_and_writes_results_and_table(tiny_model_pa
     )
     files = list(out.glob("*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["suites"].keys() == results["suites"].keys()
-    assert list(results["suites"]) == ["throughput", "latency", "roofline", "memory", "stability", "train", "ros"]
+    assert list(results["suites"]) == [
+        "throughput",
+        "latency",
+        "roofline",
+        "memory",
+        "stability",
+        "train",
+        "ros",
+    ]
     ros_installed = is_available("rclpy")
     for name, suite in results["suites"].items():
         assert suite["table"], name

@@ -45,7 +45,8 @@ def test_the_own_weight_chooses_between_the_decoded_colour_and_the_anchor():
     latents, anchor = model.encode(_frames(2, 0)), model.anchor(_frames(2, 1))
     with torch.no_grad():
         _own_channel_bias(model).fill_(-50.0)  # copy every pixel
-        torch.testing.assert_close(model.decode(latents, anchor), anchor.pixels, rtol=0, atol=1e-6)
+        copied = anchor.pixels.permute(0, 2, 3, 1)  # (B, S, S, 3), as decode's frames
+        torch.testing.assert_close(model.decode(latents, anchor), copied, rtol=0, atol=1e-6)
         _own_channel_bias(model).fill_(50.0)  # draw every pixel: what the plain decoder drew
         torch.testing.assert_close(model.decode(latents, anchor), plain.decode(latents), rtol=0, atol=1e-6)
 
@@ -57,7 +58,7 @@ def test_conversion_starts_halfway_between_the_plain_decoder_and_the_anchor():
     assert model.config.anchored and not plain.config.anchored
     latents, anchor = plain.encode(_frames(3, 2)), plain.anchor(_frames(3, 3))
     with torch.no_grad():
-        expected = 0.5 * plain.decode(latents) + 0.5 * anchor.pixels
+        expected = 0.5 * plain.decode(latents) + 0.5 * anchor.pixels.permute(0, 2, 3, 1)
         torch.testing.assert_close(model.decode(latents, anchor), expected, rtol=0, atol=1e-6)
     # everything but the decoder is the plain model's
     for name, value in plain.state_dict().items():
@@ -149,7 +150,8 @@ def test_an_anchored_model_evaluates_and_its_env_keeps_and_forks_the_anchor(
     env = gym.make("wm_sim/WorldModel-v0", checkpoint=str(packaged))
     first, _ = env.reset(seed=0)
     engine = env.unwrapped.sim.engine
-    np.testing.assert_array_equal((engine.anchor.pixels[0] * 255).round().byte().numpy(), first["pixels"])
+    anchor = (engine.anchor.pixels[0].permute(1, 2, 0) * 255).round().byte().numpy()
+    np.testing.assert_array_equal(anchor, first["pixels"])
     actions = np.random.default_rng(0).uniform(-1, 1, (4, 2)).astype(np.float32)
     state = env.unwrapped.get_state()
     frames = [env.step(a)[0]["pixels"] for a in actions]
@@ -171,7 +173,7 @@ def test_far_predictions_are_trained_only_on_what_stood_still_in_the_anchors_for
     _, target, weight = _batch(model, data, cfg, np.random.default_rng(0))
     ones = (weight == 1).flatten(1).all(1)  # rows trained on the whole frame: the near ones
     assert 0 < int(ones.sum()) < 64
-    expected = still_foreground(target, data.anchors.pixels[0], data.background)
+    expected = still_foreground(target, data.anchors.pixels[0].permute(1, 2, 0), data.background)
     assert torch.equal(weight[~ones], expected[~ones].float())
     # what stood still in the anchor's foreground is a sliver of the frame
     assert 0 < weight[~ones].mean() < 0.2

@@ -285,5 +285,6 @@ def _batch(
     weight = torch.ones_like(target[..., :1])
     if far.any():
         index = torch.from_numpy(np.flatnonzero(far))
-        weight[index] = still_foreground(target[index], anchor.pixels[index], data.background).float()
+        anchor_frames = anchor.pixels[index].permute(0, 2, 3, 1)  # (k, S, S, 3), as the targets
+        weight[index] = still_foreground(target[index], anchor_frames, data.background).float()
     return model.decode(latents, anchor), target, weight

@@ -150,7 +150,7 @@ def losses(
     latents = model.encode(pixels)  # (B, T+1, N, C)
     # An anchored decoder composites over another real frame of the same episode: a random one.
     rows, pick = torch.arange(pixels.shape[0]), torch.randint(0, pixels.shape[1], (pixels.shape[0],))
-    anchor = Anchor(latents[rows, pick].detach(), target[rows, pick])
+    anchor = Anchor(latents[rows, pick].detach(), target[rows, pick].permute(0, 3, 1, 2))
     # Reconstruct two random frames of each window: decoding all T+1 costs more than it teaches.
     frames = torch.randint(0, pixels.shape[1], (2,))
     recon = _weighted_mse(model.decode(latents[:, frames], anchor), target[:, frames], weight[:, frames])
