@@ -210,10 +210,11 @@ def test_readme_table_is_regenerated_between_its_markers_from_the_newest_results
 # --- the GPU path, run on CPU wherever it can be --------------------------------------------
 
 
-def _engines(acceleration: Acceleration, device: str = "cpu"):
+def _engines(acceleration: Acceleration, device: str = "cpu", anchored: bool = False):
     torch.manual_seed(0)
-    model = WorldModel(TINY).eval()
-    twin = WorldModel(TINY).eval()
+    config = WorldModelConfig(**{**TINY.to_dict(), "anchored": anchored})
+    model = WorldModel(config).eval()
+    twin = WorldModel(config).eval()
     twin.load_state_dict(model.state_dict())
     plain = ImaginedBatch(model, 3, 200, device)
     fast = accelerate(ImaginedBatch(twin, 3, 200, device), acceleration)
@@ -237,13 +238,15 @@ def _same_rollout(plain, fast, steps: int, pixel_tol: int, state_tol: float) -> 
         assert torch.equal(a.truncated, b.truncated)
 
 
-def test_compiled_step_gives_the_same_frames_as_the_eager_step():
-    plain, fast = _engines(Acceleration(compile=True, backend="aot_eager"))
+@pytest.mark.parametrize("anchored", [False, True], ids=["plain", "anchored"])
+def test_compiled_step_gives_the_same_frames_as_the_eager_step(anchored):
+    plain, fast = _engines(Acceleration(compile=True, backend="aot_eager"), anchored=anchored)
     _same_rollout(plain, fast, steps=6, pixel_tol=1, state_tol=1e-4)
 
 
-def test_bf16_step_stays_within_bf16_rounding_of_float32_and_keeps_float32_state():
-    plain, fast = _engines(Acceleration(precision="bfloat16"))
+@pytest.mark.parametrize("anchored", [False, True], ids=["plain", "anchored"])
+def test_bf16_step_stays_within_bf16_rounding_of_float32_and_keeps_float32_state(anchored):
+    plain, fast = _engines(Acceleration(precision="bfloat16"), anchored=anchored)
     _same_rollout(plain, fast, steps=6, pixel_tol=16, state_tol=0.1)
     assert fast.latents.dtype == torch.float32 and fast.norm_state.dtype == torch.float32
 
@@ -258,8 +261,10 @@ def test_cuda_graphs_are_refused_off_cuda_and_unknown_precisions_are_errors():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs can only be captured on a CUDA device")
-def test_cuda_graph_replay_gives_the_same_frames_as_the_eager_step():
-    plain, fast = _engines(Acceleration(precision="bfloat16", compile=True, cuda_graph=True), "cuda")
+@pytest.mark.parametrize("anchored", [False, True], ids=["plain", "anchored"])
+def test_cuda_graph_replay_gives_the_same_frames_as_the_eager_step(anchored):
+    accelerations = Acceleration(precision="bfloat16", compile=True, cuda_graph=True)
+    plain, fast = _engines(accelerations, "cuda", anchored)
     _same_rollout(plain, fast, steps=8, pixel_tol=16, state_tol=0.1)
 
 

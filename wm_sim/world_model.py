@@ -3,13 +3,12 @@
 Reads top-down: attention backend, tokenizer (encoder, decoder), transformer blocks, the config,
 then the model with its training forward pass and its streaming step.
 
-A frame becomes a G x G grid of latent tokens (tanh-bounded). An anchored decoder also reads a real
-"anchor" frame (the last real frame before imagination began) and blends, per pixel, its own colour
-with the anchor's: what has not moved since (the background, a target) is copied exactly however
-far a rollout has drifted. The dynamics transformer sees, for
-each time step t, the tokens of frame t plus embeddings of the proprioceptive state s_t and the
-action a_t, attends to every token of frames <= t (block-causal), and predicts all tokens of frame
-t+1 at once, with heads for the reward r_t+1, the continue probability and s_t+1. Streaming keeps
+A frame becomes a G x G grid of latent tokens (tanh-bounded). An anchored decoder also reads a
+real "anchor" frame (the last real frame before imagination began) and blends, per pixel, its own
+colour with the anchor's: what has not moved since (the background, a target) is copied exactly
+however far a rollout has drifted. The dynamics transformer sees, for each time step t, the
+tokens of frame t plus embeddings of the proprioceptive state s_t and the action a_t, attends to
+every token of frames <= t (block-causal), and predicts all tokens of frame t+1 at once, with heads for the reward r_t+1, the continue probability and s_t+1. Streaming keeps
 the keys and values of the last `window` frames in a ring buffer, so a step costs the same at step
 10 and at step 100,000.
 """
@@ -145,7 +144,9 @@ class Decoder(nn.Module):
         out = torch.sigmoid(self.net(z))  # (B, 3 or 4, S, S)
         if not self.anchored:
             return out
-        # the 4th channel: 1 = this pixel is drawn, 0 = copied from the anchor
+        # the 4th channel: 1 = this pixel is drawn, 0 = copied from the anchor (in the anchor's
+        # precision, also under bf16 autocast: a copied pixel stays exact)
+        out = out.to(anchor_pixels.dtype)
         return torch.lerp(anchor_pixels, out[:, :3], out[:, 3:])
 
 
