@@ -8,9 +8,10 @@ real "anchor" frame (the last real frame before imagination began) and blends, p
 colour with the anchor's: what has not moved since (the background, a target) is copied exactly
 however far a rollout has drifted. The dynamics transformer sees, for each time step t, the
 tokens of frame t plus embeddings of the proprioceptive state s_t and the action a_t, attends to
-every token of frames <= t (block-causal), and predicts all tokens of frame t+1 at once, with heads for the reward r_t+1, the continue probability and s_t+1. Streaming keeps
-the keys and values of the last `window` frames in a ring buffer, so a step costs the same at step
-10 and at step 100,000.
+every token of frames <= t (block-causal), and predicts all tokens of frame t+1 at once, with
+heads for the reward r_t+1, the continue probability and s_t+1. Streaming keeps the keys and values
+of the last `window` frames in a ring buffer, so a step costs the same at step 10 and at step
+100,000.
 """
 
 from __future__ import annotations
