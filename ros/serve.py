@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ def serve(cfg: ServeConfig) -> None:
     rclpy = require("rclpy")
     topics.use_local_discovery(cfg.localhost_only)
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
     from wm_sim.ros.sim_node import NodeConfig, SimulatorNode
 
     if cfg.threads > 0:
@@ -75,10 +77,17 @@ def serve(cfg: ServeConfig) -> None:
         torch.set_num_threads(cfg.threads)
     env = make_env(cfg.env, cfg.env_kwargs)
     context = rclpy.Context()
-    rclpy.init(context=context)
+    # Ctrl-C and SIGTERM (`docker stop`, launch) only ask the loop below to stop, and the main
+    # thread then shuts ROS down itself, in order. With rclpy's own handlers (which shut the
+    # context down from their thread, whatever this one is doing) a CI run once saw the process
+    # not exit at Ctrl-C.
+    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    previous = {
+        s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)
+    }
     node = None
     executor = SingleThreadedExecutor(context=context)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `docker stop`, launch: same as Ctrl-C
     try:
         node = SimulatorNode(
             env,
@@ -105,12 +114,13 @@ def serve(cfg: ServeConfig) -> None:
             flush=True,
         )
         deadline = time.monotonic() + cfg.duration if cfg.duration > 0 else float("inf")
-        while context.ok() and time.monotonic() < deadline:
+        while context.ok() and not stop.is_set() and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=min(0.1, max(0.0, deadline - time.monotonic())))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if node is not None:
             print(f"stopped: {node.summary()}", flush=True)
             executor.remove_node(node)
@@ -220,7 +230,3 @@ def _check(cfg: ServeConfig) -> None:
         raise WmSimError(f"duration must be >= 0 seconds, got {cfg.duration}")
     topics.check_namespace(cfg.namespace)
     topics.check_node_name(cfg.node_name)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
