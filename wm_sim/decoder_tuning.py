@@ -33,7 +33,7 @@ from tqdm import tqdm
 from wm_sim.checkpoint import LAST, check_dataset_fits, load_checkpoint, load_train_state
 from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
 from wm_sim.data.store import EpisodeStore
-from wm_sim.data.windows import split_episodes
+from wm_sim.data.windows import episodes_with_frames
 from wm_sim.errors import WmSimError
 from wm_sim.rollout import open_loop
 from wm_sim.train import _checkpoint, _holds_a_run, _set_lr, _unflatten, background_frame
@@ -212,11 +212,7 @@ def _own_rollouts(
     """Every chosen training episode's frames and the model's own rollout from its start."""
     val_fraction = float(meta.get("train", {}).get("val_fraction", 0.1))
     length = cfg.context + max(cfg.horizon, cfg.far_horizon)
-    chosen = [
-        e
-        for e in split_episodes(store.num_episodes, "train", val_fraction)
-        if np.diff(store.episode_bounds(e))[0] >= length
-    ]
+    chosen = episodes_with_frames(store, "train", val_fraction, length)
     if not chosen:
         raise WmSimError(
             f"{cfg.data} has no training episode of context + max(horizon, far_horizon) = {length} frames"
@@ -278,7 +274,6 @@ def _batch(
         with torch.no_grad():
             latents[index] = model.encode(shown_frames)
             real_anchor = model.anchor(under_frames)
-        anchor = Anchor(anchor.latents.clone(), anchor.pixels.clone())
         anchor.latents[index], anchor.pixels[index] = real_anchor.latents, real_anchor.pixels
         target[index] = shown_frames
     target = target.float() / 255.0

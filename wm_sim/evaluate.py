@@ -27,7 +27,7 @@ from tqdm import tqdm
 from wm_sim.checkpoint import check_dataset_fits, load_checkpoint
 from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY, image_key
 from wm_sim.data.store import EpisodeStore
-from wm_sim.data.windows import split_episodes
+from wm_sim.data.windows import episodes_with_frames, split_episodes
 from wm_sim.errors import WmSimError
 from wm_sim.media import comparison_frames, difference, grid, save_figure, to_uint8, write_png, write_video
 from wm_sim.metrics import finite_or_none, psnr, ssim
@@ -129,9 +129,9 @@ def evaluate(cfg: EvaluateConfig) -> Path:
 
 
 def _pick_episodes(store: EpisodeStore, cfg: EvaluateConfig, val_fraction: float) -> list[int]:
-    episodes = split_episodes(store.num_episodes, cfg.split, val_fraction)
-    long_enough = [e for e in episodes if np.diff(store.episode_bounds(e))[0] > cfg.context]
+    long_enough = episodes_with_frames(store, cfg.split, val_fraction, cfg.context + 1)
     if not long_enough:
+        episodes = split_episodes(store.num_episodes, cfg.split, val_fraction)
         raise WmSimError(
             f"{cfg.data} has no {cfg.split} episode longer than context={cfg.context} frames "
             f"({len(episodes)} {cfg.split} episodes); collect more episodes or lower context"

@@ -31,7 +31,7 @@ from wm_sim.checkpoint import (
 )
 from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
 from wm_sim.data.store import EpisodeStore
-from wm_sim.data.windows import split_episodes
+from wm_sim.data.windows import episodes_with_frames
 from wm_sim.errors import WmSimError
 from wm_sim.evaluate import EvaluateConfig, evaluate
 
@@ -110,11 +110,7 @@ def start_contexts(
     Each holds frames (K, S, S, 3) uint8, agent state (K, D) and the actions taken at those frames
     (K, A); a reset streams the frames and all but the last action, the policy supplies the rest.
     """
-    episodes = [
-        e
-        for e in split_episodes(store.num_episodes, "val", val_fraction)
-        if np.diff(store.episode_bounds(e))[0] >= frames
-    ]
+    episodes = episodes_with_frames(store, "val", val_fraction, frames)
     if not episodes:
         raise WmSimError(
             f"{store.path} has no held-out episode of at least {frames} frames to take contexts from"

@@ -37,6 +37,16 @@ def split_episodes(num_episodes: int, split: str, val_fraction: float) -> list[i
     return [e for e in range(num_episodes) if is_validation_episode(e, val_fraction) == want_val]
 
 
+def episodes_with_frames(store: EpisodeStore, split: str, val_fraction: float, frames: int) -> list[int]:
+    """The episodes of `split` that hold at least `frames` frames."""
+    chosen = []
+    for e in split_episodes(store.num_episodes, split, val_fraction):
+        start, stop = store.episode_bounds(e)
+        if stop - start >= frames:
+            chosen.append(e)
+    return chosen
+
+
 class EpisodeWindows:
     """Every window of `context + horizon` consecutive frames lying inside one episode of a split."""
 
