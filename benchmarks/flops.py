@@ -47,13 +47,21 @@ def frame_flops(model: WorldModel) -> dict[str, int]:
         + 2 * n * d * d  # output projection
         + 2 * 2 * n * d * c.mlp_ratio * d  # MLP in and out
     )
-    heads = 2 * n * d * c.latent_dim + 2 * d * (c.state_dim + 2)
+    heads = 2 * n * d * c.latent_dim + 2 * d * ((0 if c.transition else c.state_dim) + 2)
     grid = c.grid
     return {
-        "dynamics": embed + c.depth * block + heads + attention_flops(model),
+        "dynamics": embed + c.depth * block + heads + attention_flops(model) + transition_flops(model),
         "decode": conv_stack_flops(model.decoder.net, c.latent_dim, grid),
         "uncertainty": conv_stack_flops(model.encoder.net, 3, c.image_size),
     }
+
+
+def transition_flops(model: WorldModel) -> int:
+    """The state transition's MLP and the transformer's read of its output (0 without one)."""
+    if model.transition is None:
+        return 0
+    linears = [m for m in model.transition.net if isinstance(m, nn.Linear)] + [model.next_state_in]
+    return sum(2 * m.in_features * m.out_features for m in linears)
 
 
 def attention_flops(model: WorldModel) -> int:

@@ -52,8 +52,9 @@ def test_conv_flops_match_a_hand_count():
     assert conv_stack_flops(net, 3, 8) == hand
 
 
-def test_frame_flops_match_torch_counter_plus_the_attention_it_cannot_see():
-    model = WorldModel(TINY).eval()
+@pytest.mark.parametrize("variant", ["plain", "transition"])
+def test_frame_flops_match_torch_counter_plus_the_attention_it_cannot_see(variant):
+    model = WorldModel(WorldModelConfig(**{**TINY.to_dict(), **VARIANTS[variant]})).eval()
     per_frame = frame_flops(model)
     c = TINY
     # the attention term by hand: N queries over W*N keys, q k^T and attention x v, every layer
@@ -210,9 +211,17 @@ def test_readme_table_is_regenerated_between_its_markers_from_the_newest_results
 # --- the GPU path, run on CPU wherever it can be --------------------------------------------
 
 
-def _engines(acceleration: Acceleration, device: str = "cpu", anchored: bool = False):
+# the model variants whose steps must hold on every path
+VARIANTS = {
+    "plain": {},
+    "anchored": {"anchored": True},
+    "transition": {"anchored": True, "transition": True, "periodic_state": (0,)},
+}
+
+
+def _engines(acceleration: Acceleration, device: str = "cpu", variant: str = "plain"):
     torch.manual_seed(0)
-    config = WorldModelConfig(**{**TINY.to_dict(), "anchored": anchored})
+    config = WorldModelConfig(**{**TINY.to_dict(), **VARIANTS[variant]})
     model = WorldModel(config).eval()
     twin = WorldModel(config).eval()
     twin.load_state_dict(model.state_dict())
@@ -238,15 +247,15 @@ def _same_rollout(plain, fast, steps: int, pixel_tol: int, state_tol: float) -> 
         assert torch.equal(a.truncated, b.truncated)
 
 
-@pytest.mark.parametrize("anchored", [False, True], ids=["plain", "anchored"])
-def test_compiled_step_gives_the_same_frames_as_the_eager_step(anchored):
-    plain, fast = _engines(Acceleration(compile=True, backend="aot_eager"), anchored=anchored)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_compiled_step_gives_the_same_frames_as_the_eager_step(variant):
+    plain, fast = _engines(Acceleration(compile=True, backend="aot_eager"), variant=variant)
     _same_rollout(plain, fast, steps=6, pixel_tol=1, state_tol=1e-4)
 
 
-@pytest.mark.parametrize("anchored", [False, True], ids=["plain", "anchored"])
-def test_bf16_step_stays_within_bf16_rounding_of_float32_and_keeps_float32_state(anchored):
-    plain, fast = _engines(Acceleration(precision="bfloat16"), anchored=anchored)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_bf16_step_stays_within_bf16_rounding_of_float32_and_keeps_float32_state(variant):
+    plain, fast = _engines(Acceleration(precision="bfloat16"), variant=variant)
     _same_rollout(plain, fast, steps=6, pixel_tol=16, state_tol=0.1)
     assert fast.latents.dtype == torch.float32 and fast.norm_state.dtype == torch.float32
 
@@ -261,10 +270,10 @@ def test_cuda_graphs_are_refused_off_cuda_and_unknown_precisions_are_errors():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs can only be captured on a CUDA device")
-@pytest.mark.parametrize("anchored", [False, True], ids=["plain", "anchored"])
-def test_cuda_graph_replay_gives_the_same_frames_as_the_eager_step(anchored):
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_cuda_graph_replay_gives_the_same_frames_as_the_eager_step(variant):
     accelerations = Acceleration(precision="bfloat16", compile=True, cuda_graph=True)
-    plain, fast = _engines(accelerations, "cuda", anchored)
+    plain, fast = _engines(accelerations, "cuda", variant)
     _same_rollout(plain, fast, steps=8, pixel_tol=16, state_tol=0.1)
 
 

@@ -16,7 +16,7 @@ from wm_sim.checkpoint import LAST, load_checkpoint
 from wm_sim.collect import CollectConfig, collect
 from wm_sim.errors import WmSimError
 from wm_sim.tracking import WandbConfig
-from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
+from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train, wrapped_entries
 from wm_sim.world_model import WorldModel
 
 TINY = ModelSize(grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3)
@@ -366,3 +366,67 @@ def test_pixel_weights_weigh_what_differs_from_the_background():
     frames = np.zeros((5, 2, 2, 3), np.uint8)
     frames[:2, 0, 0] = 255  # something passing through two of five frames is not background
     assert float(train_module.background_frame(frames).max()) == 0.0
+
+
+def test_wrapped_entries_are_angles_that_jump_across_pi():
+    t = np.linspace(0, 12, 200)
+    turning = (t + np.pi) % (2 * np.pi) - np.pi  # a joint turning freely, wrapped
+    limited = 3.0 * np.sin(t)  # a limited joint: inside [-pi, pi], never jumps
+    speed = 8.0 * np.cos(t)  # a velocity: leaves the interval
+    jumpy_speed = np.where(np.arange(200) % 2, 5.0, -5.0)  # jumps, but is no angle
+    states = np.stack([turning, limited, speed, jumpy_speed], axis=1)
+    assert wrapped_entries([states[:100], states[100:]]) == (0,)
+    assert wrapped_entries([states[:20]]) == ()  # not yet crossed pi: nothing to tell
+    assert wrapped_entries([]) == ()
+
+
+def test_init_adds_a_transition_fitted_up_front_then_frozen(reacher_store_path, tmp_path):
+    from wm_sim.data.store import EpisodeStore
+    from wm_sim.train import _episode_states
+
+    base = train(config(reacher_store_path, tmp_path / "base", steps=2))
+    with_transition = ModelSize(**{**TINY.__dict__, "transition": True})
+    run = train(
+        config(
+            reacher_store_path, tmp_path / "tr", model=with_transition, init=str(base), transition_steps=300
+        )
+    )
+    first, _ = load_checkpoint(run / "step-0000002")
+    last, _ = load_checkpoint(run)
+    before, _ = load_checkpoint(base)
+    store = EpisodeStore.open(reacher_store_path)
+    assert last.config.transition and last.config.periodic_state == wrapped_entries(_episode_states(store))
+    assert before.heads.out_features == before.config.state_dim + 2 and last.heads.out_features == 2
+    for name, value in first.transition.state_dict().items():  # frozen while the world model trains
+        assert torch.equal(last.transition.state_dict()[name], value), name
+    # fitted: one step ahead it beats "the state does not change" on every transition of the data
+    state = torch.from_numpy(np.concatenate(list(_episode_states(store))))
+    action = torch.from_numpy(store.read("action", 0, store.num_frames))
+    rows = [np.arange(*store.episode_bounds(e))[:-1] for e in range(store.num_episodes)]
+    now = torch.from_numpy(np.concatenate(rows))
+    with torch.no_grad():
+        predicted = last.transition(state[now], action[now])
+    error = last.transition.wrap(predicted - state[now + 1]).pow(2).mean(0)
+    still = last.transition.wrap(state[now] - state[now + 1]).pow(2).mean(0)
+    assert (error < 0.5 * still).all(), (error, still)
+
+
+def test_an_added_transition_starts_unread_by_the_transformer(reacher_store_path, tmp_path):
+    base = train(config(reacher_store_path, tmp_path / "base", steps=2))
+    with_transition = ModelSize(**{**TINY.__dict__, "transition": True})
+    tuned = train(
+        config(
+            reacher_store_path, tmp_path / "tr", model=with_transition, init=str(base), steps=2, lr=0.0,
+            tokenizer_lr=0.0, transition_steps=5,
+        )
+    )  # fmt: skip
+    before, _ = load_checkpoint(base)
+    after, _ = load_checkpoint(tuned)
+    assert not after.next_state_in.weight.any() and not after.next_state_in.bias.any()
+    g = torch.Generator().manual_seed(0)
+    latents = torch.rand(2, 3, 16, 8, generator=g) * 2 - 1
+    state, action = torch.randn(2, 3, 4, generator=g), torch.rand(2, 3, 2, generator=g) * 2 - 1
+    with torch.no_grad():
+        old, new = before(latents, state, action), after(latents, state, action)
+    torch.testing.assert_close(new.latents, old.latents)
+    torch.testing.assert_close(new.reward, old.reward)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from wm_sim.world_model import WorldModel, WorldModelConfig, attend
+from wm_sim.world_model import StateTransition, WorldModel, WorldModelConfig, attend, wrap_angle
 
 TINY = WorldModelConfig(
     image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=2, heads=2, window=4
@@ -23,10 +25,13 @@ def _inputs(model: WorldModel, batch: int, frames: int, seed: int = 0):
     return model.encode(pixels), state, action
 
 
-@pytest.fixture(params=[False, True], ids=["absolute", "residual"])
+@pytest.fixture(
+    params=[{}, {"residual": True}, {"residual": True, "transition": True, "periodic_state": (0,)}],
+    ids=["absolute", "residual", "transition"],
+)
 def model(request) -> WorldModel:
     torch.manual_seed(0)
-    return WorldModel(WorldModelConfig(**{**TINY.to_dict(), "residual": request.param})).eval()
+    return WorldModel(WorldModelConfig(**{**TINY.to_dict(), **request.param})).eval()
 
 
 def test_a_residual_model_with_a_zero_change_head_copies_the_last_frame():
@@ -134,3 +139,43 @@ def test_flash_attention_matches_sdpa_on_cuda():
     flash = attend(q, k, v, None)
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     torch.testing.assert_close(flash, sdpa, rtol=2e-2, atol=2e-2)
+
+
+def test_the_transition_takes_wrapped_angles_the_short_way_round():
+    torch.manual_seed(0)
+    transition = StateTransition(state_dim=2, action_dim=1, periodic=(0,))
+    near = torch.tensor([[math.pi - 0.01, 0.5]])
+    across = torch.tensor([[-math.pi + 0.01, 0.5]])
+    # what the MLP reads about an angle is continuous across pi (apart from the raw entry)
+    torch.testing.assert_close(
+        transition.encode(near)[:, 2:], transition.encode(across)[:, 2:], atol=0.03, rtol=0
+    )
+    # a predicted angle stays in [-pi, pi), however far the MLP moves it
+    transition.step_scale.fill_(100.0)
+    out = transition(torch.randn(64, 2) * 3, torch.randn(64, 1))
+    assert out[:, 0].abs().max() <= math.pi and out[:, 1].abs().max() > math.pi
+    # a change wraps too: -pi + 0.01 is 0.02 past pi - 0.01, not 2 pi - 0.02 before it
+    torch.testing.assert_close(transition.wrap(across - near)[0, 0], torch.tensor(0.02), atol=1e-5, rtol=0)
+
+
+def test_state_difference_wraps_periodic_entries_in_normalised_units():
+    model = WorldModel(WorldModelConfig(**{**TINY.to_dict(), "transition": True, "periodic_state": (0,)}))
+    model.state_std.copy_(torch.tensor([2.0, 1.0, 1.0, 1.0]))
+    a = model.normalise_state(torch.tensor([math.pi - 0.01, 3.1, 0.0, 0.0]))
+    b = model.normalise_state(torch.tensor([-math.pi + 0.01, -3.1, 0.0, 0.0]))
+    diff = model.state_difference(a, b)
+    torch.testing.assert_close(diff[:2], torch.tensor([-0.02 / 2.0, 6.2]), atol=1e-5, rtol=0)
+    assert wrap_angle(torch.tensor(3 * math.pi)).abs() == pytest.approx(math.pi)
+
+
+def test_a_transition_model_predicts_the_state_with_its_mlp_and_reads_it():
+    torch.manual_seed(0)
+    model = WorldModel(WorldModelConfig(**{**TINY.to_dict(), "transition": True})).eval()
+    latents, state, action = _inputs(model, 2, 3)
+    with torch.no_grad():
+        pred = model(latents, state, action)
+        expected = model.normalise_state(model.transition(model.denormalise_state(state), action))
+        torch.testing.assert_close(pred.state, expected)
+        # the transformer's frames depend on what the transition says comes next
+        model.transition.net[-1].bias.add_(1.0)
+        assert not torch.allclose(model(latents, state, action).latents, pred.latents)

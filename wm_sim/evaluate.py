@@ -32,6 +32,7 @@ from wm_sim.errors import WmSimError
 from wm_sim.media import comparison_frames, difference, grid, save_figure, to_uint8, write_png, write_video
 from wm_sim.metrics import finite_or_none, psnr, ssim
 from wm_sim.rollout import open_loop
+from wm_sim.world_model import wrap_angle
 
 HORIZONS = (1, 4, 16, 64)
 METHODS = ("model", "copy_last", "mean_frame")
@@ -210,11 +211,14 @@ def _score_batch(
     frame_ok = torch.arange(horizon - 1)[None, :] < torch.tensor(lengths)[:, None] - context  # (B, H-1)
     step_ok = torch.arange(horizon)[None, :] < torch.tensor(lengths)[:, None] - context + 1  # (B, H)
     scores: dict[str, dict[str, list[np.ndarray]]] = {}
+    periodic = list(model.config.periodic_state)  # wrapped angles: a full turn is no error
     for method, (frame, state, reward, term) in guesses.items():
+        state_error = state - true_state
+        state_error[..., periodic] = wrap_angle(state_error[..., periodic])
         curves = {
             "psnr": (psnr(frame, true_frames), frame_ok),
             "ssim": (ssim(frame, true_frames), frame_ok),
-            "state_rmse": ((state - true_state).pow(2).mean(-1).sqrt(), frame_ok),
+            "state_rmse": (state_error.pow(2).mean(-1).sqrt(), frame_ok),
             "reward_abs_error": ((reward - true_reward).abs(), step_ok),
             "termination_accuracy": ((term == true_term).float(), step_ok),
         }

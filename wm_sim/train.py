@@ -19,6 +19,7 @@ import os
 import signal
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -57,6 +58,10 @@ class ModelSize:
     anchored: bool = field(
         default=False, metadata={"help": "decode over a real anchor frame (see also wm-sim tune-decoder)"}
     )
+    transition: bool = field(
+        default=False,
+        metadata={"help": "predict agent_pos with a state-transition MLP the transformer reads"},
+    )
 
 
 @dataclass
@@ -79,6 +84,10 @@ class TrainingConfig:
     )
     foreground_weight: float = field(
         default=2.0, metadata={"help": "extra pixel-loss weight where a frame differs from the background"}
+    )
+    transition_steps: int = field(
+        default=3000,
+        metadata={"help": "steps fitting a new state transition on every training transition, up front"},
     )
     val_every: int = field(default=500, metadata={"help": "steps between validations"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
@@ -127,8 +136,72 @@ def model_config(size: ModelSize, store: EpisodeStore) -> WorldModelConfig:
         image_size=info.image_size,
         action_dim=info.features[ACTION_KEY].shape[0],
         state_dim=info.features[STATE_KEY].shape[0],
+        periodic_state=wrapped_entries(_episode_states(store)) if size.transition else (),
         **{k: getattr(size, k) for k in ModelSize.__dataclass_fields__},
     )
+
+
+def wrapped_entries(episodes: Iterable[np.ndarray]) -> tuple[int, ...]:
+    """The state entries that are angles wrapped into [-pi, pi), from episodes' states (T, D): they
+    stay inside it and, somewhere, jump by more than pi from one frame to the next (a joint turning
+    past pi). A velocity leaves the interval; a limited joint never jumps."""
+    wrapped, inside = None, None
+    for states in episodes:
+        states = np.asarray(states, dtype=np.float64)
+        if wrapped is None:
+            wrapped, inside = np.zeros(states.shape[1], dtype=bool), np.ones(states.shape[1], dtype=bool)
+        inside &= (np.abs(states) <= np.pi + 1e-4).all(axis=0)
+        wrapped |= (np.abs(np.diff(states, axis=0)) > np.pi).any(axis=0)
+    return () if wrapped is None else tuple(int(i) for i in np.flatnonzero(wrapped & inside))
+
+
+def _episode_states(store: EpisodeStore) -> Iterator[np.ndarray]:
+    for e in range(store.num_episodes):
+        yield store.read(STATE_KEY, *store.episode_bounds(e))
+
+
+def fit_transition(
+    model: WorldModel, store: EpisodeStore, episodes: list[int], steps: int, seed: int, batch_size: int = 1024
+) -> float:
+    """Fit the model's state transition on every (s_t, a_t) -> s_t+1 of `episodes`; returns the
+    last loss (the squared error in typical one-step changes).
+
+    Done once, before the world model trains: the MLP needs far more transitions than windows of
+    frames can feed it, and each costs microseconds. It is then frozen.
+    """
+    transition = model.transition
+    states, actions, nexts = [], [], []
+    for e in episodes:
+        start, stop = store.episode_bounds(e)
+        s = store.read(STATE_KEY, start, stop)
+        states.append(s[:-1])
+        nexts.append(s[1:])
+        actions.append(store.read(ACTION_KEY, start, stop)[:-1])
+    device = next(model.parameters()).device
+    state, action, after = (
+        torch.from_numpy(np.concatenate(x)).float().to(device) for x in (states, actions, nexts)
+    )
+    if len(state) == 0:
+        raise WmSimError("no transitions to fit the state transition on: every episode has one frame")
+    change = transition.wrap(after - state)
+    transition.state_scale.copy_(state.std(0) + 1e-3)
+    transition.step_scale.copy_(change.std(0) + 1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.AdamW(transition.parameters(), lr=1e-3, weight_decay=0.0)
+    loss = torch.tensor(float("nan"))
+    bar = tqdm(range(steps), desc="state transition", unit="step")
+    for step in bar:
+        for group in optimiser.param_groups:
+            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        picks = torch.randint(0, len(state), (batch_size,), generator=generator).to(device)
+        predicted = transition(state[picks], action[picks])
+        loss = (transition.wrap(predicted - after[picks]) / transition.step_scale).pow(2).mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if step % 100 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    return loss.item()
 
 
 def losses(
@@ -175,7 +248,7 @@ def losses(
         own_passes.append(previous)
     terms = {"recon": recon}
     for name, passes in (("teacher", [first]), ("own", own_passes)):
-        per_pass = [_prediction_terms(p, goal, state[:, 1:], reward, cont, has_next) for p in passes]
+        per_pass = [_prediction_terms(model, p, goal, state[:, 1:], reward, cont, has_next) for p in passes]
         for key in per_pass[0] if per_pass else ():
             terms[f"{name}_{key}"] = sum(t[key] for t in per_pass) / len(per_pass)
     # Pixels of predicted frames, at one random time step: the decoder learns predicted latents too.
@@ -189,6 +262,7 @@ def losses(
 
 
 def _prediction_terms(
+    model: WorldModel,
     pred: Prediction,
     goal: torch.Tensor,
     state: torch.Tensor,
@@ -199,7 +273,7 @@ def _prediction_terms(
     """How far one pass's predictions are from the next frames' latents, states, rewards and flags."""
     return {
         "latent": _masked_mse(pred.latents, goal, has_next),
-        "state": _masked_mse(pred.state, state, has_next),
+        "state": _masked_mse(model.state_difference(pred.state, state), torch.zeros_like(state), has_next),
         "reward": F.mse_loss(pred.reward, reward),
         "continue": F.binary_cross_entropy_with_logits(pred.continue_logit, cont),
     }
@@ -523,6 +597,9 @@ def _start(
     rng = np.random.default_rng(cfg.seed)
     if resume_from is None:
         model = _initial_model(cfg.init, config, store, train_episodes).to(device)
+        if model.transition is not None and not (cfg.init and _has_transition(cfg.init)):
+            fit_transition(model, store, train_episodes, cfg.training.transition_steps, cfg.seed)
+        _freeze_transition(model)
         return model, _optimiser(model, cfg.training), 0, rng, run_meta
     model, meta = load_checkpoint(resume_from / LAST)
     if model.config != config:
@@ -532,6 +609,7 @@ def _start(
         )
     _check_same_run(resume_from, meta, run_meta)
     model.to(device)  # before the optimiser state is loaded, so that state lands on the same device
+    _freeze_transition(model)
     optimiser = _optimiser(model, cfg.training)
     tensors, train_meta = load_train_state(resume_from / LAST)
     optimiser.load_state_dict(_unflatten(train_meta["optimiser"], tensors))
@@ -548,14 +626,7 @@ def _initial_model(
     """A new run's model: `init`'s weights (fine-tuning), or fresh ones."""
     if init:  # the weights and the state normalisation they were trained with
         model, _ = load_checkpoint(init)
-        if not model.config.residual and replace(model.config, residual=True) == config:
-            model = _as_residual(model, config)
-        if model.config != config:
-            raise WmSimError(
-                f"cannot start from {init}: its model differs from this run's in "
-                + _differences(model.config, config)
-            )
-        return model
+        return _upgraded(model, config, init)
     model = WorldModel(config)
     # Normalisation statistics from the training episodes only: validation stays unseen.
     states = np.concatenate([store.read(STATE_KEY, *store.episode_bounds(e)) for e in train_episodes])
@@ -576,14 +647,58 @@ def _differences(saved: WorldModelConfig, now: WorldModelConfig) -> str:
     )
 
 
-def _as_residual(model: WorldModel, config: WorldModelConfig) -> WorldModel:
-    """The same weights in a model that predicts latent changes; its change head starts at zero,
-    so before any step it predicts "nothing moves", the copy-last baseline, and learns from there."""
+def _upgraded(model: WorldModel, config: WorldModelConfig, init: str) -> WorldModel:
+    """`model`'s weights in the shape `config` asks for, where it only adds what later models have.
+
+    residual: the change head starts at zero, so before any step it predicts "nothing moves",
+    the copy-last baseline, and learns from there. transition: a new state-transition MLP (fitted
+    before training), read through an input that starts at zero, so the transformer starts as it
+    was; the old state head goes.
+    """
+    saved = model.config
+    adds = {}
+    if config.residual and not saved.residual:
+        adds["residual"] = True
+    if config.transition and not saved.transition:
+        adds |= {"transition": True, "periodic_state": config.periodic_state}
+    if replace(saved, **adds) != config:
+        raise WmSimError(
+            f"cannot start from {init}: its model differs from this run's in " + _differences(saved, config)
+        )
+    if not adds:
+        return model
     converted = WorldModel(config)
-    converted.load_state_dict(model.state_dict())
-    nn.init.zeros_(converted.latent_out.weight)
-    nn.init.zeros_(converted.latent_out.bias)
+    weights = model.state_dict()
+    if "transition" in adds:
+        d = saved.state_dim
+        weights["heads.weight"], weights["heads.bias"] = (
+            weights["heads.weight"][d:],
+            weights["heads.bias"][d:],
+        )
+    missing, unexpected = converted.load_state_dict(weights, strict=False)
+    assert not unexpected and all(k.startswith(("transition.", "next_state_in.")) for k in missing), (
+        missing,
+        unexpected,
+    )
+    if "residual" in adds:
+        nn.init.zeros_(converted.latent_out.weight)
+        nn.init.zeros_(converted.latent_out.bias)
+    if "transition" in adds:
+        nn.init.zeros_(converted.next_state_in.weight)
+        nn.init.zeros_(converted.next_state_in.bias)
     return converted
+
+
+def _has_transition(checkpoint: str) -> bool:
+    """Whether a checkpoint's model already has a (fitted) state transition."""
+    model, _ = load_checkpoint(checkpoint)
+    return model.config.transition
+
+
+def _freeze_transition(model: WorldModel) -> None:
+    """The state transition is fitted once, up front (fit_transition), and not trained after."""
+    if model.transition is not None:
+        model.transition.requires_grad_(False)
 
 
 # What must not change for a resumed run to be the same run (steps, resume, threads, cadence may).
@@ -626,7 +741,7 @@ def _optimiser(model: WorldModel, fit: TrainingConfig) -> torch.optim.Optimizer:
     # tolerates: the small moving arm only appears in its reconstructions after ~1000 steps at 2e-3.
     tokenizer = [*model.encoder.parameters(), *model.decoder.parameters()]
     ids = {id(p) for p in tokenizer}
-    dynamics = [p for p in model.parameters() if id(p) not in ids]
+    dynamics = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
     return torch.optim.AdamW(
         [
             {"params": tokenizer, "lr": fit.tokenizer_lr, "peak_lr": fit.tokenizer_lr},

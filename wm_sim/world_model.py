@@ -9,7 +9,10 @@ colour with the anchor's: what has not moved since (the background, a target) is
 however far a rollout has drifted. The dynamics transformer sees, for each time step t, the
 tokens of frame t plus embeddings of the proprioceptive state s_t and the action a_t, attends to
 every token of frames <= t (block-causal), and predicts all tokens of frame t+1 at once, with
-heads for the reward r_t+1, the continue probability and s_t+1. Streaming keeps the keys and values
+heads for the reward r_t+1, the continue probability and s_t+1. With a state transition, s_t+1
+comes instead from a small MLP of (s_t, a_t), fitted on every transition of the data, and the
+transformer reads it too: the joints' own dynamics are smooth and far easier to predict than
+pixels, and a transformer told where the arm goes next only has to draw it there. Streaming keeps the keys and values
 of the last `window` frames in a ring buffer, so a step costs the same at step 10 and at step
 100,000.
 """
@@ -194,6 +197,56 @@ class Block(nn.Module):
 
 LATENT_LIMIT = 0.999  # |latent| kept below 1 before atanh: atanh(0.999) = 3.8
 
+# --- proprioception ----------------------------------------------------------------------------
+
+
+def wrap_angle(x: torch.Tensor) -> torch.Tensor:
+    """Angles into [-pi, pi)."""
+    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
+
+
+class StateTransition(nn.Module):
+    """s_t+1 from (s_t, a_t) in raw units: an MLP predicting the change, in typical one-step changes.
+
+    Entries listed in `periodic` are angles wrapped into [-pi, pi) (a joint that turns freely):
+    the MLP reads their sine and cosine, so crossing pi is no jump, and changes wrap too.
+    """
+
+    def __init__(self, state_dim: int, action_dim: int, periodic: tuple[int, ...], width: int = 256):
+        super().__init__()
+        self.periodic = list(periodic)
+        self.features = state_dim + 2 * len(self.periodic)  # what encode() gives per state
+        self.net = nn.Sequential(
+            nn.Linear(self.features + action_dim, width),
+            nn.GELU(),
+            nn.Linear(width, width),
+            nn.GELU(),
+            nn.Linear(width, state_dim),
+        )
+        # Fitted from the data (wm_sim.train.fit_transition) and saved with the weights: the
+        # state's spread, and the spread of its one-step change, per entry.
+        self.register_buffer("state_scale", torch.ones(state_dim))
+        self.register_buffer("step_scale", torch.ones(state_dim))
+
+    def encode(self, state: torch.Tensor) -> torch.Tensor:
+        """Raw state (..., D) -> what the MLP reads about it (..., D + 2P)."""
+        angles = state[..., self.periodic]
+        return torch.cat([state / self.state_scale, torch.sin(angles), torch.cos(angles)], dim=-1)
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Raw state (..., D), action (..., A) -> raw next state (..., D)."""
+        change = self.net(torch.cat([self.encode(state), action], dim=-1)) * self.step_scale
+        return self.wrap(state + change)
+
+    def wrap(self, state: torch.Tensor) -> torch.Tensor:
+        """Raw states (or changes) with the periodic entries wrapped into [-pi, pi)."""
+        if not self.periodic:
+            return state
+        out = state.clone()
+        out[..., self.periodic] = wrap_angle(state[..., self.periodic])
+        return out
+
+
 # --- config and model --------------------------------------------------------------------------
 
 
@@ -219,8 +272,19 @@ class WorldModelConfig:
     # Composite decoded frames over a real anchor frame (see Decoder). False in checkpoints from
     # before it existed; `wm-sim tune-decoder` turns a model's decoder into an anchored one.
     anchored: bool = False
+    # Predict the next state with a StateTransition MLP, which the transformer also reads. False
+    # in checkpoints from before it existed: their transformer predicted the state itself.
+    transition: bool = False
+    # Entries of the state that are angles wrapped into [-pi, pi) (found in the data by
+    # wm_sim.train.wrapped_entries): the transition and state errors take them the short way round.
+    periodic_state: tuple[int, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "periodic_state", tuple(int(i) for i in self.periodic_state))  # JSON: a list
+        if any(not 0 <= i < self.state_dim for i in self.periodic_state):
+            raise ValueError(
+                f"periodic_state must index the {self.state_dim} state entries, got {self.periodic_state}"
+            )
         if self.image_size < 4 * self.grid:
             raise ValueError(f"image_size must be at least 4 x grid, got {self.image_size} and {self.grid}")
         if self.tokenizer_width % 16:
@@ -275,11 +339,16 @@ class WorldModel(nn.Module):
         self.latent_in = nn.Linear(c.latent_dim, c.dim)
         self.state_in = nn.Linear(c.state_dim, c.dim)
         self.action_in = nn.Linear(c.action_dim, c.dim)
+        self.transition = (
+            StateTransition(c.state_dim, c.action_dim, c.periodic_state) if c.transition else None
+        )
+        self.next_state_in = nn.Linear(self.transition.features, c.dim) if self.transition else None
         self.position = nn.Parameter(torch.randn(c.tokens, c.dim) * 0.02)
         self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.dim)
         self.latent_out = nn.Linear(c.dim, c.latent_dim)
-        self.heads = nn.Linear(c.dim, c.state_dim + 2)  # next state, reward, continue logit
+        # next state (unless the transition predicts it), reward, continue logit
+        self.heads = nn.Linear(c.dim, (0 if c.transition else c.state_dim) + 2)
         # Normalisation of agent_pos, from the training data; saved with the weights.
         self.register_buffer("state_mean", torch.zeros(c.state_dim))
         self.register_buffer("state_std", torch.ones(c.state_dim))
@@ -318,17 +387,36 @@ class WorldModel(nn.Module):
     def denormalise_state(self, state: torch.Tensor) -> torch.Tensor:
         return state * self.state_std + self.state_mean
 
+    def state_difference(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """a - b of normalised states, wrapped angles the short way round (a turn is no error)."""
+        periodic = list(self.config.periodic_state)
+        if not periodic:
+            return a - b
+        out = a - b
+        std = self.state_std[periodic]
+        out[..., periodic] = wrap_angle(out[..., periodic] * std) / std
+        return out
+
     # -- dynamics --
 
-    def _tokens(self, latents: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """latents (B, T, N, C), normalised state (B, T, D), action (B, T, A) -> (B, T*N, dim)."""
+    def _tokens(
+        self, latents: torch.Tensor, state: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """latents (B, T, N, C), normalised state (B, T, D), action (B, T, A) -> (B, T*N, dim) tokens,
+        and the transition's normalised next state (B, T, D) (None without one)."""
         b, t, n, _ = latents.shape
         frame = self.state_in(state) + self.action_in(action)  # (B, T, dim)
+        next_state = None
+        if self.transition is not None:
+            raw = self.transition(self.denormalise_state(state), action)
+            frame = frame + self.next_state_in(self.transition.encode(raw))
+            next_state = self.normalise_state(raw)
         x = self.latent_in(latents) + self.position + frame[:, :, None, :]  # (B, T, N, dim)
-        return x.reshape(b, t * n, -1)
+        return x.reshape(b, t * n, -1), next_state
 
-    def _heads(self, x: torch.Tensor, inputs: torch.Tensor) -> Prediction:
-        """Transformer outputs x (B, T*N, dim) and the input latents (B, T, N, C) -> Prediction."""
+    def _heads(self, x: torch.Tensor, inputs: torch.Tensor, next_state: torch.Tensor | None) -> Prediction:
+        """Transformer outputs x (B, T*N, dim), the input latents (B, T, N, C) and the transition's
+        next state -> Prediction."""
         b, t = inputs.shape[:2]
         x = self.norm(x).view(b, t, self.config.tokens, -1)  # (B, T, N, dim)
         if self.config.residual:
@@ -336,9 +424,9 @@ class WorldModel(nn.Module):
             latents = torch.tanh(current + self.latent_out(x))  # (B, T, N, C)
         else:
             latents = torch.tanh(self.latent_out(x))
-        pooled = self.heads(x.mean(dim=2))  # (B, T, D + 2)
-        d = self.config.state_dim
-        return Prediction(latents, pooled[..., :d], pooled[..., d], pooled[..., d + 1])
+        pooled = self.heads(x.mean(dim=2))  # (B, T, [D] + 2)
+        state = pooled[..., :-2] if next_state is None else next_state
+        return Prediction(latents, state, pooled[..., -2], pooled[..., -1])
 
     def forward(self, latents: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> Prediction:
         """Teacher-forced dynamics over a sequence: inputs at t predict frame t+1.
@@ -348,14 +436,14 @@ class WorldModel(nn.Module):
         stream reproduces this forward pass at any length.
         """
         b, t, n, _ = latents.shape
-        x = self._tokens(latents, state, action)  # (B, T*N, dim)
+        x, next_state = self._tokens(latents, state, action)  # (B, T*N, dim)
         frame = torch.arange(t, device=x.device).repeat_interleave(n)  # (T*N,)
         lag = frame[:, None] - frame[None, :]
         mask = (lag >= 0) & (lag < self.config.window)  # block-causal, sliding window
         times = frame.expand(b, -1)
         for block in self.blocks:
             x = block(x, times, mask)
-        return self._heads(x, latents)
+        return self._heads(x, latents, next_state)
 
     # -- streaming --
 
@@ -372,12 +460,12 @@ class WorldModel(nn.Module):
         Appends the frame's keys and values to `cache` (dropping the oldest beyond the window).
         """
         b = latents.shape[0]
-        x = self._tokens(latents[:, None], state[:, None], action[:, None])  # (B, N, dim)
+        x, next_state = self._tokens(latents[:, None], state[:, None], action[:, None])  # (B, N, dim)
         times = cache.time[:, None].expand(b, self.config.tokens)  # (B, N)
         for layer, block in enumerate(self.blocks):
             x = block(x, times, None, cache=cache.layer(layer))
         cache.advance()
-        return self._heads(x, latents[:, None])
+        return self._heads(x, latents[:, None], next_state)
 
 
 def _per_frame(row_values: torch.Tensor, lead: torch.Size) -> torch.Tensor:
