@@ -301,7 +301,8 @@ class WorldModelConfig:
         return self.grid * self.grid
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as JSON holds it (lists, not tuples), so a saved config equals a fresh one's."""
+        return {**asdict(self), "periodic_state": list(self.periodic_state)}
 
 
 @dataclass
