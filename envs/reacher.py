@@ -88,6 +88,17 @@ def reacher_expert(q: np.ndarray, qvel: np.ndarray, goal: np.ndarray) -> np.ndar
 
 
 LINK_LENGTHS = (0.1, 0.11)  # root -> elbow, elbow -> fingertip centre (reacher.xml)
+
+
+def fingertip(q: np.ndarray) -> np.ndarray:
+    """The fingertip's position relative to the arm's base, (..., 2), from joint angles q (..., 2)."""
+    l0, l1 = LINK_LENGTHS
+    shoulder, reach = q[..., 0], q[..., 0] + q[..., 1]
+    return np.stack(
+        [l0 * np.cos(shoulder) + l1 * np.cos(reach), l0 * np.sin(shoulder) + l1 * np.sin(reach)], axis=-1
+    )
+
+
 EXPERT_KP = 0.3  # normalised torque per radian (gentle: Reacher-v5 charges |a|^2 per step)
 EXPERT_KD = 0.05  # normalised torque per rad/s
 

@@ -27,6 +27,12 @@ def test_demo_writes_video_plot_and_report(demo_out):
     assert all(e["steps"] == steps for e in report["episodes"])
     assert set(report["episodes"][0]["psnr"]) == {"1", "4", "16", "64", "end"}
     assert report["step_latency_ms"]["median"] > 0
+    for episode in report["episodes"]:
+        errors = episode["fingertip_error_m"]
+        assert set(errors) == {"1", "4", "16", "64", "end"} and all(0 <= e < 0.5 for e in errors.values())
+        assert 0 <= episode["tracks_for_steps"] <= steps
+        if episode["tracks_for_steps"] >= 1:  # tracked through step 1: within the tolerance there
+            assert errors["1"] <= report["options"]["track_tolerance_m"]
     video = iio.imread(demo_out / report["files"]["video"])
     assert video.shape[0] == 2 * steps and video.shape[-1] == 3
     assert (demo_out / report["files"]["rewards"]).stat().st_size > 10_000

@@ -148,6 +148,19 @@ def test_reacher_expert_touches_the_target_and_beats_random():
     assert expert > random + 20.0
 
 
+def test_reacher_fingertip_from_joint_angles_is_where_mujoco_puts_it():
+    from wm_sim.envs.reacher import fingertip
+
+    task = make_task("reacher")
+    task.reset(3)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        obs = task.step(rng.uniform(-1, 1, task.action_dim)).obs
+        tip = task.goal() - task.tip_to_target()[:2]  # the fingertip relative to the arm's base
+        assert np.allclose(fingertip(obs["agent_pos"][:2].astype(np.float64)), tip, atol=1e-5)
+    task.close()
+
+
 def test_pusher_expert_moves_the_puck_towards_the_goal_and_beats_random():
     def progress(task, start):
         distance = np.linalg.norm(task.puck_to_goal())

@@ -305,6 +305,23 @@ def test_init_starts_from_another_checkpoints_weights(reacher_store_path, tmp_pa
     assert not (tmp_path / "other").exists()
 
 
+def test_a_zero_tokenizer_rate_trains_the_dynamics_and_leaves_the_tokenizer_bit_identical(
+    reacher_store_path, tmp_path
+):
+    first = train(config(reacher_store_path, tmp_path / "first", steps=2))
+    tuned = train(config(reacher_store_path, tmp_path / "tuned", steps=2, tokenizer_lr=0.0, init=str(first)))
+    before, _ = load_checkpoint(first)
+    after, _ = load_checkpoint(tuned)
+    for part in ("encoder", "decoder"):
+        for (name, a), b in zip(
+            getattr(before, part).state_dict().items(),
+            getattr(after, part).state_dict().values(),
+            strict=True,
+        ):
+            assert torch.equal(a, b), f"{part}.{name}"
+    assert not torch.equal(before.latent_out.weight, after.latent_out.weight)  # the dynamics did learn
+
+
 def test_init_turns_an_absolute_model_into_a_residual_one_that_starts_as_copy_last(
     reacher_store_path, tmp_path
 ):

@@ -3,7 +3,9 @@
 From a real MuJoCo start, the shipped world model is driven by the scripted expert for a full
 episode, then by a random policy for another; the same actions are replayed in MuJoCo from the
 same state. Written to `out/`: `demo.mp4` (imagined | MuJoCo, side by side), `rewards.png`
-(imagined vs true reward per step) and `report.json` (returns, PSNR by horizon, step latency).
+(imagined vs true reward per step, and the distance between the imagined and the real fingertip)
+and `report.json` (returns, PSNR and fingertip distance by horizon, how long the arm tracks,
+step latency).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class DemoConfig:
     )
     context: int = field(default=4, metadata={"help": "real MuJoCo frames the world model starts from"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    track_tolerance_m: float = field(
+        default=0.03,
+        metadata={"help": "the imagined arm tracks the real one while their fingertips are this close"},
+    )
 
 
 @dataclass
@@ -49,14 +55,28 @@ class Episode:
     true_frames: list[np.ndarray] = field(default_factory=list)
     imagined_rewards: list[float] = field(default_factory=list)
     true_rewards: list[float] = field(default_factory=list)
+    imagined_states: list[np.ndarray] = field(default_factory=list)
+    true_states: list[np.ndarray] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
 
-    def summary(self) -> dict:
+    def fingertip_error_m(self) -> np.ndarray:
+        """(T,) distance between the fingertip where the model puts the arm (its agent_pos) and
+        where MuJoCo has it: how far the imagined arm is from the real one, in metres."""
+        from wm_sim.envs.reacher import fingertip
+
+        imagined, true = np.stack(self.imagined_states), np.stack(self.true_states)
+        return np.linalg.norm(fingertip(imagined[:, :2]) - fingertip(true[:, :2]), axis=-1)
+
+    def summary(self, tolerance_m: float) -> dict:
         imagined = torch.from_numpy(np.stack(self.imagined_frames)).float() / 255.0
         true = torch.from_numpy(np.stack(self.true_frames)).float() / 255.0
         per_step = psnr(imagined, true)  # (T,)
         by_horizon = {str(h): finite_or_none(float(per_step[h - 1])) for h in HORIZONS if h <= len(per_step)}
         by_horizon["end"] = finite_or_none(float(per_step[-1]))
+        tip = self.fingertip_error_m()
+        tip_by_horizon = {str(h): round(float(tip[h - 1]), 4) for h in HORIZONS if h <= len(tip)}
+        tip_by_horizon["end"] = round(float(tip[-1]), 4)
+        off = np.flatnonzero(tip > tolerance_m)
         return {
             "policy": self.policy,
             "seed": self.seed,
@@ -65,6 +85,10 @@ class Episode:
             "true_return": round(float(np.sum(self.true_rewards)), 4),
             "psnr": by_horizon,
             "psnr_mean": round(float(per_step.mean()), 3),
+            "fingertip_error_m": tip_by_horizon,
+            "fingertip_error_mean_m": round(float(tip.mean()), 4),
+            # steps before the imagined fingertip first strays further than the tolerance
+            "tracks_for_steps": int(off[0]) if len(off) else len(tip),
         }
 
 
@@ -82,6 +106,8 @@ def demo(cfg: DemoConfig) -> dict:
         raise WmSimError(f"{report_path} exists; choose another out= (a demo never overwrites one)")
     if cfg.context < 1:
         raise WmSimError(f"context must be at least 1 frame, got {cfg.context}")
+    if not cfg.track_tolerance_m > 0:
+        raise WmSimError(f"track_tolerance_m must be a positive distance, got {cfg.track_tolerance_m}")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     env = gym.make("wm_sim/WorldModel-v0", checkpoint=cfg.checkpoint).unwrapped
@@ -101,12 +127,12 @@ def demo(cfg: DemoConfig) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     video = write_video(out / "demo.mp4", _side_by_side(episodes), fps=env.sim.fps)
-    plot = save_figure(_reward_figure(episodes), out / "rewards.png")
+    plot = save_figure(_reward_figure(episodes, cfg.track_tolerance_m), out / "rewards.png")
     latencies = np.concatenate([e.latencies_ms for e in episodes])
     report = {
         "checkpoint": cfg.checkpoint,
         "options": asdict(cfg),
-        "episodes": [e.summary() for e in episodes],
+        "episodes": [e.summary(cfg.track_tolerance_m) for e in episodes],
         "step_latency_ms": {
             "median": round(float(np.median(latencies)), 3),
             "p99": round(float(np.percentile(latencies, 99)), 3),
@@ -145,6 +171,7 @@ def _episode(env, task, policy, name: str, seed: int, context: int, bar) -> Epis
         episode.actions.append(action)
         episode.imagined_frames.append(imagined["pixels"])
         episode.imagined_rewards.append(reward)
+        episode.imagined_states.append(imagined["agent_pos"])
         done = terminated or truncated
         bar.update(1)
     task.set_physics_state(start)  # the same state, the same actions, real physics
@@ -152,6 +179,7 @@ def _episode(env, task, policy, name: str, seed: int, context: int, bar) -> Epis
         result = task.step(action)
         episode.true_frames.append(result.obs["pixels"])
         episode.true_rewards.append(result.reward)
+        episode.true_states.append(result.obs["agent_pos"])
     return episode
 
 
@@ -166,23 +194,32 @@ def _side_by_side(episodes: list[Episode], scale: int = 4) -> list[np.ndarray]:
     ]
 
 
-def _reward_figure(episodes: list[Episode]):
+def _reward_figure(episodes: list[Episode], tolerance_m: float):
+    """Top row: imagined vs true reward per step; bottom row: how far the imagined arm is from the real one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(episodes), figsize=(5 * len(episodes), 3.2), sharey=True)
-    for ax, episode in zip(np.atleast_1d(axes), episodes, strict=True):
+    fig, axes = plt.subplots(2, len(episodes), figsize=(5 * len(episodes), 5.6), sharex=True, squeeze=False)
+    for column, episode in enumerate(episodes):
         steps = np.arange(1, len(episode.true_rewards) + 1)
-        ax.plot(steps, episode.true_rewards, label="MuJoCo (true)", color="black")
-        ax.plot(steps, episode.imagined_rewards, label="world model (imagined)", color="tab:orange")
-        ax.set_title(f"{episode.policy} policy")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    np.atleast_1d(axes)[0].set_ylabel("reward")
-    np.atleast_1d(axes)[0].legend()
-    fig.suptitle("reward per step: imagined vs true (the same actions)")
+        top, bottom = axes[0, column], axes[1, column]
+        top.plot(steps, episode.true_rewards, label="MuJoCo (true)", color="black")
+        top.plot(steps, episode.imagined_rewards, label="world model (imagined)", color="tab:orange")
+        top.set_title(f"{episode.policy} policy")
+        bottom.plot(steps, 100 * episode.fingertip_error_m(), color="tab:blue")
+        bottom.axhline(
+            100 * tolerance_m, color="grey", linestyle="--", linewidth=1, label="tracking tolerance"
+        )
+        bottom.set_xlabel("step")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("reward")
+    axes[0, 0].legend()
+    axes[1, 0].set_ylabel("fingertip: imagined - true (cm)")
+    axes[1, 0].legend()
+    fig.suptitle("the same actions in the world model and in MuJoCo: reward per step, and where the arm is")
     fig.tight_layout()
     return fig
 
@@ -193,7 +230,8 @@ def _print_summary(report: dict, paths: list[Path]) -> None:
         psnrs = ", ".join(f"{'' if h == 'end' else 'h'}{h}={v:.1f}" for h, v in e["psnr"].items())
         lines.append(
             f"{e['policy']:>6}: {e['steps']} steps, return imagined {e['imagined_return']:.2f} "
-            f"vs MuJoCo {e['true_return']:.2f}; PSNR dB {psnrs}"
+            f"vs MuJoCo {e['true_return']:.2f}; PSNR dB {psnrs}; arm tracked for "
+            f"{e['tracks_for_steps']} steps (fingertip within {report['options']['track_tolerance_m']} m)"
         )
     latency = report["step_latency_ms"]
     lines.append(f"env.step: median {latency['median']:.1f} ms, p99 {latency['p99']:.1f} ms")

@@ -599,7 +599,7 @@ def _start(
         model = _initial_model(cfg.init, config, store, train_episodes).to(device)
         if model.transition is not None and not (cfg.init and _has_transition(cfg.init)):
             fit_transition(model, store, train_episodes, cfg.training.transition_steps, cfg.seed)
-        _freeze_transition(model)
+        _freeze(model, cfg.training)
         return model, _optimiser(model, cfg.training), 0, rng, run_meta
     model, meta = load_checkpoint(resume_from / LAST)
     if model.config != config:
@@ -609,7 +609,7 @@ def _start(
         )
     _check_same_run(resume_from, meta, run_meta)
     model.to(device)  # before the optimiser state is loaded, so that state lands on the same device
-    _freeze_transition(model)
+    _freeze(model, cfg.training)
     optimiser = _optimiser(model, cfg.training)
     tensors, train_meta = load_train_state(resume_from / LAST)
     optimiser.load_state_dict(_unflatten(train_meta["optimiser"], tensors))
@@ -695,10 +695,19 @@ def _has_transition(checkpoint: str) -> bool:
     return model.config.transition
 
 
-def _freeze_transition(model: WorldModel) -> None:
-    """The state transition is fitted once, up front (fit_transition), and not trained after."""
+def _freeze(model: WorldModel, fit: TrainingConfig) -> None:
+    """Turn off gradients of what this run does not train.
+
+    The state transition is fitted once, up front (fit_transition), and not trained after. With
+    `tokenizer_lr=0` the encoder and decoder stay as they are (latents, and policies trained on
+    them, stay valid): computing their gradients would cost time and, through gradient clipping,
+    shrink the dynamics' steps.
+    """
     if model.transition is not None:
         model.transition.requires_grad_(False)
+    if fit.tokenizer_lr == 0:
+        model.encoder.requires_grad_(False)
+        model.decoder.requires_grad_(False)
 
 
 # What must not change for a resumed run to be the same run (steps, resume, threads, cadence may).
