@@ -14,9 +14,10 @@ import torch
 import wm_sim.train as train_module
 from wm_sim.checkpoint import LAST, load_checkpoint
 from wm_sim.collect import CollectConfig, collect
+from wm_sim.data.angles import episode_states, wrapped_entries
 from wm_sim.errors import WmSimError
 from wm_sim.tracking import WandbConfig
-from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train, wrapped_entries
+from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
 from wm_sim.world_model import WorldModel
 
 TINY = ModelSize(grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3)
@@ -399,7 +400,6 @@ def test_wrapped_entries_are_angles_that_jump_across_pi():
 
 def test_init_adds_a_transition_fitted_up_front_then_frozen(reacher_store_path, tmp_path):
     from wm_sim.data.store import EpisodeStore
-    from wm_sim.train import _episode_states
 
     base = train(config(reacher_store_path, tmp_path / "base", steps=2))
     with_transition = ModelSize(**{**TINY.__dict__, "transition": True})
@@ -412,12 +412,12 @@ def test_init_adds_a_transition_fitted_up_front_then_frozen(reacher_store_path, 
     last, _ = load_checkpoint(run)
     before, _ = load_checkpoint(base)
     store = EpisodeStore.open(reacher_store_path)
-    assert last.config.transition and last.config.periodic_state == wrapped_entries(_episode_states(store))
+    assert last.config.transition and last.config.periodic_state == wrapped_entries(episode_states(store))
     assert before.heads.out_features == before.config.state_dim + 2 and last.heads.out_features == 2
     for name, value in first.transition.state_dict().items():  # frozen while the world model trains
         assert torch.equal(last.transition.state_dict()[name], value), name
     # fitted: one step ahead it beats "the state does not change" on every transition of the data
-    state = torch.from_numpy(np.concatenate(list(_episode_states(store))))
+    state = torch.from_numpy(np.concatenate(list(episode_states(store))))
     action = torch.from_numpy(store.read("action", 0, store.num_frames))
     rows = [np.arange(*store.episode_bounds(e))[:-1] for e in range(store.num_episodes)]
     now = torch.from_numpy(np.concatenate(rows))

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from wm_sim.checkpoint import check_dataset_fits, load_checkpoint
+from wm_sim.data.angles import episode_states, wrapped_entries
 from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY, image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import episodes_with_frames, split_episodes
@@ -91,6 +92,9 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     episodes = _pick_episodes(store, cfg, val_fraction)
     keys = [image_key(camera), STATE_KEY, ACTION_KEY, REWARD_KEY, TERMINATED_KEY]
     baseline = _mean_baseline(store, keys, val_fraction)
+    # Wrapped angles from the data, not the model: every model's state error, and the baselines',
+    # takes a full turn as no error, so models with and without a state transition compare.
+    periodic = wrapped_entries(episode_states(store))
 
     results: dict[str, dict[str, list[np.ndarray]]] = {m: {k: [] for k in METRICS} for m in METHODS}
     shown = set(episodes[:: max(1, len(episodes) // max(cfg.video_episodes, 1))][: cfg.video_episodes])
@@ -98,7 +102,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     batches = [episodes[i : i + cfg.batch_size] for i in range(0, len(episodes), cfg.batch_size)]
     for chunk in tqdm(batches, desc="evaluate", unit="batch"):
         data = [store.episode(e, keys) for e in chunk]
-        scores, predicted = _score_batch(model, data, keys, cfg.context, baseline)
+        scores, predicted = _score_batch(model, data, keys, cfg.context, baseline, periodic)
         for method in METHODS:
             for name in METRICS:
                 results[method][name].extend(scores[method][name])
@@ -159,7 +163,12 @@ def _mean_baseline(store: EpisodeStore, keys: list[str], val_fraction: float) ->
 
 
 def _score_batch(
-    model, data: list[dict[str, np.ndarray]], keys: list[str], context: int, baseline: dict[str, np.ndarray]
+    model,
+    data: list[dict[str, np.ndarray]],
+    keys: list[str],
+    context: int,
+    baseline: dict[str, np.ndarray],
+    periodic: tuple[int, ...],
 ) -> tuple[dict[str, dict[str, list[np.ndarray]]], list[np.ndarray]]:
     """Per-episode metric curves (NaN past an episode's end) and the predicted frames (uint8)."""
     image, state_key, action_key, reward_key, term_key = keys
@@ -211,10 +220,9 @@ def _score_batch(
     frame_ok = torch.arange(horizon - 1)[None, :] < torch.tensor(lengths)[:, None] - context  # (B, H-1)
     step_ok = torch.arange(horizon)[None, :] < torch.tensor(lengths)[:, None] - context + 1  # (B, H)
     scores: dict[str, dict[str, list[np.ndarray]]] = {}
-    periodic = list(model.config.periodic_state)  # wrapped angles: a full turn is no error
     for method, (frame, state, reward, term) in guesses.items():
         state_error = state - true_state
-        state_error[..., periodic] = wrap_angle(state_error[..., periodic])
+        state_error[..., list(periodic)] = wrap_angle(state_error[..., list(periodic)])
         curves = {
             "psnr": (psnr(frame, true_frames), frame_ok),
             "ssim": (ssim(frame, true_frames), frame_ok),

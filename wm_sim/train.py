@@ -19,7 +19,6 @@ import os
 import signal
 import time
 import warnings
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from wm_sim.checkpoint import LAST, load_checkpoint, load_train_state, save_checkpoint
+from wm_sim.data.angles import episode_states, wrapped_entries
 from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY, image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import EpisodeWindows
@@ -136,28 +136,9 @@ def model_config(size: ModelSize, store: EpisodeStore) -> WorldModelConfig:
         image_size=info.image_size,
         action_dim=info.features[ACTION_KEY].shape[0],
         state_dim=info.features[STATE_KEY].shape[0],
-        periodic_state=wrapped_entries(_episode_states(store)) if size.transition else (),
+        periodic_state=wrapped_entries(episode_states(store)) if size.transition else (),
         **{k: getattr(size, k) for k in ModelSize.__dataclass_fields__},
     )
-
-
-def wrapped_entries(episodes: Iterable[np.ndarray]) -> tuple[int, ...]:
-    """The state entries that are angles wrapped into [-pi, pi), from episodes' states (T, D): they
-    stay inside it and, somewhere, jump by more than pi from one frame to the next (a joint turning
-    past pi). A velocity leaves the interval; a limited joint never jumps."""
-    wrapped, inside = None, None
-    for states in episodes:
-        states = np.asarray(states, dtype=np.float64)
-        if wrapped is None:
-            wrapped, inside = np.zeros(states.shape[1], dtype=bool), np.ones(states.shape[1], dtype=bool)
-        inside &= (np.abs(states) <= np.pi + 1e-4).all(axis=0)
-        wrapped |= (np.abs(np.diff(states, axis=0)) > np.pi).any(axis=0)
-    return () if wrapped is None else tuple(int(i) for i in np.flatnonzero(wrapped & inside))
-
-
-def _episode_states(store: EpisodeStore) -> Iterator[np.ndarray]:
-    for e in range(store.num_episodes):
-        yield store.read(STATE_KEY, *store.episode_bounds(e))
 
 
 def fit_transition(

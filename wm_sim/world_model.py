@@ -276,7 +276,7 @@ class WorldModelConfig:
     # in checkpoints from before it existed: their transformer predicted the state itself.
     transition: bool = False
     # Entries of the state that are angles wrapped into [-pi, pi) (found in the data by
-    # wm_sim.train.wrapped_entries): the transition and state errors take them the short way round.
+    # wm_sim.data.angles.wrapped_entries): the transition and state errors take them the short way round.
     periodic_state: tuple[int, ...] = ()
 
     def __post_init__(self):
