@@ -15,7 +15,7 @@ from wm_sim.policies.base import Policy
 
 from wm_sim.errors import WmSimError
 
-SCRIPTED_POLICIES = ("random", "expert", "mixed")
+SCRIPTED_POLICIES = ("random", "expert", "mixed", "mixed_rest")
 
 
 class RandomPolicy(Policy):
@@ -104,17 +104,29 @@ class MixedPolicy(Policy):
     motion (to answer for actions an expert would never take). Each episode draws its noise
     scale in [0, max_noise]; at each step a random segment of 5-20 steps starts with
     probability `segment_rate`, during which a random action is held with slow drift.
+
+    With `rest_probability` > 0 (`mixed_rest`), a random segment is followed, that often, by a
+    rest of 10-60 steps with no action, wherever the segment left the robot. Without rests, a
+    still robot in the data is almost always one that has reached its goal, and a world model
+    learns "still means success": a policy that stops moving is then imagined succeeding.
     """
 
     def __init__(
-        self, tasks: Sequence[MujocoTask], seed: int = 0, max_noise: float = 0.3, segment_rate: float = 0.02
+        self,
+        tasks: Sequence[MujocoTask],
+        seed: int = 0,
+        max_noise: float = 0.3,
+        segment_rate: float = 0.02,
+        rest_probability: float = 0.0,
     ):
         self.expert = ExpertPolicy(tasks)
         self.num_envs, self.action_dim = self.expert.num_envs, self.expert.action_dim
         self.max_noise, self.segment_rate = max_noise, segment_rate
+        self.rest_probability = rest_probability
         self._rngs = [np.random.default_rng([seed, row]) for row in range(self.num_envs)]
         self._noise = np.zeros(self.num_envs)
         self._segment_left = np.zeros(self.num_envs, dtype=np.int64)
+        self._rest_left = np.zeros(self.num_envs, dtype=np.int64)
         self._held = np.zeros((self.num_envs, self.action_dim))
         self.reset()
 
@@ -124,10 +136,15 @@ class MixedPolicy(Policy):
                 self._rngs[row] = np.random.default_rng(seeds[row])
             self._noise[row] = self._rngs[row].uniform(0.0, self.max_noise)
             self._segment_left[row] = 0
+            self._rest_left[row] = 0
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         actions = self.expert.act(obs).astype(np.float64)
         for row, rng in enumerate(self._rngs):
+            if self._rest_left[row] > 0:
+                self._rest_left[row] -= 1
+                actions[row] = 0.0
+                continue
             if self._segment_left[row] == 0 and rng.random() < self.segment_rate:
                 self._segment_left[row] = rng.integers(5, 21)
                 self._held[row] = rng.uniform(-1.0, 1.0, self.action_dim)
@@ -135,6 +152,9 @@ class MixedPolicy(Policy):
                 self._segment_left[row] -= 1
                 self._held[row] = np.clip(self._held[row] + rng.normal(0.0, 0.2, self.action_dim), -1, 1)
                 actions[row] = self._held[row]
+                if self._segment_left[row] == 0 and self.rest_probability > 0:
+                    if rng.random() < self.rest_probability:
+                        self._rest_left[row] = rng.integers(10, 61)
             else:
                 actions[row] += rng.normal(0.0, self._noise[row], self.action_dim)
         return np.clip(actions, -1.0, 1.0).astype(np.float32)
@@ -148,7 +168,7 @@ def make_scripted_policy(name: str, tasks: Sequence[MujocoTask], seed: int) -> P
         return RandomPolicy(tasks[0].action_dim, num_envs=len(tasks), seed=seed)
     if name == "expert":
         return ExpertPolicy(tasks)
-    return MixedPolicy(tasks, seed=seed)
+    return MixedPolicy(tasks, seed=seed, rest_probability=0.5 if name == "mixed_rest" else 0.0)
 
 
 def _rows(mask: np.ndarray | None, num_envs: int) -> list[int]:

@@ -263,3 +263,35 @@ def test_the_score_falls_back_to_random_for_a_task_without_an_expert():
     assert normalized_score(-40.0, -170.0, -4.0)[0] == pytest.approx(130 / 166)
     score, formula = normalized_score(-40.0, -160.0, None)
     assert score == pytest.approx(120 / 160) and "no expert" in formula
+
+
+def test_mixed_rest_leaves_the_arm_still_away_from_the_target_and_mixed_never_rests():
+    """mixed_rest follows random segments with no-action rests (so a still arm is not always a
+    successful one); plain mixed is MixedPolicy without rests, and never rests."""
+    from wm_sim.envs.catalog import make_task
+    from wm_sim.policies.scripted import MixedPolicy, make_scripted_policy
+
+    task = make_task("reacher")
+
+    def episode(policy, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        task.reset(seed)
+        policy.reset(seeds=[seed])
+        actions, distances = [], []
+        for _ in range(200):
+            actions.append(policy.act({})[0])
+            task.step(actions[-1])
+            distances.append(np.linalg.norm(task.tip_to_target()))
+        return np.stack(actions), np.array(distances)
+
+    resting = MixedPolicy([task], rest_probability=1.0)
+    rests, far = 0, []
+    for seed in range(3):
+        actions, distances = episode(resting, seed)
+        still = ~actions.any(axis=1)
+        rests += int(still.sum())
+        far.extend(distances[still])
+    assert rests >= 20 and np.mean(far) > 0.05  # still, and not on the target (success is < 0.02)
+    plain_actions, _ = episode(make_scripted_policy("mixed", [task], seed=0), 1)
+    zero_rest_actions, _ = episode(MixedPolicy([task], seed=0, rest_probability=0.0), 1)
+    assert plain_actions.any(axis=1).all() and np.array_equal(plain_actions, zero_rest_actions)
+    task.close()

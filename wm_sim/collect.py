@@ -33,7 +33,11 @@ class CollectConfig:
         default="reacher", metadata={"help": "reacher, pusher, or gym:<EnvId> (any Gymnasium MuJoCo env)"}
     )
     policy: str = field(
-        default="mixed", metadata={"help": "random, expert, or mixed (expert with noise and random segments)"}
+        default="mixed",
+        metadata={
+            "help": "random, expert, mixed (expert with noise and random segments), or mixed_rest "
+            "(mixed, half its random segments followed by 10-60 steps with no action)"
+        },
     )
     episodes: int = field(default=200, metadata={"help": "episodes the store should hold when done"})
     image_size: int = field(default=64, metadata={"help": "square frame size in pixels"})
