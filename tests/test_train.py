@@ -192,6 +192,23 @@ def test_the_continue_head_is_trained_on_terminations(tmp_path):
     assert all(torch.isfinite(v) for v in terms.values())
 
 
+def test_reward_weight_scales_the_reward_terms_in_the_total(reacher_store_path):
+    store = train_module.EpisodeStore.open(reacher_store_path)
+    windows = train_module.EpisodeWindows(store, TINY.window + 1, 0, "all", 0.0, pad_end=True)
+    batch = train_module.to_batch([windows[i] for i in range(4)], "top", torch.device("cpu"))
+    model = train_module.WorldModel(train_module.model_config(TINY, store))
+    background = torch.from_numpy(train_module.background_frame(batch["pixels"][:, 0].numpy()))
+    totals = {}
+    for weight in (0.1, 10.0):
+        torch.manual_seed(0)  # the same noise, anchors and frames for both
+        terms = train_module.losses(model, batch, 0.1, 2, background, 2.0, weight)
+        totals[weight] = terms
+    rewards = totals[0.1]["teacher_reward"] + totals[0.1]["own_reward"]
+    assert rewards > 0
+    gap = totals[10.0]["total"] - totals[0.1]["total"]
+    assert torch.allclose(gap, 9.9 * rewards, rtol=1e-4)
+
+
 def test_validation_results_are_saved_with_the_checkpoint(reacher_store_path, tmp_path):
     run = train(config(reacher_store_path, tmp_path / "run", steps=2, val_fraction=0.5))
     _, meta = load_checkpoint(run)

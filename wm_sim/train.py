@@ -85,6 +85,9 @@ class TrainingConfig:
     foreground_weight: float = field(
         default=2.0, metadata={"help": "extra pixel-loss weight where a frame differs from the background"}
     )
+    reward_weight: float = field(
+        default=0.1, metadata={"help": "weight of the reward loss (latent terms weigh 1, pixels 1)"}
+    )
     transition_steps: int = field(
         default=3000,
         metadata={"help": "steps fitting a new state transition on every training transition, up front"},
@@ -192,11 +195,13 @@ def losses(
     rollout_passes: int = 1,
     background: torch.Tensor | None = None,
     foreground_weight: float = 0.0,
+    reward_weight: float = 0.1,
 ) -> dict[str, torch.Tensor]:
     """Every loss term of one batch of windows (B, T+1, ...).
 
     `background` (S, S, 3) in [0, 1] is the scene without the robot; pixels far from it weigh up to
-    1 + foreground_weight in the pixel losses.
+    1 + foreground_weight in the pixel losses. The reward terms weigh `reward_weight`; state and
+    continue terms 0.1.
     """
     pixels = batch["pixels"]  # (B, T+1, S, S, 3) uint8
     target = pixels.float() / 255.0
@@ -237,7 +242,12 @@ def losses(
     last = previous.latents[:, t]
     pixel_error = _weighted_mse(model.decode(last, anchor), target[:, t + 1], weight[:, t + 1], per_row=True)
     terms["predicted_pixels"] = (pixel_error * has_next[:, t]).sum() / has_next[:, t].sum().clamp(min=1)
-    weights = {"recon": 1.0, "predicted_pixels": 1.0}
+    weights = {
+        "recon": 1.0,
+        "predicted_pixels": 1.0,
+        "teacher_reward": reward_weight,
+        "own_reward": reward_weight,
+    }
     terms["total"] = sum(weights.get(k, 1.0 if "latent" in k else 0.1) * v for k, v in terms.items())
     return terms
 
@@ -318,12 +328,14 @@ class Objective(nn.Module):
         rollout_passes: int,
         background: torch.Tensor,
         foreground_weight: float,
+        reward_weight: float = 0.1,
     ):
         super().__init__()
         self.model = model
         self.context_noise = context_noise
         self.rollout_passes = rollout_passes
         self.foreground_weight = foreground_weight
+        self.reward_weight = reward_weight
         self.register_buffer("background", background)  # (S, S, 3)
 
     def forward(
@@ -331,7 +343,15 @@ class Objective(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """The loss terms; `context_noise` overrides the training one (validation uses 0)."""
         noise = self.context_noise if context_noise is None else context_noise
-        return losses(self.model, batch, noise, self.rollout_passes, self.background, self.foreground_weight)
+        return losses(
+            self.model,
+            batch,
+            noise,
+            self.rollout_passes,
+            self.background,
+            self.foreground_weight,
+            self.reward_weight,
+        )
 
 
 @dataclass(frozen=True)
@@ -387,9 +407,10 @@ def train(cfg: TrainConfig) -> Path:
         )
     if cfg.dist_timeout_s <= 0:
         raise WmSimError(f"dist_timeout_s must be positive, got {cfg.dist_timeout_s}")
-    if fit.rollout_passes < 0 or fit.foreground_weight < 0:
+    if fit.rollout_passes < 0 or fit.foreground_weight < 0 or fit.reward_weight < 0:
         raise WmSimError(
-            f"training.rollout_passes and training.foreground_weight must be >= 0, got {fit.rollout_passes}, {fit.foreground_weight}"
+            "training.rollout_passes, training.foreground_weight and training.reward_weight must be >= 0, got "
+            f"{fit.rollout_passes}, {fit.foreground_weight}, {fit.reward_weight}"
         )
     job = Distributed.from_environment()
     if fit.batch_size % job.world_size:
@@ -437,7 +458,12 @@ def train(cfg: TrainConfig) -> Path:
     samples = np.linspace(0, len(train_set) - 1, min(len(train_set), 256)).astype(int)
     background = background_frame(np.stack([train_set[int(i)][keys[0]][0] for i in samples]))
     plain = Objective(
-        model, fit.context_noise, fit.rollout_passes, torch.from_numpy(background), fit.foreground_weight
+        model,
+        fit.context_noise,
+        fit.rollout_passes,
+        torch.from_numpy(background),
+        fit.foreground_weight,
+        fit.reward_weight,
     ).to(device)
     objective: nn.Module = plain
     joined = job.world_size > 1 and not dist.is_initialized()
@@ -700,6 +726,7 @@ RUN_IDENTITY = (
     "context_noise",
     "rollout_passes",
     "foreground_weight",
+    "reward_weight",
     "init",
     "val_fraction",
     "seed",
@@ -708,7 +735,7 @@ RUN_IDENTITY = (
 
 
 # Options that runs from before they existed were trained with, in effect.
-LEGACY_OPTIONS = {"rollout_passes": 1, "foreground_weight": 0.0, "init": ""}
+LEGACY_OPTIONS = {"rollout_passes": 1, "foreground_weight": 0.0, "init": "", "reward_weight": 0.1}
 
 
 def _check_same_run(run_dir: Path, saved: dict, now: dict) -> None:
