@@ -152,9 +152,10 @@ class MixedPolicy(Policy):
                 self._segment_left[row] -= 1
                 self._held[row] = np.clip(self._held[row] + rng.normal(0.0, 0.2, self.action_dim), -1, 1)
                 actions[row] = self._held[row]
-                if self._segment_left[row] == 0 and self.rest_probability > 0:
-                    if rng.random() < self.rest_probability:
-                        self._rest_left[row] = rng.integers(10, 61)
+                # a segment's end draws a rest only when rests are on: plain mixed draws as before
+                ends = self._segment_left[row] == 0 and self.rest_probability > 0
+                if ends and rng.random() < self.rest_probability:
+                    self._rest_left[row] = rng.integers(10, 61)
             else:
                 actions[row] += rng.normal(0.0, self._noise[row], self.action_dim)
         return np.clip(actions, -1.0, 1.0).astype(np.float32)

@@ -220,9 +220,10 @@ def _score_batch(
     frame_ok = torch.arange(horizon - 1)[None, :] < torch.tensor(lengths)[:, None] - context  # (B, H-1)
     step_ok = torch.arange(horizon)[None, :] < torch.tensor(lengths)[:, None] - context + 1  # (B, H)
     scores: dict[str, dict[str, list[np.ndarray]]] = {}
+    wrapped = list(periodic)
     for method, (frame, state, reward, term) in guesses.items():
         state_error = state - true_state
-        state_error[..., list(periodic)] = wrap_angle(state_error[..., list(periodic)])
+        state_error[..., wrapped] = wrap_angle(state_error[..., wrapped])
         curves = {
             "psnr": (psnr(frame, true_frames), frame_ok),
             "ssim": (ssim(frame, true_frames), frame_ok),

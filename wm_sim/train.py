@@ -328,7 +328,7 @@ class Objective(nn.Module):
         rollout_passes: int,
         background: torch.Tensor,
         foreground_weight: float,
-        reward_weight: float = 0.1,
+        reward_weight: float,
     ):
         super().__init__()
         self.model = model
