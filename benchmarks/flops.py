@@ -47,10 +47,17 @@ def frame_flops(model: WorldModel) -> dict[str, int]:
         + 2 * n * d * d  # output projection
         + 2 * 2 * n * d * c.mlp_ratio * d  # MLP in and out
     )
-    heads = 2 * n * d * c.latent_dim + 2 * d * ((0 if c.transition else c.state_dim) + 2)
+    heads = 2 * n * d * c.latent_dim + 2 * d * (
+        (0 if c.transition else c.state_dim) + (1 if c.frame_reward else 2)
+    )
     grid = c.grid
     return {
-        "dynamics": embed + c.depth * block + heads + attention_flops(model) + transition_flops(model),
+        "dynamics": embed
+        + c.depth * block
+        + heads
+        + attention_flops(model)
+        + transition_flops(model)
+        + frame_reward_flops(model),
         "decode": conv_stack_flops(model.decoder.net, c.latent_dim, grid),
         "uncertainty": conv_stack_flops(model.encoder.net, 3, c.image_size),
     }
@@ -62,6 +69,13 @@ def transition_flops(model: WorldModel) -> int:
         return 0
     linears = [m for m in model.transition.net if isinstance(m, nn.Linear)] + [model.next_state_in]
     return sum(2 * m.in_features * m.out_features for m in linears)
+
+
+def frame_reward_flops(model: WorldModel) -> int:
+    """The frame-reward head's MLP on the re-encoded frame (0 without one)."""
+    if model.reward_head is None:
+        return 0
+    return sum(2 * m.in_features * m.out_features for m in model.reward_head.net if isinstance(m, nn.Linear))
 
 
 def attention_flops(model: WorldModel) -> int:

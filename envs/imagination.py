@@ -94,21 +94,20 @@ class ImaginedBatch:
     @torch.inference_mode()
     def step(self, actions: torch.Tensor) -> StepOutput:
         """Advance every row by one frame under actions (B, A) in [-1, 1]."""
-        pred = self.model.stream_step(
-            self.cache, self.latents, self.norm_state, actions.to(self.device).float()
-        )
+        actions = actions.to(self.device).float()
+        pred = self.model.stream_step(self.cache, self.latents, self.norm_state, actions)
         self.latents, self.norm_state = pred.latents[:, 0], pred.state[:, 0]
-        decoded = self.model.decode(self.latents, self.anchor)  # (B, S, S, 3) in [0, 1]
-        self.pixels = (decoded * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
+        self.pixels, seen = self.model.read_frame(self.latents, self.anchor)
         self.agent_pos = self._bounded(self.model.denormalise_state(self.norm_state))
         self.steps += 1
         # How far the prediction sits off what the tokenizer can produce: re-encoding the decoded
         # frame should give back the same latents; it grows as a rollout leaves the data it knows.
-        uncertainty = F.mse_loss(self.model.encode(self.pixels), self.latents, reduction="none").mean((1, 2))
+        uncertainty = F.mse_loss(seen, self.latents, reduction="none").mean((1, 2))
+        reward = self.model.imagined_reward(pred, seen, actions)
         return StepOutput(
             pixels=self.pixels,
             agent_pos=self.agent_pos,
-            reward=pred.reward[:, 0].float(),
+            reward=reward.float(),
             terminated=torch.sigmoid(pred.continue_logit[:, 0]) < 0.5,
             truncated=self.steps >= self.episode_steps,
             uncertainty=uncertainty.float(),

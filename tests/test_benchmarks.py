@@ -52,7 +52,7 @@ def test_conv_flops_match_a_hand_count():
     assert conv_stack_flops(net, 3, 8) == hand
 
 
-@pytest.mark.parametrize("variant", ["plain", "transition"])
+@pytest.mark.parametrize("variant", ["plain", "transition", "frame_reward"])
 def test_frame_flops_match_torch_counter_plus_the_attention_it_cannot_see(variant):
     model = WorldModel(WorldModelConfig(**{**TINY.to_dict(), **VARIANTS[variant]})).eval()
     per_frame = frame_flops(model)
@@ -216,6 +216,7 @@ VARIANTS = {
     "plain": {},
     "anchored": {"anchored": True},
     "transition": {"anchored": True, "transition": True, "periodic_state": (0,)},
+    "frame_reward": {"anchored": True, "transition": True, "periodic_state": (0,), "frame_reward": True},
 }
 
 

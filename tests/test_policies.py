@@ -295,3 +295,39 @@ def test_mixed_rest_leaves_the_arm_still_away_from_the_target_and_mixed_never_re
     zero_rest_actions, _ = episode(MixedPolicy([task], seed=0, rest_probability=0.0), 1)
     assert plain_actions.any(axis=1).all() and np.array_equal(plain_actions, zero_rest_actions)
     task.close()
+
+
+def test_imagined_rollouts_read_the_frame_shown_for_the_policy_and_a_frame_reward(reacher_store_path):
+    """The policy acts on, and a frame-reward model's reward is read off, the encoder's latents of
+    each imagined frame as decoded over the start frame: what a camera would give."""
+    from wm_sim.train_policy import encode_dataset, imagine
+    from wm_sim.world_model import WorldModel, WorldModelConfig
+
+    torch.manual_seed(0)
+    config = WorldModelConfig(
+        grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, window=3, residual=True,
+        anchored=True, frame_reward=True,
+    )  # fmt: skip
+    model = WorldModel(config).eval().requires_grad_(False)
+    states = encode_dataset(model, str(reacher_store_path), context=2)
+    assert states.pixels is not None and states.pixels.shape[1:] == (64, 64, 3)
+    net = ActorCritic(feature_dim(config), config.action_dim)
+    rows = states.starts[:3]
+    batch = imagine(model, net, states, rows, horizon=3, context=2, device="cpu")
+    n = config.tokens * config.latent_dim
+    anchor = model.anchor(states.pixels[torch.from_numpy(rows)])
+    for t in range(2):
+        seen = batch.features[t + 1, :, :n].view(-1, config.tokens, config.latent_dim)
+        applied = batch.actions[t].clamp(-1.0, 1.0)
+        torch.testing.assert_close(batch.rewards[t], model.reward_head(seen, applied))
+    # the first imagined frame, replayed by hand: decoded over the start frame, then encoded
+    cache = model.new_stream(3)
+    index = torch.from_numpy(rows)
+    model.stream_step(
+        cache, states.latents[index - 1].float(), states.norm_state[index - 1], states.actions[index - 1]
+    )
+    first = model.stream_step(
+        cache, states.latents[index].float(), states.norm_state[index], batch.actions[0].clamp(-1.0, 1.0)
+    )
+    _, seen = model.read_frame(first.latents[:, 0], anchor)
+    torch.testing.assert_close(batch.features[1, :, :n], seen.flatten(1))

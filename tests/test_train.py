@@ -15,6 +15,7 @@ import wm_sim.train as train_module
 from wm_sim.checkpoint import LAST, load_checkpoint
 from wm_sim.collect import CollectConfig, collect
 from wm_sim.data.angles import episode_states, wrapped_entries
+from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, image_key
 from wm_sim.errors import WmSimError
 from wm_sim.tracking import WandbConfig
 from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
@@ -464,3 +465,38 @@ def test_an_added_transition_starts_unread_by_the_transformer(reacher_store_path
         old, new = before(latents, state, action), after(latents, state, action)
     torch.testing.assert_close(new.latents, old.latents)
     torch.testing.assert_close(new.reward, old.reward)
+
+
+def test_init_adds_a_frame_reward_fitted_on_real_frames(reacher_store_path, tmp_path):
+    from wm_sim.data.store import EpisodeStore
+
+    base = train(config(reacher_store_path, tmp_path / "base", steps=2))
+    with_reward = ModelSize(**{**TINY.__dict__, "frame_reward": True})
+    run = train(
+        config(
+            reacher_store_path, tmp_path / "fr", model=with_reward, init=str(base), steps=2, lr=0.0,
+            tokenizer_lr=0.0, reward_fit_steps=300,
+        )
+    )  # fmt: skip
+    before, _ = load_checkpoint(base)
+    after, _ = load_checkpoint(run)
+    d = before.config.state_dim
+    assert before.heads.out_features == d + 2 and after.heads.out_features == d + 1
+    g = torch.Generator().manual_seed(0)
+    latents = torch.rand(2, 3, 16, 8, generator=g) * 2 - 1
+    state, action = torch.randn(2, 3, d, generator=g), torch.rand(2, 3, 2, generator=g) * 2 - 1
+    with torch.no_grad():
+        old, new = before(latents, state, action), after(latents, state, action)
+    # the pooled head kept its state and continue rows; only the reward moved to the new head
+    torch.testing.assert_close(new.state, old.state)
+    torch.testing.assert_close(new.continue_logit, old.continue_logit)
+    # fitted up front on every real frame: it reads the reward off a frame far better than the mean
+    store = EpisodeStore.open(reacher_store_path)
+    rows = np.concatenate([np.arange(*store.episode_bounds(e))[:-1] for e in range(store.num_episodes)])
+    pixels = torch.from_numpy(store.read(image_key(store.info.cameras[0]), 0, store.num_frames))
+    reward = torch.from_numpy(store.read(REWARD_KEY, 0, store.num_frames))[rows]
+    action = torch.from_numpy(store.read(ACTION_KEY, 0, store.num_frames))[rows]
+    with torch.no_grad():
+        read = after.reward_head(after.encode(pixels[rows + 1]), action)
+    error = (read - reward).pow(2).mean()
+    assert error < 0.25 * reward.var(), (error, reward.var())

@@ -26,8 +26,13 @@ def _inputs(model: WorldModel, batch: int, frames: int, seed: int = 0):
 
 
 @pytest.fixture(
-    params=[{}, {"residual": True}, {"residual": True, "transition": True, "periodic_state": (0,)}],
-    ids=["absolute", "residual", "transition"],
+    params=[
+        {},
+        {"residual": True},
+        {"residual": True, "transition": True, "periodic_state": (0,)},
+        {"residual": True, "frame_reward": True},
+    ],
+    ids=["absolute", "residual", "transition", "frame-reward"],
 )
 def model(request) -> WorldModel:
     torch.manual_seed(0)
@@ -62,7 +67,8 @@ def test_streaming_step_reproduces_the_full_forward_pass(model, frames):
         steps = [model.stream_step(cache, latents[:, t], state[:, t], action[:, t]) for t in range(frames)]
     streamed = torch.cat([s.latents for s in steps], dim=1)
     torch.testing.assert_close(streamed, full.latents, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(torch.cat([s.reward for s in steps], 1), full.reward, rtol=1e-5, atol=1e-5)
+    if full.reward is not None:  # a frame-reward model reads rewards off frames, not here
+        torch.testing.assert_close(torch.cat([s.reward for s in steps], 1), full.reward, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.cat([s.state for s in steps], 1), full.state, rtol=1e-5, atol=1e-5)
 
 
@@ -179,3 +185,39 @@ def test_a_transition_model_predicts_the_state_with_its_mlp_and_reads_it():
         # the transformer's frames depend on what the transition says comes next
         model.transition.net[-1].bias.add_(1.0)
         assert not torch.allclose(model(latents, state, action).latents, pred.latents)
+
+
+def test_a_frame_reward_is_read_off_the_frame_shown_and_the_action():
+    """The dynamics predict no reward; an imagined step's reward is the head's read of the frame
+    the model shows, encoded again."""
+    model = WorldModel(
+        WorldModelConfig(**{**TINY.to_dict(), "residual": True, "anchored": True, "frame_reward": True})
+    ).eval()
+    assert model.heads.out_features == TINY.state_dim + 1  # no reward row in the pooled head
+    latents, state, action = _inputs(model, 2, 1)
+    frames = torch.randint(
+        0, 256, (2, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        pred = model.stream_step(model.new_stream(2), latents[:, 0], state[:, 0], action[:, 0])
+        assert pred.reward is None
+        _, seen = model.read_frame(pred.latents[:, 0], model.anchor(frames))
+        reward = model.imagined_reward(pred, seen, action[:, 0])
+        torch.testing.assert_close(reward, model.reward_head(seen, action[:, 0]))
+        assert not torch.allclose(reward, model.reward_head(seen.flip(0), action[:, 0]))
+        assert not torch.allclose(reward, model.reward_head(seen, -action[:, 0]))
+
+
+def test_read_frame_gives_the_shown_frame_and_its_encoding():
+    model = WorldModel(WorldModelConfig(**{**TINY.to_dict(), "anchored": True})).eval()
+    latents, _, _ = _inputs(model, 2, 3)
+    frames = torch.randint(
+        0, 256, (2, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)
+    )
+    anchor = model.anchor(frames)
+    with torch.no_grad():
+        pixels, seen = model.read_frame(latents, anchor)
+        expected = (model.decode(latents, anchor) * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
+        torch.testing.assert_close(seen, model.encode(pixels))
+    assert pixels.dtype == torch.uint8 and pixels.shape == (2, 3, 32, 32, 3)
+    assert torch.equal(pixels, expected)

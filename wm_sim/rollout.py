@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from wm_sim.world_model import Anchor, StreamCache, WorldModel
+from wm_sim.world_model import Anchor, Prediction, StreamCache, WorldModel
 
 
 @dataclass
@@ -32,13 +32,12 @@ class Rollout:
 @torch.no_grad()
 def warm_up(
     model: WorldModel, frames: torch.Tensor, state: torch.Tensor, actions: torch.Tensor
-) -> tuple[StreamCache, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[StreamCache, Prediction]:
     """Stream real context through a fresh cache.
 
     frames (B, K, S, S, 3) uint8, state (B, K, D) in dataset units, actions (B, K, A): the action taken
     at each context frame, the last of which leads to the first predicted frame. Returns the cache
-    and the prediction after the context: latents (B, N, C), normalised state (B, D), reward (B,),
-    continue probability (B,).
+    and the prediction after the context (T = 1).
     """
     b, k = frames.shape[:2]
     cache = model.new_stream(b, frames.device)
@@ -46,13 +45,7 @@ def warm_up(
     norm_state = model.normalise_state(state)
     for t in range(k):
         pred = model.stream_step(cache, latents[:, t], norm_state[:, t], actions[:, t])
-    return (
-        cache,
-        pred.latents[:, 0],
-        pred.state[:, 0],
-        pred.reward[:, 0],
-        torch.sigmoid(pred.continue_logit[:, 0]),
-    )
+    return cache, pred
 
 
 @torch.no_grad()
@@ -71,21 +64,24 @@ def open_loop(
     if context < 1 or actions.shape[1] < context:
         raise ValueError(f"need 1 <= context <= actions, got context={context}, {actions.shape[1]} actions")
     horizon = actions.shape[1] - context + 1
-    cache, latents, norm_state, reward, cont = warm_up(
-        model, frames[:, :context], state[:, :context], actions[:, :context]
-    )
-    out_latents, out_state, out_reward, out_cont = [latents], [norm_state], [reward], [cont]
-    for h in range(1, horizon):
-        pred = model.stream_step(cache, latents, norm_state, actions[:, context - 1 + h])
-        latents, norm_state = pred.latents[:, 0], pred.state[:, 0]
+    anchor = model.anchor(frames[:, context - 1])
+    cache, pred = warm_up(model, frames[:, :context], state[:, :context], actions[:, :context])
+    out_latents, out_state, out_reward, out_cont = [], [], [], []
+    for h in range(horizon):
+        action = actions[:, context - 1 + h]  # the action leading to frame h + 1
+        if h:
+            pred = model.stream_step(cache, pred.latents[:, 0], pred.state[:, 0], action)
+        latents = pred.latents[:, 0]
+        # a frame reward reads the frame shown; other models' rewards need no decode
+        seen = model.read_frame(latents, anchor)[1] if model.reward_head is not None else None
         out_latents.append(latents)
-        out_state.append(norm_state)
-        out_reward.append(pred.reward[:, 0])
+        out_state.append(pred.state[:, 0])
+        out_reward.append(model.imagined_reward(pred, seen, action))
         out_cont.append(torch.sigmoid(pred.continue_logit[:, 0]))
     return Rollout(
         latents=torch.stack(out_latents, 1),
         state=model.denormalise_state(torch.stack(out_state, 1)),
         reward=torch.stack(out_reward, 1),
         continue_prob=torch.stack(out_cont, 1),
-        anchor=model.anchor(frames[:, context - 1]),
+        anchor=anchor,
     )

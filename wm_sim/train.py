@@ -62,6 +62,10 @@ class ModelSize:
         default=False,
         metadata={"help": "predict agent_pos with a state-transition MLP the transformer reads"},
     )
+    frame_reward: bool = field(
+        default=False,
+        metadata={"help": "predict the reward from the predicted next frame and the action alone"},
+    )
 
 
 @dataclass
@@ -91,6 +95,10 @@ class TrainingConfig:
     transition_steps: int = field(
         default=3000,
         metadata={"help": "steps fitting a new state transition on every training transition, up front"},
+    )
+    reward_fit_steps: int = field(
+        default=3000,
+        metadata={"help": "steps fitting a new frame-reward head on every real frame of the data, up front"},
     )
     val_every: int = field(default=500, metadata={"help": "steps between validations"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
@@ -188,6 +196,53 @@ def fit_transition(
     return loss.item()
 
 
+def fit_frame_reward(
+    model: WorldModel,
+    store: EpisodeStore,
+    episodes: list[int],
+    steps: int,
+    seed: int,
+    batch_size: int = 1024,
+) -> float:
+    """Fit the model's FrameReward head on every real (frame t+1, a_t) -> r_t+1 of `episodes`;
+    returns the last loss (mean squared reward error).
+
+    Done once, before the world model trains, on the encoder's latents of real frames: far more
+    frames than windows can feed it. Training goes on after, on the dynamics' predicted frames,
+    so the head also reads the frames the model draws.
+    """
+    head, device = model.reward_head, next(model.parameters()).device
+    pixels_key = image_key(store.info.cameras[0])
+    latents, actions, rewards = [], [], []
+    with torch.no_grad():
+        for e in tqdm(episodes, desc="frame reward: encoding", unit="episode"):
+            start, stop = store.episode_bounds(e)
+            if stop - start < 2:
+                continue
+            pixels = torch.from_numpy(store.read(pixels_key, start + 1, stop)).to(device)
+            latents.append(torch.cat([model.encode(chunk) for chunk in pixels.split(512)]))
+            actions.append(torch.from_numpy(store.read(ACTION_KEY, start, stop - 1)).float().to(device))
+            rewards.append(torch.from_numpy(store.read(REWARD_KEY, start, stop - 1)).float().to(device))
+    if not latents:
+        raise WmSimError("no transitions to fit the frame reward on: every episode has one frame")
+    latent, action, reward = torch.cat(latents), torch.cat(actions), torch.cat(rewards)
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0)
+    loss = torch.tensor(float("nan"))
+    bar = tqdm(range(steps), desc="frame reward", unit="step")
+    for step in bar:
+        for group in optimiser.param_groups:
+            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        picks = torch.randint(0, len(latent), (batch_size,), generator=generator).to(device)
+        loss = F.mse_loss(head(latent[picks], action[picks]), reward[picks])
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if step % 100 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{loss.item():.5f}")
+    return loss.item()
+
+
 def losses(
     model: WorldModel,
     batch: dict[str, torch.Tensor],
@@ -233,6 +288,10 @@ def losses(
         previous = model(own, own_state, action)
         own_passes.append(previous)
     terms = {"recon": recon}
+    if model.reward_head is not None:
+        # The frame reward learns from real frames only (rollouts show it re-encoded frames).
+        error = (model.reward_head(goal, action) - reward).pow(2)
+        terms["frame_reward"] = (error * has_next).sum() / has_next.sum().clamp(min=1)
     for name, passes in (("teacher", [first]), ("own", own_passes)):
         per_pass = [_prediction_terms(model, p, goal, state[:, 1:], reward, cont, has_next) for p in passes]
         for key in per_pass[0] if per_pass else ():
@@ -247,6 +306,7 @@ def losses(
         "predicted_pixels": 1.0,
         "teacher_reward": reward_weight,
         "own_reward": reward_weight,
+        "frame_reward": reward_weight,
     }
     terms["total"] = sum(weights.get(k, 1.0 if "latent" in k else 0.1) * v for k, v in terms.items())
     return terms
@@ -261,13 +321,16 @@ def _prediction_terms(
     cont: torch.Tensor,
     has_next: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """How far one pass's predictions are from the next frames' latents, states, rewards and flags."""
-    return {
+    """How far one pass's predictions are from the next frames' latents, states, rewards and flags
+    (a frame-reward model's reward is not the pass's: see losses)."""
+    terms = {
         "latent": _masked_mse(pred.latents, goal, has_next),
         "state": _masked_mse(model.state_difference(pred.state, state), torch.zeros_like(state), has_next),
-        "reward": F.mse_loss(pred.reward, reward),
         "continue": F.binary_cross_entropy_with_logits(pred.continue_logit, cont),
     }
+    if model.reward_head is None:
+        terms["reward"] = F.mse_loss(pred.reward, reward)
+    return terms
 
 
 def pixel_weights(
@@ -603,9 +666,12 @@ def _start(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if resume_from is None:
-        model = _initial_model(cfg.init, config, store, train_episodes).to(device)
-        if model.transition is not None and not (cfg.init and _has_transition(cfg.init)):
+        model, saved = _initial_model(cfg.init, config, store, train_episodes)
+        model.to(device)
+        if model.transition is not None and not (saved and saved.transition):
             fit_transition(model, store, train_episodes, cfg.training.transition_steps, cfg.seed)
+        if model.reward_head is not None and not (saved and saved.frame_reward):
+            fit_frame_reward(model, store, train_episodes, cfg.training.reward_fit_steps, cfg.seed)
         _freeze(model, cfg.training)
         return model, _optimiser(model, cfg.training), 0, rng, run_meta
     model, meta = load_checkpoint(resume_from / LAST)
@@ -629,17 +695,18 @@ def _start(
 
 def _initial_model(
     init: str, config: WorldModelConfig, store: EpisodeStore, train_episodes: list[int]
-) -> WorldModel:
-    """A new run's model: `init`'s weights (fine-tuning), or fresh ones."""
+) -> tuple[WorldModel, WorldModelConfig | None]:
+    """A new run's model, and the shape `init` saved it in: `init`'s weights (fine-tuning) or,
+    with no init, fresh ones (and None)."""
     if init:  # the weights and the state normalisation they were trained with
         model, _ = load_checkpoint(init)
-        return _upgraded(model, config, init)
+        return _upgraded(model, config, init), model.config
     model = WorldModel(config)
     # Normalisation statistics from the training episodes only: validation stays unseen.
     states = np.concatenate([store.read(STATE_KEY, *store.episode_bounds(e)) for e in train_episodes])
     model.state_mean.copy_(torch.from_numpy(states.mean(0)))
     model.state_std.copy_(torch.from_numpy(states.std(0) + 1e-3))
-    return model
+    return model, None
 
 
 def _differences(saved: WorldModelConfig, now: WorldModelConfig) -> str:
@@ -660,7 +727,8 @@ def _upgraded(model: WorldModel, config: WorldModelConfig, init: str) -> WorldMo
     residual: the change head starts at zero, so before any step it predicts "nothing moves",
     the copy-last baseline, and learns from there. transition: a new state-transition MLP (fitted
     before training), read through an input that starts at zero, so the transformer starts as it
-    was; the old state head goes.
+    was; the old state head goes. frame_reward: a new FrameReward head (fitted before training);
+    the old reward row of the pooled head goes.
     """
     saved = model.config
     adds = {}
@@ -668,6 +736,8 @@ def _upgraded(model: WorldModel, config: WorldModelConfig, init: str) -> WorldMo
         adds["residual"] = True
     if config.transition and not saved.transition:
         adds |= {"transition": True, "periodic_state": config.periodic_state}
+    if config.frame_reward and not saved.frame_reward:
+        adds["frame_reward"] = True
     if replace(saved, **adds) != config:
         raise WmSimError(
             f"cannot start from {init}: its model differs from this run's in " + _differences(saved, config)
@@ -676,14 +746,21 @@ def _upgraded(model: WorldModel, config: WorldModelConfig, init: str) -> WorldMo
         return model
     converted = WorldModel(config)
     weights = model.state_dict()
-    if "transition" in adds:
-        d = saved.state_dim
-        weights["heads.weight"], weights["heads.bias"] = (
-            weights["heads.weight"][d:],
-            weights["heads.bias"][d:],
-        )
+    # The rows of the pooled head: [state (without a transition), reward (without a frame
+    # reward), continue]; drop those a new part takes over.
+    d = 0 if saved.transition else saved.state_dim
+    keep = [
+        i
+        for i in range(d + 2)
+        if not (i < d and "transition" in adds) and not (i == d and "frame_reward" in adds)
+    ]
+    weights["heads.weight"], weights["heads.bias"] = (
+        weights["heads.weight"][keep],
+        weights["heads.bias"][keep],
+    )
     missing, unexpected = converted.load_state_dict(weights, strict=False)
-    assert not unexpected and all(k.startswith(("transition.", "next_state_in.")) for k in missing), (
+    new_parts = ("transition.", "next_state_in.", "reward_head.")
+    assert not unexpected and all(k.startswith(new_parts) for k in missing), (
         missing,
         unexpected,
     )
@@ -694,12 +771,6 @@ def _upgraded(model: WorldModel, config: WorldModelConfig, init: str) -> WorldMo
         nn.init.zeros_(converted.next_state_in.weight)
         nn.init.zeros_(converted.next_state_in.bias)
     return converted
-
-
-def _has_transition(checkpoint: str) -> bool:
-    """Whether a checkpoint's model already has a (fitted) state transition."""
-    model, _ = load_checkpoint(checkpoint)
-    return model.config.transition
 
 
 def _freeze(model: WorldModel, fit: TrainingConfig) -> None:

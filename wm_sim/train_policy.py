@@ -3,13 +3,14 @@
 Each update starts a batch of imagined rollouts from real recorded states (a few real context
 frames streamed into the model's cache), lets the policy act for `horizon` steps on the latents
 the model predicts, and improves it with PPO's clipped objective on lambda-returns bootstrapped by
-the critic. No physics step is taken, and no frame is decoded: the policy reads the same latents
-the encoder makes of a real camera image.
+the critic. No physics step is taken. Each imagined frame is decoded and encoded again, and the
+policy reads those latents (what the encoder makes of a camera image, as in MuJoCo), not the
+predicted ones, which drift off them within a few steps while the frames still look right; a
+frame-reward model's reward is read off them too. The round trip costs about as much as the step.
 
 Why short rollouts from recorded states, and not 200-step episodes of the batched env: the
-model's open-loop reward error is small out to 64 steps (0.03-0.04 per step, the shipped model's
-metrics.json), but a learning policy steers into the model's errors and the gap it opens grows with
-the horizon; and stepping latents skips the decoder, which is over half of an env step.
+model's open-loop reward error is small out to 64 steps (the shipped model's metrics.json), but a
+learning policy steers into the model's errors and the gap it opens grows with the horizon.
 
 Every `verify_every` updates, a batch of the imagined action sequences is replayed in MuJoCo from
 the recorded physics states they started at, and the true-vs-imagined reward gap is logged: when
@@ -83,6 +84,7 @@ class StartStates:
     """Every recorded frame as the world model sees it, and where each episode begins."""
 
     latents: torch.Tensor  # (F, N, C) float16
+    pixels: torch.Tensor | None  # (F, S, S, 3) uint8, what an anchored decoder composites over; else None
     norm_state: torch.Tensor  # (F, D)
     actions: torch.Tensor  # (F, A)
     physics: np.ndarray  # (F, P)
@@ -119,10 +121,14 @@ def encode_dataset(
         raise WmSimError(f"{data} has no {PHYSICS_KEY}: record it with `wm-sim collect`")
     n = store.num_frames
     latents = torch.empty(n, trained.tokens, trained.latent_dim, dtype=torch.float16)
+    size = trained.image_size
+    pixels = torch.empty(n, size, size, 3, dtype=torch.uint8) if trained.anchored else None
     for start in tqdm(range(0, n, block), desc="encoding start states", unit="block"):
         stop = min(start + block, n)
         frames = torch.from_numpy(store.read(pixels_key, start, stop))
         latents[start:stop] = model.encode(frames).half()
+        if pixels is not None:
+            pixels[start:stop] = frames
     state = torch.from_numpy(store.read(STATE_KEY, 0, n)).float()
     actions = torch.from_numpy(store.read(ACTION_KEY, 0, n)).float()
     physics = store.read(PHYSICS_KEY, 0, n)
@@ -133,7 +139,7 @@ def encode_dataset(
         early.extend(range(first + context - 1, min(first + early_steps, stop)))
     store.close()
     return StartStates(
-        latents, model.normalise_state(state), actions, physics, np.asarray(starts), np.asarray(early)
+        latents, pixels, model.normalise_state(state), actions, physics, np.asarray(starts), np.asarray(early)
     )
 
 
@@ -166,20 +172,24 @@ def imagine(
         )
     index = torch.from_numpy(rows)
     latents, norm_state = states.latents[index].float().to(device), states.norm_state[index].to(device)
+    anchor = None if states.pixels is None else model.anchor(states.pixels[index].to(device))
+    seen = latents  # a real frame's: the encoder's own
     features, actions, log_probs, values, rewards, continues = [], [], [], [], [], []
     for _ in range(horizon):
-        f = policy_features(latents, norm_state)
+        f = policy_features(seen, norm_state)
         dist = net.distribution(f)
         action = dist.mean if deterministic else dist.sample()
-        pred = model.stream_step(cache, latents, norm_state, action.clamp(-1.0, 1.0))
+        applied = action.clamp(-1.0, 1.0)
+        pred = model.stream_step(cache, latents, norm_state, applied)
+        latents, norm_state = pred.latents[:, 0], pred.state[:, 0]
+        seen = model.read_frame(latents, anchor)[1]
         features.append(f)
         actions.append(action)
         log_probs.append(dist.log_prob(action).sum(-1))
         values.append(net.value(f))
-        rewards.append(pred.reward[:, 0])
+        rewards.append(model.imagined_reward(pred, seen, applied))
         continues.append(torch.sigmoid(pred.continue_logit[:, 0]))
-        latents, norm_state = pred.latents[:, 0], pred.state[:, 0]
-    values.append(net.value(policy_features(latents, norm_state)))
+    values.append(net.value(policy_features(seen, norm_state)))
     stack = torch.stack
     return Imagined(
         stack(features),

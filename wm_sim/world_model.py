@@ -12,9 +12,10 @@ every token of frames <= t (block-causal), and predicts all tokens of frame t+1 
 heads for the reward r_t+1, the continue probability and s_t+1. With a state transition, s_t+1
 comes instead from a small MLP of (s_t, a_t), fitted on every transition of the data, and the
 transformer reads it too: the joints' own dynamics are smooth and far easier to predict than
-pixels, and a transformer told where the arm goes next only has to draw it there. Streaming keeps the keys and values
-of the last `window` frames in a ring buffer, so a step costs the same at step 10 and at step
-100,000.
+pixels, and a transformer told where the arm goes next only has to draw it there. With a frame
+reward, r_t+1 comes from a head on the predicted frame t+1 and a_t alone (FrameReward). Streaming
+keeps the keys and values of the last `window` frames in a ring buffer, so a step costs the same
+at step 10 and at step 100,000.
 """
 
 from __future__ import annotations
@@ -247,6 +248,36 @@ class StateTransition(nn.Module):
         return out
 
 
+# --- reward ----------------------------------------------------------------------------------
+
+
+class FrameReward(nn.Module):
+    """r_t+1 from the latents of frame t+1 and the action a_t: what a task's reward depends on.
+
+    A reward read off the transformer's features (which also carry motion) learns the data's
+    shortcuts: where an arm that stops has almost always stopped on its target, "still" reads as
+    "near", and a still arm far from the target scores as if it were on it. One frame shows where
+    things are and nothing of how they move, so this head has to locate them; the action pays for
+    the control cost. It reads its latents detached: the reward loss trains the head, and never
+    teaches the transformer to hide motion in the frames it draws.
+    """
+
+    def __init__(self, tokens: int, latent_dim: int, action_dim: int, width: int = 256):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(tokens * latent_dim + 2 * action_dim, width),
+            nn.GELU(),
+            nn.Linear(width, width),
+            nn.GELU(),
+            nn.Linear(width, 1),
+        )
+
+    def forward(self, latents: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """latents (..., N, C) of the frame after `action` (..., A) -> reward (...)."""
+        flat = latents.detach().flatten(-2)
+        return self.net(torch.cat([flat, action, action.square()], dim=-1)).squeeze(-1)
+
+
 # --- config and model --------------------------------------------------------------------------
 
 
@@ -278,6 +309,9 @@ class WorldModelConfig:
     # Entries of the state that are angles wrapped into [-pi, pi) (found in the data by
     # wm_sim.data.angles.wrapped_entries): the transition and state errors take them the short way round.
     periodic_state: tuple[int, ...] = ()
+    # Predict the reward with a FrameReward head on the predicted next frame and the action, not
+    # from the transformer's pooled features. False in checkpoints from before it existed.
+    frame_reward: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "periodic_state", tuple(int(i) for i in self.periodic_state))  # JSON: a list
@@ -324,7 +358,7 @@ class Prediction:
 
     latents: torch.Tensor  # (B, T, N, C)
     state: torch.Tensor  # (B, T, state_dim), normalised
-    reward: torch.Tensor  # (B, T)
+    reward: torch.Tensor | None  # (B, T); None for a frame-reward model (see imagined_reward)
     continue_logit: torch.Tensor  # (B, T)
 
 
@@ -348,8 +382,10 @@ class WorldModel(nn.Module):
         self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.dim)
         self.latent_out = nn.Linear(c.dim, c.latent_dim)
-        # next state (unless the transition predicts it), reward, continue logit
-        self.heads = nn.Linear(c.dim, (0 if c.transition else c.state_dim) + 2)
+        # next state (unless the transition predicts it), reward (unless a FrameReward predicts
+        # it), continue logit
+        self.heads = nn.Linear(c.dim, (0 if c.transition else c.state_dim) + (1 if c.frame_reward else 2))
+        self.reward_head = FrameReward(c.tokens, c.latent_dim, c.action_dim) if c.frame_reward else None
         # Normalisation of agent_pos, from the training data; saved with the weights.
         self.register_buffer("state_mean", torch.zeros(c.state_dim))
         self.register_buffer("state_std", torch.ones(c.state_dim))
@@ -381,6 +417,25 @@ class WorldModel(nn.Module):
         else:
             x = self.decoder(flat, _per_frame(anchor.latents, lead), _per_frame(anchor.pixels, lead))
         return x.permute(0, 2, 3, 1).reshape(*lead, *x.shape[2:], 3)
+
+    def read_frame(self, latents: torch.Tensor, anchor: Anchor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted latents (B, ..., N, C) -> the frame they show (B, ..., S, S, 3) uint8, and the
+        encoder's latents of that frame (B, ..., N, C).
+
+        Over a rollout the predicted latents drift off anything the encoder makes of a real frame,
+        while the frames they decode to still look right. What was fitted on real frames (a frame
+        reward) or acts on a camera's latents (a policy) reads the re-encoded ones.
+        """
+        pixels = (self.decode(latents, anchor) * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
+        return pixels, self.encode(pixels)
+
+    def imagined_reward(
+        self, pred: Prediction, seen: torch.Tensor | None, action: torch.Tensor
+    ) -> torch.Tensor:
+        """The reward (B,) of a streamed step `pred` (T = 1) under `action` (B, A): a frame-reward
+        model's head reading the frame shown, re-encoded (`seen` (B, N, C), from read_frame);
+        else the step's own predicted reward (`seen` may then be None)."""
+        return pred.reward[:, 0] if self.reward_head is None else self.reward_head(seen, action)
 
     def normalise_state(self, state: torch.Tensor) -> torch.Tensor:
         return (state - self.state_mean) / self.state_std
@@ -425,9 +480,13 @@ class WorldModel(nn.Module):
             latents = torch.tanh(current + self.latent_out(x))  # (B, T, N, C)
         else:
             latents = torch.tanh(self.latent_out(x))
-        pooled = self.heads(x.mean(dim=2))  # (B, T, [D] + 2)
-        state = pooled[..., :-2] if next_state is None else next_state
-        return Prediction(latents, state, pooled[..., -2], pooled[..., -1])
+        pooled = self.heads(x.mean(dim=2))  # (B, T, [D] + [1] + 1)
+        if self.reward_head is None:
+            reward, rest = pooled[..., -2], pooled[..., :-2]
+        else:  # the reward is read off frames (imagined_reward), not predicted here
+            reward, rest = None, pooled[..., :-1]
+        state = rest if next_state is None else next_state
+        return Prediction(latents, state, reward, pooled[..., -1])
 
     def forward(self, latents: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> Prediction:
         """Teacher-forced dynamics over a sequence: inputs at t predict frame t+1.
