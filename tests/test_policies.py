@@ -319,7 +319,7 @@ def test_imagined_rollouts_read_the_frame_shown_for_the_policy_and_a_frame_rewar
     for t in range(2):
         seen = batch.features[t + 1, :, :n].view(-1, config.tokens, config.latent_dim)
         applied = batch.actions[t].clamp(-1.0, 1.0)
-        torch.testing.assert_close(batch.rewards[t], model.reward_head(seen, applied))
+        torch.testing.assert_close(batch.rewards[t], model.reward_head.read(seen, applied))
     # the first imagined frame, replayed by hand: decoded over the start frame, then encoded
     cache = model.new_stream(3)
     index = torch.from_numpy(rows)

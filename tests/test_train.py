@@ -499,4 +499,8 @@ def test_init_adds_a_frame_reward_fitted_on_real_frames(reacher_store_path, tmp_
     with torch.no_grad():
         read = after.reward_head(after.encode(pixels[rows + 1]), action)
     error = (read - reward).pow(2).mean()
+    assert (float(after.reward_head.low), float(after.reward_head.high)) == (
+        float(reward.min()),
+        float(reward.max()),
+    )
     assert error < 0.25 * reward.var(), (error, reward.var())

@@ -203,9 +203,16 @@ def test_a_frame_reward_is_read_off_the_frame_shown_and_the_action():
         assert pred.reward is None
         _, seen = model.read_frame(pred.latents[:, 0], model.anchor(frames))
         reward = model.imagined_reward(pred, seen, action[:, 0])
-        torch.testing.assert_close(reward, model.reward_head(seen, action[:, 0]))
+        torch.testing.assert_close(reward, model.reward_head.read(seen, action[:, 0]))
         assert not torch.allclose(reward, model.reward_head(seen.flip(0), action[:, 0]))
         assert not torch.allclose(reward, model.reward_head(seen, -action[:, 0]))
+        # inside the rewards the data holds: what lies beyond is read as the nearest bound
+        model.reward_head.low.fill_(float(reward.min()) + 1e-3)
+        model.reward_head.high.fill_(float(reward.max()) - 1e-3)
+        bounded = model.imagined_reward(pred, seen, action[:, 0])
+        torch.testing.assert_close(
+            bounded, reward.clamp(float(reward.min()) + 1e-3, float(reward.max()) - 1e-3)
+        )
 
 
 def test_read_frame_gives_the_shown_frame_and_its_encoding():
@@ -221,3 +228,20 @@ def test_read_frame_gives_the_shown_frame_and_its_encoding():
         torch.testing.assert_close(seen, model.encode(pixels))
     assert pixels.dtype == torch.uint8 and pixels.shape == (2, 3, 32, 32, 3)
     assert torch.equal(pixels, expected)
+
+
+def test_open_loop_reads_each_imagined_frames_reward_off_the_frame_shown():
+    from wm_sim.rollout import open_loop
+
+    torch.manual_seed(0)
+    model = WorldModel(
+        WorldModelConfig(**{**TINY.to_dict(), "residual": True, "anchored": True, "frame_reward": True})
+    ).eval()
+    g = torch.Generator().manual_seed(2)
+    frames = torch.randint(0, 256, (2, 3, 32, 32, 3), generator=g, dtype=torch.uint8)
+    state, actions = torch.randn(2, 3, TINY.state_dim, generator=g), torch.rand(2, 5, 2, generator=g) * 2 - 1
+    rollout = open_loop(model, frames, state, actions, context=3)
+    assert rollout.reward.shape == (2, 3)
+    with torch.no_grad():
+        _, seen = model.read_frame(rollout.latents, rollout.anchor)
+        torch.testing.assert_close(rollout.reward, model.reward_head.read(seen, actions[:, 2:]))

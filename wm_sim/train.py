@@ -226,6 +226,8 @@ def fit_frame_reward(
     if not latents:
         raise WmSimError("no transitions to fit the frame reward on: every episode has one frame")
     latent, action, reward = torch.cat(latents), torch.cat(actions), torch.cat(rewards)
+    head.low.copy_(reward.min())
+    head.high.copy_(reward.max())
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0)
     loss = torch.tensor(float("nan"))

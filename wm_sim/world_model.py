@@ -271,11 +271,24 @@ class FrameReward(nn.Module):
             nn.GELU(),
             nn.Linear(width, 1),
         )
+        # The least and the most reward of the frames it was fitted on (wm_sim.train.fit_frame_reward),
+        # saved with the weights: what it reads off imagined frames stays inside them.
+        self.register_buffer("low", torch.tensor(-math.inf))
+        self.register_buffer("high", torch.tensor(math.inf))
 
     def forward(self, latents: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """latents (..., N, C) of the frame after `action` (..., A) -> reward (...)."""
         flat = latents.detach().flatten(-2)
         return self.net(torch.cat([flat, action, action.square()], dim=-1)).squeeze(-1)
+
+    def read(self, latents: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """The reward of an imagined frame: forward, kept inside the rewards the data holds.
+
+        A policy trained in imagination seeks out frames unlike any real one (an arm folded
+        further than the real one goes, half drawn), where the head extrapolates; on reacher it
+        read rewards above the best the task pays (+0.15 per step where no step pays above 0).
+        """
+        return torch.clamp(self(latents, action), self.low, self.high)
 
 
 # --- config and model --------------------------------------------------------------------------
@@ -433,9 +446,10 @@ class WorldModel(nn.Module):
         self, pred: Prediction, seen: torch.Tensor | None, action: torch.Tensor
     ) -> torch.Tensor:
         """The reward (B,) of a streamed step `pred` (T = 1) under `action` (B, A): a frame-reward
-        model's head reading the frame shown, re-encoded (`seen` (B, N, C), from read_frame);
-        else the step's own predicted reward (`seen` may then be None)."""
-        return pred.reward[:, 0] if self.reward_head is None else self.reward_head(seen, action)
+        model's head reading the frame shown, re-encoded (`seen` (B, N, C), from read_frame), inside
+        the data's rewards (FrameReward.read); else the step's own predicted reward (`seen` may
+        then be None)."""
+        return pred.reward[:, 0] if self.reward_head is None else self.reward_head.read(seen, action)
 
     def normalise_state(self, state: torch.Tensor) -> torch.Tensor:
         return (state - self.state_mean) / self.state_std
