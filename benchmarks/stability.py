@@ -159,21 +159,35 @@ def _joint_columns(twin) -> list[int]:
     return [i for i, n in enumerate(twin.unwrapped.task.state_names) if n.endswith(".pos")]
 
 
-def real_reference(bench: Bench, twin, ref: str) -> Reference:
-    """Ranges of the statistics over MuJoCo episodes of policy `ref` (the physics twin)."""
+def real_reference(bench: Bench, twin, ref: str, own_seed: int) -> Reference:
+    """Ranges of the statistics over MuJoCo episodes of policy `ref` (the physics twin): the episode
+    from the stream's own start (`own_seed`: the real counterpart of what the stream shows) and
+    `reference_episodes` others, each frame also as the model's tokenizer draws it."""
     sizes = bench.sizes
-    frames, joints = [], []
+    model = bench.model
+    frames, drawn, joints = [], [], []
     columns = _joint_columns(twin)
-    for e in range(sizes.reference_episodes):
-        obs, policy = _start(twin, ref, bench, seed=10_000 + e)
+    for seed in [own_seed] + [10_000 + e for e in range(sizes.reference_episodes)]:
+        obs, policy = _start(twin, ref, bench, seed=seed)
+        episode = []
         for _ in range(sizes.reference_steps):
             obs, *_ = twin.step(_act(policy, obs))
-            frames.append(obs["pixels"])
+            episode.append(obs["pixels"])
             joints.append(obs["agent_pos"][columns])
-    moments, hists = frame_statistics(torch.from_numpy(np.stack(frames)))
+        pixels = torch.from_numpy(np.stack(episode))
+        with torch.no_grad():  # decoded over the episode's first frame, as a stream over its context
+            anchor = model.anchor(pixels[:1].expand(len(pixels), -1, -1, -1).contiguous())
+            drawn.append(model.read_frame(model.encode(pixels), anchor)[0])
+        frames.append(pixels)
+    moments, hists = frame_statistics(torch.cat(frames))
+    drawn_moments, drawn_hists = frame_statistics(torch.cat(drawn))
     low, high = twin.unwrapped.task.state_bounds
     return Reference.from_real(
-        moments.numpy(), hists.numpy(), np.stack(joints), (low[columns], high[columns])
+        moments.numpy(),
+        hists.numpy(),
+        np.stack(joints),
+        (low[columns], high[columns]),
+        drawn=(drawn_moments.numpy(), drawn_hists.numpy()),
     )
 
 
@@ -185,7 +199,7 @@ def imagined_streams(bench: Bench, twin, refs: list[str], references: dict[str, 
     engine.bound_state(low, high)  # what the policies read, as the env gives it
     policies, contexts = [], []
     for row, ref in enumerate(refs):  # each stream starts from real frames of its own policy
-        obs, policy = _start(twin, ref, bench, seed=row)
+        obs, policy = _start(twin, ref, bench, seed=row)  # the seed its reference also runs
         frames, states, actions = [obs["pixels"]], [obs["agent_pos"]], []
         for _ in range(CONTEXT - 1):
             actions.append(_act(policy, obs))
@@ -275,8 +289,9 @@ def run(bench: Bench) -> dict:
         )
     refs = list(bench.policies)
     twin = gym.make(PHYSICS_TWIN_IDS[bench.task]).unwrapped
-    references = {
-        ref: real_reference(bench, twin, ref) for ref in tqdm(refs, desc="stability: MuJoCo reference")
+    references = {  # stream i starts from seed i (imagined_streams)
+        ref: real_reference(bench, twin, ref, own_seed=i)
+        for i, ref in enumerate(tqdm(refs, desc="stability: MuJoCo reference"))
     }
     streams = imagined_streams(bench, twin, refs, references)
     twin.close()
