@@ -64,7 +64,7 @@ class ModelSize:
     )
     frame_reward: bool = field(
         default=False,
-        metadata={"help": "predict the reward from the predicted next frame and the action alone"},
+        metadata={"help": "read the reward off the next frame (re-encoded in rollouts) and the action"},
     )
 
 
@@ -178,21 +178,39 @@ def fit_transition(
     change = transition.wrap(after - state)
     transition.state_scale.copy_(state.std(0) + 1e-3)
     transition.step_scale.copy_(change.std(0) + 1e-3)
+
+    def batch_loss(picks: torch.Tensor) -> torch.Tensor:
+        predicted = transition(state[picks], action[picks])
+        return (transition.wrap(predicted - after[picks]) / transition.step_scale).pow(2).mean()
+
+    return _fit_up_front(transition, batch_loss, len(state), steps, seed, batch_size, "state transition")
+
+
+def _fit_up_front(
+    module: nn.Module,
+    batch_loss,
+    rows: int,
+    steps: int,
+    seed: int,
+    batch_size: int,
+    desc: str,
+) -> float:
+    """`steps` AdamW steps (learning rate 1e-3, cosine decay) of `module` on `batch_loss(picks)`
+    over random batches of `rows` rows, under a progress bar; returns the last loss."""
+    device = next(module.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.AdamW(transition.parameters(), lr=1e-3, weight_decay=0.0)
+    optimiser = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=0.0)
     loss = torch.tensor(float("nan"))
-    bar = tqdm(range(steps), desc="state transition", unit="step")
+    bar = tqdm(range(steps), desc=desc, unit="step")
     for step in bar:
         for group in optimiser.param_groups:
             group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
-        picks = torch.randint(0, len(state), (batch_size,), generator=generator).to(device)
-        predicted = transition(state[picks], action[picks])
-        loss = (transition.wrap(predicted - after[picks]) / transition.step_scale).pow(2).mean()
+        loss = batch_loss(torch.randint(0, rows, (batch_size,), generator=generator).to(device))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
         if step % 100 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.5f}")
     return loss.item()
 
 
@@ -208,8 +226,8 @@ def fit_frame_reward(
     returns the last loss (mean squared reward error).
 
     Done once, before the world model trains, on the encoder's latents of real frames: far more
-    frames than windows can feed it. Training goes on after, on the dynamics' predicted frames,
-    so the head also reads the frames the model draws.
+    frames than windows can feed it. Training goes on after on the real frames of each batch
+    (losses). The head's bounds become the least and the most reward of these frames.
     """
     head, device = model.reward_head, next(model.parameters()).device
     pixels_key = image_key(store.info.cameras[0])
@@ -228,21 +246,11 @@ def fit_frame_reward(
     latent, action, reward = torch.cat(latents), torch.cat(actions), torch.cat(rewards)
     head.low.copy_(reward.min())
     head.high.copy_(reward.max())
-    generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.0)
-    loss = torch.tensor(float("nan"))
-    bar = tqdm(range(steps), desc="frame reward", unit="step")
-    for step in bar:
-        for group in optimiser.param_groups:
-            group["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
-        picks = torch.randint(0, len(latent), (batch_size,), generator=generator).to(device)
-        loss = F.mse_loss(head(latent[picks], action[picks]), reward[picks])
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        if step % 100 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{loss.item():.5f}")
-    return loss.item()
+
+    def batch_loss(picks: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(head(latent[picks], action[picks]), reward[picks])
+
+    return _fit_up_front(head, batch_loss, len(latent), steps, seed, batch_size, "frame reward")
 
 
 def losses(
