@@ -322,8 +322,9 @@ class WorldModelConfig:
     # Entries of the state that are angles wrapped into [-pi, pi) (found in the data by
     # wm_sim.data.angles.wrapped_entries): the transition and state errors take them the short way round.
     periodic_state: tuple[int, ...] = ()
-    # Predict the reward with a FrameReward head on the predicted next frame and the action, not
-    # from the transformer's pooled features. False in checkpoints from before it existed.
+    # Read the reward off the next frame (in rollouts: the frame shown, re-encoded) and the action
+    # with a FrameReward head, not off the transformer's pooled features. False in checkpoints
+    # from before it existed.
     frame_reward: bool = False
 
     def __post_init__(self):
