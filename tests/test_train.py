@@ -504,3 +504,36 @@ def test_init_adds_a_frame_reward_fitted_on_real_frames(reacher_store_path, tmp_
         float(reward.max()),
     )
     assert error < 0.25 * reward.var(), (error, reward.var())
+
+
+def test_refit_transition_fits_inits_transition_again_and_needs_one(reacher_store_path, tmp_path):
+    from wm_sim.data.store import EpisodeStore
+
+    with_transition = ModelSize(**{**TINY.__dict__, "transition": True})
+    base = train(
+        config(reacher_store_path, tmp_path / "base", model=with_transition, steps=2, transition_steps=20)
+    )
+    again = train(
+        config(
+            reacher_store_path, tmp_path / "again", model=with_transition, init=str(base), steps=2, lr=0.0,
+            tokenizer_lr=0.0, transition_steps=300, refit_transition=True,
+        )
+    )  # fmt: skip
+    before, _ = load_checkpoint(base)
+    after, _ = load_checkpoint(again)
+    store = EpisodeStore.open(reacher_store_path)
+    state = torch.from_numpy(np.concatenate(list(episode_states(store))))
+    action = torch.from_numpy(store.read(ACTION_KEY, 0, store.num_frames))
+    now = torch.from_numpy(
+        np.concatenate([np.arange(*store.episode_bounds(e))[:-1] for e in range(store.num_episodes)])
+    )
+
+    def one_step_error(model: WorldModel) -> float:
+        with torch.no_grad():
+            predicted = model.transition(state[now], action[now])
+        return float(model.transition.wrap(predicted - state[now + 1]).pow(2).mean())
+
+    assert one_step_error(after) < 0.5 * one_step_error(before)
+    torch.testing.assert_close(after.latent_out.weight, before.latent_out.weight)  # nothing else moved
+    with pytest.raises(WmSimError, match="refit_transition"):
+        train(config(reacher_store_path, tmp_path / "bad", refit_transition=True))

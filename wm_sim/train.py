@@ -93,8 +93,12 @@ class TrainingConfig:
         default=0.1, metadata={"help": "weight of the reward loss (latent terms weigh 1, pixels 1)"}
     )
     transition_steps: int = field(
-        default=3000,
+        default=20000,
         metadata={"help": "steps fitting a new state transition on every training transition, up front"},
+    )
+    refit_transition: bool = field(
+        default=False,
+        metadata={"help": "fit init's state transition again up front (transition_steps more steps)"},
     )
     reward_fit_steps: int = field(
         default=3000,
@@ -485,6 +489,11 @@ def train(cfg: TrainConfig) -> Path:
             "training.rollout_passes, training.foreground_weight and training.reward_weight must be >= 0, got "
             f"{fit.rollout_passes}, {fit.foreground_weight}, {fit.reward_weight}"
         )
+    if fit.refit_transition and not (cfg.model.transition and cfg.init):
+        raise WmSimError(
+            "training.refit_transition=true fits init's state transition again: it needs init= and "
+            f"model.transition=true, got init={cfg.init!r}, model.transition={cfg.model.transition}"
+        )
     job = Distributed.from_environment()
     if fit.batch_size % job.world_size:
         raise WmSimError(
@@ -678,7 +687,9 @@ def _start(
     if resume_from is None:
         model, saved = _initial_model(cfg.init, config, store, train_episodes)
         model.to(device)
-        if model.transition is not None and not (saved and saved.transition):
+        if model.transition is not None and (
+            cfg.training.refit_transition or not (saved and saved.transition)
+        ):
             fit_transition(model, store, train_episodes, cfg.training.transition_steps, cfg.seed)
         if model.reward_head is not None and not (saved and saved.frame_reward):
             fit_frame_reward(model, store, train_episodes, cfg.training.reward_fit_steps, cfg.seed)
