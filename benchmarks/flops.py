@@ -67,15 +67,17 @@ def transition_flops(model: WorldModel) -> int:
     """The state transition's MLP and the transformer's read of its output (0 without one)."""
     if model.transition is None:
         return 0
-    linears = [m for m in model.transition.net if isinstance(m, nn.Linear)] + [model.next_state_in]
-    return sum(2 * m.in_features * m.out_features for m in linears)
+    return linear_flops([*model.transition.net, model.next_state_in])
 
 
 def frame_reward_flops(model: WorldModel) -> int:
     """The frame-reward head's MLP on the re-encoded frame (0 without one)."""
-    if model.reward_head is None:
-        return 0
-    return sum(2 * m.in_features * m.out_features for m in model.reward_head.net if isinstance(m, nn.Linear))
+    return 0 if model.reward_head is None else linear_flops(model.reward_head.net)
+
+
+def linear_flops(modules) -> int:
+    """Multiply-adds x 2 of the nn.Linear layers among `modules`, for one input row."""
+    return sum(2 * m.in_features * m.out_features for m in modules if isinstance(m, nn.Linear))
 
 
 def attention_flops(model: WorldModel) -> int:

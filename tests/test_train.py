@@ -437,8 +437,7 @@ def test_init_adds_a_transition_fitted_up_front_then_frozen(reacher_store_path, 
     # fitted: one step ahead it beats "the state does not change" on every transition of the data
     state = torch.from_numpy(np.concatenate(list(episode_states(store))))
     action = torch.from_numpy(store.read("action", 0, store.num_frames))
-    rows = [np.arange(*store.episode_bounds(e))[:-1] for e in range(store.num_episodes)]
-    now = torch.from_numpy(np.concatenate(rows))
+    now = _transition_rows(store)
     with torch.no_grad():
         predicted = last.transition(state[now], action[now])
     error = last.transition.wrap(predicted - state[now + 1]).pow(2).mean(0)
@@ -446,21 +445,45 @@ def test_init_adds_a_transition_fitted_up_front_then_frozen(reacher_store_path, 
     assert (error < 0.5 * still).all(), (error, still)
 
 
-def test_an_added_transition_starts_unread_by_the_transformer(reacher_store_path, tmp_path):
-    base = train(config(reacher_store_path, tmp_path / "base", steps=2))
-    with_transition = ModelSize(**{**TINY.__dict__, "transition": True})
+def _fine_tuned(
+    store_path, tmp_path, model: ModelSize, base_model: ModelSize = TINY, base_options=None, **options
+):
+    """(before, after): a 2-step run of `base_model`, and 2 steps at learning rate 0 of `model`
+    started from it (init=), so only what `model` adds or refits up front differs."""
+    base = train(config(store_path, tmp_path / "base", model=base_model, steps=2, **(base_options or {})))
     tuned = train(
         config(
-            reacher_store_path, tmp_path / "tr", model=with_transition, init=str(base), steps=2, lr=0.0,
-            tokenizer_lr=0.0, transition_steps=5,
+            store_path,
+            tmp_path / "tuned",
+            model=model,
+            init=str(base),
+            steps=2,
+            lr=0.0,
+            tokenizer_lr=0.0,
+            **options,
         )
-    )  # fmt: skip
-    before, _ = load_checkpoint(base)
-    after, _ = load_checkpoint(tuned)
-    assert not after.next_state_in.weight.any() and not after.next_state_in.bias.any()
+    )
+    return load_checkpoint(base)[0], load_checkpoint(tuned)[0]
+
+
+def _random_inputs(state_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Latents (2, 3, 16, 8), states and actions of the tiny model, for comparing two models' outputs."""
     g = torch.Generator().manual_seed(0)
     latents = torch.rand(2, 3, 16, 8, generator=g) * 2 - 1
-    state, action = torch.randn(2, 3, 4, generator=g), torch.rand(2, 3, 2, generator=g) * 2 - 1
+    return latents, torch.randn(2, 3, state_dim, generator=g), torch.rand(2, 3, 2, generator=g) * 2 - 1
+
+
+def _transition_rows(store) -> torch.Tensor:
+    """Every row of `store` that has a next row in its episode."""
+    rows = [np.arange(*store.episode_bounds(e))[:-1] for e in range(store.num_episodes)]
+    return torch.from_numpy(np.concatenate(rows))
+
+
+def test_an_added_transition_starts_unread_by_the_transformer(reacher_store_path, tmp_path):
+    with_transition = ModelSize(**{**TINY.__dict__, "transition": True})
+    before, after = _fine_tuned(reacher_store_path, tmp_path, with_transition, transition_steps=5)
+    assert not after.next_state_in.weight.any() and not after.next_state_in.bias.any()
+    latents, state, action = _random_inputs(4)
     with torch.no_grad():
         old, new = before(latents, state, action), after(latents, state, action)
     torch.testing.assert_close(new.latents, old.latents)
@@ -470,21 +493,11 @@ def test_an_added_transition_starts_unread_by_the_transformer(reacher_store_path
 def test_init_adds_a_frame_reward_fitted_on_real_frames(reacher_store_path, tmp_path):
     from wm_sim.data.store import EpisodeStore
 
-    base = train(config(reacher_store_path, tmp_path / "base", steps=2))
     with_reward = ModelSize(**{**TINY.__dict__, "frame_reward": True})
-    run = train(
-        config(
-            reacher_store_path, tmp_path / "fr", model=with_reward, init=str(base), steps=2, lr=0.0,
-            tokenizer_lr=0.0, reward_fit_steps=300,
-        )
-    )  # fmt: skip
-    before, _ = load_checkpoint(base)
-    after, _ = load_checkpoint(run)
+    before, after = _fine_tuned(reacher_store_path, tmp_path, with_reward, reward_fit_steps=300)
     d = before.config.state_dim
     assert before.heads.out_features == d + 2 and after.heads.out_features == d + 1
-    g = torch.Generator().manual_seed(0)
-    latents = torch.rand(2, 3, 16, 8, generator=g) * 2 - 1
-    state, action = torch.randn(2, 3, d, generator=g), torch.rand(2, 3, 2, generator=g) * 2 - 1
+    latents, state, action = _random_inputs(d)
     with torch.no_grad():
         old, new = before(latents, state, action), after(latents, state, action)
     # the pooled head kept its state and continue rows; only the reward moved to the new head
@@ -492,7 +505,7 @@ def test_init_adds_a_frame_reward_fitted_on_real_frames(reacher_store_path, tmp_
     torch.testing.assert_close(new.continue_logit, old.continue_logit)
     # fitted up front on every real frame: it reads the reward off a frame far better than the mean
     store = EpisodeStore.open(reacher_store_path)
-    rows = np.concatenate([np.arange(*store.episode_bounds(e))[:-1] for e in range(store.num_episodes)])
+    rows = _transition_rows(store)
     pixels = torch.from_numpy(store.read(image_key(store.info.cameras[0]), 0, store.num_frames))
     reward = torch.from_numpy(store.read(REWARD_KEY, 0, store.num_frames))[rows]
     action = torch.from_numpy(store.read(ACTION_KEY, 0, store.num_frames))[rows]
@@ -510,23 +523,14 @@ def test_refit_transition_fits_inits_transition_again_and_needs_one(reacher_stor
     from wm_sim.data.store import EpisodeStore
 
     with_transition = ModelSize(**{**TINY.__dict__, "transition": True})
-    base = train(
-        config(reacher_store_path, tmp_path / "base", model=with_transition, steps=2, transition_steps=20)
-    )
-    again = train(
-        config(
-            reacher_store_path, tmp_path / "again", model=with_transition, init=str(base), steps=2, lr=0.0,
-            tokenizer_lr=0.0, transition_steps=300, refit_transition=True,
-        )
+    before, after = _fine_tuned(
+        reacher_store_path, tmp_path, with_transition, base_model=with_transition,
+        base_options={"transition_steps": 20}, transition_steps=300, refit_transition=True,
     )  # fmt: skip
-    before, _ = load_checkpoint(base)
-    after, _ = load_checkpoint(again)
     store = EpisodeStore.open(reacher_store_path)
     state = torch.from_numpy(np.concatenate(list(episode_states(store))))
     action = torch.from_numpy(store.read(ACTION_KEY, 0, store.num_frames))
-    now = torch.from_numpy(
-        np.concatenate([np.arange(*store.episode_bounds(e))[:-1] for e in range(store.num_episodes)])
-    )
+    now = _transition_rows(store)
 
     def one_step_error(model: WorldModel) -> float:
         with torch.no_grad():

@@ -258,8 +258,8 @@ class FrameReward(nn.Module):
     shortcuts: where an arm that stops has almost always stopped on its target, "still" reads as
     "near", and a still arm far from the target scores as if it were on it. One frame shows where
     things are and nothing of how they move, so this head has to locate them; the action pays for
-    the control cost. It reads its latents detached: the reward loss trains the head, and never
-    teaches the transformer to hide motion in the frames it draws.
+    the control cost. It learns from real frames only (wm_sim.train), and in rollouts reads the
+    frame shown, encoded again (WorldModel.read_frame).
     """
 
     def __init__(self, tokens: int, latent_dim: int, action_dim: int, width: int = 256):
@@ -278,8 +278,7 @@ class FrameReward(nn.Module):
 
     def forward(self, latents: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """latents (..., N, C) of the frame after `action` (..., A) -> reward (...)."""
-        flat = latents.detach().flatten(-2)
-        return self.net(torch.cat([flat, action, action.square()], dim=-1)).squeeze(-1)
+        return self.net(torch.cat([latents.flatten(-2), action, action.square()], dim=-1)).squeeze(-1)
 
     def read(self, latents: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """The reward of an imagined frame: forward, kept inside the rewards the data holds.
