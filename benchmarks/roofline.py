@@ -8,6 +8,8 @@ precision the step computes in, one measurement beside each repeat.
 
 from __future__ import annotations
 
+import resource
+
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -44,6 +46,15 @@ def engine_rate(engine, actions: torch.Tensor, seconds: float, device) -> float:
     return frames_per_s(lambda i: engine.step(actions), engine.batch, seconds, device)
 
 
+def page_faults_per_step(engine, actions: torch.Tensor, steps: int = 10) -> float:
+    """Minor page faults of the process per step: memory the step's activations had to fault in
+    again (wm_sim.host_memory keeps them mapped on glibc; near 0 when it can)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(steps):
+        engine.step(actions)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
+
+
 def run(bench: Bench) -> dict:
     sizes, device, model = bench.sizes, bench.device, bench.model
     per_frame = frame_flops(model)
@@ -62,6 +73,7 @@ def run(bench: Bench) -> dict:
         peaks.append(matmul_peak(device, dtype, sizes.seconds))
         for b, engine in engines.items():
             rates[b].append(engine_rate(engine, actions[b], sizes.seconds, device))
+    faults = {b: page_faults_per_step(engine, actions[b]) for b, engine in engines.items()}
     fractions = {b: summarize(ratios([flops * r for r in rs], peaks)) for b, rs in rates.items()}
     best = max(fractions, key=lambda b: fractions[b].median)
     peak = summarize(peaks)
@@ -76,6 +88,7 @@ def run(bench: Bench) -> dict:
             "frames_per_s": {str(b): summarize(r).to_dict() for b, r in rates.items()},
             "fraction_of_peak": {str(b): s.to_dict() for b, s in fractions.items()},
             "best_batch": best,
+            "page_faults_per_step": {str(b): f for b, f in faults.items()},
         },
         "targets": [
             target("achieved FLOP/s / matmul peak, best batch", fractions[best].median, ">=", FRACTION_BOUND)
@@ -88,6 +101,7 @@ def run(bench: Bench) -> dict:
                 " / ".join(f"{s.median:.0%}" for s in fractions.values()),
             ],
             [f"best (batch {best})", f"{fractions[best].text('{:.2f}')} of peak"],
+            [f"page faults per step at batch {best}", f"{faults[best]:.0f}"],
         ],
         "bound": _bound(fractions[best].median, rates, best),
     }

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wm_sim.host_memory import retain_freed_memory
 from wm_sim.world_model import Anchor, WorldModel
 
 
@@ -37,6 +38,8 @@ class ImaginedBatch:
     def __init__(self, model: WorldModel, batch: int, episode_steps: int, device: torch.device | str = "cpu"):
         self.model = model.eval().to(device)
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            retain_freed_memory()  # else every step faults its activations in again (host_memory)
         self.batch = batch
         self.episode_steps = episode_steps
         c = model.config

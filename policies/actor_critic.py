@@ -92,9 +92,7 @@ class ObservationEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, pixels: torch.Tensor, agent_pos: torch.Tensor) -> torch.Tensor:
         """(B, S, S, 3) uint8 and (B, D) -> features (B, F)."""
-        x = pixels.permute(0, 3, 1, 2).float() / 255.0
-        c = self.config
-        latents = self.encoder(x).reshape(-1, c.tokens, c.latent_dim)
+        latents = self.encoder(pixels)
         return policy_features(latents, (agent_pos.float() - self.state_mean) / self.state_std)
 
 

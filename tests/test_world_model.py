@@ -6,8 +6,18 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from wm_sim.world_model import StateTransition, WorldModel, WorldModelConfig, attend, wrap_angle
+from wm_sim.world_model import (
+    GELU,
+    StateTransition,
+    WorldModel,
+    WorldModelConfig,
+    attend,
+    rotate,
+    time_rotation,
+    wrap_angle,
+)
 
 TINY = WorldModelConfig(
     image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=2, heads=2, window=4
@@ -100,6 +110,53 @@ def test_resetting_one_row_restarts_only_that_row(model):
     torch.testing.assert_close(
         torch.cat([o.latents[1:] for o in out], 1), whole.latents[:, 3:], rtol=1e-5, atol=1e-5
     )
+
+
+def test_the_time_rotation_turns_each_pair_by_its_angle_and_leaves_only_relative_time():
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(2, 2, 3, 5, 8, generator=g)  # (B, H, S, D) each
+    t = torch.randint(0, 10**6, (2, 5), generator=g)
+    freqs = 1000.0 ** (-torch.arange(4, dtype=torch.float64) / 4)
+    angles = t.double()[:, None, :, None] * freqs
+    cos, sin = angles.cos().float(), angles.sin().float()
+    x1, x2 = q[..., :4], q[..., 4:]
+    expected = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    assert torch.equal(rotate(q, time_rotation(t, 8, torch.float32)), expected)  # the same arithmetic
+    # scores depend on how many frames apart a query and a key are, not on when they happened
+    scores = [
+        rotate(q, time_rotation(t + shift, 8, torch.float32))
+        @ rotate(k, time_rotation(t + shift, 8, torch.float32)).transpose(-1, -2)
+        for shift in (0, 12_345)
+    ]
+    torch.testing.assert_close(scores[0], scores[1], rtol=1e-4, atol=1e-4)
+
+
+def test_the_encoder_patchifies_uint8_frames_exactly_as_its_first_layer_does_float_ones():
+    model = WorldModel(TINY).eval()
+    frames = torch.randint(
+        0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)
+    )
+    scaled = frames.permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0
+    assert torch.equal(model.encoder.patches(frames), model.encoder.net[0](scaled))
+    with torch.no_grad():
+        reference = torch.tanh(model.encoder.net(scaled).flatten(2).transpose(1, 2))
+        torch.testing.assert_close(model.encoder(frames), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_overwrites_its_input_only_when_no_gradient_flows_through_it():
+    x = torch.randn(6, requires_grad=True)
+    hidden = x * 2.0
+    out = GELU()(hidden)
+    out.sum().backward()
+    expected = x.detach().clone().requires_grad_(True)
+    F.gelu(expected * 2.0).sum().backward()
+    torch.testing.assert_close(x.grad, expected.grad)
+    assert not torch.equal(hidden, out)  # the input autograd needs is kept
+    with torch.no_grad():
+        y = torch.randn(6)
+        reference = F.gelu(y)
+        out = GELU()(y)
+    assert out.data_ptr() == y.data_ptr() and torch.equal(out, reference)
 
 
 def test_attention_mask_covers_exactly_the_window(model):

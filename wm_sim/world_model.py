@@ -46,30 +46,60 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-def rotate_time(x: torch.Tensor, t: torch.Tensor, base: float = 1000.0) -> torch.Tensor:
-    """Rotary position embedding over time: x (B, H, S, D) rotated by each token's frame index t (B, S).
+def time_rotation(t: torch.Tensor, head_dim: int, dtype: torch.dtype, base: float = 1000.0) -> Rotation:
+    """The rotary embedding over time of tokens at frame indices t (B, S), for heads of `head_dim`.
 
     Attention then depends only on how many frames apart two tokens are, which is what lets a
-    ring-buffer cache keep old keys unchanged as the window slides.
+    ring-buffer cache keep old keys unchanged as the window slides. Computed once per pass and
+    shared by every layer's queries and keys (`rotate`).
     """
-    half = x.shape[-1] // 2
+    half = head_dim // 2
     # float64 angles: frame indices of long streams (1e6) would lose the rotation's precision in float32
-    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float64) / half)  # (D/2,)
+    freqs = base ** (-torch.arange(half, device=t.device, dtype=torch.float64) / half)  # (D/2,)
     angles = t.to(torch.float64)[:, None, :, None] * freqs  # (B, 1, S, D/2)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+
+
+Rotation = tuple[torch.Tensor, torch.Tensor]  # cos, signed sin (B, 1, S, D): see time_rotation
+
+
+def rotate(x: torch.Tensor, rotation: Rotation) -> torch.Tensor:
+    """x (..., B, H, S, D) rotated: each pair (x_i, x_i+D/2) turned by its angle.
+
+    The same arithmetic as [x1 cos - x2 sin, x1 sin + x2 cos] to the bit, in three whole-tensor
+    operations instead of eight on half-tensors.
+    """
+    cos, sin = rotation
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos.to(x.dtype) + torch.cat([x2, x1], dim=-1) * sin.to(x.dtype)
+
+
+class GELU(nn.GELU):
+    """nn.GELU that writes over its input when no gradient will flow through it.
+
+    Its input is always the fresh output of the layer before, which nothing else reads; in
+    inference, not allocating and filling a second tensor of it saves a pass over memory, and
+    memory traffic, not arithmetic, is what bounds the convolution stacks on a CPU.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad:
+            return F.gelu(x, approximate=self.approximate)
+        return torch.ops.aten.gelu_(x, approximate=self.approximate)
 
 
 # --- tokenizer ---------------------------------------------------------------------------------
 
 
 class Encoder(nn.Module):
-    """(B, 3, S, S) pixels in [0, 1] -> (B, G*G, C) latent tokens in (-1, 1).
+    """(B, S, S, 3) uint8 camera frames -> (B, G*G, C) latent tokens in (-1, 1).
 
     Space-to-depth by 4, then stages of (depthwise 3x3, pointwise 1x1, space-to-depth by 2): about
     a fifth of the multiply-adds of strided 4x4 convolutions, for the same receptive field growth.
     """
+
+    PATCH = 4  # the first space-to-depth, net[0]
 
     def __init__(self, image_size: int, grid: int, latent_dim: int, width: int):
         super().__init__()
@@ -81,24 +111,36 @@ class Encoder(nn.Module):
         for _ in range(stages):
             out = min(channels * 2, width)
             layers += [
-                nn.GELU(),
+                GELU(),
                 nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
                 nn.Conv2d(channels, channels, 1),
-                nn.GELU(),
+                GELU(),
                 nn.PixelUnshuffle(2),
                 nn.Conv2d(channels * 4, out, 1),
             ]
             channels = out
         layers += [
-            nn.GELU(),
+            GELU(),
             nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
             nn.Conv2d(channels, latent_dim, 1),
         ]
         self.net = nn.Sequential(*layers)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        z = self.net(pixels * 2.0 - 1.0)  # (B, C, G, G)
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        z = self.net[1:](self.patches(frames))  # (B, C, G, G); net[0] is what patches() does
         return torch.tanh(z.flatten(2).transpose(1, 2))  # (B, G*G, C)
+
+    def patches(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, S, S, 3) uint8 -> net[0]'s output on the frames scaled to [-1, 1]: (B, 48, S/4, S/4).
+
+        The space-to-depth is done on the uint8 bytes, a quarter of what a float frame moves, and
+        laid out channels-last, on which oneDNN's convolutions run fastest; the channels are in
+        PixelUnshuffle's order (colour, row, column), so every value is the same to the bit.
+        """
+        b, s, p = frames.shape[0], frames.shape[1] // self.PATCH, self.PATCH
+        patches = frames.view(b, s, p, s, p, 3).permute(0, 1, 3, 5, 2, 4).reshape(b, s, s, 3 * p * p)
+        # x / 127.5 - 1 is (x / 255) * 2 - 1 to the bit: scaling by 2 commutes with rounding
+        return patches.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
 class Decoder(nn.Module):
@@ -125,14 +167,14 @@ class Decoder(nn.Module):
         for _ in range(stages - 1):
             out = max(channels // 2, 16)
             layers += [
-                nn.GELU(),
+                GELU(),
                 nn.Conv2d(channels, channels, 3, padding=1, groups=max(channels // 16, 1)),
-                nn.GELU(),
+                GELU(),
                 nn.Conv2d(channels, out * 4, 1),
                 nn.PixelShuffle(2),
             ]
             channels = out
-        layers += [nn.GELU(), nn.Conv2d(channels, outputs * 4, 3, padding=1), nn.PixelShuffle(2)]
+        layers += [GELU(), nn.Conv2d(channels, outputs * 4, 3, padding=1), nn.PixelShuffle(2)]
         self.net = nn.Sequential(*layers)
 
     def forward(
@@ -145,7 +187,9 @@ class Decoder(nn.Module):
         if self.anchored:
             tokens = torch.cat([tokens, anchor_tokens], dim=-1)  # (B, N, 2C)
         b, _, c = tokens.shape
-        z = tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)  # (B, C, G, G)
+        # (B, C, G, G) in channels-last memory, which is what tokens (B, G*G, C) already are: no copy,
+        # and oneDNN's convolutions run several times faster on it than on (B, C, G, G) memory
+        z = tokens.reshape(b, self.grid, self.grid, c).permute(0, 3, 1, 2)
         out = torch.sigmoid(self.net(z))  # (B, 3 or 4, S, S)
         if not self.anchored:
             return out
@@ -165,11 +209,12 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def project(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (B, S, dim), frame indices t (B, S) -> q, k, v (B, H, S, dim/H) with time rotated in."""
+    def project(self, x: torch.Tensor, rotation: Rotation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, S, dim), the tokens' time rotation -> q, k, v (B, H, S, dim/H) with time rotated in."""
         b, s, d = x.shape
-        q, k, v = self.qkv(x).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return rotate_time(q, t), rotate_time(k, t), v
+        qkv = self.qkv(x).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = rotate(qkv[:2], rotation)  # queries and keys in one pass
+        return q, k, qkv[2]
 
     def merge(self, out: torch.Tensor) -> torch.Tensor:
         b, h, s, dh = out.shape
@@ -184,12 +229,12 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), GELU(), nn.Linear(mlp_ratio * dim, dim))
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None, cache=None
+        self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None, cache=None
     ) -> torch.Tensor:
-        q, k, v = self.attn.project(self.norm1(x), t)
+        q, k, v = self.attn.project(self.norm1(x), rotation)
         if cache is not None:
             k, v, mask = cache(k, v)
         x = x + self.attn.merge(attend(q, k, v, mask))
@@ -219,9 +264,9 @@ class StateTransition(nn.Module):
         self.features = state_dim + 2 * len(self.periodic)  # what encode() gives per state
         self.net = nn.Sequential(
             nn.Linear(self.features + action_dim, width),
-            nn.GELU(),
+            GELU(),
             nn.Linear(width, width),
-            nn.GELU(),
+            GELU(),
             nn.Linear(width, state_dim),
         )
         # Fitted from the data (wm_sim.train.fit_transition) and saved with the weights: the
@@ -266,9 +311,9 @@ class FrameReward(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(tokens * latent_dim + 2 * action_dim, width),
-            nn.GELU(),
+            GELU(),
             nn.Linear(width, width),
-            nn.GELU(),
+            GELU(),
             nn.Linear(width, 1),
         )
         # The least and the most reward of the frames it was fitted on (wm_sim.train.fit_frame_reward),
@@ -408,8 +453,8 @@ class WorldModel(nn.Module):
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(..., S, S, 3) uint8 frames -> (..., N, C) latents."""
         lead = pixels.shape[:-3]
-        x = pixels.reshape(-1, *pixels.shape[-3:]).permute(0, 3, 1, 2).float() / 255.0
-        return self.encoder(x).reshape(*lead, self.config.tokens, self.config.latent_dim)
+        latents = self.encoder(pixels.reshape(-1, *pixels.shape[-3:]))
+        return latents.reshape(*lead, self.config.tokens, self.config.latent_dim)
 
     def anchor(self, frames: torch.Tensor) -> Anchor:
         """The anchor of rollouts that start after real frames (B, S, S, 3) uint8 (the last real ones)."""
@@ -431,6 +476,7 @@ class WorldModel(nn.Module):
             x = self.decoder(flat, _per_frame(anchor.latents, lead), _per_frame(anchor.pixels, lead))
         return x.permute(0, 2, 3, 1).reshape(*lead, *x.shape[2:], 3)
 
+    @torch.no_grad()  # a frame shown is uint8: no gradient flows through it, so none is tracked
     def read_frame(self, latents: torch.Tensor, anchor: Anchor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted latents (B, ..., N, C) -> the frame they show (B, ..., S, S, 3) uint8, and the
         encoder's latents of that frame (B, ..., N, C).
@@ -439,7 +485,7 @@ class WorldModel(nn.Module):
         while the frames they decode to still look right. What was fitted on real frames (a frame
         reward) or acts on a camera's latents (a policy) reads the re-encoded ones.
         """
-        pixels = (self.decode(latents, anchor) * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
+        pixels = self.decode(latents, anchor).mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
         return pixels, self.encode(pixels)
 
     def imagined_reward(
@@ -514,10 +560,13 @@ class WorldModel(nn.Module):
         frame = torch.arange(t, device=x.device).repeat_interleave(n)  # (T*N,)
         lag = frame[:, None] - frame[None, :]
         mask = (lag >= 0) & (lag < self.config.window)  # block-causal, sliding window
-        times = frame.expand(b, -1)
+        rotation = self._rotation(frame.expand(b, -1), x.dtype)
         for block in self.blocks:
-            x = block(x, times, mask)
+            x = block(x, rotation, mask)
         return self._heads(x, latents, next_state)
+
+    def _rotation(self, times: torch.Tensor, dtype: torch.dtype) -> Rotation:
+        return time_rotation(times, self.config.dim // self.config.heads, dtype)
 
     # -- streaming --
 
@@ -535,9 +584,9 @@ class WorldModel(nn.Module):
         """
         b = latents.shape[0]
         x, next_state = self._tokens(latents[:, None], state[:, None], action[:, None])  # (B, N, dim)
-        times = cache.time[:, None].expand(b, self.config.tokens)  # (B, N)
+        rotation = self._rotation(cache.time[:, None].expand(b, self.config.tokens), x.dtype)  # (B, N)
         for layer, block in enumerate(self.blocks):
-            x = block(x, times, None, cache=cache.layer(layer))
+            x = block(x, rotation, None, cache=cache.layer(layer))
         cache.advance()
         return self._heads(x, latents[:, None], next_state)
 
@@ -567,6 +616,7 @@ class StreamCache:
         # captured in a CUDA graph (wm_sim.envs.acceleration), at the price of the flash-attn path.
         self.always_mask = False
         self._slot_frame = torch.arange(w * n, device=device) // n  # (W*N,) ring slot -> frame slot
+        self._rows = torch.arange(batch, device=device)
 
     def reset(self, rows: torch.Tensor | None = None) -> None:
         """Forget the history of `rows` (bool mask or indices; all rows when None)."""
@@ -580,10 +630,11 @@ class StreamCache:
 
         def store(k: torch.Tensor, v: torch.Tensor):
             n, w = self.config.tokens, self.config.window
-            slot = (self.time % w)[:, None] * n + torch.arange(n, device=k.device)  # (B, N)
-            index_ = slot[:, None, :, None].expand_as(k)
-            self.keys[index].scatter_(2, index_, k.to(self.keys.dtype))
-            self.values[index].scatter_(2, index_, v.to(self.values.dtype))
+            b, h, _, dh = k.shape
+            frame = self.time % w  # (B,) each row's ring slot for this frame
+            # (B, H, W, N, Dh) views: row b's frame goes to [b, :, frame[b]], an (H, N, Dh) block
+            self.keys[index].view(b, h, w, n, dh)[self._rows, :, frame] = k.to(self.keys.dtype)
+            self.values[index].view(b, h, w, n, dh)[self._rows, :, frame] = v.to(self.values.dtype)
             filled = torch.clamp(self.time + 1, max=w)  # (B,) frames held, this one included
             if not self.always_mask and bool((filled == w).all()):
                 mask = None  # steady state: every slot valid, and flash-attn may be used
