@@ -541,3 +541,44 @@ def test_refit_transition_fits_inits_transition_again_and_needs_one(reacher_stor
     torch.testing.assert_close(after.latent_out.weight, before.latent_out.weight)  # nothing else moved
     with pytest.raises(WmSimError, match="refit_transition"):
         train(config(reacher_store_path, tmp_path / "bad", refit_transition=True))
+
+
+def _open_loop_state_error(model: WorldModel, state: torch.Tensor, action: torch.Tensor, steps: int) -> float:
+    """Mean squared error (in typical one-step changes) of the transition rolled out `steps` steps on
+    its own predictions from every real state of (E, T, D) episodes that has `steps` more frames."""
+    transition = model.transition
+    with torch.no_grad():
+        predicted, error = state[:, :-steps], 0.0
+        for k in range(steps):
+            predicted = transition(predicted, action[:, k : k + predicted.shape[1]])
+            target = state[:, k + 1 : k + 1 + predicted.shape[1]]
+            error += float((transition.wrap(predicted - target) / transition.step_scale).pow(2).mean())
+    return error / steps
+
+
+def test_a_transition_fitted_on_its_own_rollouts_drifts_less_than_a_one_step_fit(
+    reacher_store_path, tmp_path
+):
+    from wm_sim.data.store import EpisodeStore
+    from wm_sim.train import fit_transition, model_config
+
+    store = EpisodeStore.open(reacher_store_path)
+    shape = model_config(ModelSize(**{**TINY.__dict__, "transition": True}), store)
+    episodes = list(range(store.num_episodes))
+    fitted = {}
+    for horizon in (1, 16):
+        torch.manual_seed(0)  # the same initial weights
+        fitted[horizon] = WorldModel(shape)
+        fit_transition(
+            fitted[horizon], store, episodes, 300, seed=0, horizon=horizon, lr=3e-4, batch_size=256
+        )
+    state = torch.from_numpy(np.stack(list(episode_states(store)))).float()  # (E, T, D): equal lengths
+    action = torch.stack(
+        [torch.from_numpy(store.read(ACTION_KEY, *store.episode_bounds(e))) for e in episodes]
+    ).float()
+    drift = {h: _open_loop_state_error(m, state, action, steps=32) for h, m in fitted.items()}
+    assert drift[16] < 0.7 * drift[1], drift
+    with pytest.raises(WmSimError, match="no episode has more than 500"):
+        fit_transition(fitted[1], store, episodes, steps=1, seed=0, horizon=500)
+    with pytest.raises(WmSimError, match="transition_horizon"):
+        train(config(reacher_store_path, tmp_path / "bad", transition_horizon=0))
