@@ -25,9 +25,9 @@ actions = torch.zeros(256, 2)
 for _ in range(5):
     engine.step(actions)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+for _ in range(10):
     engine.step(actions)
-print(retain_freed_memory(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+print(retain_freed_memory(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 """
 
 
@@ -57,7 +57,9 @@ def _step_faults(**env: str) -> tuple[str, float]:
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc only")
 def test_on_glibc_an_engines_steps_reuse_their_memory_instead_of_faulting_it_in_again():
-    retained, faults = _step_faults()
-    assert retained == "True" and faults < 500
-    retained, faults = _step_faults(**{OPT_OUT: "0"})
-    assert retained == "False" and faults > 2000  # glibc's defaults: 10,000-15,000 per step
+    retained, kept = _step_faults()
+    opted_out, faulted = _step_faults(**{OPT_OUT: "0"})
+    assert (retained, opted_out) == ("True", "False")
+    # glibc's defaults: 10,000-16,000 per step; kept mapped: 0, with an occasional one-off growth
+    # of the heap (a few MB once, 200-600 per step averaged) that does not come back
+    assert faulted > 2000 and kept < 0.1 * faulted, (kept, faulted)
