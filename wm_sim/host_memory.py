@@ -2,9 +2,10 @@
 
 A batched imagined step on CPU allocates and frees its activations every step (about 100 MB at
 batch 256 on reacher). With glibc's defaults, malloc serves large blocks with fresh mappings and
-hands free memory at the top of its heap back to the OS, so every step faults its activations in
-again, page by page: about 14,000 page faults per step at batch 256, 10-15 ms of a 110-ms step on
-the 2-core CPU the benchmarks run on. Raising glibc's two thresholds keeps that memory mapped.
+hands free memory at the top of its heap back to the OS, so a step faults its activations in
+again, page by page: usually about 10,000 page faults per step at batch 256, 10-15 ms of a
+110-ms step on the 2-core CPU the benchmarks run on (not always: glibc's adaptive thresholds
+sometimes settle where it stops). Raising glibc's two thresholds keeps that memory mapped.
 The price: the process keeps up to `RETAIN_BYTES` of freed memory instead of returning it.
 
 This is a process-wide setting of the C allocator, so it is applied once, only where glibc is

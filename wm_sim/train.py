@@ -179,8 +179,8 @@ def fit_transition(
     Each sample starts from a real state s_t and rolls the transition out on its own predictions
     under the real actions a_t .. a_t+H-1, scored against the real s_t+1 .. s_t+H. With H = 1
     that is the one-step fit; a longer horizon teaches the MLP what its own errors lead to, which
-    is how it is used in a rollout (on reacher, H = 32 cut the fingertip's drift after 200 steps
-    by a fifth: README). Done once, before the world model trains: the MLP needs far more
+    is how it is used in a rollout (on reacher, H = 32 took the fingertip's drift after 200 steps
+    from 4.4 to 3.4 cm: README). Done once, before the world model trains: the MLP needs far more
     transitions than windows of frames can feed it, and each costs microseconds. It is then frozen.
     """
     transition = model.transition
