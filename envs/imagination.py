@@ -39,7 +39,7 @@ class ImaginedBatch:
         self.model = model.eval().to(device)
         self.device = torch.device(device)
         if self.device.type == "cpu":
-            retain_freed_memory()  # else every step faults its activations in again (host_memory)
+            retain_freed_memory()  # else a step usually faults its activations in again (host_memory)
         self.batch = batch
         self.episode_steps = episode_steps
         c = model.config
