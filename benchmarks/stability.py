@@ -24,7 +24,6 @@ from wm_sim.benchmarks.context import Bench
 from wm_sim.benchmarks.stats import target
 
 from wm_sim.errors import WmSimError
-from wm_sim.world_model import Anchor
 
 BINS = 4  # levels per colour channel: a 4 x 4 x 4 = 64-bin colour histogram
 STAT_NAMES = ("mean_r", "mean_g", "mean_b", "spread_r", "spread_g", "spread_b", "histogram_distance")
@@ -177,11 +176,8 @@ def real_reference(bench: Bench, twin, ref: str, own_seed: int) -> Reference:
             joints.append(obs["agent_pos"][columns])
         pixels = torch.from_numpy(np.stack(episode))
         with torch.no_grad():  # decoded over the episode's first frame, as a stream over its context
-            first = model.anchor(pixels[:1])
-            anchor = Anchor(
-                first.latents.expand(len(pixels), -1, -1), first.pixels.expand(len(pixels), -1, -1, -1)
-            )
-            drawn.append(model.read_frame(model.encode(pixels), anchor)[0])
+            # one row of len(pixels) frames: decode gives each row's anchor to all of its frames
+            drawn.append(model.read_frame(model.encode(pixels)[None], model.anchor(pixels[:1]))[0][0])
         frames.append(pixels)
     moments, hists = frame_statistics(torch.cat(frames))
     drawn_moments, drawn_hists = frame_statistics(torch.cat(drawn))

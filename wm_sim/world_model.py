@@ -20,6 +20,7 @@ at step 10 and at step 100,000.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 
@@ -127,7 +128,9 @@ class Encoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        z = self.net[1:](self.patches(frames))  # (B, C, G, G); net[0] is what patches() does
+        z = self.patches(frames)
+        for layer in itertools.islice(self.net, 1, None):  # net[0] is what patches() does; a slice
+            z = layer(z)  # net[1:] would build a new Sequential every call, on env.step's path
         return torch.tanh(z.flatten(2).transpose(1, 2))  # (B, G*G, C)
 
     def patches(self, frames: torch.Tensor) -> torch.Tensor:
