@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -258,35 +258,51 @@ def test_wandb_offline_run_is_continued_by_a_resumed_training(reacher_store_path
     ]
 
 
-def test_torchrun_trains_with_two_gloo_processes_and_only_rank_0_writes(reacher_store_path, tmp_path):
-    def torchrun(run: Path) -> subprocess.CompletedProcess | None:
-        args = [
-            "torchrun", "--standalone", "--nproc_per_node=2", "-m", "wm_sim", "train",
-            f"data={reacher_store_path}", f"out={run}", "model=tiny", "steps=4", "training.batch_size=4",
-            "training.val_every=2", "training.checkpoint_every=2", "threads=1", "wandb=disabled", "device=cpu",
-            "val_fraction=0.5", "dist_timeout_s=60",
-        ]  # fmt: skip
+def _run_in_own_group(args: list[str], logs: Path, timeout_s: float) -> tuple[int | None, str, str]:
+    """Run a command in a process group of its own: (exit status or None if it outlived
+    timeout_s, stdout, stderr). A command that outlives it gets SIGTERM first (torchrun passes it
+    on; its workers then print their stacks), then the whole group is killed, so no worker is
+    left behind to load the machine (as subprocess.run's timeout, which kills the parent only, did).
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    out, err = logs / "stdout.txt", logs / "stderr.txt"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(args, stdout=stdout, stderr=stderr, start_new_session=True)
         try:
-            return subprocess.run(args, capture_output=True, text=True, timeout=180)
+            status: int | None = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            return None
+            status = None
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # every process of the group has exited
+            proc.wait()
+    return status, out.read_text(), err.read_text()
 
-    # CI once saw this run stall in a gloo collective after the first validation (a run takes
-    # 20 s here). A stall now fails within dist_timeout_s, and torchrun's SIGTERM makes each
-    # worker print its stacks; one stall is shown and retried in a fresh directory, a second fails.
+
+def test_torchrun_trains_with_two_gloo_processes_and_only_rank_0_writes(reacher_store_path, tmp_path):
     run = tmp_path / "run"
-    result = torchrun(run)
-    if result is None or (result.returncode != 0 and "timeout" in result.stderr.lower()):
-        tail = "(no output: the run outlived its 180 s)" if result is None else result.stderr[-4000:]
-        warnings.warn(f"torchrun stalled once; retrying. Its stderr ended:\n{tail}", stacklevel=1)
-        run = tmp_path / "retry"
-        result = torchrun(run)
-    assert result is not None, "torchrun stalled twice"
-    assert result.returncode == 0, result.stderr[-3000:]
+    args = [
+        "torchrun", "--standalone", "--nproc_per_node=2", "-m", "wm_sim", "train",
+        f"data={reacher_store_path}", f"out={run}", "model=tiny", "steps=4", "training.batch_size=4",
+        "training.val_every=2", "training.checkpoint_every=2", "threads=1", "wandb=disabled", "device=cpu",
+        "val_fraction=0.5", "dist_timeout_s=60",
+    ]  # fmt: skip
+    # A run takes about 10 s here. Runs used to hang now and then as the process group was torn
+    # down (see train._average_gradients); a hang now fails with every worker's stacks.
+    status, stdout, stderr = _run_in_own_group(args, tmp_path / "logs", timeout_s=240)
+    assert status is not None, f"torchrun outlived 240 s; its stderr ended:\n{stderr[-6000:]}"
+    assert status == 0, stderr[-3000:]
     assert sorted(p.name for p in run.iterdir()) == [LAST, "step-0000002", "step-0000004"]
     _, meta = load_checkpoint(run)
     assert meta["world_size"] == 2 and meta["step"] == 4
-    assert (result.stdout + result.stderr).count("step 4: val_") == 1  # one process validated and logged
+    assert (stdout + stderr).count("step 4: val_") == 1  # one process validated and logged
     # a run trained by two processes resumes in one
     train(config(reacher_store_path, run, steps=6, resume="auto", val_fraction=0.5))
     assert load_checkpoint(run)[1]["step"] == 6

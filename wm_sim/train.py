@@ -18,7 +18,6 @@ import math
 import os
 import signal
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
@@ -431,7 +430,7 @@ def to_batch(
 
 
 class Objective(nn.Module):
-    """The training losses as a module's forward, so DistributedDataParallel can wrap them whole."""
+    """The training losses as a module's forward: one call computes every term of a batch."""
 
     def __init__(
         self,
@@ -500,8 +499,8 @@ def _device(cfg: TrainConfig, job: Distributed) -> torch.device:
 def train(cfg: TrainConfig) -> Path:
     """Train (or continue training) a world model; returns the run directory.
 
-    Under `torchrun --nproc_per_node=N`, each process takes 1/N of every batch and
-    DistributedDataParallel averages the gradients (NCCL on CUDA, gloo on CPU); all processes
+    Under `torchrun --nproc_per_node=N`, each process takes 1/N of every batch and the gradients
+    are averaged over the processes after each backward (NCCL on CUDA, gloo on CPU); all processes
     draw the same batch indices, so a run's data order does not depend on N. Only rank 0
     validates, writes checkpoints and logs.
     """
@@ -579,7 +578,7 @@ def train(cfg: TrainConfig) -> Path:
     # The background from training frames only, the same sample on every (resumed) run.
     samples = np.linspace(0, len(train_set) - 1, min(len(train_set), 256)).astype(int)
     background = background_frame(np.stack([train_set[int(i)][keys[0]][0] for i in samples]))
-    plain = Objective(
+    objective = Objective(
         model,
         fit.context_noise,
         fit.rollout_passes,
@@ -587,7 +586,6 @@ def train(cfg: TrainConfig) -> Path:
         fit.foreground_weight,
         fit.reward_weight,
     ).to(device)
-    objective: nn.Module = plain
     joined = job.world_size > 1 and not dist.is_initialized()
     if joined:
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -596,14 +594,8 @@ def train(cfg: TrainConfig) -> Path:
         # was, so a stalled collective shows which process waited on which.
         faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
     if job.world_size > 1:
-        # Depthwise convolutions' weight gradients come back with another stride on a size-1 axis
-        # than DDP's bucket views; DDP copies them, which is correct, and warns on every process.
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        objective = nn.parallel.DistributedDataParallel(
-            plain,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy
-        )
+        for tensor in model.state_dict().values():
+            dist.broadcast(tensor, 0)  # every process starts from rank 0's weights
     tracker = Tracker(cfg.wandb, run_dir, run_meta["wandb_run_id"], run_meta, active=job.is_main)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not job.is_main)
     started, seen = time.perf_counter(), 0
@@ -623,6 +615,8 @@ def train(cfg: TrainConfig) -> Path:
                 )
             optimiser.zero_grad(set_to_none=True)
             terms["total"].backward()
+            if job.world_size > 1:
+                _average_gradients(model, job.world_size)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimiser.step()
             step += 1
@@ -637,7 +631,7 @@ def train(cfg: TrainConfig) -> Path:
                     {f"train/{k}": v.item() for k, v in terms.items()} | {"samples_per_s": rate}, step
                 )
             if step % fit.val_every == 0 or step == cfg.steps:
-                run_meta["val"] = validate(plain, val_set, camera, fit.batch_size, device)
+                run_meta["val"] = validate(objective, val_set, camera, fit.batch_size, device)
                 run_meta["val_step"] = step
                 bar.write(
                     f"step {step}: " + ", ".join(f"val_{k}={v:.4f}" for k, v in run_meta["val"].items())
@@ -652,9 +646,30 @@ def train(cfg: TrainConfig) -> Path:
         bar.close()
         tracker.finish()
         if joined:
-            faulthandler.unregister(signal.SIGTERM)
             dist.destroy_process_group()
+            faulthandler.unregister(signal.SIGTERM)
     return run_dir
+
+
+def _average_gradients(model: nn.Module, world_size: int) -> None:
+    """Average the gradients over the processes: one all-reduce of them all, after backward.
+
+    This is what DistributedDataParallel does, without launching the collectives from inside
+    backward. A gloo collective launched there keeps a Python object (backward's stashed context)
+    until its worker thread drops it, which takes the GIL; when the process group was then
+    destroyed by a thread holding the GIL, that thread waited on the worker and the worker on the
+    GIL, forever (CI's torchrun test hung so twice in a row; here 2 runs of about 150). Collectives
+    launched out here hold no Python object, so tearing the group down cannot wait on the GIL.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p in params:  # each gradient becomes a view of the averaged buffer: no copy back
+        p.grad = flat[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
 
 
 def _holds_a_run(run_dir: Path) -> bool:
