@@ -286,6 +286,33 @@ def _run_in_own_group(args: list[str], logs: Path, timeout_s: float) -> tuple[in
     return status, out.read_text(), err.read_text()
 
 
+def test_gradients_are_averaged_in_place_of_ddp_with_zeros_for_parameters_without_one(tmp_path):
+    import torch.distributed as dist
+
+    # A gloo group of one process in this one: its all-reduce sums over one rank, so the average
+    # with world_size=2 must be exactly half of each gradient, wherever the gradient came from.
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+        frozen = torch.nn.Parameter(torch.ones(5), requires_grad=False)
+        model.register_parameter("frozen", frozen)
+        model[0](torch.randn(6, 3)).square().sum().backward()  # the second layer gets no gradient
+        before = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        assert set(before) == {"0.weight", "0.bias"}
+        train_module._average_gradients(model, world_size=2)
+    finally:
+        dist.destroy_process_group()
+    for name, p in model.named_parameters():
+        if name == "frozen":
+            assert p.grad is None
+        elif name in before:
+            torch.testing.assert_close(p.grad, before[name] / 2, rtol=0, atol=0)
+        else:
+            assert torch.equal(p.grad, torch.zeros_like(p))  # every rank must send the same sizes
+    # every gradient now lives in one buffer, as the all-reduce left it
+    assert len({p.grad.untyped_storage().data_ptr() for p in model.parameters() if p.grad is not None}) == 1
+
+
 def test_torchrun_trains_with_two_gloo_processes_and_only_rank_0_writes(reacher_store_path, tmp_path):
     run = tmp_path / "run"
     args = [
