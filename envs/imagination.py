@@ -52,7 +52,9 @@ class ImaginedBatch:
         # Each row's last real context frame, which an anchored decoder composites over.
         self.anchor = Anchor(
             torch.zeros_like(self.latents),
-            torch.zeros(batch, 3, c.image_size, c.image_size, device=self.device),
+            torch.zeros(batch, 3, c.image_size, c.image_size, device=self.device).contiguous(
+                memory_format=torch.channels_last
+            ),
         )
         # Predicted proprioception is kept inside these bounds (the observation space's), if set.
         self.state_low: torch.Tensor | None = None

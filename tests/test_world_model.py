@@ -14,6 +14,7 @@ from wm_sim.world_model import (
     WorldModel,
     WorldModelConfig,
     attend,
+    conv_depth_to_space,
     rotate,
     time_rotation,
     wrap_angle,
@@ -131,16 +132,40 @@ def test_the_time_rotation_turns_each_pair_by_its_angle_and_leaves_only_relative
     torch.testing.assert_close(scores[0], scores[1], rtol=1e-4, atol=1e-4)
 
 
-def test_the_encoder_patchifies_uint8_frames_exactly_as_its_first_layer_does_float_ones():
-    model = WorldModel(TINY).eval()
-    frames = torch.randint(
-        0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3)
-    )
+def test_the_tokenizer_computes_what_its_layers_compute_one_by_one():
+    """The fused strided and reordered convolutions (run_fused) against plain nn.Sequential."""
+    torch.manual_seed(0)
+    model = WorldModel(WorldModelConfig(**{**TINY.to_dict(), "anchored": True})).eval()
+    g = torch.Generator().manual_seed(3)
+    frames = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=g)
     scaled = frames.permute(0, 3, 1, 2).float() / 255.0 * 2.0 - 1.0
-    assert torch.equal(model.encoder.patches(frames), model.encoder.net[0](scaled))
+    tokens = torch.randn(3, TINY.tokens, TINY.latent_dim, generator=g)
+    anchor = model.anchor(frames)
     with torch.no_grad():
-        reference = torch.tanh(model.encoder.net(scaled).flatten(2).transpose(1, 2))
-        torch.testing.assert_close(model.encoder(frames), reference, rtol=1e-5, atol=1e-6)
+        encoded = torch.tanh(model.encoder.net(scaled).flatten(2).transpose(1, 2))
+        torch.testing.assert_close(model.encoder(frames), encoded, rtol=1e-5, atol=1e-6)
+        z = torch.cat([tokens, anchor.latents], -1).transpose(1, 2).reshape(3, -1, TINY.grid, TINY.grid)
+        out = torch.sigmoid(model.decoder.net(z))
+        drawn = torch.lerp(anchor.pixels, out[:, :3], out[:, 3:]).permute(0, 2, 3, 1)
+        torch.testing.assert_close(model.decoder(tokens, anchor.latents, anchor.pixels), drawn)
+    # and the same with a gradient flowing (training), out of place
+    decoded = model.decoder(tokens.requires_grad_(), anchor.latents, anchor.pixels)
+    torch.testing.assert_close(decoded, drawn)
+    decoded.sum().backward()
+    assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+
+
+def test_conv_depth_to_space_is_conv_then_pixel_shuffle_to_the_bit():
+    torch.manual_seed(0)
+    for inputs, outputs, kernel, batch in ((16, 64, 1, 5), (8, 16, 3, 2), (32, 12, 3, 1)):
+        conv = torch.nn.Conv2d(inputs, outputs, kernel, padding=kernel // 2)
+        x = torch.randn(batch, inputs, 6, 6).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            fused = conv_depth_to_space(x, conv, 2)
+            assert torch.equal(fused, F.pixel_shuffle(conv(x), 2))
+        assert fused.is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="groups=1"):
+        conv_depth_to_space(x, torch.nn.Conv2d(32, 16, 1, groups=2), 2)
 
 
 def test_gelu_overwrites_its_input_only_when_no_gradient_flows_through_it():

@@ -20,7 +20,6 @@ at step 10 and at step 100,000.
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import asdict, dataclass
 
@@ -91,6 +90,57 @@ class GELU(nn.GELU):
 
 
 # --- tokenizer ---------------------------------------------------------------------------------
+#
+# Both halves keep their activations in channels-last memory, on which oneDNN's convolutions run
+# several times faster, and never move single values between layouts: a space-to-depth followed by
+# a 1x1 convolution runs as one strided convolution, and a convolution followed by a depth-to-space
+# computes its channels in the order the depth-to-space reads them, so it copies whole runs.
+
+
+def space_to_depth_conv(x: torch.Tensor, conv: nn.Conv2d, factor: int) -> torch.Tensor:
+    """conv(PixelUnshuffle(factor)(x)) for a 1x1 `conv`: one convolution of kernel and stride
+    `factor` with the same weights, so the same sums, without the space-to-depth copy."""
+    inputs = conv.in_channels // factor**2
+    weight = conv.weight.view(conv.out_channels, inputs, factor, factor)  # channel c*f*f + i*f + j
+    return F.conv2d(x, weight, conv.bias, stride=factor)
+
+
+def conv_depth_to_space(x: torch.Tensor, conv: nn.Conv2d, factor: int) -> torch.Tensor:
+    """PixelShuffle(factor)(conv(x)), bit for bit, in channels-last memory.
+
+    The convolution computes its output channels in (row, column, channel) order instead of
+    (channel, row, column), which changes no sum, so the shuffle moves runs of factor x channels
+    values: at batch 256 on a CPU, a quarter of the time PixelShuffle takes on channels-last input.
+    """
+    if conv.groups != 1:
+        raise ValueError(f"conv_depth_to_space reorders output channels: needs groups=1, got {conv.groups}")
+    channels = conv.out_channels // factor**2
+    order = torch.arange(conv.out_channels, device=x.device)
+    order = order.view(channels, factor, factor).permute(1, 2, 0).reshape(-1)  # (i, j, c) <- c*f*f + i*f + j
+    bias = None if conv.bias is None else conv.bias[order]
+    y = F.conv2d(x, conv.weight[order], bias, conv.stride, conv.padding, conv.dilation)
+    b, _, h, w = y.shape
+    y = y.permute(0, 2, 3, 1).reshape(b, h, w, factor, factor, channels)  # (B, H, W, i, j, C)
+    y = y.permute(0, 1, 3, 2, 4, 5).reshape(b, h * factor, w * factor, channels)  # row H*f+i, column W*f+j
+    return y.permute(0, 3, 1, 2)  # (B, C, fH, fW) in channels-last memory
+
+
+def run_fused(layers: list[nn.Module], z: torch.Tensor) -> torch.Tensor:
+    """`layers` in order on z, with each PixelUnshuffle and the convolution after it, and each
+    convolution and the PixelShuffle after it, run fused (the functions above)."""
+    index = 0
+    while index < len(layers):
+        layer, after = layers[index], layers[index + 1] if index + 1 < len(layers) else None
+        if isinstance(layer, nn.PixelUnshuffle) and isinstance(after, nn.Conv2d):
+            z = space_to_depth_conv(z, after, layer.downscale_factor)
+            index += 2
+        elif isinstance(layer, nn.Conv2d) and isinstance(after, nn.PixelShuffle):
+            z = conv_depth_to_space(z, layer, after.upscale_factor)
+            index += 2
+        else:
+            z = layer(z)
+            index += 1
+    return z
 
 
 class Encoder(nn.Module):
@@ -99,8 +149,6 @@ class Encoder(nn.Module):
     Space-to-depth by 4, then stages of (depthwise 3x3, pointwise 1x1, space-to-depth by 2): about
     a fifth of the multiply-adds of strided 4x4 convolutions, for the same receptive field growth.
     """
-
-    PATCH = 4  # the first space-to-depth, net[0]
 
     def __init__(self, image_size: int, grid: int, latent_dim: int, width: int):
         super().__init__()
@@ -128,22 +176,21 @@ class Encoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        z = self.patches(frames)
-        for layer in itertools.islice(self.net, 1, None):  # net[0] is what patches() does; a slice
-            z = layer(z)  # net[1:] would build a new Sequential every call, on env.step's path
+        return self.from_scaled(scale_frames(frames.float()).permute(0, 3, 1, 2))
+
+    def from_scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) frames already scaled to [-1, 1] (scale_frames), fastest in channels-last
+        memory -> (B, G*G, C) latents: what read_frame hands over without a uint8 round trip."""
+        z = run_fused(list(self.net), x)
         return torch.tanh(z.flatten(2).transpose(1, 2))  # (B, G*G, C)
 
-    def patches(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, S, S, 3) uint8 -> net[0]'s output on the frames scaled to [-1, 1]: (B, 48, S/4, S/4).
 
-        The space-to-depth is done on the uint8 bytes, a quarter of what a float frame moves, and
-        laid out channels-last, on which oneDNN's convolutions run fastest; the channels are in
-        PixelUnshuffle's order (colour, row, column), so every value is the same to the bit.
-        """
-        b, s, p = frames.shape[0], frames.shape[1] // self.PATCH, self.PATCH
-        patches = frames.view(b, s, p, s, p, 3).permute(0, 1, 3, 5, 2, 4).reshape(b, s, s, 3 * p * p)
-        # x / 127.5 - 1 is (x / 255) * 2 - 1 to the bit: scaling by 2 commutes with rounding
-        return patches.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+def scale_frames(levels: torch.Tensor) -> torch.Tensor:
+    """Pixel levels 0..255 as floats -> [-1, 1], in place: what the encoder reads.
+
+    x / 127.5 - 1 is (x / 255) * 2 - 1 to the bit: scaling by 2 commutes with rounding.
+    """
+    return levels.div_(127.5).sub_(1.0)
 
 
 class Decoder(nn.Module):
@@ -186,20 +233,27 @@ class Decoder(nn.Module):
         anchor_tokens: torch.Tensor | None = None,
         anchor_pixels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """tokens (B, N, C); anchored: the anchor's tokens (B, N, C) and pixels (B, 3, S, S) in [0, 1]."""
+        """tokens (B, N, C); anchored: the anchor's tokens (B, N, C) and pixels (B, 3, S, S) in [0, 1]
+        (fastest in channels-last memory) -> (B, S, S, 3) pixels in [0, 1]."""
         if self.anchored:
             tokens = torch.cat([tokens, anchor_tokens], dim=-1)  # (B, N, 2C)
         b, _, c = tokens.shape
-        # (B, C, G, G) in channels-last memory, which is what tokens (B, G*G, C) already are: no copy,
-        # and oneDNN's convolutions run several times faster on it than on (B, C, G, G) memory
+        # (B, C, G, G) in channels-last memory, which is what tokens (B, G*G, C) already are: no copy
         z = tokens.reshape(b, self.grid, self.grid, c).permute(0, 3, 1, 2)
-        out = torch.sigmoid(self.net(z))  # (B, 3 or 4, S, S)
+        z = run_fused(list(self.net), z).permute(0, 2, 3, 1)  # (B, S, S, 3 or 4), contiguous
+        inference = not (torch.is_grad_enabled() and z.requires_grad)
+        out = z.sigmoid_() if inference else torch.sigmoid(z)  # z is this call's own: nothing else reads it
         if not self.anchored:
             return out
         # the 4th channel: 1 = this pixel is drawn, 0 = copied from the anchor (in the anchor's
         # precision, also under bf16 autocast: a copied pixel stays exact)
         out = out.to(anchor_pixels.dtype)
-        return torch.lerp(anchor_pixels, out[:, :3], out[:, 3:])
+        anchor = anchor_pixels.permute(0, 2, 3, 1)  # (B, S, S, 3)
+        if not inference:
+            return torch.lerp(anchor, out[..., :3], out[..., 3:])
+        # written into (B, S, S, 3) memory whatever the anchor's: uint8 frames are read from it
+        blended = torch.empty((*out.shape[:-1], 3), dtype=out.dtype, device=out.device)
+        return torch.lerp(anchor, out[..., :3], out[..., 3:], out=blended)
 
 
 # --- dynamics transformer ----------------------------------------------------------------------
@@ -405,8 +459,8 @@ class Anchor:
     """A real frame an anchored decoder composites over; every decode of a rollout takes its context's."""
 
     latents: torch.Tensor  # (B, N, C)
-    # (B, 3, S, S) float in [0, 1]: channels first, as the decoder blends (at batch 256, a
-    # channels-last anchor made the blend 5x slower)
+    # (B, 3, S, S) float in [0, 1], best in channels-last memory (as model.anchor makes it): the
+    # decoder blends in (B, S, S, 3) order, and reading a channels-first anchor there is strided
     pixels: torch.Tensor
 
     def __getitem__(self, rows) -> Anchor:
@@ -477,7 +531,7 @@ class WorldModel(nn.Module):
             raise ValueError("this world model's decoder is anchored: decode needs model.anchor(frames)")
         else:
             x = self.decoder(flat, _per_frame(anchor.latents, lead), _per_frame(anchor.pixels, lead))
-        return x.permute(0, 2, 3, 1).reshape(*lead, *x.shape[2:], 3)
+        return x.reshape(*lead, *x.shape[1:])
 
     @torch.no_grad()  # a frame shown is uint8: no gradient flows through it, so none is tracked
     def read_frame(self, latents: torch.Tensor, anchor: Anchor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -488,8 +542,12 @@ class WorldModel(nn.Module):
         while the frames they decode to still look right. What was fitted on real frames (a frame
         reward) or acts on a camera's latents (a policy) reads the re-encoded ones.
         """
-        pixels = self.decode(latents, anchor).mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8)
-        return pixels, self.encode(pixels)
+        levels = self.decode(latents, anchor).mul_(255.0).add_(0.5).clamp_(0, 255)
+        pixels = levels.to(torch.uint8)
+        # what encode(pixels) computes, to the bit, from the float levels: trunc is the uint8 cast
+        scaled = scale_frames(levels.trunc_()).flatten(0, -4).permute(0, 3, 1, 2)  # (M, 3, S, S)
+        seen = self.encoder.from_scaled(scaled)
+        return pixels, seen.reshape(*latents.shape[:-2], self.config.tokens, self.config.latent_dim)
 
     def imagined_reward(
         self, pred: Prediction, seen: torch.Tensor | None, action: torch.Tensor
