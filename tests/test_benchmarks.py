@@ -323,6 +323,9 @@ def test_smoke_bench_runs_every_suite_and_writes_results_and_table(tiny_model_pa
     split = figures["latency"]["split"]
     assert set(split) == {"dynamics", "decode", "uncertainty", "conversion"}
     assert sum(split.values()) == pytest.approx(1.0, abs=1e-3)
+    # every stage the step runs is seen by the timer (a stage the step no longer calls by the
+    # timed name would read 0)
+    assert all(split[stage] > 0 for stage in ("dynamics", "decode", "uncertainty")), split
     assert figures["roofline"]["torch_counter_misses_attention"] is True
     assert figures["memory"]["steps"][-1] == 60
     assert set(figures["stability"]["verdicts"]) == {"random", "expert"}

@@ -509,8 +509,12 @@ class WorldModel(nn.Module):
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(..., S, S, 3) uint8 frames -> (..., N, C) latents."""
-        lead = pixels.shape[:-3]
-        latents = self.encoder(pixels.reshape(-1, *pixels.shape[-3:]))
+        return self.encode_scaled(scale_frames(pixels.to(torch.float32, copy=True)))
+
+    def encode_scaled(self, scaled: torch.Tensor) -> torch.Tensor:
+        """(..., S, S, 3) frames scaled as scale_frames scales them -> (..., N, C) latents."""
+        lead = scaled.shape[:-3]
+        latents = self.encoder.from_scaled(scaled.reshape(-1, *scaled.shape[-3:]).permute(0, 3, 1, 2))
         return latents.reshape(*lead, self.config.tokens, self.config.latent_dim)
 
     def anchor(self, frames: torch.Tensor) -> Anchor:
@@ -544,10 +548,8 @@ class WorldModel(nn.Module):
         """
         levels = self.decode(latents, anchor).mul_(255.0).add_(0.5).clamp_(0, 255)
         pixels = levels.to(torch.uint8)
-        # what encode(pixels) computes, to the bit, from the float levels: trunc is the uint8 cast
-        scaled = scale_frames(levels.trunc_()).flatten(0, -4).permute(0, 3, 1, 2)  # (M, 3, S, S)
-        seen = self.encoder.from_scaled(scaled)
-        return pixels, seen.reshape(*latents.shape[:-2], self.config.tokens, self.config.latent_dim)
+        # encode(pixels) to the bit, from the float levels: trunc is what the uint8 cast did
+        return pixels, self.encode_scaled(scale_frames(levels.trunc_()))
 
     def imagined_reward(
         self, pred: Prediction, seen: torch.Tensor | None, action: torch.Tensor
