@@ -52,16 +52,19 @@ def merge(existing: dict | None, new: dict) -> tuple[dict, list[str]]:
     return merged, replaced
 
 
-def write_results(path: Path, results: dict, existing: dict | None = None) -> list[str]:
-    """Write `results` merged over `existing` (read from `path` when None) atomically.
+def existing_results(path: Path) -> dict | None:
+    """The results file at `path` as it is now, or None where there is none yet."""
+    return read_results(path) if Path(path).exists() else None
 
-    Returns the suites that were replaced. A run passes the file as it found it at its start, so
-    that it can write after every suite (a crash keeps what was measured) without superseding its
-    own suites.
+
+def write_results(path: Path, results: dict, existing: dict | None) -> list[str]:
+    """Write `results` merged over `existing` atomically; returns the suites that were replaced.
+
+    `existing` is the file as the run found it at its start (existing_results; None where there
+    was none), not as it is now: a run writes after every suite (a crash keeps what was
+    measured), and merging over its own earlier writes would supersede its own suites.
     """
     path = Path(path)
-    if existing is None and path.exists():
-        existing = read_results(path)
     merged, replaced = merge(existing, results)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")

@@ -26,8 +26,8 @@ from wm_sim.benchmarks.context import FULL, SMOKE, Bench, pick_device
 from wm_sim.benchmarks.machine import describe
 from wm_sim.benchmarks.results import (
     SCHEMA_VERSION,
+    existing_results,
     newest_results,
-    read_results,
     results_path,
     update_readme,
     write_results,
@@ -123,7 +123,7 @@ def bench(cfg: BenchConfig) -> dict:
         cfg.checkpoint, device, sizes, cfg.repeats, acceleration, cfg.smoke, tuple(cfg.policies),
         artifact_prefix=path.with_suffix(""),
     )  # fmt: skip
-    existing = read_results(path) if path.exists() else None
+    existing = existing_results(path)
     suites: dict[str, dict] = {}
     results = {
         "schema_version": SCHEMA_VERSION,

@@ -189,13 +189,18 @@ def _results(suites: dict, updated: str) -> dict:
 def test_a_same_day_rerun_merges_suites_and_keeps_what_it_replaced(tmp_path):
     path = results_io.results_path(tmp_path, "m", "2026-01-01")
     first = {"latency": {"table": [["p50", "8 ms"]], "targets": []}, "memory": {"table": [], "targets": []}}
-    assert results_io.write_results(path, _results(first, "2026-01-01T10:00:00")) == []
+    assert results_io.write_results(path, _results(first, "2026-01-01T10:00:00"), None) == []
     second = {"latency": {"table": [["p50", "9 ms"]], "targets": [target("p50", 9.0, "<=", 20.0, "ms")]}}
-    assert results_io.write_results(path, _results(second, "2026-01-01T11:00:00")) == ["latency"]
+    existing = results_io.existing_results(path)
+    assert results_io.write_results(path, _results(second, "2026-01-01T11:00:00"), existing) == ["latency"]
+    # the second run writes again after its next suite: over the file as it found it, so its own
+    # latency is not superseded a second time
+    second["train"] = {"table": [], "targets": []}
+    assert results_io.write_results(path, _results(second, "2026-01-01T11:05:00"), existing) == ["latency"]
     data = json.loads(path.read_text())
-    assert set(data["suites"]) == {"latency", "memory"}
+    assert set(data["suites"]) == {"latency", "memory", "train"}
     assert data["suites"]["latency"]["table"] == [["p50", "9 ms"]]
-    assert data["superseded"][0]["suite"] == "latency" and data["superseded"][0]["table"] == [["p50", "8 ms"]]
+    assert [(s["suite"], s["table"]) for s in data["superseded"]] == [("latency", [["p50", "8 ms"]])]
     assert not list(tmp_path.glob(".*partial"))
 
 
@@ -203,8 +208,10 @@ def test_readme_table_is_regenerated_between_its_markers_from_the_newest_results
     old = results_io.results_path(tmp_path, "m", "2026-01-01")
     new = results_io.results_path(tmp_path, "m", "2026-01-02")
     suites = {"latency": {"table": [["p50", "8 ms"]], "targets": [target("p50", 8.0, "<=", 20.0, "ms")]}}
-    results_io.write_results(old, _results({"memory": {"table": [["rss", "1"]]}}, "2026-01-01T10:00:00"))
-    results_io.write_results(new, _results(suites, "2026-01-02T10:00:00"))
+    results_io.write_results(
+        old, _results({"memory": {"table": [["rss", "1"]]}}, "2026-01-01T10:00:00"), None
+    )
+    results_io.write_results(new, _results(suites, "2026-01-02T10:00:00"), None)
     (tmp_path / "other.json").write_text('{"not": "a results file"}')
     assert results_io.newest_results(tmp_path) == new
     readme = tmp_path / "README.md"
@@ -301,7 +308,9 @@ def test_smoke_bench_runs_every_suite_and_writes_results_and_table(tiny_model_pa
         BenchConfig(checkpoint=str(tiny_model_path), smoke=True, repeats=2, out=str(out), readme=str(readme))
     )
     files = list(out.glob("*.json"))
-    assert len(files) == 1 and json.loads(files[0].read_text())["suites"].keys() == results["suites"].keys()
+    written = json.loads(files[0].read_text()) if len(files) == 1 else {}
+    assert written and written["suites"].keys() == results["suites"].keys()
+    assert "superseded" not in written  # a first run of the day replaced nothing, its own suites least
     assert list(results["suites"]) == [
         "throughput",
         "latency",
