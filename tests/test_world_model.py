@@ -16,6 +16,7 @@ from wm_sim.world_model import (
     attend,
     conv_depth_to_space,
     rotate,
+    space_to_depth_conv,
     time_rotation,
     wrap_angle,
 )
@@ -153,6 +154,16 @@ def test_the_tokenizer_computes_what_its_layers_compute_one_by_one():
     torch.testing.assert_close(decoded, drawn)
     decoded.sum().backward()
     assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+    # a decoder without an anchor, whose in-place sigmoid is all it does after the layers
+    plain = WorldModel(TINY).eval()
+    with torch.no_grad():
+        z = tokens.detach().transpose(1, 2).reshape(3, -1, TINY.grid, TINY.grid)
+        expected = torch.sigmoid(plain.decoder.net(z)).permute(0, 2, 3, 1)
+        torch.testing.assert_close(plain.decoder(tokens.detach()), expected)
+        # float frames in are read, not overwritten
+        levels = frames.float()
+        plain.encoder(levels)
+    assert torch.equal(levels, frames.float())
 
 
 def test_conv_depth_to_space_is_conv_then_pixel_shuffle_to_the_bit():
@@ -166,6 +177,19 @@ def test_conv_depth_to_space_is_conv_then_pixel_shuffle_to_the_bit():
         assert fused.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="groups=1"):
         conv_depth_to_space(x, torch.nn.Conv2d(32, 16, 1, groups=2), 2)
+    with pytest.raises(ValueError, match="zero padding"):
+        conv_depth_to_space(x, torch.nn.Conv2d(32, 16, 3, padding=1, padding_mode="reflect"), 2)
+
+
+def test_space_to_depth_conv_is_pixel_unshuffle_then_its_1x1_conv():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8 * 4, 16, 1)
+    x = torch.randn(3, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(space_to_depth_conv(x, conv, 2), conv(F.pixel_unshuffle(x, 2)))
+    for other in (torch.nn.Conv2d(32, 16, 3, padding=1), torch.nn.Conv2d(32, 16, 1, groups=2)):
+        with pytest.raises(ValueError, match="plain 1x1"):
+            space_to_depth_conv(x, other, 2)
 
 
 def test_gelu_overwrites_its_input_only_when_no_gradient_flows_through_it():
@@ -310,6 +334,16 @@ def test_read_frame_gives_the_shown_frame_and_its_encoding():
         assert torch.equal(seen, model.encode(pixels))  # the same levels through the same layers
     assert pixels.dtype == torch.uint8 and pixels.shape == (2, 3, 32, 32, 3)
     assert torch.equal(pixels, expected)
+
+
+def test_read_frame_encodes_the_shown_frame_exactly_also_under_bf16_autocast():
+    """Without an anchor the decoded frame stays in the autocast precision; its levels are still
+    read back as the uint8 frame shown."""
+    model = WorldModel(TINY).eval()
+    latents, _, _ = _inputs(model, 2, 3)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        pixels, seen = model.read_frame(latents, None)
+        assert torch.equal(seen, model.encode(pixels))
 
 
 def test_open_loop_reads_each_imagined_frames_reward_off_the_frame_shown():

@@ -100,6 +100,9 @@ class GELU(nn.GELU):
 def space_to_depth_conv(x: torch.Tensor, conv: nn.Conv2d, factor: int) -> torch.Tensor:
     """conv(PixelUnshuffle(factor)(x)) for a 1x1 `conv`: one convolution of kernel and stride
     `factor` with the same weights, so the same sums, without the space-to-depth copy."""
+    plain = (conv.kernel_size, conv.stride, conv.padding, conv.dilation) == ((1, 1), (1, 1), (0, 0), (1, 1))
+    if not plain or conv.groups != 1:
+        raise ValueError(f"space_to_depth_conv needs a plain 1x1 convolution (groups=1), got {conv}")
     inputs = conv.in_channels // factor**2
     weight = conv.weight.view(conv.out_channels, inputs, factor, factor)  # channel c*f*f + i*f + j
     return F.conv2d(x, weight, conv.bias, stride=factor)
@@ -112,8 +115,10 @@ def conv_depth_to_space(x: torch.Tensor, conv: nn.Conv2d, factor: int) -> torch.
     (channel, row, column), which changes no sum, so the shuffle moves runs of factor x channels
     values: at batch 256 on a CPU, a quarter of the time PixelShuffle takes on channels-last input.
     """
-    if conv.groups != 1:
-        raise ValueError(f"conv_depth_to_space reorders output channels: needs groups=1, got {conv.groups}")
+    if conv.groups != 1 or conv.padding_mode != "zeros":
+        raise ValueError(
+            f"conv_depth_to_space reorders output channels: needs groups=1 and zero padding, got {conv}"
+        )
     channels = conv.out_channels // factor**2
     order = torch.arange(conv.out_channels, device=x.device)
     order = order.view(channels, factor, factor).permute(1, 2, 0).reshape(-1)  # (i, j, c) <- c*f*f + i*f + j
@@ -176,7 +181,7 @@ class Encoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.from_scaled(scale_frames(frames.float()).permute(0, 3, 1, 2))
+        return self.from_scaled(scale_frames(frames.to(torch.float32, copy=True)).permute(0, 3, 1, 2))
 
     def from_scaled(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) frames already scaled to [-1, 1] (scale_frames), fastest in channels-last
@@ -194,7 +199,7 @@ def scale_frames(levels: torch.Tensor) -> torch.Tensor:
 
 
 class Decoder(nn.Module):
-    """(B, G*G, C) latent tokens -> (B, 3, S, S) pixels in [0, 1].
+    """(B, G*G, C) latent tokens -> (B, S, S, 3) pixels in [0, 1].
 
     Each stage is a 3x3 mixing convolution and a 1x1 convolution followed by a pixel shuffle (x2
     resolution). The last stage predicts each 2x2 block of RGB pixels straight from the half-
@@ -534,7 +539,9 @@ class WorldModel(nn.Module):
         elif anchor is None:
             raise ValueError("this world model's decoder is anchored: decode needs model.anchor(frames)")
         else:
-            x = self.decoder(flat, _per_frame(anchor.latents, lead), _per_frame(anchor.pixels, lead))
+            # the anchor repeated per frame in (B, S, S, 3) memory, where the decoder blends
+            pixels = _per_frame(anchor.pixels.permute(0, 2, 3, 1), lead).permute(0, 3, 1, 2)
+            x = self.decoder(flat, _per_frame(anchor.latents, lead), pixels)
         return x.reshape(*lead, *x.shape[1:])
 
     @torch.no_grad()  # a frame shown is uint8: no gradient flows through it, so none is tracked
@@ -548,8 +555,9 @@ class WorldModel(nn.Module):
         """
         levels = self.decode(latents, anchor).mul_(255.0).add_(0.5).clamp_(0, 255)
         pixels = levels.to(torch.uint8)
-        # encode(pixels) to the bit, from the float levels: trunc is what the uint8 cast did
-        return pixels, self.encode_scaled(scale_frames(levels.trunc_()))
+        # encode(pixels) to the bit, from the levels: trunc is what the uint8 cast did, and under
+        # bf16 autocast a level is exact in float32 too (no copy when it already is float32)
+        return pixels, self.encode_scaled(scale_frames(levels.to(torch.float32).trunc_()))
 
     def imagined_reward(
         self, pred: Prediction, seen: torch.Tensor | None, action: torch.Tensor
