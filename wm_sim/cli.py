@@ -40,6 +40,11 @@ VERBS: dict[str, Verb] = {
         run="wm_sim.decoder_tuning:tune_decoder",
         summary="train an anchored decoder on a frozen world model (keeps the static scene in long rollouts)",
     ),
+    "check-data": Verb(
+        schema="wm_sim.check_data:CheckDataConfig",
+        run="wm_sim.check_data:check_data",
+        summary="verify a dataset store's chunks (checksums included); repair=true drops damaged episodes",
+    ),
     "evaluate": Verb(
         schema="wm_sim.evaluate:EvaluateConfig",
         run="wm_sim.evaluate:evaluate",

@@ -141,6 +141,12 @@ class DatasetInfo:
                 return f"it holds {name}={mine!r}, this run makes {name}={theirs!r}"
         if self.features != other.features:
             return "its features (keys, shapes or dtypes) differ from this run's"
+        if self.collection.get("repairs"):  # set by `wm-sim check-data repair=true`
+            dropped = ", later ".join(str(r.get("dropped_episodes")) for r in self.collection["repairs"])
+            return (
+                f"`wm-sim check-data repair=true` dropped its episodes {dropped}, so its episode i is no "
+                "longer the one made from seed (seed, i) and resuming would repeat episodes; collect into a new store"
+            )
         for name, value in other.collection.items():
             if self.collection.get(name) != value:
                 return (

@@ -6,22 +6,41 @@ Layout (diffusion_policy's, with LeRobot's key names):
       data/<key>             (N, ...) every episode's frames, concatenated
       meta/episode_ends      (E,) int64, exclusive end row of each episode
       meta/episode_seed      (E,) int64, the seed each episode was made from
+      manifest.json          the committed episodes: their ends and seeds, and the size and crc32c
+                             of every chunk file they occupy
+      rollback/              only while an episode is being appended: hard links to the committed
+                             versions of the chunk files the append rewrites
 
 Crash safety. zarr's LocalStore replaces every file atomically (temp file + rename), and an
-episode is committed by growing `meta/episode_ends` *after* its rows are written. So a kill at
-any moment leaves every committed episode intact: rows past the last end, or an end that reads as
-the fill value 0, belong to the episode in flight and are invisible to readers. Opening for
-append (`resume`) trims them.
+episode is committed by replacing `manifest.json` *after* its rows, seed and end are written. So a
+kill at any moment leaves every committed episode intact and described: rows past the last end,
+or ends past the manifest's, belong to the episode in flight and are invisible to readers. An
+append rewrites the chunk file that the previous episode shares with it (a shard holds 256 frames
+of several episodes); the link in `rollback/` keeps the bytes the manifest describes until the
+commit. Opening for append (`resume`) puts them back and trims the rest.
+
+Integrity. Opening a store checks that every chunk file in the manifest is there with its size
+(fast: one stat each) and refuses a damaged store in one line naming the key, the chunk and the
+episodes it holds, so nothing reads zarr's fill values for a lost chunk. `check_store(...,
+checksums=True)` (`wm-sim check-data`) also compares every file's crc32c. Stores written before the
+manifest existed still open, with a warning; the first append to one writes its manifest.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import shutil
+import sys
+import time
+import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
 import zarr.errors
@@ -31,21 +50,35 @@ from wm_sim.errors import WmSimError
 
 FRAMES_PER_SHARD = 256  # images: one chunk per frame, one file per 256 frames
 ROWS_PER_CHUNK = 4096  # everything else
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = 1
+ROLLBACK_DIR = "rollback"
+META_KEYS = ("episode_ends", "episode_seed")
+# What zarr raises for a chunk whose bytes do not decode: a shard index's crc32c mismatch
+# (ValueError), a torn zstd frame (RuntimeError), an unreadable file (OSError).
+DECODE_ERRORS = (ValueError, RuntimeError, OSError)
+_BEING_CREATED = (
+    "{path} is being written by another process (it is still being created); wait for it to finish"
+)
+_warned_unverifiable: set[Path] = set()
 
 
 class EpisodeStore:
     """Reads and appends whole episodes of a zarr dataset store."""
 
-    def __init__(self, root: zarr.Group, info: DatasetInfo, path: Path, writable: bool):
+    def __init__(self, root: zarr.Group, info: DatasetInfo, path: Path, lock_fd: int | None = None):
         self._root = root
         self.info = info
         self.path = path
-        self.writable = writable
-        self._lock_fd = _lock_for_writing(path) if writable else None
-        # a forgotten writer still releases its lock when it is garbage-collected
-        self._release = weakref.finalize(self, os.close, self._lock_fd) if writable else None
+        self.writable = lock_fd is not None
+        self._lock_fd = lock_fd
+        self._release = None
+        self._append_failed = False
         self._arrays: dict[str, zarr.Array] = {}
-        self.refresh()
+        self._manifest: Manifest | None = None
+        self.refresh()  # a damaged store raises here, and whoever took the lock releases it
+        # a forgotten writer still releases its lock when it is garbage-collected
+        self._release = weakref.finalize(self, os.close, lock_fd) if lock_fd is not None else None
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -53,48 +86,50 @@ class EpisodeStore:
     def create(cls, path: str | Path, info: DatasetInfo) -> EpisodeStore:
         """Create an empty store at `path`, which must not exist."""
         path = Path(path)
-        if path.exists():
-            raise WmSimError(f"{path} already exists; refusing to overwrite it")
-        root = zarr.open_group(str(path), mode="w-", zarr_format=3)
-        data = root.create_group("data")
-        for key, feature in info.features.items():
-            if key.startswith(IMAGE_PREFIX):
-                chunks = (1, *feature.shape)
-                shards = (FRAMES_PER_SHARD, *feature.shape)
-            else:
-                chunks, shards = (ROWS_PER_CHUNK, *feature.shape), None
-            data.create_array(
-                key,
-                shape=(0, *feature.shape),
-                dtype=feature.dtype,
-                chunks=chunks,
-                shards=shards,
-                fill_value=0,
-            )
-        meta = root.create_group("meta")
-        for key in ("episode_ends", "episode_seed"):
-            meta.create_array(key, shape=(0,), dtype="int64", chunks=(ROWS_PER_CHUNK,), fill_value=0)
-        # the attributes go last: a store without them is recognisably unfinished, never half-valid
-        root.attrs.update(info.to_attrs())
-        return cls(root, info, path, writable=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir()
+        except FileExistsError:
+            if _being_written(path):
+                raise WmSimError(
+                    f"{path} is being written by another process; wait for it to finish"
+                ) from None
+            raise WmSimError(f"{path} already exists; refusing to overwrite it") from None
+        except OSError as exc:
+            raise WmSimError(f"cannot create the dataset store {path}: {exc.strerror}") from None
+        # locked before anything is in it: a reader or a second writer is told it is being written
+        lock_fd = lock_for_writing(path)
+        try:
+            root = zarr.open_group(str(path), mode="w-", zarr_format=3)
+            _create_arrays(root, info)
+            Manifest([], [], {name: {} for name in _array_names(info)}).save(path)
+            # the attributes go last: a store without them is recognisably unfinished, never half-valid
+            root.attrs.update(info.to_attrs())
+            return cls(root, info, path, lock_fd)
+        except BaseException:
+            os.close(lock_fd)
+            raise
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> EpisodeStore:
-        """Open an existing store read-only (mode "r") or for appending (mode "a", trims debris)."""
+        """Open an existing store read-only (mode "r") or for appending (mode "a", trims debris).
+
+        Refuses, in one line, a store whose committed episodes lack a chunk or have a torn one.
+        """
         path = Path(path)
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         if not path.exists():
             raise WmSimError(f"no dataset store at {path}")
-        if not (path / "zarr.json").is_file():
-            raise WmSimError(f"{path} is not a zarr v3 dataset store (no zarr.json)")
+        # a writer locks first: a second one is told so, not that the store looks unfinished
+        lock_fd = lock_for_writing(path) if mode == "a" else None
         try:
-            root = zarr.open_group(str(path), mode="r" if mode == "r" else "r+", zarr_format=3)
-            attrs = dict(root.attrs)
-        except (zarr.errors.NodeTypeValidationError, ValueError, KeyError, OSError) as exc:
-            raise WmSimError(f"{path} is corrupt: cannot open it as a zarr group ({exc})") from exc
-        info = DatasetInfo.from_attrs(attrs, str(path))
-        store = cls(root, info, path, writable=mode == "a")
+            root, info = open_root(path, locked=lock_fd is not None)
+            store = cls(root, info, path, lock_fd)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
         if mode == "a":
             store._trim_uncommitted()
         return store
@@ -117,6 +152,11 @@ class EpisodeStore:
     def keys(self) -> list[str]:
         return list(self.info.features)
 
+    @property
+    def has_manifest(self) -> bool:
+        """Whether the store's chunks can be checked (stores of older wm-sim versions have no manifest)."""
+        return self._manifest is not None
+
     def episode_bounds(self, episode: int) -> tuple[int, int]:
         if not 0 <= episode < self.num_episodes:
             raise IndexError(f"episode {episode} out of range: the store holds {self.num_episodes}")
@@ -129,10 +169,16 @@ class EpisodeStore:
         return self._arrays[key]
 
     def read(self, key: str, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of `key`; only committed rows can be read."""
+        """Rows [start, stop) of `key`; only committed rows can be read, and only from intact chunks."""
         if not 0 <= start <= stop <= self.num_frames:
             raise IndexError(f"rows [{start}, {stop}) outside the {self.num_frames} committed frames")
-        return self.array(key)[start:stop]
+        arr = self.array(key)
+        if self._manifest is not None:  # a chunk lost since the store was opened must not read as zeros
+            self._check_present(f"data/{key}", arr, start, stop)
+        try:
+            return arr[start:stop]
+        except DECODE_ERRORS as exc:
+            raise WmSimError(self._undecodable(key, arr, start, stop, exc)) from None
 
     def episode(self, episode: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         """Every (or the chosen) per-frame array of one episode."""
@@ -140,7 +186,9 @@ class EpisodeStore:
         return {key: self.read(key, start, stop) for key in (keys or self.keys)}
 
     def episode_seeds(self) -> np.ndarray:
-        return self._root["meta"]["episode_seed"][: self.num_episodes]
+        if self._manifest is not None:
+            return np.asarray(self._manifest.episode_seed, dtype=np.int64)
+        return self._meta["episode_seed"][: self.num_episodes]
 
     def close(self) -> None:
         """Release the writer's lock (reading stays possible)."""
@@ -150,10 +198,49 @@ class EpisodeStore:
         self.writable = False
 
     def refresh(self) -> None:
-        """(Re)read which episodes are committed, including those another process added since."""
-        # the ends first: every row they cover was on disk before they were written
-        self._ends = _valid_episode_ends(self._root, self.info, self.path)
+        """(Re)read which episodes are committed, including those another process added since.
+
+        Every chunk file they need is checked for presence and size; a damaged store is refused.
+        """
+        manifest, damages = _settled_check(self.path, self._root, self.info, checksums=False)
+        if damages:
+            raise WmSimError(damage_message(self.path, damages))
+        if manifest is None:
+            self._ends = _valid_episode_ends(self._root, self.info, self.path)
+            _warn_unverifiable(self.path)
+        else:
+            self._ends = np.asarray(manifest.episode_ends, dtype=np.int64)
+        self._manifest = manifest
         self._arrays = {key: self._root["data"][key] for key in self.info.features}
+        self._meta = {key: self._root["meta"][key] for key in META_KEYS}
+
+    def _check_present(self, name: str, arr: zarr.Array, start: int, stop: int) -> None:
+        listed = self._manifest.chunks.get(name, {})
+        for key, _ in _chunk_keys(arr, start, stop):
+            if key in listed and not (self.path / name / key).is_file() and self._lost(name, key):
+                raise WmSimError(damage_message(self.path, [self._damage(name, arr, key, "is missing")]))
+
+    def _lost(self, name: str, key: str) -> bool:
+        """Whether a missing chunk file is lost, not emptied by a writer since (all fill values: no file)."""
+        if _rollback_file(self.path, name, key).is_file():
+            return False  # an append in flight emptied it; its committed bytes are kept
+        latest = Manifest.load(self.path)
+        return latest is not None and key in latest.chunks.get(name, {})
+
+    def _undecodable(self, key: str, arr: zarr.Array, start: int, stop: int, exc: Exception) -> str:
+        """The one-line refusal of rows that zarr cannot decode, naming the first bad chunk."""
+        name = f"data/{key}"
+        for chunk, (lo, hi) in _chunk_keys(arr, start, stop):
+            try:
+                arr[max(lo, start) : min(hi, stop)]
+            except DECODE_ERRORS as chunk_exc:
+                damage = self._damage(name, arr, chunk, f"cannot be decoded ({_first_line(chunk_exc)})")
+                return damage_message(self.path, [damage])
+        return f"{self.path} is damaged: {name} rows [{start}, {stop}) cannot be read ({_first_line(exc)})"
+
+    def _damage(self, name: str, arr: zarr.Array, key: str, problem: str) -> ChunkDamage:
+        rows = _chunk_row_range(arr, key)
+        return ChunkDamage(name, key, problem, _episodes_in_rows(name, rows, self._ends))
 
     # --- appending -------------------------------------------------------------------------
 
@@ -161,37 +248,511 @@ class EpisodeStore:
         """Write one whole episode; it becomes visible only once every row is on disk."""
         if not self.writable:
             raise WmSimError(f"{self.path} was opened read-only")
+        if self._append_failed:
+            raise WmSimError(
+                f"an earlier append to {self.path} failed half-way; open it again with mode='a' to undo it first"
+            )
         length = _check_episode(episode, self.info)
-        start = self.num_frames
+        try:
+            self._append(episode, length, seed)
+        except BaseException:
+            self._append_failed = True  # rollback/ holds what the next open (mode "a") puts back
+            raise
+
+    def _append(self, episode: Mapping[str, np.ndarray], length: int, seed: int) -> None:
+        start, count = self.num_frames, self.num_episodes
+        touched = self._touched_chunks(start, start + length, count)
+        self._keep_committed(touched)
         for key in self.info.features:
             arr = self.array(key)
             arr.resize((start + length, *arr.shape[1:]))
             arr[start : start + length] = episode[key]
-        count = self.num_episodes
-        meta = self._root["meta"]
+        meta = self._meta
         meta["episode_seed"].resize((count + 1,))
         meta["episode_seed"][count] = seed
         ends = meta["episode_ends"]
         ends.resize((count + 1,))
-        ends[count] = start + length  # the commit point
+        ends[count] = start + length
+        self._manifest = self._manifest.appended(self.path, touched, start + length, seed)
+        self._manifest.save(self.path)  # the commit point
         self._ends = np.append(self._ends, start + length)
+        _remove_tree(self.path / ROLLBACK_DIR)
+
+    def _touched_chunks(self, start: int, stop: int, count: int) -> dict[str, list[str]]:
+        """The chunk files (array name -> keys) that writing rows [start, stop) and entry `count` rewrites."""
+        touched = {f"data/{k}": [c for c, _ in _chunk_keys(self.array(k), start, stop)] for k in self.keys}
+        for key in META_KEYS:
+            touched[f"meta/{key}"] = [c for c, _ in _chunk_keys(self._meta[key], count, count + 1)]
+        return touched
+
+    def _keep_committed(self, touched: dict[str, list[str]]) -> None:
+        """Hard-link the committed chunk files an append rewrites into rollback/, until its commit."""
+        rollback = self.path / ROLLBACK_DIR
+        _remove_tree(rollback)  # left by an append whose commit went through but not its clean-up
+        for name, keys in touched.items():
+            for key in keys:
+                if key in self._manifest.chunks.get(name, {}):
+                    _link_or_copy(self.path / name / key, _rollback_file(self.path, name, key))
 
     def _trim_uncommitted(self) -> None:
-        """Drop the rows and meta entries of an episode a crash left half-written."""
+        """Undo what a crash left of an episode in flight: its rows, meta entries and chunk files."""
+        if self._manifest is None:
+            self._trim_to_ends()
+            self._manifest = build_manifest(self.path, self._root, self.info, self._ends)
+            self._manifest.save(self.path)
+            return
+        rollback = self.path / ROLLBACK_DIR
+        for kept in list(_files_under(rollback)):
+            name, key = _rollback_chunk(kept)
+            live = self.path / name / key
+            size, crc = self._manifest.chunks.get(name, {}).get(key, (None, None))
+            # put the committed bytes back unless the append's commit went through (then the live
+            # file is the one the manifest describes, and the link is a leftover)
+            if size is not None and _file_problem(live, size, crc, checksums=True) is not None:
+                live.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(kept, live)
+        _remove_tree(rollback)
+        self._trim_to_ends()
+        for name, listed in self._manifest.chunks.items():  # chunk files only the append had made
+            for key in _chunk_files(self.path / name):
+                if key not in listed:
+                    (self.path / name / key).unlink()
+
+    def _trim_to_ends(self) -> None:
         count, frames = self.num_episodes, self.num_frames
         for key in self.info.features:
             arr = self.array(key)
             if arr.shape[0] != frames:
                 arr.resize((frames, *arr.shape[1:]))
-        for key in ("episode_ends", "episode_seed"):
-            arr = self._root["meta"][key]
+        for arr in self._meta.values():
             if arr.shape[0] != count:
                 arr.resize((count,))
         for debris in self.path.rglob("*.partial"):  # temp files of a write the kill cut short
             debris.unlink(missing_ok=True)
 
 
-def _lock_for_writing(path: Path) -> int:
+# --- the manifest ------------------------------------------------------------------------------
+
+
+@dataclass
+class Manifest:
+    """What the committed episodes need on disk: their ends and seeds, and each chunk file's size and crc32c.
+
+    `chunks` maps an array ("data/<key>", "meta/episode_ends") to its chunk files ("c/0/0/0/0") and
+    their [size, crc32c hex]. A chunk zarr never wrote (all fill values) is not listed: it reads as
+    fill values rightly.
+    """
+
+    episode_ends: list[int]
+    episode_seed: list[int]
+    chunks: dict[str, dict[str, list]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, store: Path) -> Manifest | None:
+        """The store's manifest, or None for a store written before manifests existed."""
+        try:
+            text = (store / MANIFEST_FILE).read_text()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(text)
+            if data.get("format") != MANIFEST_FORMAT:
+                raise WmSimError(
+                    f"{store}/{MANIFEST_FILE} has format {data.get('format')!r}; this wm-sim reads {MANIFEST_FORMAT}"
+                )
+            manifest = cls([int(e) for e in data["episode_ends"]], [int(s) for s in data["episode_seed"]], {
+                name: {key: [int(size), str(crc)] for key, (size, crc) in files.items()}
+                for name, files in data["chunks"].items()
+            })  # fmt: skip
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise WmSimError(
+                f"{store}/{MANIFEST_FILE} is corrupt ({exc!r}); without it (delete it) the store opens "
+                "unchecked and `wm-sim check-data` can only decode its chunks"
+            ) from None
+        if len(manifest.episode_ends) != len(manifest.episode_seed):
+            raise WmSimError(f"{store}/{MANIFEST_FILE} is corrupt: it has more ends than seeds or fewer")
+        return manifest
+
+    def save(self, store: Path) -> None:
+        """Replace the store's manifest atomically (temp file + rename, like zarr's own writes)."""
+        data = {"format": MANIFEST_FORMAT, "checksum": "crc32c", "episode_ends": self.episode_ends,
+                "episode_seed": self.episode_seed, "chunks": self.chunks}  # fmt: skip
+        temp = store / f"{MANIFEST_FILE}.{uuid.uuid4().hex}.partial"
+        temp.write_text(json.dumps(data, separators=(",", ":")) + "\n")
+        os.replace(temp, store / MANIFEST_FILE)
+
+    def appended(self, store: Path, touched: dict[str, list[str]], end: int, seed: int) -> Manifest:
+        """This manifest with one more episode, whose writes rewrote the `touched` chunk files."""
+        chunks = {name: dict(files) for name, files in self.chunks.items()}
+        for name, keys in touched.items():
+            files = chunks.setdefault(name, {})
+            for key in keys:
+                entry = _file_entry(store / name / key)
+                if entry is None:  # all fill values: zarr wrote (or kept) no file
+                    files.pop(key, None)
+                else:
+                    files[key] = entry
+        return Manifest([*self.episode_ends, end], [*self.episode_seed, int(seed)], chunks)
+
+
+def build_manifest(path: Path, root: zarr.Group, info: DatasetInfo, ends: np.ndarray) -> Manifest:
+    """A manifest of a store as it is now (for a store written before manifests existed)."""
+    frames, count = (int(ends[-1]) if len(ends) else 0), len(ends)
+    chunks = {}
+    for name in _array_names(info):
+        arr = _node(root, name)
+        needed = count if name.startswith("meta/") else frames
+        chunks[name] = {
+            key: _file_entry(path / name / key)
+            for key in _chunk_files(path / name)
+            if _chunk_row_range(arr, key)[0] < needed
+        }
+    seeds = np.asarray(root["meta"]["episode_seed"][:count], dtype=np.int64)
+    return Manifest([int(e) for e in ends], [int(s) for s in seeds], chunks)
+
+
+# --- checking --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkDamage:
+    """One chunk file that is not as its episode's commit left it."""
+
+    array: str  # "data/observation.state", "meta/episode_ends"
+    chunk: str  # "c/1/0/0/0", or "zarr.json" for an array's metadata
+    problem: str  # "is missing", "is truncated: ...", ...
+    episodes: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.array} chunk {self.chunk} {self.problem} (it holds {describe_episodes(self.episodes)})"
+
+
+@dataclass(frozen=True)
+class StoreCheck:
+    """What `check_store` found: the committed episodes and the damaged chunks among them."""
+
+    info: DatasetInfo
+    episode_ends: np.ndarray
+    episode_seed: np.ndarray
+    damages: list[ChunkDamage]
+    has_manifest: bool
+    interrupted_append: bool  # rollback/ holds committed chunk files: an append is in flight or was killed
+
+    @property
+    def damaged_episodes(self) -> list[int]:
+        return sorted({e for d in self.damages for e in d.episodes})
+
+
+def open_root(path: Path, locked: bool = False) -> tuple[zarr.Group, DatasetInfo]:
+    """The store's zarr group and attributes; a store another process is still creating says so.
+
+    `locked`: this process holds the writer's lock (then no other process can be writing it).
+    """
+    if not (path / "zarr.json").is_file():
+        if not locked and _being_written(path):
+            raise WmSimError(_BEING_CREATED.format(path=path))
+        raise WmSimError(f"{path} is not a zarr v3 dataset store (no zarr.json)")
+    try:
+        root = zarr.open_group(str(path), mode="r+" if locked else "r", zarr_format=3)
+        attrs = dict(root.attrs)
+    except (zarr.errors.NodeTypeValidationError, ValueError, KeyError, OSError) as exc:
+        raise WmSimError(f"{path} is corrupt: cannot open it as a zarr group ({exc})") from exc
+    if not attrs and not locked and _being_written(path):
+        raise WmSimError(_BEING_CREATED.format(path=path))
+    return root, DatasetInfo.from_attrs(attrs, str(path))
+
+
+def check_store(path: str | Path, checksums: bool = True, locked: bool = False) -> StoreCheck:
+    """Every damaged chunk of a store's committed episodes (sizes always, crc32c when `checksums`).
+
+    Unlike `EpisodeStore.open`, a damaged store is described, not refused. A store without a
+    manifest has nothing to compare against: with `checksums` every chunk of it is decoded instead,
+    which finds torn chunks but not lost ones (those read as fill values). `locked`: this process
+    holds the store's writer lock.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise WmSimError(f"no dataset store at {path}")
+    root, info = open_root(path, locked)
+    manifest, damages = _settled_check(path, root, info, checksums)
+    if manifest is None:
+        ends = _valid_episode_ends(root, info, path)
+        seeds = np.asarray(root["meta"]["episode_seed"][: len(ends)], dtype=np.int64)
+        damages = _decode_damages(root, info, ends) if checksums else []
+    else:
+        ends = np.asarray(manifest.episode_ends, dtype=np.int64)
+        seeds = np.asarray(manifest.episode_seed, dtype=np.int64)
+    rollback = any(True for _ in _files_under(path / ROLLBACK_DIR))
+    return StoreCheck(info, ends, seeds, damages, manifest is not None, rollback)
+
+
+def _decode_damages(root: zarr.Group, info: DatasetInfo, ends: np.ndarray) -> list[ChunkDamage]:
+    """Every chunk file of the committed rows that zarr cannot decode (a torn shard, a garbled chunk)."""
+    frames = int(ends[-1]) if len(ends) else 0
+    damages = []
+    for key in info.features:
+        arr = root["data"][key]
+        for chunk, (lo, hi) in _chunk_keys(arr, 0, frames):
+            try:
+                arr[lo : min(hi, frames)]
+            except DECODE_ERRORS as exc:
+                problem = f"cannot be decoded ({_first_line(exc)})"
+                damages.append(
+                    ChunkDamage(
+                        f"data/{key}", chunk, problem, _episodes_in_rows(f"data/{key}", (lo, hi), ends)
+                    )
+                )
+    return damages
+
+
+def damage_message(path: Path, damages: list[ChunkDamage]) -> str:
+    """The one line that refuses a damaged store."""
+    more = f"; and {len(damages) - 1} more damaged chunks" if len(damages) > 1 else ""
+    return (
+        f"{path} is damaged: {damages[0]}{more}; `wm-sim check-data data={path}` lists the damaged "
+        "episodes and `repair=true` drops them, after copying the store"
+    )
+
+
+def describe_episodes(episodes: tuple[int, ...] | list[int]) -> str:
+    """'episode 3', 'episodes 0-2, 7': runs of consecutive episodes written as ranges."""
+    if not episodes:
+        return "no committed episode"
+    runs: list[list[int]] = []
+    for e in sorted(episodes):
+        if runs and e == runs[-1][1] + 1:
+            runs[-1][1] = e
+        else:
+            runs.append([e, e])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+    return f"episode {text}" if len(episodes) == 1 else f"episodes {text}"
+
+
+def _settled_check(
+    path: Path, root: zarr.Group, info: DatasetInfo, checksums: bool, attempts: int = 5
+) -> tuple[Manifest | None, list[ChunkDamage]]:
+    """The manifest and the damages found against it, checked again while a writer moves it on.
+
+    A writer in another process replaces chunk files and then the manifest; a check that raced it
+    sees a chunk that changed under an old manifest. Only a damage that persists under the same
+    manifest is real.
+    """
+    for _ in range(attempts):
+        manifest = Manifest.load(path)
+        if manifest is None:
+            return None, []
+        damages = _damages(path, root, info, manifest, checksums)
+        if not damages or Manifest.load(path) == manifest:
+            return manifest, damages
+        time.sleep(0.05)
+    raise WmSimError(f"{path} is being written by another process faster than it can be checked; try again")
+
+
+def _damages(
+    path: Path, root: zarr.Group, info: DatasetInfo, manifest: Manifest, checksums: bool
+) -> list[ChunkDamage]:
+    ends = np.asarray(manifest.episode_ends, dtype=np.int64)
+    damages = []
+    for name in _array_names(info):
+        try:
+            arr = _node(root, name)
+        except (KeyError, ValueError) as exc:
+            raise WmSimError(f"{path} is corrupt: cannot open array {name} ({_first_line(exc)})") from None
+        for key, (size, crc) in sorted(manifest.chunks.get(name, {}).items()):
+            problem = _file_problem(path / name / key, size, crc, checksums)
+            if problem is not None and (
+                _file_problem(_rollback_file(path, name, key), size, crc, checksums) is None
+                # ...or a resuming writer moved those bytes back between the two looks
+                or _file_problem(path / name / key, size, crc, checksums) is None
+            ):
+                problem = None  # an append in flight rewrote it; the committed bytes are in rollback/
+            if problem is not None:
+                rows = _chunk_row_range(arr, key)
+                damages.append(ChunkDamage(name, key, problem, _episodes_in_rows(name, rows, ends)))
+        damages += _shape_damages(name, arr, ends)
+    if not any(d.array.startswith("meta/") for d in damages):
+        damages += _meta_damages(root, manifest)
+    return damages
+
+
+def _shape_damages(name: str, arr: zarr.Array, ends: np.ndarray) -> list[ChunkDamage]:
+    """An array whose metadata says it is shorter than the committed episodes need."""
+    needed = len(ends) if name.startswith("meta/") else (int(ends[-1]) if len(ends) else 0)
+    if arr.shape[0] >= needed:
+        return []
+    problem = f"says it holds {arr.shape[0]} rows; the committed episodes need {needed}"
+    return [ChunkDamage(name, "zarr.json", problem, _episodes_in_rows(name, (arr.shape[0], needed), ends))]
+
+
+def _meta_damages(root: zarr.Group, manifest: Manifest) -> list[ChunkDamage]:
+    """meta/episode_ends and meta/episode_seed must begin with the manifest's (a writer may have added one)."""
+    damages = []
+    for key, expected in (("episode_ends", manifest.episode_ends), ("episode_seed", manifest.episode_seed)):
+        arr = root["meta"][key]
+        try:
+            stored = np.asarray(arr[: len(expected)], dtype=np.int64)
+        except DECODE_ERRORS as exc:
+            problem = f"cannot be decoded ({_first_line(exc)})"
+            damages.append(
+                ChunkDamage(f"meta/{key}", _chunk_key(arr, 0), problem, tuple(range(len(expected))))
+            )
+            continue
+        if len(stored) < len(expected):
+            continue  # reported by _shape_damages
+        wrong = np.flatnonzero(stored != np.asarray(expected, dtype=np.int64))
+        if len(wrong):
+            unit = _rows_per_file(arr)
+            damages.append(ChunkDamage(
+                f"meta/{key}", _chunk_key(arr, int(wrong[0]) // unit),
+                f"disagrees with the manifest at entry {int(wrong[0])}", tuple(int(e) for e in wrong),
+            ))  # fmt: skip
+    return damages
+
+
+def _file_problem(file: Path, size: int, crc: str, checksums: bool) -> str | None:
+    """What is wrong with a chunk file against its manifest entry, or None."""
+    try:
+        actual = file.stat().st_size
+    except FileNotFoundError:
+        return "is missing"
+    if actual < size:
+        return f"is truncated: {actual:,} of its {size:,} bytes"
+    if actual != size:
+        return f"has {actual:,} bytes, not the {size:,} it was written with"
+    if checksums and _crc32c(file) != crc:
+        return "does not match its crc32c checksum (its bytes changed)"
+    return None
+
+
+def _file_entry(file: Path) -> list | None:
+    """[size, crc32c hex] of a chunk file, or None when there is none."""
+    try:
+        return [file.stat().st_size, _crc32c(file)]
+    except FileNotFoundError:
+        return None
+
+
+def _crc32c(file: Path, block: int = 1 << 22) -> str:
+    crc = 0
+    with file.open("rb") as f:
+        while data := f.read(block):
+            crc = google_crc32c.extend(crc, data)
+    return f"{crc:08x}"
+
+
+# --- chunk geometry ----------------------------------------------------------------------------
+
+
+def _array_names(info: DatasetInfo) -> list[str]:
+    return [f"data/{key}" for key in info.features] + [f"meta/{key}" for key in META_KEYS]
+
+
+def _node(root: zarr.Group, name: str) -> zarr.Array:
+    group, key = name.split("/", 1)
+    return root[group][key]
+
+
+def _rows_per_file(arr: zarr.Array) -> int:
+    """Rows one chunk file holds: a shard's when the array is sharded, else a chunk's."""
+    return (arr.shards or arr.chunks)[0]
+
+
+def _chunk_key(arr: zarr.Array, index: int) -> str:
+    return arr.metadata.chunk_key_encoding.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))
+
+
+def _chunk_keys(arr: zarr.Array, start: int, stop: int) -> Iterator[tuple[str, tuple[int, int]]]:
+    """(chunk file key, its row range) of every chunk file holding a row of [start, stop)."""
+    unit = _rows_per_file(arr)
+    for index in range(start // unit, (stop - 1) // unit + 1 if stop > start else start // unit):
+        yield _chunk_key(arr, index), (index * unit, (index + 1) * unit)
+
+
+def _chunk_row_range(arr: zarr.Array, key: str) -> tuple[int, int]:
+    """The rows a chunk file (e.g. "c/1/0/0/0") holds."""
+    encoding = arr.metadata.chunk_key_encoding
+    parts = key.split(encoding.separator)
+    if parts[0] != "c" or len(parts) < 2 or not parts[1].isdigit():
+        raise WmSimError(f"unexpected chunk file {key!r} in {arr.path}: expected c/<index>/...")
+    unit = _rows_per_file(arr)
+    return int(parts[1]) * unit, (int(parts[1]) + 1) * unit
+
+
+def _episodes_in_rows(name: str, rows: tuple[int, int], ends: np.ndarray) -> tuple[int, ...]:
+    """The committed episodes with a row (or, for meta arrays, an entry) in `rows`."""
+    lo, hi = rows
+    if name.startswith("meta/"):
+        return tuple(range(lo, min(hi, len(ends))))
+    frames = int(ends[-1]) if len(ends) else 0
+    if lo >= min(hi, frames):
+        return ()
+    first = int(np.searchsorted(ends, lo, side="right"))
+    last = int(np.searchsorted(ends, min(hi, frames) - 1, side="right"))
+    return tuple(range(first, last + 1))
+
+
+def _chunk_files(array_dir: Path) -> list[str]:
+    """The chunk file keys on disk under an array's folder (not its zarr.json or temp files)."""
+    return sorted(
+        p.relative_to(array_dir).as_posix()
+        for p in _files_under(array_dir)
+        if p.name != "zarr.json" and not p.name.endswith(".partial")
+    )
+
+
+def _files_under(folder: Path) -> Iterator[Path]:
+    return (p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else iter(())
+
+
+def _rollback_file(store: Path, name: str, key: str) -> Path:
+    """Where an append keeps the committed bytes of chunk `key` of array `name`.
+
+    One flat folder ("data%action%c%0%0"): it is made and removed once per episode, and a tree
+    of nested chunk folders costs tens of milliseconds each time.
+    """
+    return store / ROLLBACK_DIR / f"{name}/{key}".replace("/", "%")
+
+
+def _rollback_chunk(file: Path) -> tuple[str, str]:
+    """(array name, chunk key) of a file in rollback/."""
+    parts = file.name.split("%")
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
+def _remove_tree(folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)  # zarr replaces the file, so the link keeps the old bytes for free
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _warn_unverifiable(path: Path) -> None:
+    """Say once per store that its chunks cannot be checked: it predates the manifest."""
+    if path.resolve() in _warned_unverifiable:
+        return
+    _warned_unverifiable.add(path.resolve())
+    print(
+        f"wm-sim: warning: {path} has no {MANIFEST_FILE} (written by an older wm-sim), so a lost chunk "
+        "cannot be told from an empty one; opening it for appending (collect resume=true) writes one",
+        file=sys.stderr,
+    )
+
+
+# --- locking, creation, validation -------------------------------------------------------------
+
+
+def lock_for_writing(path: Path) -> int:
     """Hold an exclusive lock on the store's directory: one writer at a time, readers unaffected."""
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -202,8 +763,39 @@ def _lock_for_writing(path: Path) -> int:
     return fd  # released when the process ends or the store is closed
 
 
+def _being_written(path: Path) -> bool:
+    """Whether another process holds the store's writer lock (without taking it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock, if it was taken
+    return False
+
+
+def _create_arrays(root: zarr.Group, info: DatasetInfo) -> None:
+    data = root.create_group("data")
+    for key, feature in info.features.items():
+        if key.startswith(IMAGE_PREFIX):
+            chunks = (1, *feature.shape)
+            shards = (FRAMES_PER_SHARD, *feature.shape)
+        else:
+            chunks, shards = (ROWS_PER_CHUNK, *feature.shape), None
+        data.create_array(
+            key, shape=(0, *feature.shape), dtype=feature.dtype, chunks=chunks, shards=shards, fill_value=0
+        )
+    meta = root.create_group("meta")
+    for key in META_KEYS:
+        meta.create_array(key, shape=(0,), dtype="int64", chunks=(ROWS_PER_CHUNK,), fill_value=0)
+
+
 def _valid_episode_ends(root: zarr.Group, info: DatasetInfo, path: Path) -> np.ndarray:
-    """The committed episode ends: the valid prefix of meta/episode_ends.
+    """The committed episode ends of a store without a manifest: the valid prefix of meta/episode_ends.
 
     A valid end is strictly greater than the one before and no greater than any data array's
     length; the only invalid entry a crash can leave is the last one.
@@ -213,6 +805,10 @@ def _valid_episode_ends(root: zarr.Group, info: DatasetInfo, path: Path) -> np.n
         lengths = [root["data"][key].shape[0] for key in info.features]
     except KeyError as exc:
         raise WmSimError(f"{path} is corrupt: missing array {exc}") from exc
+    except DECODE_ERRORS as exc:
+        raise WmSimError(
+            f"{path} is damaged: meta/episode_ends cannot be read ({_first_line(exc)})"
+        ) from None
     limit = min(lengths) if lengths else 0
     valid = 0
     previous = 0
