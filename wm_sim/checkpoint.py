@@ -10,16 +10,25 @@ A checkpoint is a directory:
 
 `save_checkpoint` writes a new directory under a temporary name and renames it into place, then
 points the `last` symlink at it by an atomic rename: a kill at any moment leaves the previous
-checkpoint whole. `shipped:<task>` names the checkpoints packaged with wm-sim.
+checkpoint whole. A run holds `lock_run_directory` while it writes, which also clears what killed
+saves left behind. Loading checks the metadata against what the model and the envs read, and
+every tensor for NaN and inf: a damaged or diverged checkpoint is one error naming the bad key or
+tensor, never a model that steps with NaN. `shipped:<task>` names the checkpoints packaged with
+wm-sim.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
+import math
 import os
+import re
 import shutil
 import uuid
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Collection
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,6 +46,10 @@ TRAIN_TENSORS, TRAIN_META = "train_state.safetensors", "train_state.json"
 CONTEXTS = "contexts.safetensors"  # real start contexts of a packaged model (wm-sim package)
 SHIPPED_PREFIX = "shipped:"
 LAST = "last"
+# What a save killed mid-way leaves in a run directory: commit_directory's staging folder, and the
+# new `last` link not yet renamed over the old one.
+_STAGING = re.compile(r"\..+\.[0-9a-f]{32}\.partial")
+_PENDING_LINK = re.compile(rf"\.{LAST}\.[0-9a-f]{{32}}")
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -142,6 +155,79 @@ def _is_newer(candidate: Path, last: Path, meta_name: str = META) -> bool:
         return True  # unreadable leftovers of a cut-short save are never what `last` holds
 
 
+class RunDirectoryLock:
+    """The exclusive lock a run holds on its directory while it writes there (as a store's writer).
+
+    Released by `release()`, on leaving a `with` block, when the process ends, or when the lock
+    is garbage-collected. A directory the lock created and nothing was written into is removed
+    again on release, so a run refused after taking it leaves nothing behind.
+    """
+
+    def __init__(self, path: Path, fd: int, created: bool):
+        self.path = path
+        self._created = created
+        self._release = weakref.finalize(self, os.close, fd)
+
+    def release(self) -> None:
+        if not self._release.alive:
+            return
+        self._release()  # closes the descriptor, which drops the lock; once
+        if self._created and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+
+    def __enter__(self) -> RunDirectoryLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_run_directory(path: str | Path) -> RunDirectoryLock:
+    """Lock run directory `path` (creating it) for this process, then remove killed saves' leftovers.
+
+    A second writer is refused with one WmSimError ("being written by another process") before it
+    changes anything; once the lock is held no other save can be in flight, so every staging
+    folder there is a dead writer's.
+    """
+    path = Path(path)
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise WmSimError(f"run directory {path} cannot be created: {exc.filename} is a file") from exc
+    except PermissionError as exc:
+        raise WmSimError(f"run directory {path} cannot be created: {exc.strerror}") from exc
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WmSimError(
+            f"{path} is being written by another process; wait for it to finish, or choose another out="
+        ) from None
+    lock = RunDirectoryLock(path, fd, created)
+    remove_partial_saves(path)
+    return lock
+
+
+def remove_partial_saves(run_dir: str | Path) -> list[Path]:
+    """Remove what killed saves left in `run_dir` (staging folders, `last` links never renamed).
+
+    Only while holding the directory's lock (`lock_run_directory` calls it): a live writer's
+    staging folder looks the same. Returns what was removed.
+    """
+    removed = []
+    for entry in sorted(Path(run_dir).iterdir()):
+        if _PENDING_LINK.fullmatch(entry.name) and entry.is_symlink():
+            entry.unlink()
+        elif _STAGING.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            continue
+        removed.append(entry)
+    return removed
+
+
 def load_checkpoint(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[WorldModel, dict[str, Any]]:
@@ -153,11 +239,14 @@ def load_checkpoint(
         raise WmSimError(
             f"{directory / META}: checkpoint schema version {version!r}; this wm-sim reads version {CHECKPOINT_SCHEMA_VERSION}"
         )
+    check_meta(meta, directory / META)
     try:
         model = WorldModel(WorldModelConfig(**meta["model"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise WmSimError(f"{directory / META}: invalid model config ({exc})") from exc
-    state = read_tensors(directory / WEIGHTS, map_location)
+    # Bounds a model starts unset (+-inf, e.g. the frame reward's before it is fitted) may stay so.
+    unset = {k for k, v in model.state_dict().items() if v.is_floating_point() and torch.isinf(v).any()}
+    state = read_tensors(directory / WEIGHTS, map_location, may_be_infinite=unset)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -165,6 +254,95 @@ def load_checkpoint(
         detail = " ".join(line.strip() for line in first[1:3]) or first[0]
         raise WmSimError(f"{directory / WEIGHTS}: weights do not match the model config ({detail})") from exc
     return model.to(map_location), meta
+
+
+def check_meta(meta: dict[str, Any], file: Path) -> None:
+    """One WmSimError naming the first key of a checkpoint's metadata that is not what readers expect.
+
+    `model` must hold WorldModelConfig's options with their types (sizes positive integers);
+    `dataset`, `train` and `contexts`, where present, objects, and the `dataset` entries the envs,
+    ROS and evaluation read of the right type and length. Missing entries keep their defaults, as
+    in checkpoints from before they existed.
+    """
+    model = meta.get("model")
+    if not isinstance(model, dict):
+        raise WmSimError(
+            f"{file}: invalid model config (model must be an object of the model's sizes, got {_shown(model)})"
+        )
+    fields = {f.name: f for f in dataclasses.fields(WorldModelConfig)}
+    for key, value in model.items():
+        if key not in fields:
+            raise WmSimError(
+                f"{file}: invalid model config (unknown option {key!r}; expected some of {sorted(fields)})"
+            )
+        default = fields[key].default
+        if isinstance(default, bool):
+            _expect(isinstance(value, bool), file, f"model.{key}", "true or false", value)
+        elif isinstance(default, int):
+            _expect(_is_int(value) and value > 0, file, f"model.{key}", "a positive integer", value)
+        else:  # periodic_state: indices into the state
+            _expect(
+                isinstance(value, list) and all(_is_int(i) and i >= 0 for i in value),
+                file,
+                f"model.{key}",
+                "a list of non-negative integers",
+                value,
+            )
+    for key in ("dataset", "train", "contexts"):
+        if key in meta:
+            _expect(isinstance(meta[key], dict), file, key, "an object", meta[key])
+    if "step" in meta:
+        _expect(
+            _is_int(meta["step"]) and meta["step"] >= 0, file, "step", "a non-negative integer", meta["step"]
+        )
+    dataset = meta.get("dataset", {})
+    defaults = WorldModelConfig()
+    sizes = {
+        "state": model.get("state_dim", defaults.state_dim),
+        "action": model.get("action_dim", defaults.action_dim),
+    }
+    for key, value in dataset.items():
+        if key in ("task", "camera", "path"):
+            _expect(isinstance(value, str), file, f"dataset.{key}", "a string", value)
+        elif key == "fps":
+            _expect(_is_number(value) and value > 0, file, "dataset.fps", "a positive number", value)
+        elif key == "image_size":
+            _expect(_is_int(value) and value > 0, file, "dataset.image_size", "a positive integer", value)
+        elif key == "episode_steps":
+            ok = value is None or (_is_int(value) and value > 0)
+            _expect(ok, file, "dataset.episode_steps", "a positive integer or null", value)
+        elif key in ("num_episodes", "num_frames"):
+            _expect(_is_int(value) and value >= 0, file, f"dataset.{key}", "a non-negative integer", value)
+        elif key in ("state_names", "action_names"):
+            n = sizes[key.split("_")[0]]
+            ok = value is None or (
+                isinstance(value, list) and len(value) == n and all(isinstance(v, str) for v in value)
+            )
+            _expect(ok, file, f"dataset.{key}", f"a list of {n} strings (or null)", value)
+        elif key in ("action_low", "action_high"):
+            n = sizes["action"]
+            ok = value is None or (
+                isinstance(value, list) and len(value) == n and all(_is_number(v) for v in value)
+            )
+            _expect(ok, file, f"dataset.{key}", f"a list of {n} numbers (or null)", value)
+
+
+def _expect(ok: bool, file: Path, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise WmSimError(f"{file}: {key} must be {expected}, got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if value is not None else "nothing"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)) and math.isfinite(value)
 
 
 def load_train_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -180,7 +358,11 @@ def read_train_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str
 
 
 def load_start_contexts(path: str | Path) -> dict[str, torch.Tensor]:
-    """The bundled start contexts of a packaged checkpoint: frames, state, action (N, K, ...)."""
+    """The bundled start contexts of a packaged checkpoint: frames, state, action (N, K, ...).
+
+    Their shapes are checked against the checkpoint's model: contexts of another image size,
+    state or action size are one clear error here, not a failure deep inside a reset.
+    """
     directory = resolve_checkpoint(path)
     if not (directory / CONTEXTS).is_file():
         raise WmSimError(
@@ -191,19 +373,56 @@ def load_start_contexts(path: str | Path) -> dict[str, torch.Tensor]:
     missing = {"frames", "state", "action"} - set(contexts)
     if missing:
         raise WmSimError(f"{directory / CONTEXTS} lacks {sorted(missing)}")
+    model = read_json(directory / META).get("model")
+    model = model if isinstance(model, dict) else {}
+    defaults = WorldModelConfig()
+    size = model.get("image_size", defaults.image_size)
+    frames, state, action = contexts["frames"], contexts["state"], contexts["action"]
+    n, k = tuple(frames.shape[:2]) if frames.ndim >= 2 else (0, 0)
+    expected = {
+        "frames": (frames, (n, k, size, size, 3), "uint8"),
+        "state": (state, (n, k, model.get("state_dim", defaults.state_dim)), "float"),
+        "action": (action, (n, k, model.get("action_dim", defaults.action_dim)), "float"),
+    }
+    for name, (tensor, shape, kind) in expected.items():
+        dtype_ok = tensor.dtype == torch.uint8 if kind == "uint8" else tensor.is_floating_point()
+        if tuple(tensor.shape) != shape or not dtype_ok or n < 1 or k < 1:
+            raise WmSimError(
+                f"{directory / CONTEXTS}: {name} are {str(tensor.dtype).removeprefix('torch.')} of shape "
+                f"{tuple(tensor.shape)}; the model expects {kind} of shape (N>=1, K>=1, "
+                f"{', '.join(str(s) for s in shape[2:])})"
+            )
     return contexts
 
 
-def read_tensors(file: Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file. Nothing in it is executed: safetensors holds no code."""
+def read_tensors(
+    file: Path, map_location: str | torch.device = "cpu", may_be_infinite: Collection[str] = ()
+) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file. Nothing in it is executed: safetensors holds no code.
+
+    Every floating tensor must be finite (those named in `may_be_infinite` may hold +-inf, never
+    NaN): a diverged or damaged save is refused here, naming the first bad tensor, for world
+    models, policies and training state alike.
+    """
     if not file.is_file():
         raise WmSimError(f"{file} is missing")
     try:
-        return load_file(str(file), device=str(map_location))
+        tensors = load_file(str(file), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
         raise WmSimError(
             f"{file} is not a valid safetensors file (truncated, tampered or another format): {exc}"
         ) from exc
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            continue
+        bad = torch.isnan(tensor) if name in may_be_infinite else ~torch.isfinite(tensor)
+        if bad.any():
+            count, what = int(bad.sum()), "NaN" if torch.isnan(tensor).any() else "inf"
+            raise WmSimError(
+                f"{file}: tensor {name!r} holds {count} non-finite value(s) ({what}) of {tensor.numel()}; "
+                "the file is damaged or was saved from a diverged run"
+            )
+    return tensors
 
 
 def read_json(file: Path) -> dict[str, Any]:
