@@ -118,27 +118,55 @@ class ImaginedBatch:
             uncertainty=uncertainty.float(),
         )
 
-    def get_state(self) -> dict[str, Any]:
-        """Everything that decides future frames, copied: set_state of it forks the simulator."""
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        """The live tensors that decide future frames, by the names get_state gives them."""
         return {
-            "keys": self.cache.keys.clone(),
-            "values": self.cache.values.clone(),
-            "time": self.cache.time.clone(),
-            "latents": self.latents.clone(),
-            "norm_state": self.norm_state.clone(),
-            "pixels": self.pixels.clone(),
-            "agent_pos": self.agent_pos.clone(),
-            "steps": self.steps.clone(),
-            "anchor_latents": self.anchor.latents.clone(),
-            "anchor_pixels": self.anchor.pixels.clone(),
+            "keys": self.cache.keys,
+            "values": self.cache.values,
+            "time": self.cache.time,
+            "latents": self.latents,
+            "norm_state": self.norm_state,
+            "pixels": self.pixels,
+            "agent_pos": self.agent_pos,
+            "steps": self.steps,
+            "anchor_latents": self.anchor.latents,
+            "anchor_pixels": self.anchor.pixels,
         }
 
-    def set_state(self, state: dict[str, Any]) -> None:
-        expected = self.cache.keys.shape
-        if tuple(state["keys"].shape) != tuple(expected):
+    def get_state(self) -> dict[str, Any]:
+        """Everything that decides future frames, copied: set_state of it forks the simulator."""
+        return {name: tensor.clone() for name, tensor in self._state_tensors().items()}
+
+    def check_state(self, state: Any) -> None:
+        """A ValueError naming what is off, unless `state` is a get_state of a batch like this one.
+
+        Checked whole before anything is restored, so a refused state leaves the batch as it was.
+        """
+        live = self._state_tensors()
+        if not isinstance(state, dict) or set(state) != set(live):
+            got = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
             raise ValueError(
-                f"state is of a batch of shape {tuple(state['keys'].shape)}, expected {tuple(expected)}"
+                f"not a simulator state (from get_state): expected keys {sorted(live)}, got {got}"
             )
+        for name, tensor in live.items():
+            value = state[name]
+            if (
+                not isinstance(value, torch.Tensor)
+                or value.shape != tensor.shape
+                or value.dtype != tensor.dtype
+            ):
+                shown = (
+                    f"{value.dtype} {tuple(value.shape)}"
+                    if isinstance(value, torch.Tensor)
+                    else type(value).__name__
+                )
+                raise ValueError(
+                    f"state[{name!r}] must be a {tensor.dtype} tensor of shape {tuple(tensor.shape)} "
+                    f"(a get_state of this batch), got {shown}"
+                )
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.check_state(state)
         self.cache.keys.copy_(state["keys"])
         self.cache.values.copy_(state["values"])
         self.cache.time.copy_(state["time"])

@@ -95,14 +95,17 @@ class _Simulator:
         if options.get("actions") is None:
             actions = torch.zeros(k - 1, a)
         else:
-            actions = torch.as_tensor(np.asarray(options["actions"], dtype=np.float32))
-            if actions.shape != (k - 1, a):
+            given = np.asarray(options["actions"], dtype=np.float64)
+            if given.shape != (k - 1, a):
                 raise ValueError(
-                    f"actions must have shape ({k - 1}, {a}): one per frame before the last, got {tuple(actions.shape)}"
+                    f"actions must have shape ({k - 1}, {a}): one per frame before the last, got {given.shape}"
                 )
-        if not (torch.isfinite(state).all() and torch.isfinite(actions).all()):
-            raise ValueError("agent_pos and actions must be finite")
-        return frames[None], state[None], actions.clamp(-1, 1)[None]
+            if np.isnan(given).any():
+                raise ValueError("reset actions must be numbers, got NaN")
+            actions = torch.from_numpy(_clip_actions(given))
+        if not torch.isfinite(state).all():
+            raise ValueError("agent_pos must be finite")
+        return frames[None], state[None], actions[None]
 
     def check_actions(self, actions: Any, batch: int) -> tuple[torch.Tensor, np.ndarray]:
         """(B, A) float32 actions clipped to the space, and which rows were clipped."""
@@ -115,11 +118,17 @@ class _Simulator:
         expected = (a,) if batch == 0 else (batch, a)
         if array.shape != expected:
             raise ValueError(f"action must have shape {expected}, got {array.shape}")
-        array = array.astype(np.float32).reshape(-1, a)
-        if not np.isfinite(array).all():
-            raise ValueError(f"actions must be finite, got {array.tolist()}")
-        clipped = np.clip(array, -1.0, 1.0)
-        return torch.from_numpy(clipped), (clipped != array).any(axis=1)
+        # float64 first: 1e300 is an out-of-range action to clip, not an inf a float32 cast made
+        array = array.astype(np.float64).reshape(-1, a)
+        if np.isnan(array).any():
+            raise ValueError(f"actions must be numbers, got NaN in {array.tolist()}")
+        outside = ((array < -1.0) | (array > 1.0)).any(axis=1)
+        return torch.from_numpy(_clip_actions(array)), outside
+
+
+def _clip_actions(actions: np.ndarray) -> np.ndarray:
+    """float64 actions (+-inf included) clipped to the action space [-1, 1], as float32."""
+    return np.clip(actions, -1.0, 1.0).astype(np.float32)
 
 
 def _state_bounds(task: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,8 +149,11 @@ def _frames(frames: Any, size: int) -> torch.Tensor:
         raise ValueError(f"reset frames must be uint8 RGB images, got dtype {array.dtype}")
     if array.ndim == 3:
         array = array[None]
-    if array.ndim != 4 or array.shape[-1] != 3:
-        raise ValueError(f"reset frames must be (H, W, 3) or (K, H, W, 3) RGB, got shape {array.shape}")
+    if array.ndim != 4 or array.shape[-1] != 3 or 0 in array.shape:
+        raise ValueError(
+            f"reset frames must be (H, W, 3) or (K, H, W, 3) RGB with at least one frame of at least "
+            f"one pixel, got shape {array.shape}"
+        )
     if array.shape[1:3] != (size, size):
         from PIL import Image
 
@@ -175,8 +187,10 @@ class WorldModelEnv(gymnasium.Env):
         self.action_space = self.sim.action_space
         self.state_names = self.sim.state_names  # agent_pos's entries
         self._needs_reset = True
+        self._closed = False
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        _refuse_if_closed(self._closed, "reset")
         super().reset(seed=seed)
         if options and set(options) - {"reset_mask"}:
             context = self.sim.context_from_options(options)
@@ -188,6 +202,7 @@ class WorldModelEnv(gymnasium.Env):
         return self._observation(), {"uncertainty": 0.0}
 
     def step(self, action):
+        _refuse_if_closed(self._closed, "step")
         if self._needs_reset:
             raise gymnasium.error.ResetNeeded(
                 "call reset() before step(), and again after an episode terminates or truncates"
@@ -220,10 +235,22 @@ class WorldModelEnv(gymnasium.Env):
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restore a get_state: the same actions from here give identical frames."""
+        """Restore a get_state: the same actions from here give identical frames.
+
+        Anything that is not a get_state of this env is one ValueError, and changes nothing.
+        """
+        _refuse_if_closed(self._closed, "set_state")
+        _check_env_state(state, {"engine": dict, "np_random": dict, "needs_reset": bool})
+        self.sim.engine.check_state(state["engine"])
+        _check_generator_state(self.np_random, state["np_random"])
         self.sim.engine.set_state(state["engine"])
         self.np_random.bit_generator.state = state["np_random"]
         self._needs_reset = state["needs_reset"]
+
+    def close(self) -> None:
+        """After this, reset, step and set_state raise ClosedEnvironmentError (closing again is fine)."""
+        self._closed = True
+        super().close()
 
 
 # --- the vector env ----------------------------------------------------------------------------
@@ -269,6 +296,7 @@ class WorldModelVectorEnv(VectorEnv):
         self._started = False
 
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
+        _refuse_if_closed(self.closed, "reset")
         if seed is not None:
             self._np_random, self._np_random_seed = gymnasium.utils.seeding.np_random(
                 seed if isinstance(seed, int) else int(seed[0])
@@ -303,6 +331,7 @@ class WorldModelVectorEnv(VectorEnv):
         frames (k, K, S, S, 3) uint8, agent_pos (k, K, D), actions (k, K-1, A) or None (zeros): what
         verification and planners need, where every sub-env starts from another robot's camera.
         """
+        _refuse_if_closed(self.closed, "reset_to")
         index = np.arange(self.num_envs) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
         frames = torch.as_tensor(np.asarray(frames))
         k, length = len(index), frames.shape[1] if frames.ndim == 5 else 0
@@ -337,6 +366,7 @@ class WorldModelVectorEnv(VectorEnv):
         return self._observation()
 
     def step(self, actions):
+        _refuse_if_closed(self.closed, "step")
         if not self._started:
             raise gymnasium.error.ResetNeeded("call reset() before step()")
         acts, clipped = self.sim.check_actions(actions, batch=self.num_envs)
@@ -383,7 +413,41 @@ class WorldModelVectorEnv(VectorEnv):
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a get_state; anything else is one ValueError, and changes nothing."""
+        _refuse_if_closed(self.closed, "set_state")
+        _check_env_state(state, {"engine": dict, "np_random": dict, "autoreset": np.ndarray, "started": bool})
+        self.sim.engine.check_state(state["engine"])
+        _check_generator_state(self.np_random, state["np_random"])
+        if state["autoreset"].shape != (self.num_envs,) or state["autoreset"].dtype != bool:
+            raise ValueError(
+                f"state['autoreset'] must be a bool array of shape ({self.num_envs},), got "
+                f"{state['autoreset'].dtype} {state['autoreset'].shape}"
+            )
         self.sim.engine.set_state(state["engine"])
         self.np_random.bit_generator.state = state["np_random"]
         self._autoreset = state["autoreset"].copy()
         self._started = state["started"]
+
+
+def _refuse_if_closed(closed: bool, call: str) -> None:
+    if closed:
+        raise gymnasium.error.ClosedEnvironmentError(f"{call}() on a closed world-model env; make a new one")
+
+
+def _check_env_state(state: Any, types: dict[str, type]) -> None:
+    """A ValueError unless `state` is a dict of exactly these keys, each of its type."""
+    if not isinstance(state, dict) or set(state) != set(types):
+        got = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"not an env state (from get_state): expected keys {sorted(types)}, got {got}")
+    for key, kind in types.items():
+        if not isinstance(state[key], kind):
+            raise ValueError(f"state[{key!r}] must be a {kind.__name__}, got {type(state[key]).__name__}")
+
+
+def _check_generator_state(generator: np.random.Generator, state: dict[str, Any]) -> None:
+    """A ValueError unless `state` restores `generator`'s kind of bit generator (tried on a copy)."""
+    probe = type(generator.bit_generator)()
+    try:
+        probe.state = state
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"state['np_random'] is not a {type(probe).__name__} state: {exc}") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 
 import gymnasium as gym
@@ -9,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
+from safetensors.torch import load_file, save_file
 
 import wm_sim  # noqa: F401
+from wm_sim.checkpoint import CONTEXTS, WEIGHTS
 from wm_sim.errors import WmSimError
 
 
@@ -79,7 +82,7 @@ def test_bad_actions_are_clear_errors_and_out_of_range_ones_are_clipped(env):
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         env.unwrapped.step(np.zeros(3, np.float32))
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(ValueError, match="NaN"):
         env.unwrapped.step(np.array([np.nan, 0.0], np.float32))
     *_, info = env.unwrapped.step(np.array([5.0, 0.0], np.float32))
     assert info["action_clipped"] and info["uncertainty"] >= 0.0
@@ -148,3 +151,117 @@ def test_the_torch_interface_keeps_tensors(tiny_model_path):
     obs, reward, *_ = envs.step(torch.zeros(2, 2))
     assert isinstance(obs["pixels"], torch.Tensor) and obs["pixels"].dtype == torch.uint8
     assert isinstance(reward, torch.Tensor) and reward.shape == (2,)
+
+
+def _same_state(a, b) -> bool:
+    engine = all(torch.equal(a["engine"][k], b["engine"][k]) for k in a["engine"])
+    return engine and a["np_random"] == b["np_random"] and a["needs_reset"] == b["needs_reset"]
+
+
+def test_a_reset_with_zero_frames_is_a_clear_error(env):
+    with pytest.raises(ValueError, match="at least one frame"):
+        env.reset(options={"frames": np.zeros((0, 64, 64, 3), np.uint8)})
+    with pytest.raises(ValueError, match="at least one frame"):
+        env.reset(options={"frames": np.zeros((2, 0, 64, 3), np.uint8)})
+
+
+def test_set_state_of_something_that_is_not_a_state_is_refused_and_changes_nothing(env):
+    env.reset(seed=5)
+    env.step(np.array([0.3, -0.2], np.float32))
+    good = env.unwrapped.get_state()
+    wrong_batch = {**good, "engine": {**good["engine"], "keys": good["engine"]["keys"][:, :0]}}
+    wrong_dtype = {**good, "engine": {**good["engine"], "pixels": good["engine"]["pixels"].float()}}
+    cases = [
+        ("junk", "not an env state"),
+        ({}, "not an env state"),
+        ({**good, "engine": 1}, r"state\['engine'\] must be a dict"),
+        ({**good, "engine": {}}, "not a simulator state"),
+        (wrong_batch, r"state\['keys'\] must be a torch.float32 tensor of shape"),
+        (wrong_dtype, r"state\['pixels'\] must be a torch.uint8 tensor"),
+        ({**good, "np_random": {"bit_generator": "MT19937"}}, "is not a PCG64 state"),
+        ({**good, "needs_reset": "no"}, r"state\['needs_reset'\] must be a bool"),
+    ]
+    for state, message in cases:
+        with pytest.raises(ValueError, match=message):
+            env.unwrapped.set_state(state)
+        assert _same_state(env.unwrapped.get_state(), good)
+
+
+def test_a_vector_env_refuses_a_state_that_is_not_its_own(tiny_model_path):
+    envs = gym.make_vec("wm_sim/WorldModel-v0", num_envs=2, checkpoint=str(tiny_model_path))
+    other = gym.make_vec("wm_sim/WorldModel-v0", num_envs=3, checkpoint=str(tiny_model_path))
+    envs.reset(seed=0)
+    other.reset(seed=0)
+    with pytest.raises(ValueError, match=r"state\['keys'\] must be"):
+        envs.unwrapped.set_state(other.unwrapped.get_state())
+    with pytest.raises(ValueError, match="not an env state"):
+        envs.unwrapped.set_state(None)
+    envs.close()
+    other.close()
+
+
+def test_a_huge_action_is_clipped_as_any_out_of_range_action(env):
+    env.reset(seed=2)
+    state = env.unwrapped.get_state()
+    big, *_, big_info = env.unwrapped.step(np.array([1e300, -np.inf]))
+    env.unwrapped.set_state(state)
+    edge, *_, edge_info = env.unwrapped.step(np.array([1.0, -1.0], np.float32))
+    assert big_info["action_clipped"] and not edge_info["action_clipped"]
+    assert np.array_equal(big["pixels"], edge["pixels"]) and np.array_equal(
+        big["agent_pos"], edge["agent_pos"]
+    )
+    *_, info = env.unwrapped.step(np.array([0.1, -0.7]))  # float64 inside the bounds: not clipped
+    assert not info["action_clipped"]
+    with pytest.raises(ValueError, match="NaN"):
+        env.unwrapped.step(np.array([np.nan, 1e300]))
+
+
+def test_huge_actions_in_a_reset_context_are_clipped_too(env):
+    frames = np.zeros((3, 64, 64, 3), np.uint8)
+    env.reset(options={"frames": frames, "actions": np.array([[1e300, 0.0], [0.0, -1e300]])})
+    clipped = env.unwrapped.get_state()
+    env.reset(options={"frames": frames, "actions": np.array([[1.0, 0.0], [0.0, -1.0]])})
+    assert all(torch.equal(v, env.unwrapped.get_state()["engine"][k]) for k, v in clipped["engine"].items())
+    with pytest.raises(ValueError, match="NaN"):
+        env.reset(options={"frames": frames, "actions": np.full((2, 2), np.nan)})
+
+
+def test_a_closed_env_refuses_to_step_and_closing_again_is_fine(tiny_model_path):
+    env = gym.make("wm_sim/WorldModel-v0", checkpoint=str(tiny_model_path))
+    env.reset(seed=0)
+    env.close()
+    env.close()
+    with pytest.raises(gym.error.ClosedEnvironmentError, match="closed"):
+        env.step(np.zeros(2, np.float32))
+    with pytest.raises(gym.error.ClosedEnvironmentError):
+        env.reset(seed=0)
+    envs = gym.make_vec("wm_sim/WorldModel-v0", num_envs=2, checkpoint=str(tiny_model_path))
+    envs.reset(seed=0)
+    envs.close()
+    with pytest.raises(gym.error.ClosedEnvironmentError):
+        envs.step(np.zeros((2, 2), np.float32))
+
+
+def test_start_contexts_of_another_image_size_are_one_clear_error(tiny_model_path, tmp_path):
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_path, copy)
+    contexts = load_file(str(copy / CONTEXTS))
+    contexts["frames"] = contexts["frames"][:, :, ::2, ::2].contiguous()  # 32x32 for a 64x64 model
+    save_file(contexts, str(copy / CONTEXTS))
+    env = gym.make("wm_sim/WorldModel-v0", checkpoint=str(copy))
+    with pytest.raises(WmSimError, match=r"frames are uint8 of shape \(8, 3, 32, 32, 3\); the model expects"):
+        env.reset(seed=0)
+    env.close()
+
+
+def test_a_checkpoint_of_nan_weights_does_not_make_an_env(tiny_model_path, tmp_path):
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_path, copy)
+    weights = load_file(str(copy / WEIGHTS))
+    name = next(k for k, v in weights.items() if v.is_floating_point() and v.numel() > 1)
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, str(copy / WEIGHTS))
+    with pytest.raises(WmSimError, match=f"tensor '{name}'"):
+        gym.make("wm_sim/WorldModel-v0", checkpoint=str(copy))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from wm_sim.config import check_output_path
 from wm_sim.data.store import EpisodeStore
 from wm_sim.envs.catalog import check_task_name, make_task, task_has_expert
 from wm_sim.episodes import dataset_info, record_episode
@@ -109,6 +110,11 @@ def _check_config(cfg: CollectConfig) -> None:
         raise WmSimError(f"episodes must be a positive integer, got {cfg.episodes}")
     if cfg.workers < 1:
         raise WmSimError(f"workers must be at least 1, got {cfg.workers}")
+    if cfg.seed < 0:  # episode seeds are numpy SeedSequence entropy, which is never negative
+        raise WmSimError(f"seed must be a non-negative integer, got {cfg.seed}")
+    if cfg.image_size < 1:
+        raise WmSimError(f"image_size must be a positive number of pixels, got {cfg.image_size}")
+    check_output_path(cfg.out)
 
 
 def _open_or_create(path: Path, info, resume: bool) -> EpisodeStore:

@@ -2,12 +2,16 @@
 
 Each verb's dataclass (declared next to the code it configures) is the schema and the defaults;
 `configs/<verb>.yaml` starts from it, so a team can change a default in one packaged file, and
-Hydra's override grammar (lists, quoting, `+key=`) works on the command line.
+Hydra's override grammar (lists, quoting, `+key=`) works on the command line. Options that
+mean the same in every verb (`threads`) are checked here once, and `check_output_path`
+is how a verb refuses an output it could not write before it starts any work.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra import compose, initialize_config_module
@@ -20,6 +24,10 @@ from omegaconf.errors import OmegaConfBaseException
 from wm_sim.errors import WmSimError
 
 T = TypeVar("T")
+
+# Options several verbs share with one meaning, and the least value each takes: a torch thread
+# count (0: torch's default). Not `seed`: `ros serve seed=-1` means unseeded.
+SHARED_MINIMUMS = {"threads": 0}
 
 
 def load_config(verb: str, schema: type[T], overrides: list[str]) -> T:
@@ -43,13 +51,44 @@ def load_config(verb: str, schema: type[T], overrides: list[str]) -> T:
     try:
         with initialize_config_module(config_module="wm_sim.configs", version_base="1.3"):
             cfg = compose(config_name=file_name, overrides=overrides)
-        return OmegaConf.to_object(cfg)
+        config = OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise WmSimError(
             f"bad option for `wm-sim {verb}`: {_first_line(exc)}; see `wm-sim {verb} --help`"
         ) from exc
     finally:
         GlobalHydra.instance().clear()
+    check_shared_options(verb, config)
+    return config
+
+
+def check_shared_options(verb: str, cfg: Any) -> None:
+    """Refuse a shared option below its least value (SHARED_MINIMUMS), naming it."""
+    for name, least in SHARED_MINIMUMS.items():
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value < least:
+            raise WmSimError(f"{name} must be at least {least} for `wm-sim {verb}`, got {value}")
+
+
+def check_output_path(path: str | Path, option: str = "out") -> None:
+    """Refuse an output directory that exists as a file or cannot be created, before any work.
+
+    Nothing is created: the first existing folder above `path` must be a writable directory.
+    """
+    target = Path(path)
+    if target.exists():
+        if not target.is_dir():
+            raise WmSimError(
+                f"{option}={path} exists and is a file, not a directory; choose another {option}="
+            )
+        return
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise WmSimError(f"{option}={path} cannot be created: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise WmSimError(f"{option}={path} cannot be created: {parent} is not writable")
 
 
 def _default(f: dataclasses.Field) -> Any:

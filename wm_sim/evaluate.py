@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from wm_sim.checkpoint import check_dataset_fits, load_checkpoint
+from wm_sim.config import check_output_path
 from wm_sim.data.angles import episode_states, wrapped_entries
 from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY, image_key
 from wm_sim.data.store import EpisodeStore
@@ -76,6 +77,9 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         )
     if cfg.split not in ("val", "all"):
         raise WmSimError(f"split must be val or all, got {cfg.split!r}")
+    if cfg.threads < 0:
+        raise WmSimError(f"threads must be at least 0 (0: torch's default), got {cfg.threads}")
+    check_output_path(cfg.out)  # before the evaluation runs, not after
     out = Path(cfg.out)
     if (out / "metrics.json").exists():
         raise WmSimError(f"{out} already holds an evaluation (metrics.json); choose another out=")

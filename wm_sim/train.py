@@ -66,6 +66,13 @@ class ModelSize:
         metadata={"help": "read the reward off the next frame (re-encoded in rollouts) and the action"},
     )
 
+    def __post_init__(self) -> None:
+        # refused where the option is read (model.depth=0), not as a shape error deep in the model
+        for name in ("grid", "latent_dim", "tokenizer_width", "dim", "depth", "heads", "mlp_ratio", "window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise WmSimError(f"model.{name} must be a positive integer, got {value!r}")
+
 
 @dataclass
 class TrainingConfig:
@@ -113,6 +120,14 @@ class TrainingConfig:
     val_every: int = field(default=500, metadata={"help": "steps between validations"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
 
+    def __post_init__(self) -> None:
+        # 0 is a valid rate: it freezes that part (the shipped stage 10 refit only its transition)
+        rates = ("lr", "tokenizer_lr", "weight_decay", "context_noise")
+        for name in (*rates, "transition_steps", "reward_fit_steps"):
+            value = getattr(self, name)
+            if not 0 <= value < math.inf:  # NaN fails this too
+                raise WmSimError(f"training.{name} must be a finite number >= 0, got {value!r}")
+
 
 @dataclass
 class TrainConfig:
@@ -148,6 +163,12 @@ class TrainConfig:
         default_factory=WandbConfig,
         metadata={"help": "logging: wandb=offline|online|disabled, or wandb.mode=..."},
     )
+
+    def __post_init__(self) -> None:
+        if self.threads < 0:
+            raise WmSimError(f"threads must be at least 0 (0: torch's default), got {self.threads}")
+        if self.seed < 0:  # numpy's generators take no negative seed
+            raise WmSimError(f"seed must be a non-negative integer, got {self.seed}")
 
 
 def model_config(size: ModelSize, store: EpisodeStore) -> WorldModelConfig:
