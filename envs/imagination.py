@@ -35,13 +35,15 @@ class StepOutput:
 class ImaginedBatch:
     """B independent imagined episodes of one world model, stepped in one forward pass."""
 
-    def __init__(self, model: WorldModel, batch: int, episode_steps: int, device: torch.device | str = "cpu"):
+    def __init__(
+        self, model: WorldModel, batch: int, episode_steps: int | None, device: torch.device | str = "cpu"
+    ):
         self.model = model.eval().to(device)
         self.device = torch.device(device)
         if self.device.type == "cpu":
             retain_freed_memory()  # else a step usually faults its activations in again (host_memory)
         self.batch = batch
-        self.episode_steps = episode_steps
+        self.episode_steps = episode_steps  # None: a stream, never truncated
         c = model.config
         self.cache = model.new_stream(batch, self.device)
         self.latents = torch.zeros(batch, c.tokens, c.latent_dim, device=self.device)  # pending frame
@@ -114,7 +116,9 @@ class ImaginedBatch:
             agent_pos=self.agent_pos,
             reward=reward.float(),
             terminated=torch.sigmoid(pred.continue_logit[:, 0]) < 0.5,
-            truncated=self.steps >= self.episode_steps,
+            truncated=self.steps >= self.episode_steps
+            if self.episode_steps is not None
+            else torch.zeros_like(self.steps, dtype=torch.bool),
             uncertainty=uncertainty.float(),
         )
 

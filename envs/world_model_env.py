@@ -3,8 +3,9 @@
 `wm_sim/Reacher-v0` loads the shipped reacher model; `wm_sim/WorldModel-v0` takes
 `checkpoint=PATH`. Both have the spaces of the physics twin of the model's task, so a policy moves
 between imagination and MuJoCo unchanged. Reward and termination come from the model's heads,
-truncation from the task's episode length; `info["uncertainty"]` says how far each prediction
-sits off what the tokenizer can produce.
+truncation from the task's episode length (`episode_steps=N` sets another; `stream=True` never
+truncates: a stream runs until reset); `info["uncertainty"]` says how far each prediction sits
+off what the tokenizer can produce.
 """
 
 from __future__ import annotations
@@ -31,15 +32,27 @@ DEFAULT_CHECKPOINT = "shipped:reacher"
 class _Simulator:
     """A loaded model, its spaces, its bundled start contexts and a batch of imagined episodes."""
 
-    def __init__(self, checkpoint: str, batch: int, device: str):
+    def __init__(
+        self, checkpoint: str, batch: int, device: str, stream: bool = False, episode_steps: int | None = None
+    ):
+        if stream and episode_steps is not None:
+            raise ValueError(
+                f"stream=True never truncates, so it takes no episode_steps (got {episode_steps}); "
+                "pass one or the other"
+            )
+        if episode_steps is not None and (
+            isinstance(episode_steps, bool) or int(episode_steps) != episode_steps or episode_steps < 1
+        ):
+            raise ValueError(f"episode_steps must be a positive integer, got {episode_steps!r}")
         model, meta = load_checkpoint(checkpoint, map_location=device)
         dataset = meta.get("dataset", {})
         self.task = dataset.get("task", "reacher")
         self.fps = float(dataset.get("fps", 50.0))
         spec = TASK_SPECS.get(self.task)
-        episode_steps = int(dataset.get("episode_steps") or (spec.episode_steps if spec else 1000))
+        if not stream and episode_steps is None:  # the recorded episodes' length
+            episode_steps = int(dataset.get("episode_steps") or (spec.episode_steps if spec else 1000))
         self.config = model.config
-        self.engine = ImaginedBatch(model, batch, episode_steps, device)
+        self.engine = ImaginedBatch(model, batch, None if stream else int(episode_steps), device)
         self._checkpoint = checkpoint
         self._contexts: dict[str, torch.Tensor] | None = None  # read on the first bundled reset
         # the names of agent_pos's entries (joint names on ROS), as the dataset recorded them
@@ -176,11 +189,16 @@ class WorldModelEnv(gymnasium.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 50}
 
     def __init__(
-        self, checkpoint: str = DEFAULT_CHECKPOINT, render_mode: str | None = None, device: str = "cpu"
+        self,
+        checkpoint: str = DEFAULT_CHECKPOINT,
+        render_mode: str | None = None,
+        device: str = "cpu",
+        stream: bool = False,
+        episode_steps: int | None = None,
     ):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.sim = _Simulator(checkpoint, 1, device)
+        self.sim = _Simulator(checkpoint, 1, device, stream, episode_steps)
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.sim.fps}
         self.observation_space = self.sim.observation_space
@@ -278,12 +296,14 @@ class WorldModelVectorEnv(VectorEnv):
         render_mode: str | None = None,
         device: str = "cpu",
         array_type: str = "numpy",
+        stream: bool = False,
+        episode_steps: int | None = None,
     ):
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
         if array_type not in ("numpy", "torch"):
             raise ValueError(f"array_type must be 'numpy' or 'torch', got {array_type!r}")
-        self.sim = _Simulator(checkpoint, num_envs, device)
+        self.sim = _Simulator(checkpoint, num_envs, device, stream, episode_steps)
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.use_torch = array_type == "torch"

@@ -1,10 +1,11 @@
-"""A sampling-based planner (the cross-entropy method) over forks of the batched world-model env.
+"""A sampling-based planner (the cross-entropy method) in the world model's latent space.
 
-At every real step the planner restarts its imagination from the last few real observations and
-actions, forks that state with `get_state`, and for each iteration restores it with `set_state`,
-imagines `population` action sequences of `horizon` steps in one batched forward pass per step,
-and refits a Gaussian to the best `elites` by imagined return. It executes the first action of
-the final mean, and shifts the plan by one step to warm-start the next.
+At every real step the planner reads the scene's keypoints off the frame the camera shows, once,
+and imagines `population` action sequences of `horizon` steps from the real proprioceptive state
+with the world model's latent model (state transition + scene reward: wm_sim.latent_model), the
+whole population of every env row in one batched pass per imagined step; no frame is decoded.
+It refits a Gaussian to the best `elites` by imagined return, `iterations` times, executes the
+first action of the final mean, and shifts the plan by one step to warm-start the next.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
+import torch
 from wm_sim.policies.base import Policy
 
 from wm_sim.errors import WmSimError
@@ -19,31 +21,37 @@ from wm_sim.errors import WmSimError
 
 @dataclass(frozen=True)
 class CEMConfig:
-    """Search budget of the planner: `cem:horizon=8,population=32` on the command line."""
+    """Search budget of the planner: `cem:horizon=12,population=256` on the command line."""
 
-    horizon: int = 8
-    population: int = 32
-    elites: int = 6
-    iterations: int = 2
-    context: int = 4  # real frames the imagination restarts from at each step
+    horizon: int = 12
+    population: int = 256
+    elites: int = 32
+    iterations: int = 4
     init_std: float = 0.5
+    min_std: float = 0.05  # the spread a refit never goes below, so the search never stops
 
     @classmethod
     def parse(cls, options: str) -> CEMConfig:
         """`key=value,key=value` -> config; an unknown key or a bad value is one clear error."""
-        known = {f.name: f.type for f in fields(cls)}
+        known = {f.name for f in fields(cls)}
         values: dict = {}
         for item in filter(None, options.split(",")):
             key, _, value = item.partition("=")
             if key not in known:
                 raise WmSimError(f"unknown cem option {key!r}; expected some of {sorted(known)}")
             try:
-                values[key] = float(value) if key == "init_std" else int(value)
+                values[key] = float(value) if key.endswith("std") else int(value)
             except ValueError as exc:
                 raise WmSimError(f"cem option {key} must be a number, got {value!r}") from exc
         config = cls(**values)
-        if min(config.horizon, config.population, config.elites, config.iterations, config.context) < 1:
-            raise WmSimError(f"cem options must be positive, got {config}")
+        if min(config.horizon, config.population, config.elites, config.iterations) < 1:
+            raise WmSimError(
+                f"cem options horizon, population, elites, iterations must be at least 1, got {config}"
+            )
+        if not (0 < config.init_std <= 2 and 0 <= config.min_std <= config.init_std):
+            raise WmSimError(
+                f"cem options must satisfy 0 < init_std <= 2 and 0 <= min_std <= init_std, got {config}"
+            )
         if config.elites > config.population:
             raise WmSimError(f"cem elites ({config.elites}) cannot exceed population ({config.population})")
         return config
@@ -53,62 +61,41 @@ class CEMPlanner(Policy):
     """Plans each action by imagined return; acts from pixels and proprioception like any policy."""
 
     def __init__(self, checkpoint: str, num_envs: int = 1, config: CEMConfig = CEMConfig(), seed: int = 0):
-        from wm_sim.envs.world_model_env import WorldModelVectorEnv
+        from wm_sim.checkpoint import load_checkpoint
+        from wm_sim.latent_model import LatentModel
 
+        model, _ = load_checkpoint(checkpoint)
+        self.model = LatentModel.of(model, f"world model {checkpoint}")
         self.config = config
         self.num_envs = num_envs
-        self.env = WorldModelVectorEnv(num_envs=num_envs * config.population, checkpoint=checkpoint)
-        self.env.reset(seed=seed)  # every row started once: later restarts are partial
-        self.action_dim = int(self.env.single_action_space.shape[0])
-        self._rng = np.random.default_rng([seed, 2])
-        self._history: list[list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = [
-            [] for _ in range(num_envs)
-        ]
-        self._plan = np.zeros((num_envs, config.horizon, self.action_dim))
+        self.action_dim = model.config.action_dim
+        self._generator = torch.Generator().manual_seed(seed)
+        self._plan = torch.zeros(num_envs, config.horizon, self.action_dim)
 
     def reset(self, mask: np.ndarray | None = None, seeds: list[int] | None = None) -> None:
-        rows = range(self.num_envs) if mask is None else np.flatnonzero(np.asarray(mask, dtype=bool))
-        for row in rows:
-            self._history[int(row)] = []
-            self._plan[int(row)] = 0.0
+        rows = slice(None) if mask is None else torch.from_numpy(np.asarray(mask, dtype=bool))
+        self._plan[rows] = 0.0
 
+    @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        c, p = self.config, self.config.population
-        for row in range(self.num_envs):
-            history = self._history[row]
-            history.append((np.asarray(obs["pixels"][row]), np.asarray(obs["agent_pos"][row]), None))
-            del history[: max(0, len(history) - c.context)]
-        self._restart()
-        start = self.env.get_state()
-        mean, std = self._plan.copy(), np.full_like(self._plan, c.init_std)
+        c, r, a = self.config, self.num_envs, self.action_dim
+        p = c.population
+        keypoints = self.model.keypoints(torch.as_tensor(np.asarray(obs["pixels"])))  # (R, 2K)
+        state = torch.as_tensor(np.asarray(obs["agent_pos"], dtype=np.float32))  # (R, D)
+        scenes, starts = keypoints.repeat_interleave(p, 0), state.repeat_interleave(p, 0)
+        mean, std = self._plan.clone(), torch.full_like(self._plan, c.init_std)  # (R, H, A)
+        best, best_return = self._plan.clone(), torch.full((r,), -torch.inf)
         for _ in range(c.iterations):
-            noise = self._rng.standard_normal((self.num_envs, p, c.horizon, self.action_dim))
-            candidates = np.clip(mean[:, None] + std[:, None] * noise, -1.0, 1.0)  # (R, P, H, A)
-            self.env.set_state(start)
-            returns = np.zeros((self.num_envs, p))
-            for t in range(c.horizon):
-                _, reward, _, _, _ = self.env.step(candidates[:, :, t].reshape(-1, self.action_dim))
-                returns += reward.reshape(self.num_envs, p)
-            best = np.argsort(-returns, axis=1)[:, : c.elites]  # (R, E)
-            elites = np.take_along_axis(candidates, best[:, :, None, None], axis=1)
-            mean, std = elites.mean(axis=1), elites.std(axis=1) + 0.05
-        action = mean[:, 0].astype(np.float32)
-        self._plan = np.concatenate([mean[:, 1:], np.zeros_like(mean[:, :1])], axis=1)
-        for row in range(self.num_envs):
-            pixels, agent_pos, _ = self._history[row][-1]
-            self._history[row][-1] = (pixels, agent_pos, action[row])
-        return action
-
-    def _restart(self) -> None:
-        """Every candidate row of every env restarts from that env's recent real history."""
-        frames, states, actions = [], [], []
-        length = min(len(h) for h in self._history)
-        for history in self._history:
-            recent = history[-length:]
-            frames.append(np.stack([f for f, _, _ in recent]))
-            states.append(np.stack([s for _, s, _ in recent]))
-            actions.append(
-                np.stack([a for _, _, a in recent[:-1]]) if length > 1 else np.zeros((0, self.action_dim))
-            )
-        repeat = self.config.population
-        self.env.reset_to(*(np.repeat(np.stack(x), repeat, axis=0) for x in (frames, states, actions)))
+            noise = torch.randn(r, p, c.horizon, a, generator=self._generator)
+            candidates = (mean[:, None] + std[:, None] * noise).clamp(-1.0, 1.0)  # (R, P, H, A)
+            candidates[:, 0] = best  # the best plan so far always competes
+            returns = self.model.returns(scenes, starts, candidates.reshape(r * p, c.horizon, a)).view(r, p)
+            top = returns.topk(c.elites, dim=1)  # (R, E)
+            elites = torch.take_along_dim(candidates, top.indices[:, :, None, None], dim=1)
+            mean, std = elites.mean(dim=1), elites.std(dim=1).clamp(min=c.min_std)
+            better = top.values[:, 0] > best_return
+            best[better], best_return[better] = elites[better, 0], top.values[better, 0]
+        # the sequence with the highest imagined return, not the elites' mean: a mean of good
+        # sequences can be a poor one (it pays for their spread in control cost)
+        self._plan = torch.cat([best[:, 1:], torch.zeros_like(best[:, :1])], dim=1)
+        return best[:, 0].numpy().astype(np.float32)

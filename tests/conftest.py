@@ -44,3 +44,23 @@ def tiny_model_path(reacher_store_path, tmp_path_factory) -> Path:
             context_frames=3, evaluate=False,
         )
     )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_planning_model_path(reacher_store_path, tmp_path_factory) -> Path:
+    """A tiny world model with a state transition and a scene reward: what the latent planner and
+    the latent actor imagine with. Briefly fitted: tests check behaviour, not skill."""
+    from wm_sim.tracking import WandbConfig
+    from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
+
+    tiny = ModelSize(
+        grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3,
+        transition=True, scene_reward=True,
+    )  # fmt: skip
+    fitting = TrainingConfig(batch_size=4, lr=3e-3, transition_steps=200, scene_reward_steps=60)
+    return train(
+        TrainConfig(
+            data=str(reacher_store_path), model=tiny, out=str(tmp_path_factory.mktemp("tiny-planning") / "run"),
+            steps=2, training=fitting, val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
+        )
+    )  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,10 @@ import pytest
 import torch
 
 import wm_sim.train as train_module
-from wm_sim.checkpoint import LAST, load_checkpoint
+from wm_sim.checkpoint import LAST, load_checkpoint, lock_run_directory
 from wm_sim.collect import CollectConfig, collect
 from wm_sim.data.angles import episode_states, wrapped_entries
-from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, image_key
+from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, image_key
 from wm_sim.errors import WmSimError
 from wm_sim.tracking import WandbConfig
 from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
@@ -625,3 +626,66 @@ def test_a_transition_fitted_on_its_own_rollouts_drifts_less_than_a_one_step_fit
         fit_transition(fitted[1], store, episodes, steps=1, seed=0, horizon=500)
     with pytest.raises(WmSimError, match="transition_horizon"):
         train(config(reacher_store_path, tmp_path / "bad", transition_horizon=0))
+
+
+def test_init_adds_a_scene_reward_that_reads_the_reward_of_a_state_in_another_frames_scene(
+    reacher_store_path, tmp_path
+):
+    from wm_sim.data.store import EpisodeStore
+
+    with_scene = ModelSize(**{**TINY.__dict__, "transition": True, "scene_reward": True})
+    with_transition = ModelSize(**{**TINY.__dict__, "transition": True})
+    before, after = _fine_tuned(
+        reacher_store_path,
+        tmp_path,
+        with_scene,
+        base_model=with_transition,
+        base_options={"transition_steps": 50},
+        scene_reward_steps=400,
+    )
+    assert before.scene_reward is None and after.scene_reward is not None
+    # everything else is the base model's, bit for bit: the head is fitted alone, up front
+    kept = {k: v for k, v in after.state_dict().items() if not k.startswith("scene_reward.")}
+    for key, value in before.state_dict().items():
+        torch.testing.assert_close(kept[key], value, rtol=0, atol=0)
+    store = EpisodeStore.open(reacher_store_path)
+    rows = _transition_rows(store)
+    pixels = torch.from_numpy(store.read(image_key(store.info.cameras[0]), 0, store.num_frames))
+    state = torch.from_numpy(store.read(STATE_KEY, 0, store.num_frames)).float()
+    reward = torch.from_numpy(store.read(REWARD_KEY, 0, store.num_frames))[rows]
+    action = torch.from_numpy(store.read(ACTION_KEY, 0, store.num_frames))[rows]
+    # the scene is the first frame of each row's episode, not the frame the state belongs to
+    ends = store.episode_ends
+    first = torch.from_numpy(np.searchsorted(ends, rows.numpy(), side="right"))
+    scene = torch.from_numpy(np.concatenate([[0], ends[:-1]]))[first]
+    head = after.scene_reward
+    with torch.no_grad():
+        read = head(head.keypoints(pixels[scene]), state[rows + 1], action)
+    assert (float(head.low), float(head.high)) == (float(reward.min()), float(reward.max()))
+    error = (read - reward).pow(2).mean()
+    assert error < 0.25 * reward.var(), (error, reward.var())
+
+
+def test_a_second_train_into_the_same_out_is_refused_before_it_writes(reacher_store_path, tmp_path):
+    run = tmp_path / "run"
+    with lock_run_directory(run):  # another `wm-sim train` writing there
+        with pytest.raises(WmSimError, match="being written by another process"):
+            train(config(reacher_store_path, run, steps=2))
+        assert list(run.iterdir()) == []
+    assert not run.exists()
+
+
+def test_the_next_start_removes_a_killed_saves_partial_folder(reacher_store_path, tmp_path):
+    run = train(config(reacher_store_path, tmp_path / "run", steps=2))
+    partial = run / f".step-0000004.{uuid.uuid4().hex}.partial"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    train(config(reacher_store_path, run, steps=4, resume="auto"))
+    assert not partial.exists()
+    assert sorted(p.name for p in run.iterdir()) == ["last", "step-0000002", "step-0000004"]
+
+
+def test_an_out_under_a_file_is_refused_before_any_work(reacher_store_path, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(WmSimError, match="cannot be created"):
+        train(config(reacher_store_path, tmp_path / "a-file" / "run", steps=2))

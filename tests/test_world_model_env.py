@@ -265,3 +265,26 @@ def test_a_checkpoint_of_nan_weights_does_not_make_an_env(tiny_model_path, tmp_p
     save_file(weights, str(copy / WEIGHTS))
     with pytest.raises(WmSimError, match=f"tensor '{name}'"):
         gym.make("wm_sim/WorldModel-v0", checkpoint=str(copy))
+
+
+def test_a_stream_never_truncates_and_episode_steps_sets_the_length(tiny_model_path):
+    stream = gym.make("wm_sim/WorldModel-v0", checkpoint=str(tiny_model_path), stream=True).unwrapped
+    stream.reset(seed=0)
+    for _ in range(260):  # past the recorded episodes' 200 steps
+        _, _, terminated, truncated, _ = stream.step(np.zeros(2, np.float32))
+        assert not truncated and not terminated  # the tiny model learned reacher never terminates
+    short = gym.make("wm_sim/WorldModel-v0", checkpoint=str(tiny_model_path), episode_steps=5).unwrapped
+    short.reset(seed=0)
+    flags = [short.step(np.zeros(2, np.float32))[3] for _ in range(5)]
+    assert flags == [False] * 4 + [True]
+    vector = gym.make_vec("wm_sim/WorldModel-v0", num_envs=2, checkpoint=str(tiny_model_path), stream=True)
+    vector.reset(seed=0)
+    for _ in range(201):
+        _, _, _, truncated, _ = vector.step(np.zeros((2, 2), np.float32))
+        assert not truncated.any()
+
+
+@pytest.mark.parametrize("kwargs", [{"stream": True, "episode_steps": 100}, {"episode_steps": 0}])
+def test_a_stream_with_an_episode_length_is_one_clear_error(tiny_model_path, kwargs):
+    with pytest.raises(ValueError, match=r"stream=True never truncates|episode_steps must be"):
+        gym.make("wm_sim/WorldModel-v0", checkpoint=str(tiny_model_path), **kwargs)

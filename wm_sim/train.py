@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from wm_sim.checkpoint import LAST, load_checkpoint, load_train_state, save_checkpoint
+from wm_sim.checkpoint import LAST, load_checkpoint, load_train_state, lock_run_directory, save_checkpoint
 from wm_sim.data.angles import episode_states, wrapped_entries
 from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY, image_key
 from wm_sim.data.store import EpisodeStore
@@ -64,6 +64,10 @@ class ModelSize:
     frame_reward: bool = field(
         default=False,
         metadata={"help": "read the reward off the next frame (re-encoded in rollouts) and the action"},
+    )
+    scene_reward: bool = field(
+        default=False,
+        metadata={"help": "a reward of (real frame, state, action) for the latent planner and actor"},
     )
 
     def __post_init__(self) -> None:
@@ -117,13 +121,17 @@ class TrainingConfig:
         default=3000,
         metadata={"help": "steps fitting a new frame-reward head on every real frame of the data, up front"},
     )
+    scene_reward_steps: int = field(
+        default=2500,
+        metadata={"help": "steps fitting a new scene-reward head on every real frame of the data, up front"},
+    )
     val_every: int = field(default=500, metadata={"help": "steps between validations"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
 
     def __post_init__(self) -> None:
         # 0 is a valid rate: it freezes that part (the shipped stage 10 refit only its transition)
         rates = ("lr", "tokenizer_lr", "weight_decay", "context_noise")
-        for name in (*rates, "transition_steps", "reward_fit_steps"):
+        for name in (*rates, "transition_steps", "reward_fit_steps", "scene_reward_steps"):
             value = getattr(self, name)
             if not 0 <= value < math.inf:  # NaN fails this too
                 raise WmSimError(f"training.{name} must be a finite number >= 0, got {value!r}")
@@ -310,6 +318,63 @@ def fit_frame_reward(
         return F.mse_loss(head(latent[picks], action[picks]), reward[picks])
 
     return _fit_up_front(head, batch_loss, len(latent), steps, seed, batch_size, "frame reward")
+
+
+def fit_scene_reward(
+    model: WorldModel,
+    store: EpisodeStore,
+    episodes: list[int],
+    steps: int,
+    seed: int,
+    batch_size: int = 256,
+) -> float:
+    """Fit the model's SceneReward head on every real (s_t+1, a_t) -> r_t+1 of `episodes`, each
+    with a frame drawn anywhere in its own episode as the scene; returns the last loss (mean
+    squared reward error).
+
+    A frame from elsewhere in the episode, not frame t+1 itself: the planner reads the scene off
+    the frame the camera shows now and imagines states far from the one it shows, so the head
+    must find the scene's part of the reward (a target) wherever the arm stands in the picture,
+    and take the arm's part from the state. Done once, before the world model trains; the frames
+    stay in memory as uint8 for the fit. The head's bounds become the least and the most reward.
+    """
+    head, device = model.scene_reward, next(model.parameters()).device
+    pixels_key = image_key(store.info.cameras[0])
+    frames, states, actions, rewards, rows, owner = [], [], [], [], [], []
+    offset = 0
+    for e in tqdm(episodes, desc="scene reward: reading", unit="episode"):
+        start, stop = store.episode_bounds(e)
+        if stop - start < 2:
+            continue
+        frames.append(store.read(pixels_key, start, stop))
+        states.append(store.read(STATE_KEY, start, stop))
+        actions.append(store.read(ACTION_KEY, start, stop))
+        rewards.append(store.read(REWARD_KEY, start, stop))
+        rows.append(offset + np.arange(stop - start - 1))  # t, whose s_t+1 is in the episode
+        owner.append(np.full(stop - start, len(owner)))
+        offset += stop - start
+    if not rows:
+        raise WmSimError("no transitions to fit the scene reward on: every episode has one frame")
+    pixels = torch.from_numpy(np.concatenate(frames))
+    state, action, reward = (torch.from_numpy(np.concatenate(x)).float() for x in (states, actions, rewards))
+    first = torch.from_numpy(np.concatenate(rows))
+    episode_of = torch.from_numpy(np.concatenate(owner))
+    lengths = torch.bincount(episode_of)
+    starts = torch.cumsum(lengths, 0) - lengths
+    head.state_scale.copy_(state.std(0) + 1e-3)
+    head.low.copy_(reward[first].min())
+    head.high.copy_(reward[first].max())
+    generator = torch.Generator().manual_seed(seed + 1)
+
+    def batch_loss(picks: torch.Tensor) -> torch.Tensor:
+        t = first[picks.cpu()]
+        e = episode_of[t]
+        scene = starts[e] + (torch.rand(len(t), generator=generator) * lengths[e]).long()
+        keypoints = head.keypoints(pixels[scene].to(device))
+        predicted = head(keypoints, state[t + 1].to(device), action[t].to(device))
+        return F.mse_loss(predicted, reward[t].to(device))
+
+    return _fit_up_front(head, batch_loss, len(first), steps, seed, batch_size, "scene reward")
 
 
 def losses(
@@ -555,6 +620,8 @@ def train(cfg: TrainConfig) -> Path:
             f"model.transition=true, got init={cfg.init!r}, model.transition={cfg.model.transition}"
         )
     job = Distributed.from_environment()
+    if job.is_main:  # before any work: refuses an out= another process writes, or that cannot be made
+        lock_run_directory(cfg.out).release()
     if fit.batch_size % job.world_size:
         raise WmSimError(
             f"training.batch_size={fit.batch_size} must divide evenly over {job.world_size} processes"
@@ -617,6 +684,7 @@ def train(cfg: TrainConfig) -> Path:
     if job.world_size > 1:
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, 0)  # every process starts from rank 0's weights
+    run_lock = lock_run_directory(run_dir) if job.is_main else None  # held until the run ends
     tracker = Tracker(cfg.wandb, run_dir, run_meta["wandb_run_id"], run_meta, active=job.is_main)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not job.is_main)
     started, seen = time.perf_counter(), 0
@@ -669,6 +737,8 @@ def train(cfg: TrainConfig) -> Path:
         if joined:
             dist.destroy_process_group()
             faulthandler.unregister(signal.SIGTERM)
+        if run_lock is not None:
+            run_lock.release()
     return run_dir
 
 
@@ -778,6 +848,8 @@ def _start(
             )
         if model.reward_head is not None and not (saved and saved.frame_reward):
             fit_frame_reward(model, store, train_episodes, cfg.training.reward_fit_steps, cfg.seed)
+        if model.scene_reward is not None and not (saved and saved.scene_reward):
+            fit_scene_reward(model, store, train_episodes, cfg.training.scene_reward_steps, cfg.seed)
         _freeze(model, cfg.training)
         return model, _optimiser(model, cfg.training), 0, rng, run_meta
     model, meta = load_checkpoint(resume_from / LAST)
@@ -844,6 +916,8 @@ def _upgraded(model: WorldModel, config: WorldModelConfig, init: str) -> WorldMo
         adds |= {"transition": True, "periodic_state": config.periodic_state}
     if config.frame_reward and not saved.frame_reward:
         adds["frame_reward"] = True
+    if config.scene_reward and not saved.scene_reward:
+        adds["scene_reward"] = True
     if replace(saved, **adds) != config:
         raise WmSimError(
             f"cannot start from {init}: its model differs from this run's in " + _differences(saved, config)
@@ -854,18 +928,17 @@ def _upgraded(model: WorldModel, config: WorldModelConfig, init: str) -> WorldMo
     weights = model.state_dict()
     # The rows of the pooled head: [state (without a transition), reward (without a frame
     # reward), continue]; drop those a new part takes over.
-    d = 0 if saved.transition else saved.state_dim
-    keep = [
-        i
-        for i in range(d + 2)
-        if not (i < d and "transition" in adds) and not (i == d and "frame_reward" in adds)
-    ]
+    rows = ["state"] * (0 if saved.transition else saved.state_dim)
+    rows += ([] if saved.frame_reward else ["reward"]) + ["continue"]
+    dropped = {"state"} if "transition" in adds else set()
+    dropped |= {"reward"} if "frame_reward" in adds else set()
+    keep = [i for i, row in enumerate(rows) if row not in dropped]
     weights["heads.weight"], weights["heads.bias"] = (
         weights["heads.weight"][keep],
         weights["heads.bias"][keep],
     )
     missing, unexpected = converted.load_state_dict(weights, strict=False)
-    new_parts = ("transition.", "next_state_in.", "reward_head.")
+    new_parts = ("transition.", "next_state_in.", "reward_head.", "scene_reward.")
     assert not unexpected and all(k.startswith(new_parts) for k in missing), (
         missing,
         unexpected,
@@ -889,6 +962,8 @@ def _freeze(model: WorldModel, fit: TrainingConfig) -> None:
     """
     if model.transition is not None:
         model.transition.requires_grad_(False)
+    if model.scene_reward is not None:  # fitted up front too, on far more frames than windows hold
+        model.scene_reward.requires_grad_(False)
     if fit.tokenizer_lr == 0:
         model.encoder.requires_grad_(False)
         model.decoder.requires_grad_(False)

@@ -397,6 +397,73 @@ class FrameReward(nn.Module):
         return torch.clamp(self(latents, action), self.low, self.high)
 
 
+class SceneReward(nn.Module):
+    """r_t+1 from a real frame of the scene, the robot's state s_t+1 and the action a_t.
+
+    What a planner needs: the reward of a state it has only imagined, in the scene the camera
+    shows now. The frame is read through keypoints: a small convolutional net whose channels each
+    end in a spatial soft-argmax, giving an (x, y) per channel. Where things are in a frame is then
+    a few numbers that move with the picture, which a net learns from a few hundred scenes; an MLP
+    over the tokenizer's latents (the FrameReward's input) had to learn every position anew and
+    was off by 3-7 cm on unseen scenes. The robot's part comes from the state, exact where the
+    pixels are blurred. Fitted once on real frames (wm_sim.train.fit_scene_reward), each paired
+    with a state of the same episode, so it reads the scene wherever the arm stands in the frame.
+    """
+
+    def __init__(
+        self, image_size: int, state_dim: int, action_dim: int, periodic: tuple[int, ...],
+        keypoints: int = 16, width: int = 256,
+    ):  # fmt: skip
+        super().__init__()
+        self.periodic = list(periodic)
+        self.keypoint_net = nn.Sequential(  # at half resolution: positions, not textures
+            nn.Conv2d(3, 16, 4, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.GELU(),
+            nn.Conv2d(16, keypoints, 3, padding=1),
+        )
+        side = torch.linspace(-1.0, 1.0, image_size // 2)
+        self.register_buffer("grid_x", side.repeat(image_size // 2), persistent=False)
+        self.register_buffer("grid_y", side.repeat_interleave(image_size // 2), persistent=False)
+        self.features = 2 * keypoints + state_dim + 2 * len(self.periodic) + 2 * action_dim
+        self.net = nn.Sequential(
+            nn.Linear(self.features, width),
+            GELU(),
+            nn.Linear(width, width),
+            GELU(),
+            nn.Linear(width, 1),
+        )
+        # The state's spread per entry and the least and most reward of the fitted frames, saved
+        # with the weights (wm_sim.train.fit_scene_reward), as FrameReward keeps its bounds.
+        self.register_buffer("state_scale", torch.ones(state_dim))
+        self.register_buffer("low", torch.tensor(-math.inf))
+        self.register_buffer("high", torch.tensor(math.inf))
+
+    def keypoints(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, S, S, 3) uint8 frames -> (B, 2K) keypoints: the x of each channel, then the y."""
+        x = self.keypoint_net(frames.permute(0, 3, 1, 2).float() / 255.0)
+        weights = x.flatten(2).softmax(dim=-1)  # (B, K, S/2 * S/2)
+        return torch.cat([weights @ self.grid_x, weights @ self.grid_y], dim=-1)
+
+    def forward(self, keypoints: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """keypoints (..., 2K) of a scene, raw state s_t+1 (..., D), action a_t (..., A) -> reward (...)."""
+        angles = state[..., self.periodic]
+        inputs = [
+            keypoints,
+            state / self.state_scale,
+            torch.sin(angles),
+            torch.cos(angles),
+            action,
+            action.square(),
+        ]
+        return self.net(torch.cat(inputs, dim=-1)).squeeze(-1)
+
+    def read(self, keypoints: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """forward, kept inside the rewards the data holds: a planner seeks out the head's errors."""
+        return torch.clamp(self(keypoints, state, action), self.low, self.high)
+
+
 # --- config and model --------------------------------------------------------------------------
 
 
@@ -432,6 +499,10 @@ class WorldModelConfig:
     # with a FrameReward head, not off the transformer's pooled features. False in checkpoints
     # from before it existed.
     frame_reward: bool = False
+    # A SceneReward head: the reward of an imagined state in the scene a real frame shows, what
+    # the latent planner and the latent actor imagine with (wm_sim.latent_model). False in
+    # checkpoints from before it existed.
+    scene_reward: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "periodic_state", tuple(int(i) for i in self.periodic_state))  # JSON: a list
@@ -506,6 +577,9 @@ class WorldModel(nn.Module):
         # it), continue logit
         self.heads = nn.Linear(c.dim, (0 if c.transition else c.state_dim) + (1 if c.frame_reward else 2))
         self.reward_head = FrameReward(c.tokens, c.latent_dim, c.action_dim) if c.frame_reward else None
+        self.scene_reward = (
+            SceneReward(c.image_size, c.state_dim, c.action_dim, c.periodic_state) if c.scene_reward else None
+        )
         # Normalisation of agent_pos, from the training data; saved with the weights.
         self.register_buffer("state_mean", torch.zeros(c.state_dim))
         self.register_buffer("state_std", torch.ones(c.state_dim))
