@@ -28,9 +28,10 @@ SHIPPED_PREFIX = "shipped:"
 def _kinds() -> dict[str, Any]:
     """kind -> class with a `restore(params, tensors, num_envs, seed)` classmethod."""
     from wm_sim.policies.actor_critic import ActorCriticPolicy
+    from wm_sim.policies.latent_actor import LatentActorPolicy
     from wm_sim.policies.scripted import RandomPolicy
 
-    return {"actor_critic": ActorCriticPolicy, "random": RandomPolicy}
+    return {"actor_critic": ActorCriticPolicy, "latent_actor": LatentActorPolicy, "random": RandomPolicy}
 
 
 def save_policy(

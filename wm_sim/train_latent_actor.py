@@ -68,6 +68,8 @@ def train_latent_actor(cfg) -> Path:
     from wm_sim.policies.latent_actor import LatentActor, LatentActorPolicy
     from wm_sim.policies.saved import save_policy
 
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     checkpoint = cfg.checkpoint or f"shipped:{cfg.task}"
     out = Path(cfg.out or f"outputs/policies/{cfg.task}-latent_actor")
     if (out / LAST).exists():
