@@ -4,9 +4,8 @@ One continuous stream per policy (12,000 steps of reacher at 50 fps; no reset, t
 window sliding all the way), each row of the engine driven by its own policy reading the imagined
 observations. Every frame is reduced to statistics (per-channel mean and spread, a colour
 histogram's distance to real frames), and the predicted joint angles are read before any
-clipping. The ranges they are judged against come from the physics twin, run under the same
-policies in the same run, so no dataset is needed: its real frames, and the same frames passed
-through the model's tokenizer (blur the decoder always has is not the picture dissolving). A rollout passes when, in every window of
+clipping. The ranges they are judged against come from the physics twin's real frames, run under the same
+policies in the same run, so no dataset is needed. A rollout passes when, in every window of
 `stability_window` steps, nearly all frames lie inside the real ranges (widened by a margin), and
 every predicted joint angle lies within the joint limits. A picture that dissolves drifts out of
 these ranges (colours wash to the mean, spread collapses, the histogram moves) and fails there.
@@ -72,17 +71,14 @@ class Reference:
         hists: np.ndarray,
         joints: np.ndarray,
         limits: tuple[np.ndarray, np.ndarray],
-        drawn: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Reference:
         """Ranges of real frames' statistics (moments (T, 6), histograms (T, BINS**3)), widened.
 
-        `drawn`: the statistics of the same frames passed through the model's tokenizer, the
-        sharpest the model can draw a real state; their range joins the real one, so the blur
-        the decoder always has does not count as a picture dissolving.
+        Real MuJoCo frames alone: the frames as the model's tokenizer redraws them once joined
+        these ranges, and they let a picture that had faded (less colour spread than any real
+        frame, a target no longer drawn) pass as if it held.
         """
         mean_hist = hists.mean(0)
-        if drawn is not None:
-            moments, hists = np.concatenate([moments, drawn[0]]), np.concatenate([hists, drawn[1]])
         stats = np.concatenate([moments, histogram_distance(hists, mean_hist)[:, None]], axis=1)
         low, high = stats.min(0), stats.max(0)
         span = np.maximum(high - low, 1e-6)
@@ -162,33 +158,19 @@ def _joint_columns(twin) -> list[int]:
 def real_reference(bench: Bench, twin, ref: str, own_seed: int) -> Reference:
     """Ranges of the statistics over MuJoCo episodes of policy `ref` (the physics twin): the episode
     from the stream's own start (`own_seed`: the real counterpart of what the stream shows) and
-    `reference_episodes` others, each frame also as the model's tokenizer draws it."""
+    `reference_episodes` others."""
     sizes = bench.sizes
-    model = bench.model
-    frames, drawn, joints = [], [], []
+    frames, joints = [], []
     columns = _joint_columns(twin)
     for seed in [own_seed] + [10_000 + e for e in range(sizes.reference_episodes)]:
         obs, policy = _start(twin, ref, bench, seed=seed)
-        episode = []
         for _ in range(sizes.reference_steps):
             obs, *_ = twin.step(_act(policy, obs))
-            episode.append(obs["pixels"])
+            frames.append(obs["pixels"])
             joints.append(obs["agent_pos"][columns])
-        pixels = torch.from_numpy(np.stack(episode))
-        with torch.no_grad():  # decoded over the episode's first frame, as a stream over its context
-            # one row of len(pixels) frames: decode gives each row's anchor to all of its frames
-            drawn.append(model.read_frame(model.encode(pixels)[None], model.anchor(pixels[:1]))[0][0])
-        frames.append(pixels)
-    moments, hists = frame_statistics(torch.cat(frames))
-    drawn_moments, drawn_hists = frame_statistics(torch.cat(drawn))
+    moments, hists = frame_statistics(torch.from_numpy(np.stack(frames)))
     low, high = twin.unwrapped.task.state_bounds
-    return Reference.from_real(
-        moments.numpy(),
-        hists.numpy(),
-        np.stack(joints),
-        (low[columns], high[columns]),
-        drawn=(drawn_moments.numpy(), drawn_hists.numpy()),
-    )
+    return Reference.from_real(moments.numpy(), hists.numpy(), np.stack(joints), (low[columns], high[columns]))
 
 
 def imagined_streams(bench: Bench, twin, refs: list[str], references: dict[str, Reference]) -> dict:
