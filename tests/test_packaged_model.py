@@ -96,3 +96,11 @@ def test_the_shipped_policy_fits_reacher_and_sees_through_the_shipped_models_enc
     actions = policy.act(obs)
     assert actions.shape == (2, 2) and np.all(np.abs(actions) <= 1)
     np.testing.assert_array_equal(actions[0], actions[1])  # deterministic: the mean action
+
+
+def test_a_package_carries_a_model_card_naming_its_data_and_training_command(packaged):
+    card = (packaged / "MODEL_CARD.md").read_text()
+    _, meta = load_checkpoint(packaged)
+    assert f"`{meta['dataset']['path']}`" in card and f"{meta['dataset']['num_episodes']} episodes" in card
+    assert f"wm-sim train batch_size={meta['train']['batch_size']}" in card  # the run's own options
+    assert f"steps={meta['train']['steps']}" in card and "Not evaluated when packaged" in card

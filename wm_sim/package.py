@@ -34,6 +34,7 @@ from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import episodes_with_frames
 from wm_sim.errors import WmSimError
 from wm_sim.evaluate import EvaluateConfig, evaluate
+from wm_sim.model_card import write_model_card
 
 MAX_PACKAGE_MB = 25.0
 
@@ -82,10 +83,12 @@ def package(cfg: PackageConfig) -> Path:
         }
         kept["packaged_from"] = {"checkpoint": str(cfg.checkpoint), "data": str(cfg.data)}
         write_json(staging / META, kept)
+        metrics = None
         if cfg.evaluate:
             evaluate(EvaluateConfig(checkpoint=str(staging), data=cfg.data, out=str(staging)))
-            metrics = read_json(staging / "metrics.json")  # name the package, not its staging folder
-            write_json(staging / "metrics.json", {**metrics, "checkpoint": str(out)})
+            metrics = {**read_json(staging / "metrics.json"), "checkpoint": str(out)}  # the package's name
+            write_json(staging / "metrics.json", metrics)
+        write_model_card(staging, kept, metrics, out.name)
         size_mb = sum(p.stat().st_size for p in staging.iterdir()) / 2**20
         if size_mb > MAX_PACKAGE_MB:
             raise WmSimError(

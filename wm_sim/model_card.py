@@ -1,0 +1,86 @@
+"""MODEL_CARD.md beside every packaged checkpoint: what it is, what made it, what it measures.
+
+Written by `wm-sim package` from the checkpoint's own metadata and its evaluation, so the card
+says what the files say; a user reads it instead of the project's history.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PARTS = {
+    "residual": "latents predicted as changes of the current ones",
+    "anchored": "decoder composites over the last real frame (scene kept where nothing moved)",
+    "transition": "agent_pos predicted by a state-transition MLP the transformer reads",
+    "frame_reward": "reward read off the (re-encoded) frame shown",
+    "scene_reward": "reward of an imagined state in a real frame's scene (latent planner and actor)",
+}
+
+
+def model_card(meta: dict, metrics: dict | None, out_name: str) -> str:
+    """The card's Markdown for a package of checkpoint metadata `meta` and evaluation `metrics`."""
+    model, data, train = meta.get("model", {}), meta.get("dataset", {}), meta.get("train", {})
+    lines = [f"# {out_name}: a wm-sim world model of `{data.get('task', '?')}`", ""]
+    lines += ["## Model", ""]
+    lines.append(
+        f"{model.get('grid', '?')}x{model.get('grid', '?')} latent tokens of {model.get('latent_dim', '?')} "
+        f"numbers per {model.get('image_size', '?')}x{model.get('image_size', '?')} frame; a transformer of "
+        f"{model.get('depth', '?')} blocks, width {model.get('dim', '?')}, over a window of "
+        f"{model.get('window', '?')} frames."
+    )
+    lines += [""] + [f"- `{k}`: {text}" for k, text in PARTS.items() if model.get(k)] + [""]
+    lines += ["## Data", ""]
+    lines.append(
+        f"`{data.get('path', '?')}`: {data.get('num_episodes', '?')} episodes, {data.get('num_frames', '?')} "
+        f"frames at {data.get('fps', '?')} fps, camera `{data.get('camera', '?')}`; every "
+        f"1/{train.get('val_fraction', '?')}-th episode held out (start contexts and evaluation come from those)."
+    )
+    lines += ["", "## How it was made", "", "The last training run, as its checkpoint recorded it:", ""]
+    lines += ["```bash", _train_command(train), "```", ""]
+    if train.get("init"):
+        lines.append(
+            f"It started from `{train['init']}` (`init=`): that checkpoint's own card or recipe says how it "
+            "was made."
+        )
+        lines.append("")
+    packaged = meta.get("packaged_from", {})
+    lines.append(f"Packaged from `{packaged.get('checkpoint', '?')}` by `wm-sim package`.")
+    lines += ["", "## Evaluation", ""]
+    lines += _metrics_table(metrics) if metrics else ["Not evaluated when packaged (`evaluate=false`)."]
+    return "\n".join(lines) + "\n"
+
+
+def _train_command(train: dict) -> str:
+    """The `wm-sim train` options a run was made with, as a command line (defaults included)."""
+    skip = {"resume", "threads", "device", "dist_timeout_s"}
+    options = " ".join(f"{k}={v}" for k, v in sorted(train.items()) if k not in skip and v != "")
+    return f"wm-sim train {options}"
+
+
+def _metrics_table(metrics: dict) -> list[str]:
+    horizons = metrics.get("horizons", [])
+    lines = [
+        f"Open loop on the recorded actions of {metrics.get('episodes', '?')} held-out episodes after "
+        f"{metrics.get('context', '?')} real frames (`metrics.json`, `errors.png`, `rollouts.mp4`):",
+        "",
+        "| metric (model / copy_last) | " + " | ".join(str(h) for h in horizons) + " |",
+        "|---" * (len(horizons) + 1) + "|",
+    ]
+    for name, by_method in sorted(metrics.get("metrics", {}).items()):
+        model, copy = by_method.get("model", {}), by_method.get("copy_last", {})
+        cells = [f"{_fmt(model.get(h))} / {_fmt(copy.get(h))}" for h in horizons]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    beats = metrics.get("model_beats_copy_last_at_every_horizon")
+    if beats is not None:
+        lines += ["", f"Beats copy-last at every horizon: {'yes' if beats else 'no'}."]
+    return lines
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def write_model_card(directory: Path, meta: dict, metrics: dict | None, out_name: str) -> Path:
+    path = directory / "MODEL_CARD.md"
+    path.write_text(model_card(meta, metrics, out_name))
+    return path
