@@ -1,6 +1,7 @@
 """Policies by name: what `policy=` and `policies=[...]` of `wm-sim verify` and `wm-sim rank` accept.
 
     random                 uniform random actions
+    zero                   all-zero actions: standing still (needs no physics, so imagination too)
     expert                 the task's scripted expert (reads the physics state; the reference return)
     noisy_expert:0.3       the expert plus Gaussian action noise of that scale
     cem, cem:horizon=8     the sampling-based planner over world-model forks (options after the colon;
@@ -24,7 +25,7 @@ from wm_sim.policies.base import Policy
 
 from wm_sim.errors import WmSimError
 
-NAMED = ("random", "expert", "noisy_expert", "cem")
+NAMED = ("random", "zero", "expert", "noisy_expert", "cem")
 
 
 @dataclass
@@ -50,11 +51,19 @@ def describe(ref: str) -> str:
 
 def make_policy(ref: str, setting: Setting) -> Policy:
     """The policy named `ref`, acting in `setting`; a mismatch with the task is one clear error."""
-    from wm_sim.policies.scripted import ExpertPolicy, NoisyPolicy, RandomPolicy, ReacherGoalExpert
+    from wm_sim.policies.scripted import (
+        ExpertPolicy,
+        NoisyPolicy,
+        RandomPolicy,
+        ReacherGoalExpert,
+        ZeroPolicy,
+    )
 
     name, _, options = str(ref).partition(":")
     if name == "random":
         return RandomPolicy(setting.action_dim, num_envs=setting.num_envs, seed=setting.seed)
+    if name == "zero":
+        return ZeroPolicy(setting.action_dim, num_envs=setting.num_envs)
     if name in ("expert", "noisy_expert"):
         if setting.tasks is not None:
             expert: Policy = ExpertPolicy(setting.tasks)

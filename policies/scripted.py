@@ -1,4 +1,4 @@
-"""Scripted policies for data collection: random, the task's expert, and a noisy mixture of both.
+"""Scripted policies: random, standing still, the task's expert, and a noisy mixture for collection.
 
 The expert reads the physics state, so these policies hold the tasks they act in; that is fine
 for collection and for the reference return, and the reason they cannot drive a world model.
@@ -41,6 +41,17 @@ class RandomPolicy(Policy):
         for row in _rows(mask, self.num_envs):
             if seeds is not None:
                 self._rngs[row] = np.random.default_rng(seeds[row])
+
+
+class ZeroPolicy(Policy):
+    """All-zero actions: the arm stands still. A reference that needs no physics, so it runs in
+    imagination too; on reacher it shows how much of random's deficit is only control cost."""
+
+    def __init__(self, action_dim: int, num_envs: int = 1):
+        self.action_dim, self.num_envs = action_dim, num_envs
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        return np.zeros((self.num_envs, self.action_dim), np.float32)
 
 
 class ExpertPolicy(Policy):

@@ -109,6 +109,24 @@ def test_named_policies_and_their_bad_names():
         make_policy("expert", pusher)
 
 
+def test_zero_stands_still_in_physics_and_in_imagination():
+    from wm_sim.envs.catalog import make_task
+
+    imagination = Setting(task="reacher", num_envs=3, action_dim=2, image_size=64, state_dim=4)
+    assert imagination.tasks is None  # no physics to read: zero needs none
+    actions = make_policy("zero", imagination).act(_obs(3))
+    assert actions.shape == (3, 2) and actions.dtype == np.float32 and not actions.any()
+    task = make_task("reacher")
+    physics = Setting(task="reacher", num_envs=1, action_dim=2, image_size=64, state_dim=4, tasks=[task])
+    policy = make_policy("zero", physics)
+    task.reset(0)
+    for _ in range(3):
+        actions = policy.act({})
+        assert actions.shape == (1, 2) and not actions.any()
+        task.step(actions[0])
+    task.close()
+
+
 def test_lambda_returns_match_their_definition():
     rewards = torch.tensor([[1.0], [2.0]])
     values = torch.tensor([[0.5], [0.25], [4.0]])
@@ -148,9 +166,12 @@ def test_verify_reports_true_imagined_and_the_score(policy_run, tiny_model_path,
         )
     )
     means = report["mean_true_return"]
-    assert set(means) == {"policy", "random", "expert"}
+    assert set(means) == {"policy", "random", "zero", "expert"}
     expected = (means["policy"] - means["random"]) / (means["expert"] - means["random"])
     assert report["normalized_score"] == pytest.approx(expected)
+    against_zero = (means["policy"] - means["zero"]) / (means["expert"] - means["zero"])
+    assert report["score_vs_zero"] == pytest.approx(against_zero)
+    assert report["policies"][str(run)]["score_vs_random"] == pytest.approx(expected)
     assert means["expert"] > means["random"]  # the anchors mean something on reacher
     episodes = report["per_episode"]
     assert len(episodes) == 3 and all(
@@ -231,8 +252,9 @@ def test_train_policy_refuses_bad_options(tiny_model_path, tmp_path):
     )
     from dataclasses import replace
 
-    with pytest.raises(WmSimError, match="algo must be actor_critic"):
+    with pytest.raises(WmSimError, match=r"unknown algo 'dreamer'; expected one of: actor_critic, bc"):
         train_policy(replace(base, algo="dreamer"))
+    assert not tmp_path.joinpath("run").exists()  # refused before anything is written
     with pytest.raises(WmSimError, match="horizon must be at least 1"):
         train_policy(replace(base, horizon=0))
     with pytest.raises(WmSimError, match="simulates 'reacher'"):

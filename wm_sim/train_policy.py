@@ -20,6 +20,7 @@ the policy starts exploiting the model's errors, the gap grows.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,11 +29,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from wm_sim.behaviour_cloning import train_behaviour_cloning
 from wm_sim.checkpoint import LAST, load_checkpoint, read_json, read_train_state
 from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.errors import WmSimError
 from wm_sim.tracking import Tracker, WandbConfig, new_run_id
+from wm_sim.train_latent_actor import train_latent_actor
 from wm_sim.world_model import WorldModel
 
 PHYSICS_KEY = "physics_state"
@@ -43,7 +46,13 @@ class TrainPolicyConfig:
     """Options of `wm-sim train-policy`."""
 
     task: str = field(default="reacher", metadata={"help": "the task the world model simulates"})
-    algo: str = field(default="actor_critic", metadata={"help": "actor_critic (PPO on imagined rollouts)"})
+    algo: str = field(
+        default="actor_critic",
+        metadata={
+            "help": "actor_critic (PPO on imagined rollouts) | latent_actor (backprop through the "
+            "latent model) | bc (clones the recorded actions)"
+        },
+    )
     checkpoint: str = field(default="", metadata={"help": "world model; empty: shipped:<task>"})
     data: str = field(
         default="", metadata={"help": "recorded episodes to start from; empty: datasets/<task>.zarr"}
@@ -269,6 +278,13 @@ def replay_in_physics(task, states: StartStates, batch: Imagined) -> dict[str, f
 
 
 def train_policy(cfg: TrainPolicyConfig) -> Path:
+    """`wm-sim train-policy`: train with the algorithm `cfg.algo` names; returns the run directory."""
+    if cfg.algo not in ALGOS:
+        raise WmSimError(f"unknown algo {cfg.algo!r}; expected one of: {', '.join(ALGOS)}")
+    return ALGOS[cfg.algo](cfg)
+
+
+def train_actor_critic(cfg: TrainPolicyConfig) -> Path:
     """Train an actor-critic in imagination; returns the run directory."""
     from wm_sim.envs.catalog import make_task
     from wm_sim.policies.actor_critic import (
@@ -280,8 +296,6 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     from wm_sim.policies.saved import POLICY_JSON, load_policy, save_policy
     from wm_sim.train import _flatten, _unflatten
 
-    if cfg.algo != "actor_critic":
-        raise WmSimError(f"algo must be actor_critic, got {cfg.algo!r}")
     if cfg.verify_horizon < 0:
         raise WmSimError(f"verify_horizon must be >= 0, got {cfg.verify_horizon}")
     if not 0.0 <= cfg.early_fraction <= 1.0:
@@ -425,3 +439,11 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
         if task is not None:
             task.close()
     return run_dir
+
+
+# algo= name -> trainer taking the whole TrainPolicyConfig
+ALGOS: dict[str, Callable[[TrainPolicyConfig], Path]] = {
+    "actor_critic": train_actor_critic,
+    "bc": train_behaviour_cloning,
+    "latent_actor": train_latent_actor,
+}

@@ -6,8 +6,11 @@ For each episode, from one MuJoCo start state:
   2. it runs closed-loop in the world model, seeded with the same first frame;
   3. MuJoCo's action sequence is replayed open-loop in the world model, step for step, so the
      imagined reward of each real step can be checked against the true one.
-The expert and random policies run in MuJoCo from the same start states to anchor the score:
-(R - R_random) / (R_expert - R_random), with R a mean true return.
+The reference policies (random, zero actions, and the expert where the task has one) and any
+`baselines=` run in MuJoCo from the same start states to anchor the scores, with R a mean true
+return: (R - R_random) / (R_expert - R_random), and (R - R_zero) / (R_expert - R_zero), because
+standing still already beats random's control cost by a wide margin on reacher. Every policy's
+seconds per action are timed around its act() calls in MuJoCo.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ class VerifyConfig:
     batch: int = field(default=10, metadata={"help": "episodes run side by side"})
     seed: int = field(default=0, metadata={"help": "start state of episode i is seed + i"})
     out: str = field(default="", metadata={"help": "output folder; empty: outputs/verify/<policy>"})
+    baselines: list[str] = field(
+        default_factory=list,
+        metadata={"help": "more policies scored in MuJoCo only, like the references: [a,b,...]"},
+    )
     videos: bool = field(default=True, metadata={"help": "write the best and the worst episode as MP4"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
 
@@ -53,6 +60,9 @@ class Rollouts:
     seeds: np.ndarray
     true_frames: list[np.ndarray] = field(default_factory=list)  # per episode (T, S, S, 3), if kept
     imagined_frames: list[np.ndarray] = field(default_factory=list)
+    act_seconds: float = 0.0  # wall-clock time inside policy.act() in MuJoCo
+    act_calls: int = 0
+    act_rows: int = 0  # actions returned by those calls, one per env row
 
     @property
     def true_returns(self) -> np.ndarray:
@@ -104,8 +114,6 @@ class Harness:
 
         `replay` also replays MuJoCo's actions open-loop in the model, for the per-step reward check.
         """
-        from wm_sim.policies.catalog import make_policy
-
         t = self.episode_steps
         n = len(seeds)
         out = Rollouts(
@@ -113,54 +121,77 @@ class Harness:
         )
         for first in range(0, n, self.batch):
             chunk = seeds[first : first + self.batch]
-            k = len(chunk)
-            tasks = self.tasks[:k]
-            starts = [task.reset(int(s)) for task, s in zip(tasks, chunk, strict=True)]
-            goals = np.stack([task.goal() for task in tasks]) if hasattr(tasks[0], "goal") else None
-            # 1. MuJoCo, closed loop, real pixels, true reward
-            policy = make_policy(ref, self.setting(k, False, int(chunk[0]), goals))
-            obs = _stack(starts)
-            actions = np.zeros((k, t, policy.action_dim), np.float32)
-            frames = np.zeros((k, t, *starts[0]["pixels"].shape), np.uint8) if keep_frames else None
-            for step in range(t):
-                actions[:, step] = policy.act(obs)
-                results = [task.step(a) for task, a in zip(tasks, actions[:, step], strict=True)]
-                out.true_rewards[first : first + k, step] = [r.reward for r in results]
-                obs = _stack([r.obs for r in results])
-                if frames is not None:
-                    frames[:, step] = obs["pixels"]
-                if bar is not None:
-                    bar.update(k)
-            out.success[first : first + k] = [r.success for r in results]
-            if frames is not None:
-                out.true_frames.extend(frames)
-            if not imagine:
-                continue
-            first_frames = np.stack([s["pixels"] for s in starts])[:, None]
-            first_state = np.stack([s["agent_pos"] for s in starts])[:, None]
-            rows = np.arange(k)
-            # 2. the world model, closed loop from the same first frame
-            policy = make_policy(ref, self.setting(k, True, int(chunk[0]), goals))
-            obs = self.env.reset_to(first_frames, first_state, rows=rows)
-            imagined = np.zeros((k, t, *starts[0]["pixels"].shape), np.uint8) if keep_frames else None
-            for step in range(t):
-                full = self._pad(policy.act({key: v[:k] for key, v in obs.items()}))
-                obs, reward, _, _, _ = self.env.step(full)
-                out.imagined_rewards[first : first + k, step] = reward[:k]
-                if imagined is not None:
-                    imagined[:, step] = obs["pixels"][:k]
-                if bar is not None:
-                    bar.update(k)
-            if imagined is not None:
-                out.imagined_frames.extend(imagined)
-            # 3. MuJoCo's actions replayed open-loop in the world model
-            if not replay:
-                continue
-            self.env.reset_to(first_frames, first_state, rows=rows)
-            for step in range(t):
-                _, reward, _, _, _ = self.env.step(self._pad(actions[:, step]))
-                out.replayed_rewards[first : first + k, step] = reward[:k]
+            starts, goals, actions = self._in_physics(ref, chunk, first, out, keep_frames, bar)
+            if imagine:
+                self._in_imagination(ref, chunk, first, starts, goals, out, keep_frames, bar)
+            if imagine and replay:
+                self._replay(starts, actions, first, out)
         return out
+
+    def check(self, ref: str) -> None:
+        """Build policy `ref` for one MuJoCo row: a bad name or path is an error before any episode."""
+        from wm_sim.policies.catalog import make_policy
+
+        make_policy(ref, self.setting(1, False, 0, None))
+
+    def _in_physics(self, ref, chunk, first, out: Rollouts, keep_frames: bool, bar):
+        """1. MuJoCo, closed loop, real pixels, true reward; times every act() call."""
+        from wm_sim.policies.catalog import make_policy
+
+        k, t = len(chunk), self.episode_steps
+        tasks = self.tasks[:k]
+        starts = [task.reset(int(s)) for task, s in zip(tasks, chunk, strict=True)]
+        goals = np.stack([task.goal() for task in tasks]) if hasattr(tasks[0], "goal") else None
+        policy = make_policy(ref, self.setting(k, False, int(chunk[0]), goals))
+        obs = _stack(starts)
+        actions = np.zeros((k, t, policy.action_dim), np.float32)
+        frames = np.zeros((k, t, *starts[0]["pixels"].shape), np.uint8) if keep_frames else None
+        for step in range(t):
+            tick = time.perf_counter()
+            chosen = policy.act(obs)
+            out.act_seconds += time.perf_counter() - tick
+            out.act_calls, out.act_rows = out.act_calls + 1, out.act_rows + k
+            actions[:, step] = chosen
+            results = [task.step(a) for task, a in zip(tasks, actions[:, step], strict=True)]
+            out.true_rewards[first : first + k, step] = [r.reward for r in results]
+            obs = _stack([r.obs for r in results])
+            if frames is not None:
+                frames[:, step] = obs["pixels"]
+            if bar is not None:
+                bar.update(k)
+        out.success[first : first + k] = [r.success for r in results]
+        if frames is not None:
+            out.true_frames.extend(frames)
+        return starts, goals, actions
+
+    def _in_imagination(self, ref, chunk, first, starts, goals, out: Rollouts, keep_frames: bool, bar):
+        """2. The world model, closed loop from the same first frame."""
+        from wm_sim.policies.catalog import make_policy
+
+        k, t = len(chunk), self.episode_steps
+        first_frames, first_state = _first_context(starts)
+        policy = make_policy(ref, self.setting(k, True, int(chunk[0]), goals))
+        obs = self.env.reset_to(first_frames, first_state, rows=np.arange(k))
+        imagined = np.zeros((k, t, *starts[0]["pixels"].shape), np.uint8) if keep_frames else None
+        for step in range(t):
+            full = self._pad(policy.act({key: v[:k] for key, v in obs.items()}))
+            obs, reward, _, _, _ = self.env.step(full)
+            out.imagined_rewards[first : first + k, step] = reward[:k]
+            if imagined is not None:
+                imagined[:, step] = obs["pixels"][:k]
+            if bar is not None:
+                bar.update(k)
+        if imagined is not None:
+            out.imagined_frames.extend(imagined)
+
+    def _replay(self, starts, actions: np.ndarray, first: int, out: Rollouts) -> None:
+        """3. MuJoCo's actions replayed open-loop in the world model."""
+        k = len(starts)
+        first_frames, first_state = _first_context(starts)
+        self.env.reset_to(first_frames, first_state, rows=np.arange(k))
+        for step in range(self.episode_steps):
+            _, reward, _, _, _ = self.env.step(self._pad(actions[:, step]))
+            out.replayed_rewards[first : first + k, step] = reward[:k]
 
     def _pad(self, actions: np.ndarray) -> np.ndarray:
         """Rows beyond a short last chunk idle with zero actions (their results are ignored)."""
@@ -178,11 +209,29 @@ def _stack(observations: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {key: np.stack([o[key] for o in observations]) for key in observations[0]}
 
 
-def normalized_score(policy: float, random: float, expert: float | None) -> tuple[float, str]:
-    """(R - R_random) / (R_expert - R_random); without an expert, (R - R_random) / |R_random|."""
+def _first_context(starts: list[dict[str, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """The start observations as one-frame contexts: (k, 1, S, S, 3) frames, (k, 1, D) states."""
+    frames = np.stack([s["pixels"] for s in starts])[:, None]
+    return frames, np.stack([s["agent_pos"] for s in starts])[:, None]
+
+
+def normalized_score(
+    policy: float, reference: float, expert: float | None, name: str = "random"
+) -> tuple[float, str]:
+    """(R - R_ref) / (R_expert - R_ref); without an expert, (R - R_ref) / |R_ref|. NaN where the
+    two anchors' returns are equal, since there is then no scale to read the policy on."""
     if expert is not None:
-        return (policy - random) / (expert - random), "(R - R_random) / (R_expert - R_random)"
-    return (policy - random) / max(abs(random), 1e-8), "(R - R_random) / |R_random| (the task has no expert)"
+        span = expert - reference
+        score = (policy - reference) / span if span != 0 else float("nan")
+    else:
+        score = (policy - reference) / max(abs(reference), 1e-8)
+    return score, score_formula(name, expert is not None)
+
+
+def score_formula(name: str, has_expert: bool) -> str:
+    if has_expert:
+        return f"(R - R_{name}) / (R_expert - R_{name})"
+    return f"(R - R_{name}) / |R_{name}| (the task has no expert)"
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -210,18 +259,26 @@ def verify(cfg: VerifyConfig) -> dict:
             f"{out / 'verify.json'} exists; choose another out= (verify never overwrites a report)"
         )
     checkpoint = cfg.checkpoint or f"shipped:{cfg.task}"
+    references = ["random", "zero", *(["expert"] if task_has_expert(cfg.task) else [])]
+    # a baseline already among the references (or the policy itself) is run and listed once
+    extra = [ref for ref in dict.fromkeys(cfg.baselines) if ref not in (*references, cfg.policy)]
     harness = Harness(cfg.task, checkpoint, min(cfg.batch, cfg.episodes))
     seeds = cfg.seed + np.arange(cfg.episodes)
-    has_expert = task_has_expert(cfg.task)
-    references = ["random", *(["expert"] if has_expert else [])]
-    steps = cfg.episodes * harness.episode_steps * (2 + len(references))
-    with tqdm(total=steps, desc="verify", unit="step") as bar:
-        main = harness.run(cfg.policy, seeds, imagine=True, keep_frames=cfg.videos, bar=bar)
-        anchors = {name: harness.run(name, seeds, imagine=False, bar=bar) for name in references}
-    harness.close()
+    try:
+        for ref in extra:
+            harness.check(ref)
+        others = [ref for ref in (*references, *extra) if ref != cfg.policy]
+        steps = cfg.episodes * harness.episode_steps * (2 + len(others))
+        with tqdm(total=steps, desc="verify", unit="step") as bar:
+            main = harness.run(cfg.policy, seeds, imagine=True, keep_frames=cfg.videos, bar=bar)
+            runs = {ref: harness.run(ref, seeds, imagine=False, bar=bar) for ref in others}
+    finally:
+        harness.close()
+    anchors = {name: runs.get(name, main) for name in references}
+    baselines = {ref: runs[ref] for ref in extra}
 
     out.mkdir(parents=True, exist_ok=True)
-    report = summarise(cfg, checkpoint, main, anchors)
+    report = summarise(cfg, checkpoint, main, anchors, baselines)
     report["files"] = {"plot": save_figure(_figure(main, report), out / "verify.png").name}
     if cfg.videos:
         for label, episode in (
@@ -240,9 +297,16 @@ def verify(cfg: VerifyConfig) -> dict:
     return report
 
 
-def summarise(cfg: VerifyConfig, checkpoint: str, main: Rollouts, anchors: dict[str, Rollouts]) -> dict:
+def summarise(
+    cfg: VerifyConfig,
+    checkpoint: str,
+    main: Rollouts,
+    anchors: dict[str, Rollouts],
+    baselines: dict[str, Rollouts] | None = None,
+) -> dict:
     means = {name: float(r.true_returns.mean()) for name, r in anchors.items()}
     score, formula = normalized_score(float(main.true_returns.mean()), means["random"], means.get("expert"))
+    table = policy_table({cfg.policy: main}, anchors, baselines or {})
     gap = main.imagined_returns - main.true_returns
     replay = main.replayed_rewards.flatten(), main.true_rewards.flatten()
     per_episode = [
@@ -265,8 +329,11 @@ def summarise(cfg: VerifyConfig, checkpoint: str, main: Rollouts, anchors: dict[
         "options": asdict(cfg),
         "mean_true_return": {"policy": float(main.true_returns.mean()), **means},
         "mean_imagined_return": float(main.imagined_returns.mean()),
-        "normalized_score": float(score),
+        "normalized_score": _finite(score),
         "normalized_score_formula": formula,
+        "score_vs_zero": table[cfg.policy]["score_vs_zero"],
+        "score_vs_zero_formula": score_formula("zero", "expert" in means),
+        "policies": table,
         "success_rate": float(main.success.mean()),
         "success_rate_random": float(anchors["random"].success.mean()),
         **({"success_rate_expert": float(anchors["expert"].success.mean())} if "expert" in anchors else {}),
@@ -283,6 +350,37 @@ def summarise(cfg: VerifyConfig, checkpoint: str, main: Rollouts, anchors: dict[
     }
 
 
+def policy_table(
+    main: dict[str, Rollouts], anchors: dict[str, Rollouts], baselines: dict[str, Rollouts]
+) -> dict[str, dict]:
+    """One row per policy: success, mean true return, both scores and the time it takes to act.
+
+    seconds_per_action is per env row: a planner that answers a batch of rows in one call shows
+    its per-call time and batch size beside it, so neither figure flatters it.
+    """
+    expert = float(anchors["expert"].true_returns.mean()) if "expert" in anchors else None
+    random, zero = (float(anchors[name].true_returns.mean()) for name in ("random", "zero"))
+    table = {}
+    for name, r in {**main, **{k: v for k, v in anchors.items() if k not in main}, **baselines}.items():
+        mean = float(r.true_returns.mean())
+        table[name] = {
+            "role": "policy" if name in main else "reference" if name in anchors else "baseline",
+            "success_rate": float(r.success.mean()),
+            "mean_true_return": mean,
+            "score_vs_random": _finite(normalized_score(mean, random, expert)[0]),
+            "score_vs_zero": _finite(normalized_score(mean, zero, expert, "zero")[0]),
+            "seconds_per_action": r.act_seconds / max(r.act_rows, 1),
+            "seconds_per_act_call": r.act_seconds / max(r.act_calls, 1),
+            "rows_per_call": r.act_rows / max(r.act_calls, 1),
+        }
+    return table
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: an undefined score is written as null."""
+    return float(value) if np.isfinite(value) else None
+
+
 def _figure(main: Rollouts, report: dict):
     import matplotlib
 
@@ -294,11 +392,10 @@ def _figure(main: Rollouts, report: dict):
     lo = min(main.true_returns.min(), main.imagined_returns.min())
     hi = max(main.true_returns.max(), main.imagined_returns.max())
     left.plot([lo, hi], [lo, hi], color="grey", lw=1, ls="--", label="imagined = true")
+    colours = {"expert": "black", "random": "tab:red", "zero": "tab:green"}
     for name, value in report["mean_true_return"].items():
         if name != "policy":
-            left.axvline(
-                value, color="black" if name == "expert" else "tab:red", lw=1, ls=":", label=f"{name} (mean)"
-            )
+            left.axvline(value, color=colours.get(name, "grey"), lw=1, ls=":", label=f"{name} (mean)")
     r = report["imagined_vs_true_return"]["pearson"]
     left.set_title(f"returns per episode (r = {r:.2f})" if r is not None else "returns per episode")
     left.set_xlabel("true return (MuJoCo)")
@@ -311,7 +408,8 @@ def _figure(main: Rollouts, report: dict):
     right.set_title("reward per step, the best episode's actions replayed")
     right.set_xlabel("step")
     right.legend(fontsize=8)
-    fig.suptitle(f"{report['policy']} on {report['task']}: normalized score {report['normalized_score']:.2f}")
+    score = _fmt(report["normalized_score"])
+    fig.suptitle(f"{report['policy']} on {report['task']}: normalized score {score}")
     fig.tight_layout()
     return fig
 
@@ -330,11 +428,32 @@ def _print(report: dict, out: Path) -> None:
     lines = [
         f"{report['policy']} on {report['task']}, {report['episodes']} episodes",
         "mean true return: " + ", ".join(f"{k} {v:.2f}" for k, v in means.items()),
-        f"normalized score {report['normalized_score']:.3f}  {report['normalized_score_formula']}",
+        f"normalized score {_fmt(report['normalized_score'], 3)}  {report['normalized_score_formula']}",
+        f"score vs zero actions {_fmt(report['score_vs_zero'], 3)}  {report['score_vs_zero_formula']}",
         f"success rate {report['success_rate']:.2f}; imagined return {report['mean_imagined_return']:.2f}",
         f"imagined vs true return: pearson {report['imagined_vs_true_return']['pearson']}",
         f"replayed actions, per-step reward: pearson {report['replayed_reward_agreement']['pearson']}, "
         f"mean abs error {report['replayed_reward_agreement']['mean_abs_error']:.4f}",
+        *_table_lines(report["policies"]),
         f"wrote {out}/verify.json ({report['seconds']:.0f} s)",
     ]
     print("\n".join(lines))
+
+
+def _table_lines(table: dict[str, dict]) -> list[str]:
+    """One line per policy: what verify.json's `policies` holds."""
+    from wm_sim.policies.catalog import describe
+
+    header = f"{'policy':<28} {'role':<9} {'success':>7} {'true return':>11} {'vs random':>9} {'vs zero':>8} {'s/action':>9} {'rows/call':>9}"
+    lines = [header]
+    for name, row in table.items():
+        lines.append(
+            f"{describe(name)[:28]:<28} {row['role']:<9} {row['success_rate']:>7.2f} "
+            f"{row['mean_true_return']:>11.2f} {_fmt(row['score_vs_random'], 3):>9} "
+            f"{_fmt(row['score_vs_zero'], 3):>8} {row['seconds_per_action']:>9.2e} {row['rows_per_call']:>9.1f}"
+        )
+    return lines
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
