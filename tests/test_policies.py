@@ -210,21 +210,57 @@ def test_rank_orders_a_tiny_population(tiny_model_path, tmp_path):
         rank(RankConfig(policies=["random", "random", "expert"], checkpoint=str(tiny_model_path)))
 
 
-def test_the_planner_forks_the_env_and_picks_the_best_imagined_sequence(tiny_model_path):
+def test_the_planner_plans_in_latent_space_and_beats_the_zero_sequence_it_starts_from(
+    tiny_planning_model_path,
+):
+    import torch
     from wm_sim.policies.planner import CEMConfig, CEMPlanner
 
-    config = CEMConfig.parse("horizon=3,population=8,elites=2,iterations=2,context=2")
-    planner = CEMPlanner(str(tiny_model_path), num_envs=2, config=config, seed=0)
+    config = CEMConfig.parse("horizon=5,population=64,elites=8,iterations=3")
+    planner = CEMPlanner(str(tiny_planning_model_path), num_envs=2, config=config, seed=0)
     obs = _obs(2, seed=1)
     first = planner.act(obs)
-    assert first.shape == (2, 2) and np.all(np.abs(first) <= 1)
-    again = CEMPlanner(str(tiny_model_path), num_envs=2, config=config, seed=0).act(obs)
-    np.testing.assert_array_equal(first, again)  # forks restore the same state: same search, same plan
-    planner.act(obs)  # history grows to its context; a reset forgets it
+    assert first.shape == (2, 2) and first.dtype == np.float32 and np.all(np.abs(first) <= 1)
+    again = CEMPlanner(str(tiny_planning_model_path), num_envs=2, config=config, seed=0).act(obs)
+    np.testing.assert_array_equal(first, again)  # seeded: the same search, the same plan
+    # from a poor warm start (full throttle: a large control cost), the plan it finds and keeps
+    # earns more imagined return than the one it started from
+    planner = CEMPlanner(str(tiny_planning_model_path), num_envs=2, config=config, seed=0)
+    start = torch.ones_like(planner._plan)
+    planner._plan = start.clone()
+    action = planner.act(obs)
+    plan = torch.cat([torch.from_numpy(action)[:, None], planner._plan[:, :-1]], dim=1)  # (R, H, A)
+    model = planner.model
+    with torch.no_grad():
+        scenes = model.keypoints(torch.from_numpy(obs["pixels"]))
+        state = torch.from_numpy(obs["agent_pos"]).float()
+        found, started = model.returns(scenes, state, plan), model.returns(scenes, state, start)
+    assert torch.all(found > started), (found, started)
     planner.reset(np.array([True, False]))
-    assert len(planner._history[0]) == 0 and len(planner._history[1]) == 2
-    with pytest.raises(WmSimError, match="cannot exceed"):
-        CEMConfig.parse("population=4,elites=5")
+    assert not planner._plan[0].any() and planner._plan[1].any()  # a reset forgets that row's plan
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ("population=4,elites=5", "cannot exceed"),
+        ("horizon=0", "at least 1"),
+        ("init_std=-1", "init_std"),
+        ("context=2", "unknown cem option"),
+    ],
+)
+def test_planner_options_out_of_range_are_one_clear_error(options, match):
+    from wm_sim.policies.planner import CEMConfig
+
+    with pytest.raises(WmSimError, match=match):
+        CEMConfig.parse(options)
+
+
+def test_the_planner_refuses_a_model_with_nothing_to_plan_with(tiny_model_path):
+    from wm_sim.policies.planner import CEMPlanner
+
+    with pytest.raises(WmSimError, match="no state transition and scene reward"):
+        CEMPlanner(str(tiny_model_path))
 
 
 def test_reset_to_starts_each_sub_env_from_its_own_context(tiny_model_path):
