@@ -30,10 +30,12 @@ def model_card(meta: dict, metrics: dict | None, out_name: str) -> str:
     )
     lines += [""] + [f"- `{k}`: {text}" for k, text in PARTS.items() if model.get(k)] + [""]
     lines += ["## Data", ""]
+    fraction = train.get("val_fraction")
+    held_out = f"every {round(1 / fraction)}th episode" if fraction else "no episode"
     lines.append(
         f"`{data.get('path', '?')}`: {data.get('num_episodes', '?')} episodes, {data.get('num_frames', '?')} "
-        f"frames at {data.get('fps', '?')} fps, camera `{data.get('camera', '?')}`; every "
-        f"1/{train.get('val_fraction', '?')}-th episode held out (start contexts and evaluation come from those)."
+        f"frames at {data.get('fps', '?')} fps, camera `{data.get('camera', '?')}`; {held_out} held out "
+        "(start contexts and evaluation come from those)."
     )
     lines += ["", "## How it was made", "", "The last training run, as its checkpoint recorded it:", ""]
     lines += ["```bash", _train_command(train), "```", ""]
