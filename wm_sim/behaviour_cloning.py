@@ -26,12 +26,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from wm_sim.checkpoint import LAST, load_checkpoint
+from wm_sim.checkpoint import LAST
 from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import split_episodes
 from wm_sim.errors import WmSimError
 from wm_sim.policies.actor_critic import ActorCritic, ActorCriticPolicy, ObservationEncoder, feature_dim
+from wm_sim.policy_inputs import policy_inputs
 from wm_sim.tracking import Tracker, new_run_id
 
 if TYPE_CHECKING:
@@ -154,17 +155,7 @@ def train_behaviour_cloning(cfg: TrainPolicyConfig) -> Path:
     check_options(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    checkpoint = cfg.checkpoint or f"shipped:{cfg.task}"
-    data = cfg.data or f"datasets/{cfg.task}.zarr"
-    run_dir = Path(cfg.out or f"outputs/policies/{cfg.task}-{cfg.algo}")
-    model, wm_meta = load_checkpoint(checkpoint, map_location="cpu")
-    modelled = wm_meta.get("dataset", {}).get("task", cfg.task)
-    if modelled != cfg.task:
-        raise WmSimError(f"task={cfg.task} but the world model {checkpoint} simulates {modelled!r}")
-    if not Path(data).exists():
-        raise WmSimError(
-            f"no dataset at {data}; record one with `wm-sim collect task={cfg.task}` or pass data="
-        )
+    checkpoint, data, run_dir, model, wm_meta = policy_inputs(cfg)
     if (run_dir / LAST).exists() or any(run_dir.glob("step-*")):
         raise WmSimError(f"{run_dir} already holds a run; choose another out=")
     val_fraction = float(wm_meta.get("train", {}).get("val_fraction", 0.0)) or DEFAULT_VAL_FRACTION

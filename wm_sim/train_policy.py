@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from wm_sim.behaviour_cloning import train_behaviour_cloning
-from wm_sim.checkpoint import LAST, load_checkpoint, read_json, read_train_state
+from wm_sim.checkpoint import LAST, read_json, read_train_state
 from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.errors import WmSimError
+from wm_sim.policy_inputs import policy_inputs
 from wm_sim.tracking import Tracker, WandbConfig, new_run_id
 from wm_sim.train_latent_actor import train_latent_actor
 from wm_sim.world_model import WorldModel
@@ -318,18 +319,8 @@ def train_actor_critic(cfg: TrainPolicyConfig) -> Path:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
-    checkpoint = cfg.checkpoint or f"shipped:{cfg.task}"
-    data = cfg.data or f"datasets/{cfg.task}.zarr"
-    run_dir = Path(cfg.out or f"outputs/policies/{cfg.task}-{cfg.algo}")
-    model, wm_meta = load_checkpoint(checkpoint, map_location=device)
+    checkpoint, data, run_dir, model, wm_meta = policy_inputs(cfg, device)
     model.eval().requires_grad_(False)
-    modelled = wm_meta.get("dataset", {}).get("task", cfg.task)
-    if modelled != cfg.task:
-        raise WmSimError(f"task={cfg.task} but the world model {checkpoint} simulates {modelled!r}")
-    if not Path(data).exists():
-        raise WmSimError(
-            f"no dataset at {data}; record one with `wm-sim collect task={cfg.task}` or pass data="
-        )
 
     resuming = resume == "auto" and (run_dir / LAST).exists()
     if run_dir.exists() and any(run_dir.glob("step-*")) and not resuming:
