@@ -22,6 +22,8 @@ import json
 import os
 import re
 import shutil
+import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,8 @@ from wm_sim.optional import require
 
 REPORT_FILE = "import_report.json"
 STAMPS = ("header", "receive")
+# what reading bytes that are not a bag raises besides rosbags' own errors (UnicodeDecodeError is a ValueError)
+UNREADABLE = (ValueError, EOFError, struct.error, IndexError, KeyError)
 # A header-stamped topic whose stamps sit further than this from the bag's receive times is on
 # another clock (simulated time, a robot's unsynchronised clock) than the topics without headers.
 CLOCK_TOLERANCE_NS = 1_000_000_000
@@ -226,17 +230,21 @@ def _read_streams(bag: Path, roles: dict[str, str], cfg: ImportBagConfig) -> dic
     from rosbags.highlevel import AnyReader, AnyReaderError
     from rosbags.typesys import Stores, get_typestore
 
+    # bags recorded before message definitions were stored (ROS 2 Humble's sqlite3) read with
+    # the standard definitions
+    reader = AnyReader([bag], default_typestore=get_typestore(Stores.LATEST))
     try:
-        # bags recorded before message definitions were stored (ROS 2 Humble's sqlite3) read with
-        # the standard definitions
-        with AnyReader([bag], default_typestore=get_typestore(Stores.LATEST)) as reader:
-            _check_topics(roles, _topic_types(reader))
-            return _read_messages(reader, roles, cfg)
-    except AnyReaderError as exc:
-        raise WmSimError(f"cannot read {bag} as a rosbag: {exc}") from exc
+        reader.open()
+    except (AnyReaderError, *UNREADABLE) as exc:
+        # rosbags turns its own reader errors into AnyReaderError; bytes that are not a bag at all
+        # (a damaged or mislabelled file) surface as decoding or parsing errors instead
+        raise WmSimError(f"cannot read {bag} as a rosbag ({type(exc).__name__}: {exc})") from exc
+    with reader:
+        _check_topics(roles, _topic_types(reader))
+        return _read_messages(reader, roles, cfg, bag)
 
 
-def _read_messages(reader, roles: dict[str, str], cfg: ImportBagConfig) -> dict[str, Stream]:
+def _read_messages(reader, roles: dict[str, str], cfg: ImportBagConfig, bag: Path) -> dict[str, Stream]:
     role_of = {topic: role for role, topic in roles.items()}
     connections = [c for c in reader.connections if c.topic in role_of]
     converters = {role: _Converter(role, cfg) for role in roles}
@@ -245,11 +253,18 @@ def _read_messages(reader, roles: dict[str, str], cfg: ImportBagConfig) -> dict[
     stamped: dict[str, list[bool]] = {role: [] for role in roles}
     values: dict[str, list] = {role: [] for role in roles}
     total = sum(c.msgcount for c in connections)
+    messages = reader.messages(connections=connections)
     for connection, receive_ns, raw in tqdm(
-        reader.messages(connections=connections), total=total, unit="msg", desc="read bag"
+        _guarded(messages, bag), total=total, unit="msg", desc="read bag"
     ):
         role = role_of[connection.topic]
-        msg = reader.deserialize(raw, connection.msgtype)
+        try:
+            msg = reader.deserialize(raw, connection.msgtype)
+        except UNREADABLE as exc:
+            raise WmSimError(
+                f"message {len(values[role])} of {connection.topic} in {bag} is damaged: it does not decode as "
+                f"{connection.msgtype} ({type(exc).__name__}: {exc})"
+            ) from exc
         try:
             values[role].append(converters[role](msg, connection.msgtype))
         except WmSimError as exc:
@@ -277,6 +292,16 @@ def _read_messages(reader, roles: dict[str, str], cfg: ImportBagConfig) -> dict[
         stream.names = converters[role].names
         streams[role] = stream
     return streams
+
+
+def _guarded(messages: Iterator, bag: Path) -> Iterator:
+    """The bag's messages; a damaged chunk part-way through is one clear error, not a traceback."""
+    try:
+        yield from messages
+    except UNREADABLE as exc:
+        raise WmSimError(
+            f"{bag} is damaged part-way through: its messages stop decoding ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _header_stamp(msg) -> int:

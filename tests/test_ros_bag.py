@@ -455,3 +455,30 @@ def test_cli_imports_a_bag(recorded, tmp_path):
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1].startswith("wm-sim ros import-bag: error:")
     assert "already exists" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "damage", ["ros1_file", "metadata", "sqlite3_storage", "mcap_storage", "mcap_truncated"]
+)
+def test_random_bytes_are_one_clear_error_and_write_nothing(damage, tmp_path):
+    noise = np.random.default_rng(7).bytes(4096)
+    if damage == "ros1_file":
+        bag = tmp_path / "noise.bag"
+        bag.write_bytes(noise)
+    else:
+        storage = "mcap" if damage.startswith("mcap") else "sqlite3"
+        bag = write_bag(tmp_path / "damaged", recording(), storage=storage)
+        target = (
+            bag / "metadata.yaml"
+            if damage == "metadata"
+            else next(p for p in bag.iterdir() if p.suffix in (".db3", ".mcap"))
+        )
+        data = target.read_bytes()
+        target.write_bytes(data[: len(data) // 2] if damage == "mcap_truncated" else noise)
+    out = tmp_path / "out.zarr"
+    done = run_cli([f"bag={bag}", f"image_topic={IMAGE}", f"action_topic={COMMAND}", f"out={out}"])
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr and lines[-1].startswith("wm-sim ros import-bag: error:")
+    assert str(bag) in lines[-1]
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))
