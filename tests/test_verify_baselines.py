@@ -4,6 +4,9 @@ action, and behaviour cloning as a baseline trained on the same dataset."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import uuid
 from dataclasses import replace
 
 import numpy as np
@@ -109,6 +112,32 @@ def test_behaviour_cloning_refuses_a_used_run_directory_and_resume(bc_run):
     with pytest.raises(WmSimError, match="lr must be a positive"):
         train_policy(replace(cfg, lr=float("nan")))
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+@pytest.mark.parametrize("algo", ["bc", "actor_critic", "latent_actor"])
+def test_a_policy_run_directory_another_process_writes_is_refused_and_leftovers_cleared(
+    algo, bc_run, tmp_path
+):
+    """Every algo takes its run directory's lock before anything else (as `wm-sim train` does), so
+    two trainings into one out= cannot interleave; the next start removes a killed save's folder."""
+    _, cfg = bc_run
+    out = tmp_path / "policy"
+    held = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from wm_sim.checkpoint import lock_run_directory; "
+         f"lock = lock_run_directory({str(out)!r}); print('locked', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert held.stdout.readline().strip() == "locked"
+        staging = out / f".step-0000300.{uuid.uuid4().hex}.partial"
+        staging.mkdir()
+        with pytest.raises(WmSimError, match="being written by another process"):
+            train_policy(replace(cfg, algo=algo, out=str(out)))
+        assert staging.is_dir()  # a live writer's staging folder is never touched
+    finally:
+        held.communicate("")
+    train_policy(replace(cfg, out=str(out), steps=5))  # the holder is gone: the next run starts
+    assert not staging.exists() and (out / "last").exists()
 
 
 def test_verify_scores_every_policy_against_random_and_zero(bc_run, tiny_model_path, tmp_path):

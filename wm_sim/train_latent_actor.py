@@ -27,6 +27,7 @@ from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import split_episodes
 from wm_sim.errors import WmSimError
 from wm_sim.latent_model import LatentModel
+from wm_sim.policy_inputs import run_directory
 
 
 def recorded_scenes(
@@ -71,7 +72,7 @@ def train_latent_actor(cfg) -> Path:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     checkpoint = cfg.checkpoint or f"shipped:{cfg.task}"
-    out = Path(cfg.out or f"outputs/policies/{cfg.task}-latent_actor")
+    out = run_directory(cfg)
     if (out / LAST).exists():
         raise WmSimError(f"{out} already holds a policy run; choose another out= (it is never overwritten)")
     world, _ = load_checkpoint(checkpoint)

@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from wm_sim.behaviour_cloning import train_behaviour_cloning
-from wm_sim.checkpoint import LAST, read_json, read_train_state
+from wm_sim.checkpoint import LAST, lock_run_directory, read_json, read_train_state
 from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.errors import WmSimError
-from wm_sim.policy_inputs import policy_inputs
+from wm_sim.policy_inputs import policy_inputs, run_directory
 from wm_sim.tracking import Tracker, WandbConfig, new_run_id
 from wm_sim.train_latent_actor import train_latent_actor
 from wm_sim.world_model import WorldModel
@@ -282,7 +282,10 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     """`wm-sim train-policy`: train with the algorithm `cfg.algo` names; returns the run directory."""
     if cfg.algo not in ALGOS:
         raise WmSimError(f"unknown algo {cfg.algo!r}; expected one of: {', '.join(ALGOS)}")
-    return ALGOS[cfg.algo](cfg)
+    # one writer per run directory, as for `wm-sim train`; taking the lock also clears what a
+    # killed save left there
+    with lock_run_directory(run_directory(cfg)):
+        return ALGOS[cfg.algo](cfg)
 
 
 def train_actor_critic(cfg: TrainPolicyConfig) -> Path:
