@@ -29,6 +29,8 @@ class Sizes:
     num_envs: tuple[int, ...] = (1, 8, 64, 256)  # throughput: vector env sizes
     batches: tuple[int, ...] = (1, 16, 64, 256)  # roofline: engine batch sizes (more on a GPU)
     latency_steps: int = 500  # per repeat
+    realtime_seconds: float = 10.0  # ros: frames counted per realtime scenario
+    realtime_warm_up: float = 2.0  # ros: seconds from the first frame not counted
     memory_steps: int = 10_000
     memory_every: int = 100  # steps between resident-memory samples
     stability_steps: int = 12_000  # 4 minutes of reacher at 50 fps
@@ -59,6 +61,8 @@ SMOKE = Sizes(
     num_envs=(1, 4),
     batches=(1, 4),
     latency_steps=20,
+    realtime_seconds=2.0,
+    realtime_warm_up=1.0,
     memory_steps=60,
     memory_every=10,
     stability_steps=40,

@@ -1,4 +1,4 @@
-"""`ros`: the lock-step round trip over ROS 2, `RosEnv.step` against `wm-sim ros serve`.
+"""`ros`: the lock-step round trip over ROS 2, and the rate a realtime server holds under load.
 
 One round trip is what an RL loop over ROS pays per step: publish the command; the server, in
 its own process, steps the env and publishes image, joint state, reward and done; the client
@@ -6,11 +6,18 @@ has them all. Beside it, in the same run, the env's own `step` in this process a
 (what the server does inside each round trip): the difference is what ROS costs. The server
 runs on the CPU with one torch thread, as `wm-sim ros serve threads=1`.
 
+Realtime: `wm-sim ros serve mode=realtime rate=50` with its default threads, measured by a
+subscriber in another process (`ros_flood`) counting frames: quiet, while that process floods
+the command topic as fast as it can, and with that flood while every core also runs a busy loop.
+The server should hold its rate within 10% and report each overrun on /diagnostics. Beside it,
+in the same run, the busy case again with the server at torch's default threads, for comparison.
+
 Needs the `ros` extra; without it the suite reports itself skipped instead of failing `all`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -28,6 +35,11 @@ from wm_sim.errors import WmSimError
 from wm_sim.optional import is_available
 
 P50_BOUND_MS = 30.0
+REALTIME_RATE_HZ = 50.0
+REALTIME_BOUND_HZ = 45.0  # within 10% of the rate asked for
+FLOOD = "command flood"
+BUSY = "command flood + every core busy"
+SCENARIOS = ("quiet", FLOOD, BUSY)
 CPU = torch.device("cpu")  # the server steps on the CPU: nothing to synchronise
 
 
@@ -46,13 +58,13 @@ def env_step_ms(checkpoint: str, actions: np.ndarray) -> list[float]:
         torch.set_num_threads(threads)
 
 
-def start_server(checkpoint: str) -> subprocess.Popen:
-    """`wm-sim ros serve` of `checkpoint`, lock-step, in a child process on its own ROS domain."""
+def start_server(checkpoint: str, *options: str) -> subprocess.Popen:
+    """`wm-sim ros serve` of `checkpoint` with `options`, in a child process on its own ROS domain."""
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
     return subprocess.Popen(
         [
             sys.executable, "-m", "wm_sim", "ros", "serve", "env=wm_sim/WorldModel-v0",
-            f"+env_kwargs.checkpoint={checkpoint}", "mode=lockstep", "threads=1",
+            f"+env_kwargs.checkpoint={checkpoint}", *options,
         ],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
@@ -83,18 +95,62 @@ def stop(server: subprocess.Popen) -> None:
         server.wait()
 
 
+def busy_cores() -> list[subprocess.Popen]:
+    """One busy Python loop per core: another job wanting every core the server runs on."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+
+
+def count_frames(seconds: float, warm_up: float, flood: bool, action_dim: int) -> dict:
+    """`ros_flood` in its own process: the served rate (and its flood, if asked for)."""
+    command = [
+        sys.executable, "-m", "wm_sim.benchmarks.ros_flood", str(seconds), f"--warm-up={warm_up}",
+        f"--action-dim={action_dim}", *(["--flood"] if flood else []),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + warm_up + 180)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise WmSimError(f"the ROS frame counter exited with code {done.returncode}: {last}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def realtime_rates(bench: Bench, action_dim: int, scenarios=SCENARIOS, *options: str) -> dict[str, dict]:
+    """Each scenario's figures, from one realtime server (its default threads unless `options`)."""
+    sizes = bench.sizes
+    server = start_server(bench.checkpoint, "mode=realtime", f"rate={REALTIME_RATE_HZ:g}", *options)
+    rates = {}
+    try:
+        for scenario in tqdm(scenarios, desc=f"ros realtime {' '.join(options)}", unit="scenario"):
+            load = busy_cores() if scenario == BUSY else []
+            try:
+                rates[scenario] = count_frames(
+                    sizes.realtime_seconds, sizes.realtime_warm_up, scenario != "quiet", action_dim
+                )
+            finally:
+                for process in load:
+                    process.kill()
+                    process.wait()
+            if server.poll() is not None:
+                raise WmSimError(f"`wm-sim ros serve mode=realtime` exited with code {server.returncode}")
+    finally:
+        stop(server)
+    return rates
+
+
 def run(bench: Bench) -> dict:
     if not is_available("rclpy"):
         return {
             "skipped": 'needs the ros extra: pip install "wm-sim[ros]"',
             "figures": {},
-            "targets": [target("RosEnv.step round trip p50", None, "<=", P50_BOUND_MS, "ms")],
+            "targets": [
+                target("RosEnv.step round trip p50", None, "<=", P50_BOUND_MS, "ms"),
+                *(target(f"realtime rate, {s}", None, ">=", REALTIME_BOUND_HZ, "Hz") for s in (FLOOD, BUSY)),
+            ],
             "table": [["lock-step round trip over ROS 2", 'skipped: needs pip install "wm-sim[ros]"']],
         }
     from wm_sim.ros.ros_env import RosEnv
 
     steps = bench.sizes.latency_steps
-    server = start_server(bench.checkpoint)
+    server = start_server(bench.checkpoint, "mode=lockstep", "threads=1")
     try:
         env = connect(server, RosEnv)
         try:
@@ -109,10 +165,16 @@ def run(bench: Bench) -> dict:
                 p50.append(spread["p50"])
                 p99.append(spread["p99"])
                 floor.append(float(np.percentile(env_step_ms(bench.checkpoint, actions), 50)))
+            action_dim = int(env.action_space.shape[0])
         finally:
             env.close()
     finally:
         stop(server)
+    realtime = realtime_rates(bench, action_dim)
+    # beside it, in the same run: the server at torch's default threads (serve's default before)
+    realtime[f"{BUSY}, threads=0 (torch's default)"] = realtime_rates(
+        bench, action_dim, (BUSY,), "threads=0"
+    )[BUSY]
     p50_s, p99_s, floor_s = summarize(p50), summarize(p99), summarize(floor)
     overhead = summarize([a - b for a, b in zip(p50, floor, strict=True)])
     return {
@@ -122,8 +184,16 @@ def run(bench: Bench) -> dict:
             "env_step_in_process_p50_ms": floor_s.to_dict(),
             "ros_overhead_p50_ms": overhead.to_dict(),
             "steps_per_repeat": steps,
+            "realtime_target_hz": REALTIME_RATE_HZ,
+            "realtime": realtime,
         },
-        "targets": [target("RosEnv.step round trip p50", p50_s.median, "<=", P50_BOUND_MS, "ms")],
+        "targets": [
+            target("RosEnv.step round trip p50", p50_s.median, "<=", P50_BOUND_MS, "ms"),
+            *(
+                target(f"realtime rate, {s}", realtime[s]["rate_hz"], ">=", REALTIME_BOUND_HZ, "Hz")
+                for s in (FLOOD, BUSY)
+            ),
+        ],
         "table": [
             [
                 "RosEnv.step lock-step round trip: p50 / p99 (ms)",
@@ -131,5 +201,13 @@ def run(bench: Bench) -> dict:
             ],
             ["env.step in process, 1 thread: p50 (ms)", floor_s.text("{:.1f}")],
             ["ROS 2 overhead at p50 (ms)", overhead.text("{:.1f}")],
+            *(
+                [
+                    f"realtime at {REALTIME_RATE_HZ:g} Hz, {scenario}: served rate (Hz), worst gap (ms), overruns",
+                    f"{r['rate_hz']:.1f}, {r['worst_gap_ms'] or 0:.0f}, {r['overrun_reports']}"
+                    + (f" ({r['commands_per_s']:.0f} commands/s)" if r["commands_per_s"] else ""),
+                ]
+                for scenario, r in realtime.items()
+            ),
         ],
     }

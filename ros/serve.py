@@ -59,7 +59,12 @@ class ServeConfig:
         default="", metadata={"help": "ROS 2 parameter YAML (ros__parameters); the command line wins over it"}
     )
     duration: float = field(default=0.0, metadata={"help": "stop after this many seconds (0: at Ctrl-C)"})
-    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    # One env steps at batch 1, where a second intra-op thread gains little and its busy-waiting
+    # collapses the rate when anything else wants the cores (a command flood, DDS, another job):
+    # measured 22.9 Hz against 50 at threads=2 under a flood and a busy core (`wm-sim bench suite=ros`).
+    threads: int = field(
+        default=1, metadata={"help": "torch CPU threads (1 holds a realtime rate under load; 0: torch's default)"}
+    )
 
 
 def serve(cfg: ServeConfig) -> None:
@@ -230,3 +235,4 @@ def _check(cfg: ServeConfig) -> None:
         raise WmSimError(f"duration must be >= 0 seconds, got {cfg.duration}")
     topics.check_namespace(cfg.namespace)
     topics.check_node_name(cfg.node_name)
+

@@ -343,6 +343,11 @@ def test_smoke_bench_runs_every_suite_and_writes_results_and_table(tiny_model_pa
         ros = figures["ros"]
         assert ros["round_trip_p50_ms"]["n"] == 2 and ros["steps_per_repeat"] == 20
         assert ros["round_trip_p50_ms"]["median"] > ros["env_step_in_process_p50_ms"]["min"] * 0.5
+        # a realtime server really served frames in every scenario, and the flood really flooded
+        realtime = ros["realtime"]
+        assert set(realtime) >= {"quiet", "command flood", "command flood + every core busy"}
+        assert all(r["frames"] > 10 and r["rate_hz"] > 0 for r in realtime.values()), realtime
+        assert realtime["command flood"]["commands_per_s"] > 100 and realtime["quiet"]["commands_per_s"] == 0
     text = readme.read_text()
     for name in results["suites"]:
         assert f"| {name} |" in text
