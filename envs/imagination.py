@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wm_sim.fork_safety import one_thread_in_forked_children
 from wm_sim.host_memory import retain_freed_memory
 from wm_sim.world_model import Anchor, WorldModel
 
@@ -40,6 +41,7 @@ class ImaginedBatch:
     ):
         self.model = model.eval().to(device)
         self.device = torch.device(device)
+        one_thread_in_forked_children()  # else AsyncVectorEnv(context="fork") workers hang (fork_safety)
         if self.device.type == "cpu":
             retain_freed_memory()  # else a step usually faults its activations in again (host_memory)
         self.batch = batch

@@ -277,8 +277,12 @@ class WorldModelEnv(gymnasium.Env):
 class WorldModelVectorEnv(VectorEnv):
     """`num_envs` imagined episodes advanced in one batched forward pass per step.
 
-    Autoreset is next-step (Gymnasium's default): the step after an episode ends resets that
-    sub-env and returns its first observation, with reward 0 and neither flag set. Partial resets:
+    Autoreset, as Gymnasium's `autoreset_mode` (an AutoresetMode or its value): next-step (the
+    default) resets a sub-env on the step after its episode ended and returns its first
+    observation, with reward 0 and neither flag set; same-step resets it on the step that ended
+    it, returning the new first observation and the last one in `info["final_obs"]` (TorchRL's
+    GymWrapper needs this or disabled); disabled never resets on its own, and stepping an ended
+    sub-env before resetting it is an error. Partial resets:
     `reset(options={"reset_mask": bool array})`. `array_type="torch"` returns tensors on the
     model's device instead of numpy arrays.
     """
@@ -298,16 +302,19 @@ class WorldModelVectorEnv(VectorEnv):
         array_type: str = "numpy",
         stream: bool = False,
         episode_steps: int | None = None,
+        autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
     ):
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        # an attribute as on Gymnasium's own vector envs, where wrappers (TorchRL's) read it
+        self.autoreset_mode = _autoreset_mode(autoreset_mode)
         if array_type not in ("numpy", "torch"):
             raise ValueError(f"array_type must be 'numpy' or 'torch', got {array_type!r}")
         self.sim = _Simulator(checkpoint, num_envs, device, stream, episode_steps)
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.use_torch = array_type == "torch"
-        self.metadata = {**self.metadata, "render_fps": self.sim.fps}
+        self.metadata = {**self.metadata, "render_fps": self.sim.fps, "autoreset_mode": self.autoreset_mode}
         self.single_observation_space = self.sim.observation_space
         self.single_action_space = self.sim.action_space
         self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, num_envs)
@@ -390,25 +397,52 @@ class WorldModelVectorEnv(VectorEnv):
         if not self._started:
             raise gymnasium.error.ResetNeeded("call reset() before step()")
         acts, clipped = self.sim.check_actions(actions, batch=self.num_envs)
+        if self.autoreset_mode == AutoresetMode.DISABLED and self._autoreset.any():
+            raise gymnasium.error.ResetNeeded(
+                f"sub-envs {np.flatnonzero(self._autoreset).tolist()} ended and autoreset_mode is disabled: "
+                "reset them first, reset(options={'reset_mask': ...})"
+            )
         out = self.sim.engine.step(acts)
         reward = out.reward.clone()
         terminated, truncated = out.terminated.clone(), out.truncated.clone()
         restart = self._autoreset.copy()
         if restart.any():  # next-step autoreset: these rows begin a new episode instead
-            rows = np.flatnonzero(restart)
-            self.sim.engine.reset_rows(
-                torch.from_numpy(rows),
-                *self.sim.bundled(self.np_random.integers(self.sim.num_contexts, size=len(rows))),
-            )
-            index = torch.from_numpy(rows).to(reward.device)
+            self._restart(restart)
+            index = torch.from_numpy(np.flatnonzero(restart)).to(reward.device)
             reward[index], terminated[index], truncated[index] = 0.0, False, False
-        self._autoreset = (terminated | truncated).cpu().numpy()
+        ended = (terminated | truncated).cpu().numpy()
         info = {"uncertainty": out.uncertainty, "action_clipped": torch.from_numpy(clipped)}
+        info = info if self.use_torch else {k: v.cpu().numpy() for k, v in info.items()}
         obs = self._observation()
+        if self.autoreset_mode == AutoresetMode.SAME_STEP and ended.any():
+            info |= self._final(obs, info, ended)
+            self._restart(ended)
+            obs = self._observation()
+        self._autoreset = ended if self.autoreset_mode != AutoresetMode.SAME_STEP else np.zeros_like(ended)
         if self.use_torch:
             return obs, reward, terminated, truncated, info
-        info = {k: v.cpu().numpy() for k, v in info.items()}
         return obs, reward.cpu().numpy(), terminated.cpu().numpy(), truncated.cpu().numpy(), info
+
+    def _restart(self, rows: np.ndarray) -> None:
+        """Begin new episodes in the rows of bool mask `rows`, from bundled start contexts."""
+        index = np.flatnonzero(rows)
+        contexts = self.np_random.integers(self.sim.num_contexts, size=len(index))
+        self.sim.engine.reset_rows(torch.from_numpy(index), *self.sim.bundled(contexts))
+
+    def _final(self, obs: dict, info: dict, ended: np.ndarray) -> dict[str, Any]:
+        """Same-step autoreset's info: each ended row's last observation and info, as Gymnasium's
+        vector envs give them (`final_obs` an object array of per-row observations, `_`-masks)."""
+        final_obs = np.full(self.num_envs, None, dtype=object)
+        for row in np.flatnonzero(ended):
+            final_obs[row] = {key: value[row] for key, value in obs.items()}
+        mask = torch.from_numpy(ended) if self.use_torch else ended
+        final_info = {**info, **{f"_{key}": mask for key in info}}
+        return {
+            "final_obs": final_obs,
+            "_final_obs": ended.copy(),
+            "final_info": final_info,
+            "_final_info": ended.copy(),
+        }
 
     def _observation(self):
         engine = self.sim.engine  # copies: the engine's buffers change in place on later resets
@@ -447,6 +481,17 @@ class WorldModelVectorEnv(VectorEnv):
         self.np_random.bit_generator.state = state["np_random"]
         self._autoreset = state["autoreset"].copy()
         self._started = state["started"]
+
+
+def _autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:
+    """An AutoresetMode from itself, its value ('SameStep') or its name in any case ('same_step')."""
+    if isinstance(mode, AutoresetMode):
+        return mode
+    for member in AutoresetMode:
+        if str(mode) in (member.value, member.name, member.name.lower()):
+            return member
+    names = [m.name.lower() for m in AutoresetMode]
+    raise ValueError(f"autoreset_mode must be an AutoresetMode or one of {names}, got {mode!r}")
 
 
 def _refuse_if_closed(closed: bool, call: str) -> None:

@@ -61,7 +61,7 @@ class ServeConfig:
     duration: float = field(default=0.0, metadata={"help": "stop after this many seconds (0: at Ctrl-C)"})
     # One env steps at batch 1, where a second intra-op thread gains little and its busy-waiting
     # collapses the rate when anything else wants the cores (a command flood, DDS, another job):
-    # measured 22.9 Hz against 50 at threads=2 under a flood and a busy core (`wm-sim bench suite=ros`).
+    # served 12.6 Hz at threads=2 against 49.6 at 1, under a flood with every core busy (`wm-sim bench suite=ros`).
     threads: int = field(
         default=1, metadata={"help": "torch CPU threads (1 holds a realtime rate under load; 0: torch's default)"}
     )

@@ -3,6 +3,7 @@ and Stable-Baselines3 PPO, each on the env exactly as `gym.make` returns it."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import gymnasium as gym
@@ -139,3 +140,103 @@ def test_the_readmes_snippet_runs_on_the_shipped_model():
     assert np.isfinite(scope["rewards"]).all() and np.isfinite(scope["reward"])
     env.close()
     envs.close()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_async_vector_env_with_fork_and_spawn_matches_the_sync_vector_env(tiny_model_path, context):
+    """Workers in their own processes step the same episodes as SyncVectorEnv in this one. The
+    parent has run torch on several threads first: before fork_safety, every forked worker hung on
+    its first step, waiting on the thread pool a fork does not copy."""
+    torch.set_num_threads(2)
+    torch.randn(256, 256) @ torch.randn(256, 256)  # the parent's pool is now in use
+    fns = [functools.partial(_make, tiny_model_path) for _ in range(2)]
+    actions = np.random.default_rng(0).uniform(-1, 1, (4, 2, 2)).astype(np.float32)
+    runs = []
+    for envs in (gym.vector.SyncVectorEnv(fns), gym.vector.AsyncVectorEnv(fns, context=context)):
+        try:
+            obs, _ = envs.reset(seed=[3, 4])
+            steps = [envs.step(a) for a in actions]
+        finally:
+            envs.close()
+        runs.append((obs, steps))
+    (sync_obs, sync_steps), (async_obs, async_steps) = runs
+    np.testing.assert_array_equal(sync_obs["pixels"], async_obs["pixels"])
+    for (s_obs, s_reward, *_), (a_obs, a_reward, *_) in zip(sync_steps, async_steps, strict=True):
+        # workers step on one thread, this process on two: the same frames to within a grey level
+        assert np.abs(s_obs["pixels"].astype(int) - a_obs["pixels"]).max() <= 1
+        np.testing.assert_allclose(s_obs["agent_pos"], a_obs["agent_pos"], atol=1e-4)
+        np.testing.assert_allclose(s_reward, a_reward, atol=1e-4)
+
+
+def test_torchrl_wraps_the_single_and_the_vector_env_and_checks_their_specs(tiny_model_path):
+    """TorchRL's GymWrapper over the env as gym.make and gym.make_vec return it: its spec check
+    (a real rollout against the declared specs) and a rollout of a whole episode and more, which
+    crosses the vector env's autoreset."""
+    torchrl_envs = pytest.importorskip("torchrl.envs")
+    from torchrl.envs.utils import check_env_specs
+
+    single = torchrl_envs.GymWrapper(_make(tiny_model_path))
+    check_env_specs(single, seed=0)
+    rollout = single.rollout(12)
+    assert rollout["next", "pixels"].shape == (12, 64, 64, 3)
+    assert rollout["next", "reward"].shape == (12, 1) and torch.isfinite(rollout["next", "reward"]).all()
+    single.close()
+
+    # TorchRL takes vector envs that autoreset on the same step (or not at all), as Gymnasium's own
+    vector = torchrl_envs.GymWrapper(
+        gym.make_vec(
+            "wm_sim/WorldModel-v0", num_envs=3, checkpoint=str(tiny_model_path), autoreset_mode="same_step"
+        )
+    )
+    assert vector.batch_size == torch.Size([3])
+    check_env_specs(vector, seed=0)
+    rollout = vector.rollout(EPISODE_STEPS + 5, break_when_any_done=False)
+    assert rollout["next", "pixels"].shape == (3, EPISODE_STEPS + 5, 64, 64, 3)
+    done = rollout["next", "done"].squeeze(-1)
+    assert done[:, EPISODE_STEPS - 1].all() and not done[:, : EPISODE_STEPS - 1].any()
+    vector.close()
+
+
+def test_same_step_and_disabled_autoreset_follow_gymnasiums_contract(tiny_model_path):
+    """Same-step: the step that ends an episode returns the next one's first observation, the last
+    one in info["final_obs"]; it is next-step's pair of steps in one. Disabled: an ended sub-env
+    must be reset before it steps again."""
+    from gymnasium.vector import AutoresetMode
+
+    runs = {}
+    for mode in ("next_step", "same_step"):
+        envs = gym.make_vec(
+            "wm_sim/WorldModel-v0", num_envs=2, checkpoint=str(tiny_model_path), autoreset_mode=mode
+        )
+        assert envs.autoreset_mode == AutoresetMode(envs.metadata["autoreset_mode"])
+        envs.reset(seed=5)
+        runs[mode] = [envs.step(np.full((2, 2), 0.3, np.float32)) for _ in range(EPISODE_STEPS + 1)]
+        envs.close()
+    last = EPISODE_STEPS - 1
+    nxt, same = runs["next_step"], runs["same_step"]
+    assert nxt[last][3].all() and same[last][3].all()  # both truncate at the task's length
+    np.testing.assert_array_equal(same[last][1], nxt[last][1])
+    info = same[last][4]
+    assert info["_final_obs"].all() and "final_obs" not in nxt[last][4]
+    for row in range(2):
+        np.testing.assert_array_equal(info["final_obs"][row]["pixels"], nxt[last][0]["pixels"][row])
+    np.testing.assert_array_equal(same[last][0]["pixels"], nxt[last + 1][0]["pixels"])  # the new first frame
+    assert not same[last + 1][3].any() and same[last + 1][1].any()  # and it steps on, no zero-reward step
+
+    envs = gym.make_vec(
+        "wm_sim/WorldModel-v0", num_envs=2, checkpoint=str(tiny_model_path), autoreset_mode="disabled"
+    )
+    envs.reset(seed=5)
+    for _ in range(EPISODE_STEPS):
+        *_, truncated, _ = envs.step(np.zeros((2, 2), np.float32))
+    assert truncated.all()
+    with pytest.raises(gym.error.ResetNeeded, match=r"sub-envs \[0, 1\] ended"):
+        envs.step(np.zeros((2, 2), np.float32))
+    envs.reset(options={"reset_mask": np.array([True, True])})
+    assert not envs.step(np.zeros((2, 2), np.float32))[3].any()
+    envs.close()
+    with pytest.raises(ValueError, match="autoreset_mode must be an AutoresetMode or one of"):
+        gym.make_vec(
+            "wm_sim/WorldModel-v0", num_envs=2, checkpoint=str(tiny_model_path), autoreset_mode="often"
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,9 +27,17 @@ def test_import_wm_sim_stays_light(tmp_path):
 
 @pytest.mark.parametrize("bare", ["envs", "policies", "ros", "configs", "datasets", "benchmarks"])
 def test_no_bare_top_level_module_is_installed(tmp_path, bare):
-    code = f"import importlib.util; print(importlib.util.find_spec({bare!r}))"
+    """wm-sim installs its folders under wm_sim only. Another distribution may ship a bare module
+    of the same name (torchrl installs a top-level `benchmarks`): that one is not ours."""
+    code = (
+        f"import importlib.util; spec = importlib.util.find_spec({bare!r}); "
+        "print('' if spec is None else '|'.join([spec.origin or '', *(spec.submodule_search_locations or [])]))"
+    )
     result = run([sys.executable, "-c", code], cwd=tmp_path)
-    assert result.stdout.strip() == "None"
+    assert result.returncode == 0, result.stderr
+    places = [Path(p) for p in result.stdout.strip().split("|") if p]
+    repo = Path(__file__).resolve().parents[1]
+    assert not [p for p in places if p.resolve().is_relative_to(repo)], places
 
 
 @pytest.mark.parametrize(
