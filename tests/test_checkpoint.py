@@ -28,6 +28,7 @@ from wm_sim.checkpoint import (
     load_start_contexts,
     load_train_state,
     lock_run_directory,
+    read_tensors,
     remove_partial_saves,
     resolve_checkpoint,
     save_checkpoint,
@@ -324,3 +325,19 @@ def test_a_save_killed_mid_write_leaves_a_partial_that_the_next_start_removes(sa
         assert not [p for p in run_dir.iterdir() if p.name.endswith(".partial")]
     _, meta = load_checkpoint(run_dir)  # the last whole checkpoint is untouched
     assert meta["step"] == 3
+
+
+def test_loaded_tensors_own_their_memory_and_do_not_follow_the_file(tmp_path):
+    """read_tensors copies what it reads. A mapped file would be read a page at a time as tensors
+    are touched (resident memory creeping up reset by reset as an env touches more of its start
+    contexts) and would change, or fault, when the file is rewritten under the process."""
+    file = tmp_path / "contexts.safetensors"
+    frames = torch.arange(4 * 2**20, dtype=torch.int64).remainder(251).to(torch.uint8).reshape(64, -1)
+    save_file({"frames": frames}, str(file))
+    loaded = read_tensors(file)["frames"]
+    data = bytearray(file.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    data[header:] = bytes(len(data) - header)  # the tensor's bytes zeroed, in place, same size
+    with open(file, "r+b") as f:
+        f.write(data)
+    assert torch.equal(loaded, frames)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
-from wm_sim.checkpoint import load_checkpoint, load_start_contexts, resolve_checkpoint
+from wm_sim.checkpoint import RUN_CONTEXTS, load_checkpoint, load_start_contexts, resolve_checkpoint
 from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import is_validation_episode
 from wm_sim.errors import WmSimError
@@ -51,10 +53,20 @@ def test_an_existing_package_is_never_overwritten(packaged, reacher_store_path):
     assert {p.name: p.read_bytes() for p in packaged.iterdir()} == before
 
 
-def test_a_run_checkpoint_has_no_start_contexts(reacher_store_path, packaged):
+def test_a_fresh_training_run_resets_and_steps_as_an_env_without_packaging(packaged):
+    """Every checkpoint `wm-sim train` writes carries start contexts from held-out episodes."""
     run = packaged.parent / "run"
-    with pytest.raises(WmSimError, match="bundles no start contexts"):
-        load_start_contexts(run)
+    contexts = load_start_contexts(run)
+    assert contexts["frames"].shape == (RUN_CONTEXTS, 3, 64, 64, 3)  # the model's window: 3 frames
+    assert all(is_validation_episode(e, 0.5) for e in contexts["episode"].tolist())
+    env = gym.make("wm_sim/WorldModel-v0", checkpoint=str(run))
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    env.action_space.seed(0)
+    for _ in range(3):
+        obs, reward, *_ = env.step(env.action_space.sample())
+    assert env.observation_space.contains(obs) and np.isfinite(reward)
+    env.close()
 
 
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped reacher model in this checkout")

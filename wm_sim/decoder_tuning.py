@@ -36,7 +36,7 @@ from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import episodes_with_frames
 from wm_sim.errors import WmSimError
 from wm_sim.rollout import open_loop
-from wm_sim.train import _checkpoint, _holds_a_run, _set_lr, _unflatten, background_frame
+from wm_sim.train import _checkpoint, _holds_a_run, _set_lr, _unflatten, background_frame, run_contexts
 from wm_sim.world_model import Anchor, WorldModel
 
 
@@ -170,6 +170,8 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
 
     camera = meta.get("dataset", {}).get("camera", store.info.cameras[0])
     data = _own_rollouts(model, store, camera, meta, cfg)
+    val_fraction = float(meta.get("train", {}).get("val_fraction", 0.1))
+    contexts = run_contexts(store, camera, val_fraction, model.config.window)
     bar = tqdm(total=cfg.steps, initial=step, desc="tune-decoder", unit="step")
     try:
         while step < cfg.steps:
@@ -189,7 +191,7 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.5f}")
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _checkpoint(run_dir, step, model, optimiser, rng, meta)
+                _checkpoint(run_dir, step, model, optimiser, rng, meta, contexts)
     finally:
         bar.close()
     return run_dir

@@ -15,11 +15,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
 from safetensors.torch import save_file
 
 from wm_sim.checkpoint import (
+    CONTEXT_FRAMES,
     CONTEXTS,
     META,
     WEIGHTS,
@@ -27,11 +26,10 @@ from wm_sim.checkpoint import (
     fsync_dir,
     load_checkpoint,
     read_json,
+    start_contexts,
     write_json,
 )
-from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
 from wm_sim.data.store import EpisodeStore
-from wm_sim.data.windows import episodes_with_frames
 from wm_sim.errors import WmSimError
 from wm_sim.evaluate import EvaluateConfig, evaluate
 from wm_sim.model_card import write_model_card
@@ -47,7 +45,7 @@ class PackageConfig:
     data: str = field(default="datasets/reacher.zarr", metadata={"help": "its dataset (held-out episodes)"})
     out: str = field(default="wm_sim/checkpoints/reacher", metadata={"help": "the directory to create"})
     contexts: int = field(default=256, metadata={"help": "start contexts to bundle"})
-    context_frames: int = field(default=4, metadata={"help": "frames per start context"})
+    context_frames: int = field(default=CONTEXT_FRAMES, metadata={"help": "frames per start context"})
     evaluate: bool = field(default=True, metadata={"help": "run wm-sim evaluate into the package"})
 
 
@@ -103,32 +101,3 @@ def package(cfg: PackageConfig) -> Path:
         raise
     print(f"wrote {out} ({size_mb:.1f} MB)")
     return out
-
-
-def start_contexts(
-    store: EpisodeStore, camera: str, val_fraction: float, count: int, frames: int
-) -> dict[str, torch.Tensor]:
-    """`count` runs of `frames` consecutive rows, spread evenly over the held-out episodes.
-
-    Each holds frames (K, S, S, 3) uint8, agent state (K, D) and the actions taken at those frames
-    (K, A); a reset streams the frames and all but the last action, the policy supplies the rest.
-    """
-    episodes = episodes_with_frames(store, "val", val_fraction, frames)
-    if not episodes:
-        raise WmSimError(
-            f"{store.path} has no held-out episode of at least {frames} frames to take contexts from"
-        )
-    per_episode = -(-count // len(episodes))
-    picks: list[tuple[int, int]] = []
-    for e in episodes:
-        first, stop = store.episode_bounds(e)
-        offsets = np.linspace(0, stop - first - frames, per_episode).round().astype(int)
-        picks += [(e, first + int(o)) for o in offsets]
-    picks = [picks[i] for i in np.linspace(0, len(picks) - 1, count).round().astype(int)]
-    keys = {"frames": image_key(camera), "state": STATE_KEY, "action": ACTION_KEY}
-    out = {
-        name: np.stack([store.read(key, row, row + frames) for _, row in picks]) for name, key in keys.items()
-    }
-    out["episode"] = np.array([e for e, _ in picks], dtype=np.int64)
-    out["start_row"] = np.array([row for _, row in picks], dtype=np.int64)
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}

@@ -29,11 +29,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from wm_sim.checkpoint import LAST, load_checkpoint, load_train_state, lock_run_directory, save_checkpoint
+from wm_sim.checkpoint import (
+    CONTEXT_FRAMES,
+    LAST,
+    RUN_CONTEXTS,
+    load_checkpoint,
+    load_train_state,
+    lock_run_directory,
+    save_checkpoint,
+    start_contexts,
+)
 from wm_sim.data.angles import episode_states, wrapped_entries
 from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY, image_key
 from wm_sim.data.store import EpisodeStore
-from wm_sim.data.windows import EpisodeWindows
+from wm_sim.data.windows import EpisodeWindows, episodes_with_frames
 from wm_sim.errors import WmSimError
 from wm_sim.media import comparison_frames, to_uint8, write_video
 from wm_sim.rollout import open_loop
@@ -684,6 +693,7 @@ def train(cfg: TrainConfig) -> Path:
     if job.world_size > 1:
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, 0)  # every process starts from rank 0's weights
+    contexts = run_contexts(store, camera, cfg.val_fraction, config.window) if job.is_main else None
     run_lock = lock_run_directory(run_dir) if job.is_main else None  # held until the run ends
     tracker = Tracker(cfg.wandb, run_dir, run_meta["wandb_run_id"], run_meta, active=job.is_main)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not job.is_main)
@@ -730,7 +740,7 @@ def train(cfg: TrainConfig) -> Path:
                     video = rollout_video(model, store, val_set.episodes[0], keys, run_dir / "media", step)
                     tracker.video("val/rollout", video, step)
             if step % fit.checkpoint_every == 0 or step == cfg.steps:
-                _checkpoint(run_dir, step, model, optimiser, rng, run_meta)
+                _checkpoint(run_dir, step, model, optimiser, rng, run_meta, contexts)
     finally:
         bar.close()
         tracker.finish()
@@ -1020,8 +1030,25 @@ def _optimiser(model: WorldModel, fit: TrainingConfig) -> torch.optim.Optimizer:
     )
 
 
+def run_contexts(
+    store: EpisodeStore, camera: str, val_fraction: float, window: int
+) -> dict[str, torch.Tensor] | None:
+    """Start contexts from held-out episodes for every checkpoint of a run, so any checkpoint
+    resets as an env without `wm-sim package`; None when no episode is held out."""
+    frames = min(CONTEXT_FRAMES, window)
+    if not episodes_with_frames(store, "val", val_fraction, frames):
+        return None
+    return start_contexts(store, camera, val_fraction, RUN_CONTEXTS, frames)
+
+
 def _checkpoint(
-    run_dir: Path, step: int, model: WorldModel, optimiser, rng: np.random.Generator, meta: dict
+    run_dir: Path,
+    step: int,
+    model: WorldModel,
+    optimiser,
+    rng: np.random.Generator,
+    meta: dict,
+    contexts: dict[str, torch.Tensor] | None,
 ) -> None:
     skeleton, tensors = _flatten(optimiser.state_dict())
     tensors["torch_rng"] = torch.get_rng_state()
@@ -1032,6 +1059,7 @@ def _checkpoint(
         {**meta, "step": step},
         train_tensors=tensors,
         train_meta={"step": step, "optimiser": skeleton, "rng": rng.bit_generator.state},
+        contexts=contexts,
     )
 
 
