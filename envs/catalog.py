@@ -24,6 +24,9 @@ class TaskSpec:
     episode_steps: int
     has_expert: bool
     description: str
+    # the task object's colour in rendered frames (0-255): `wm-sim evaluate` reads its pixels to
+    # measure whether imagined frames keep it (None: not measured)
+    object_rgb: tuple[int, int, int] | None = None
 
 
 TASK_SPECS: dict[str, TaskSpec] = {
@@ -36,6 +39,7 @@ TASK_SPECS: dict[str, TaskSpec] = {
         episode_steps=200,
         has_expert=True,
         description="two-link arm touches a target on a table (Gymnasium Reacher-v5)",
+        object_rgb=(248, 34, 34),  # the red target, as the top camera renders it
     ),
     "pusher": TaskSpec(
         name="pusher",

@@ -35,8 +35,9 @@ from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import episodes_with_frames
 from wm_sim.errors import WmSimError
+from wm_sim.metrics import background_frame
 from wm_sim.rollout import open_loop
-from wm_sim.train import _checkpoint, _holds_a_run, _set_lr, _unflatten, background_frame, run_contexts
+from wm_sim.train import _checkpoint, _holds_a_run, _set_lr, _unflatten, run_contexts
 from wm_sim.world_model import Anchor, WorldModel
 
 

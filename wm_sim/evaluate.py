@@ -2,9 +2,12 @@
 
 On held-out episodes, the model sees `context` real frames (with their states and actions), then
 rolls out open-loop on the recorded actions, its own predictions fed back at every step. Each
-predicted frame is compared with the recorded one at horizons 1, 4, 16, 64 and the episode's end,
-beside two baselines that need no model: the last real frame held still (`copy_last`) and the
-training set's mean frame (`mean_frame`). Writes:
+predicted frame is compared with the recorded one (MuJoCo's, under the same actions) at horizons
+1, 4, 16, 64 and the episode's end, beside two baselines that need no model: the last real frame
+held still (`copy_last`) and the training set's mean frame (`mean_frame`). Besides PSNR and SSIM,
+whether the frame keeps the scene: the recall of the task object's pixels (reacher's target,
+read by its colour; where the arm covers it in the real frame it is not counted) and the
+precision of the foreground drawn (no ghost of the arm where it no longer is). Writes:
 
     metrics.json      every metric, for each method, at each horizon, plus the full curves
     errors.png        PSNR, SSIM, state and reward error against horizon (the drift, as a picture)
@@ -32,12 +35,20 @@ from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import episodes_with_frames, split_episodes
 from wm_sim.errors import WmSimError
 from wm_sim.media import comparison_frames, difference, grid, save_figure, to_uint8, write_png, write_video
-from wm_sim.metrics import finite_or_none, psnr, ssim
+from wm_sim.metrics import (
+    background_frame,
+    finite_or_none,
+    foreground_precision,
+    object_recall,
+    psnr,
+    ssim,
+)
 from wm_sim.rollout import open_loop
 from wm_sim.world_model import wrap_angle
 
 HORIZONS = (1, 4, 16, 64)
 METHODS = ("model", "copy_last", "mean_frame")
+BACKGROUND = "background"  # the baseline entry holding the median frame
 # metric name -> whether higher is better
 METRICS = {
     "psnr": True,
@@ -45,6 +56,8 @@ METRICS = {
     "state_rmse": False,
     "reward_abs_error": False,
     "termination_accuracy": True,
+    "object_recall": True,
+    "foreground_precision": True,
 }
 
 
@@ -65,6 +78,10 @@ class EvaluateConfig:
     batch_size: int = field(default=32, metadata={"help": "episodes rolled out together"})
     video_episodes: int = field(default=4, metadata={"help": "episodes shown in rollouts.mp4"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    object_rgb: list[int] = field(
+        default_factory=list,
+        metadata={"help": "the task object's rendered colour [r,g,b] for object_recall ([]: the task's own)"},
+    )
 
 
 def evaluate(cfg: EvaluateConfig) -> Path:
@@ -79,6 +96,8 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         raise WmSimError(f"split must be val or all, got {cfg.split!r}")
     if cfg.threads < 0:
         raise WmSimError(f"threads must be at least 0 (0: torch's default), got {cfg.threads}")
+    if cfg.object_rgb and (len(cfg.object_rgb) != 3 or not all(0 <= int(c) <= 255 for c in cfg.object_rgb)):
+        raise WmSimError(f"object_rgb must be three integers in [0, 255], got {list(cfg.object_rgb)}")
     check_output_path(cfg.out)  # before the evaluation runs, not after
     out = Path(cfg.out)
     if (out / "metrics.json").exists():
@@ -99,6 +118,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     # Wrapped angles from the data, not the model: every model's state error, and the baselines',
     # takes a full turn as no error, so models with and without a state transition compare.
     periodic = wrapped_entries(episode_states(store))
+    object_rgb = _object_rgb(cfg, meta)
 
     results: dict[str, dict[str, list[np.ndarray]]] = {m: {k: [] for k in METRICS} for m in METHODS}
     shown = set(episodes[:: max(1, len(episodes) // max(cfg.video_episodes, 1))][: cfg.video_episodes])
@@ -106,7 +126,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     batches = [episodes[i : i + cfg.batch_size] for i in range(0, len(episodes), cfg.batch_size)]
     for chunk in tqdm(batches, desc="evaluate", unit="batch"):
         data = [store.episode(e, keys) for e in chunk]
-        scores, predicted = _score_batch(model, data, keys, cfg.context, baseline, periodic)
+        scores, predicted = _score_batch(model, data, keys, cfg.context, baseline, periodic, object_rgb)
         for method in METHODS:
             for name in METRICS:
                 results[method][name].extend(scores[method][name])
@@ -137,6 +157,16 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     return out
 
 
+def _object_rgb(cfg: EvaluateConfig, meta: dict) -> tuple[int, int, int] | None:
+    """The task object's colour: object_rgb=, else the task's own; None: recall is not measured."""
+    from wm_sim.envs.catalog import TASK_SPECS
+
+    if cfg.object_rgb:
+        return tuple(int(c) for c in cfg.object_rgb)
+    spec = TASK_SPECS.get(meta.get("dataset", {}).get("task", ""))
+    return spec.object_rgb if spec else None
+
+
 def _pick_episodes(store: EpisodeStore, cfg: EvaluateConfig, val_fraction: float) -> list[int]:
     long_enough = episodes_with_frames(store, cfg.split, val_fraction, cfg.context + 1)
     if not long_enough:
@@ -152,18 +182,21 @@ def _pick_episodes(store: EpisodeStore, cfg: EvaluateConfig, val_fraction: float
 
 
 def _mean_baseline(store: EpisodeStore, keys: list[str], val_fraction: float) -> dict[str, np.ndarray]:
-    """Mean frame, state and reward of (up to 100 evenly spread) training episodes."""
+    """Mean frame, state and reward of (up to 100 evenly spread) training episodes, and the
+    background (their median frame, what the foreground is told from)."""
     train = split_episodes(store.num_episodes, "train", val_fraction)
     train = train or list(range(store.num_episodes))
     picks = [train[i] for i in np.linspace(0, len(train) - 1, min(100, len(train))).round().astype(int)]
     sums: dict[str, np.ndarray] = {}
-    count = 0
+    count, samples = 0, []
     for e in picks:
         episode = store.episode(e, keys)
         for key in keys:
             sums[key] = sums.get(key, 0.0) + episode[key].astype(np.float64).sum(0)
         count += len(episode[keys[0]])
-    return {key: (value / count).astype(np.float32) for key, value in sums.items()}
+        samples.append(episode[keys[0]][::20])
+    means = {key: (value / count).astype(np.float32) for key, value in sums.items()}
+    return means | {BACKGROUND: background_frame(np.concatenate(samples))}
 
 
 def _score_batch(
@@ -173,6 +206,7 @@ def _score_batch(
     context: int,
     baseline: dict[str, np.ndarray],
     periodic: tuple[int, ...],
+    object_rgb: tuple[int, int, int] | None = None,
 ) -> tuple[dict[str, dict[str, list[np.ndarray]]], list[np.ndarray]]:
     """Per-episode metric curves (NaN past an episode's end) and the predicted frames (uint8)."""
     image, state_key, action_key, reward_key, term_key = keys
@@ -201,6 +235,7 @@ def _score_batch(
 
     last = frames[:, context - 1 : context].float() / 255.0
     mean = torch.from_numpy(baseline[image]) / 255.0
+    background = torch.from_numpy(baseline[BACKGROUND])
     guesses = {
         "model": (predicted, rollout.state[:, : horizon - 1], rollout.reward, rollout.continue_prob < 0.5),
         "copy_last": (
@@ -234,6 +269,13 @@ def _score_batch(
             "state_rmse": (state_error.pow(2).mean(-1).sqrt(), frame_ok),
             "reward_abs_error": ((reward - true_reward).abs(), step_ok),
             "termination_accuracy": ((term == true_term).float(), step_ok),
+            "object_recall": (
+                object_recall(frame, true_frames, object_rgb)
+                if object_rgb
+                else torch.full(frame_ok.shape, torch.nan),
+                frame_ok,
+            ),
+            "foreground_precision": (foreground_precision(frame, true_frames, background), frame_ok),
         }
         scores[method] = {
             name: [np.where(ok[b].numpy(), value[b].numpy(), np.nan) for b in range(len(data))]
@@ -295,8 +337,10 @@ def _plot(report: dict, path: Path) -> None:
         "ssim": "SSIM (higher is better)",
         "state_rmse": "proprioceptive state RMSE",
         "reward_abs_error": "reward absolute error",
+        "object_recall": "task object's pixels recalled (higher is better)",
+        "foreground_precision": "foreground drawn that is real (higher is better)",
     }
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
     for ax, (name, label) in zip(axes.flat, labels.items(), strict=True):
         for method, style in zip(METHODS, ("-", "--", ":"), strict=True):
             curve = np.array([np.nan if v is None else v for v in report["curves"][name][method]])

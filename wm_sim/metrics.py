@@ -1,13 +1,17 @@
-"""Image fidelity metrics on batches of frames: PSNR and SSIM, computed in torch.
+"""Image fidelity metrics on batches of frames, computed in torch: PSNR and SSIM, and whether a
+predicted frame keeps the scene (the task object's pixels recalled, no foreground drawn where
+the real frame has none).
 
 Frames are float tensors in [0, 1] shaped (..., S, S, 3); every metric returns one value per frame
-(the leading shape), so callers can average over episodes at each horizon.
+(the leading shape), NaN where a frame gives it nothing to measure, so callers can average over
+episodes at each horizon.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -51,3 +55,50 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def finite_or_none(value: float) -> float | None:
     """A float for JSON: NaN (no episode reached this horizon) becomes null."""
     return None if math.isnan(value) else round(float(value), 5)
+
+
+# A pixel is the task object's when its colour lies this close to the object's rendered colour
+# (RGB distance in [0, 1] units: 60 grey levels): the object's core, not its edges blended with
+# what lies beside it, nor the other parts of the scene (reacher's orange link is 98 levels away).
+OBJECT_COLOUR_TOLERANCE = 60 / 255
+# Foreground: a pixel this far from the background in some channel (40 grey levels).
+FOREGROUND_THRESHOLD = 40 / 255
+MIN_OBJECT_PIXELS = 5  # fewer real object pixels (the arm covers it): recall is not measured
+
+
+def background_frame(frames: np.ndarray) -> np.ndarray:
+    """The scene without what moves: the per-pixel median of many frames (K, S, S, 3) uint8 -> float."""
+    return np.median(frames.astype(np.float32) / 255.0, axis=0)
+
+
+def object_mask(frames: torch.Tensor, rgb: tuple[int, int, int]) -> torch.Tensor:
+    """(..., S, S) bool: the pixels of an object rendered in colour `rgb` (0-255)."""
+    colour = torch.tensor(rgb, dtype=frames.dtype) / 255.0
+    return (frames - colour).norm(dim=-1) < OBJECT_COLOUR_TOLERANCE
+
+
+def foreground_mask(frames: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """(..., S, S) bool: the pixels where something stands in front of the background."""
+    return (frames - background).abs().amax(-1) > FOREGROUND_THRESHOLD
+
+
+def object_recall(pred: torch.Tensor, target: torch.Tensor, rgb: tuple[int, int, int]) -> torch.Tensor:
+    """The fraction of the real frame's object pixels the prediction draws as the object; NaN
+    where the real frame shows fewer than MIN_OBJECT_PIXELS (covered, or out of view)."""
+    real, drawn = object_mask(target, rgb), object_mask(pred, rgb)
+    shown = real.sum((-1, -2))
+    hit = (real & drawn).sum((-1, -2)).float()
+    return torch.where(shown >= MIN_OBJECT_PIXELS, hit / shown.clamp(min=1), torch.nan)
+
+
+def foreground_precision(pred: torch.Tensor, target: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """The fraction of the foreground the prediction draws that the real frame has within a pixel
+    (a ghost of the arm where it no longer is counts against it, an edge a pixel off does not);
+    NaN where the prediction draws no foreground."""
+    drawn = foreground_mask(pred, background)
+    real = foreground_mask(target, background).float()
+    flat = real.reshape(-1, 1, *real.shape[-2:])
+    near = F.max_pool2d(flat, 3, stride=1, padding=1).reshape(real.shape).bool()
+    count = drawn.sum((-1, -2))
+    kept = (drawn & near).sum((-1, -2)).float()
+    return torch.where(count > 0, kept / count.clamp(min=1), torch.nan)

@@ -22,7 +22,7 @@ from wm_sim.media import save_figure
 from wm_sim.verify import Harness, pearson
 
 # Spread-out quality without any training: random, the expert under five noise scales, the expert,
-# and the shipped imagination-trained policy. README "Ranking policies" adds training checkpoints.
+# and the shipped imagination-trained policy. docs/policies.md ("Ranking policies") adds training checkpoints.
 DEFAULT_POPULATION = [
     "random",
     "noisy_expert:1.0",

@@ -45,6 +45,7 @@ from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import EpisodeWindows, episodes_with_frames
 from wm_sim.errors import WmSimError
 from wm_sim.media import comparison_frames, to_uint8, write_video
+from wm_sim.metrics import background_frame
 from wm_sim.rollout import open_loop
 from wm_sim.tracking import Tracker, WandbConfig, new_run_id
 from wm_sim.world_model import Anchor, Prediction, WorldModel, WorldModelConfig
@@ -217,7 +218,7 @@ def fit_transition(
     under the real actions a_t .. a_t+H-1, scored against the real s_t+1 .. s_t+H. With H = 1
     that is the one-step fit; a longer horizon teaches the MLP what its own errors lead to, which
     is how it is used in a rollout (on reacher, H = 32 took the fingertip's drift after 200 steps
-    from 4.4 to 3.4 cm: README). Done once, before the world model trains: the MLP needs far more
+    from 4.4 to 3.4 cm: docs/model.md). Done once, before the world model trains: the MLP needs far more
     transitions than windows of frames can feed it, and each costs microseconds. It is then frozen.
     """
     transition = model.transition
@@ -496,11 +497,6 @@ def _weighted_mse(
     error = (pred - target).pow(2) * weight
     dims = tuple(range(1, error.dim())) if per_row else tuple(range(error.dim()))
     return error.sum(dims) / (weight.expand_as(error).sum(dims))
-
-
-def background_frame(frames: np.ndarray) -> np.ndarray:
-    """The scene without what moves: the per-pixel median of many frames (K, S, S, 3) uint8 -> float."""
-    return np.median(frames.astype(np.float32) / 255.0, axis=0)
 
 
 def _masked_mse(pred: torch.Tensor, goal: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
