@@ -1,5 +1,7 @@
-"""The world-model env inside the tools people already use: Gymnasium's wrappers, its SyncVectorEnv,
-and Stable-Baselines3 PPO, each on the env exactly as `gym.make` returns it."""
+"""The world-model env inside the tools people already use, each on the env exactly as `gym.make` or
+`gym.make_vec` returns it: Gymnasium's wrappers and its vector wrappers (RecordEpisodeStatistics,
+RecordVideo, NumpyToTorch), its SyncVectorEnv and AsyncVectorEnv (fork and spawn), TorchRL's
+GymWrapper, and Stable-Baselines3 PPO and SAC. docs/envs.md shows each one's smallest snippet."""
 
 from __future__ import annotations
 
@@ -240,3 +242,140 @@ def test_same_step_and_disabled_autoreset_follow_gymnasiums_contract(tiny_model_
         gym.make_vec(
             "wm_sim/WorldModel-v0", num_envs=2, checkpoint=str(tiny_model_path), autoreset_mode="often"
         )
+
+
+def _make_vec(tiny_model_path, num_envs, **kwargs):
+    return gym.make_vec("wm_sim/WorldModel-v0", num_envs=num_envs, checkpoint=str(tiny_model_path), **kwargs)
+
+
+@pytest.mark.parametrize("autoreset_mode", ["next_step", "same_step"])
+def test_vector_record_episode_statistics_sums_each_sub_envs_rewards(tiny_model_path, autoreset_mode):
+    """Gymnasium's vector RecordEpisodeStatistics over the native vector env, for two whole
+    episodes: it reads the autoreset mode from the env's metadata, so next-step's reset step (reward
+    0, no flags) must not count towards the second episode's length."""
+    from gymnasium.wrappers.vector import RecordEpisodeStatistics as VectorRecordEpisodeStatistics
+
+    envs = VectorRecordEpisodeStatistics(_make_vec(tiny_model_path, 3, autoreset_mode=autoreset_mode))
+    envs.reset(seed=2)
+    envs.action_space.seed(2)
+    returns, stats, restarting = np.zeros(3), [], False
+    while len(stats) < 2:
+        _, reward, terminated, truncated, info = envs.step(envs.action_space.sample())
+        if restarting:  # next-step: this step began the new episode
+            assert not reward.any() and "episode" not in info
+            restarting = False
+            continue
+        returns += reward
+        done = terminated | truncated
+        if not done.any():
+            assert "episode" not in info
+            continue
+        assert done.all() and info["_episode"].all()  # reacher never terminates: all truncate together
+        stats.append(info["episode"])
+        np.testing.assert_allclose(info["episode"]["r"], returns, rtol=1e-6)
+        returns = np.zeros(3)
+        restarting = autoreset_mode == "next_step"
+    for episode in stats:
+        np.testing.assert_array_equal(episode["l"], [EPISODE_STEPS] * 3)
+    assert not np.allclose(stats[0]["r"], stats[1]["r"])  # two different episodes, each summed afresh
+    assert list(envs.length_queue) == [EPISODE_STEPS] * 6 and len(envs.return_queue) == 6
+    envs.close()
+
+
+def test_vector_record_video_writes_the_episode_of_every_sub_env(tiny_model_path, tmp_path):
+    """Gymnasium's vector RecordVideo: the first episode of both sub-envs side by side in one
+    video, finished when the next-step autoreset begins the next episode."""
+    from gymnasium.wrappers.vector import RecordVideo as VectorRecordVideo
+
+    folder = tmp_path / "videos"
+    envs = VectorRecordVideo(
+        _make_vec(tiny_model_path, 2, render_mode="rgb_array"),
+        video_folder=str(folder),
+        episode_trigger=lambda episode: episode == 0,
+        disable_logger=True,
+    )
+    obs, _ = envs.reset(seed=0)
+    envs.action_space.seed(0)
+    shown = [obs["pixels"]]
+    for _ in range(EPISODE_STEPS):
+        obs, *_ = envs.step(envs.action_space.sample())
+        shown.append(obs["pixels"])
+    assert not list(folder.glob("*.mp4"))  # the episode has ended; its video ends on the reset step
+    envs.step(envs.action_space.sample())
+    assert [p.name for p in folder.glob("*.mp4")] == ["rl-video-episode-0.mp4"]
+    envs.close()
+    (video,) = folder.glob("*.mp4")
+    frames = iio.imread(video)  # (T, H, W, 3)
+    assert iio.immeta(video)["fps"] == envs.metadata["render_fps"] == 50
+    # two 64x64 sub-envs side by side; the reset frame and every step (moviepy may drop the last)
+    assert frames.shape[1:] == (64, 128, 3) and len(frames) in (len(shown), len(shown) - 1)
+    expected = np.concatenate(np.stack(shown[: len(frames)]).transpose(1, 0, 2, 3, 4), axis=2)
+    error = np.abs(frames.astype(np.float32) - expected.astype(np.float32)).mean()
+    assert error < 8.0, error
+
+
+def test_vector_numpy_to_torch_returns_tensors_and_takes_tensor_actions(tiny_model_path):
+    """Gymnasium's vector NumpyToTorch: tensors out (observations, rewards, flags, info), tensors in
+    (actions, a reset mask), and the same episodes as the numpy env given the same actions."""
+    pytest.importorskip(
+        "array_api_compat", reason="NumpyToTorch needs array-api-compat (gymnasium[array-api])"
+    )
+    from gymnasium.wrappers.vector import NumpyToTorch
+
+    envs, plain = NumpyToTorch(_make_vec(tiny_model_path, 2)), _make_vec(tiny_model_path, 2)
+    obs, _ = envs.reset(seed=3)
+    expected, _ = plain.reset(seed=3)
+    actions = torch.rand(EPISODE_STEPS + 2, 2, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for t, action in enumerate(actions):
+        assert isinstance(obs["pixels"], torch.Tensor) and isinstance(obs["agent_pos"], torch.Tensor)
+        assert obs["pixels"].dtype == torch.uint8 and obs["pixels"].shape == (2, 64, 64, 3)
+        assert obs["agent_pos"].dtype == torch.float32 and obs["agent_pos"].shape == (2, 4)
+        np.testing.assert_array_equal(obs["pixels"].numpy(), expected["pixels"])
+        np.testing.assert_array_equal(obs["agent_pos"].numpy(), expected["agent_pos"])
+        obs, reward, terminated, truncated, info = envs.step(action)
+        expected, want_reward, _, want_truncated, _ = plain.step(action.numpy())
+        assert reward.dtype == torch.float32 and reward.shape == (2,)
+        assert terminated.dtype == truncated.dtype == torch.bool
+        assert isinstance(info["uncertainty"], torch.Tensor) and info["uncertainty"].shape == (2,)
+        np.testing.assert_array_equal(reward.numpy(), want_reward)
+        np.testing.assert_array_equal(truncated.numpy(), want_truncated)
+        assert bool(truncated.all()) == (t == EPISODE_STEPS - 1)  # crossed the autoreset too
+    obs, _ = envs.reset(options={"reset_mask": torch.tensor([True, False])})  # a partial reset
+    expected, _ = plain.reset(options={"reset_mask": np.array([True, False])})
+    np.testing.assert_array_equal(obs["pixels"].numpy(), expected["pixels"])
+    envs.close()
+    plain.close()
+
+
+def test_stable_baselines3_sac_trains_on_the_env_unmodified(tiny_model_path):
+    """SB3's SAC, off-policy with a replay buffer of the Dict observations, for two imagined
+    episodes on a tiny network: no warnings, every gradient step taken, the policy moved."""
+    pytest.importorskip("stable_baselines3", reason="Stable-Baselines3 is in the test extra")
+    from stable_baselines3 import SAC
+
+    env = _make(tiny_model_path)
+    torch.manual_seed(0)
+    total, learning_starts, train_freq = 2 * EPISODE_STEPS, 100, 4
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        agent = SAC(
+            "MultiInputPolicy", env, buffer_size=1_000, learning_starts=learning_starts, batch_size=32,
+            train_freq=train_freq, gradient_steps=1, seed=0, device="cpu", verbose=0,
+            policy_kwargs={"net_arch": [32, 32], "features_extractor_kwargs": {"cnn_output_dim": 32}},
+        )  # fmt: skip
+        before = {name: p.detach().clone() for name, p in agent.policy.named_parameters()}
+        agent.learn(total_timesteps=total)
+    assert not [w for w in caught if "stable_baselines3" in (w.filename or "")], [
+        str(w.message) for w in caught
+    ]
+    assert agent.num_timesteps == total and agent.replay_buffer.size() == total
+    assert agent._n_updates == (total - learning_starts) // train_freq
+    stored = agent.replay_buffer.observations["pixels"][:total]  # channels first, as SB3 stores images
+    assert stored.shape == (total, 1, 3, 64, 64) and stored.dtype == np.uint8 and stored.any()
+    episodes = list(agent.ep_info_buffer)
+    assert [e["l"] for e in episodes] == [EPISODE_STEPS] * 2 and all(np.isfinite(e["r"]) for e in episodes)
+    moved = {name for name, p in agent.policy.named_parameters() if not torch.equal(before[name], p)}
+    assert any(n.startswith("actor.") for n in moved) and any(n.startswith("critic.") for n in moved)
+    action, _ = agent.predict(env.reset(seed=0)[0], deterministic=True)
+    assert action.shape == (2,) and env.action_space.contains(action)
+    env.close()
