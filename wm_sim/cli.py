@@ -91,6 +91,16 @@ VERBS: dict[str, Verb] = {
         run="wm_sim.ros.bag_import:import_bag",
         summary="convert a rosbag2 recording (sqlite3 or mcap) into a zarr dataset (needs wm-sim[ros])",
     ),
+    "import-lerobot": Verb(
+        schema="wm_sim.lerobot_format:ImportLeRobotConfig",
+        run="wm_sim.lerobot_format:import_lerobot",
+        summary="convert a LeRobot v3.0 folder (parquet + mp4) into a zarr dataset (needs wm-sim[lerobot])",
+    ),
+    "export-lerobot": Verb(
+        schema="wm_sim.lerobot_format:ExportLeRobotConfig",
+        run="wm_sim.lerobot_format:export_lerobot",
+        summary="write a zarr dataset as a LeRobot v3.0 folder that LeRobot opens (needs wm-sim[lerobot])",
+    ),
     "bench": Verb(
         schema="wm_sim.benchmarks.suites:BenchConfig",
         run="wm_sim.benchmarks.suites:bench",

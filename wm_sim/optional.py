@@ -22,6 +22,8 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
     "diagnostic_msgs": ("ros", "the ROS 2 bridge"),
     "rcl_interfaces": ("ros", "the ROS 2 bridge"),
     "rosbags": ("ros", "importing rosbags"),
+    "pyarrow": ("lerobot", "LeRobot datasets (parquet files)"),
+    "av": ("lerobot", "LeRobot datasets (mp4 videos)"),
     "flash_attn": ("gpu", "flash attention on CUDA"),
     "pytest": ("test", "the test suite"),
 }
