@@ -239,9 +239,11 @@ def _read_streams(bag: Path, roles: dict[str, str], cfg: ImportBagConfig) -> dic
         # rosbags turns its own reader errors into AnyReaderError; bytes that are not a bag at all
         # (a damaged or mislabelled file) surface as decoding or parsing errors instead
         raise WmSimError(f"cannot read {bag} as a rosbag ({type(exc).__name__}: {exc})") from exc
-    with reader:
+    try:  # opened above, where its errors are told apart from ours: `with` would open it again
         _check_topics(roles, _topic_types(reader))
         return _read_messages(reader, roles, cfg, bag)
+    finally:
+        reader.close()
 
 
 def _read_messages(reader, roles: dict[str, str], cfg: ImportBagConfig, bag: Path) -> dict[str, Stream]:
