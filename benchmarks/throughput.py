@@ -2,9 +2,10 @@
 
 For each env count, `gym.make_vec(..., num_envs=n)` stepped under random actions (autoresets
 included) gives frames/s; beside it, in every repeat, MuJoCo steps the same task and renders the
-same 64x64 camera (and, separately, steps without rendering). Figures are ratios per repeat, then
-their median: the machine's load moves both sides together. What bounds the best count is named
-from the split of its step time.
+same 64x64 camera, as a user choosing between the two would run it: one simulator process per
+core, their frames summed (the headline and the target), and also in one process and stepping
+without rendering. Figures are ratios per repeat, then their median: the machine's load moves
+both sides together. What bounds the best count is named from the split of its step time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from wm_sim.benchmarks.physics import all_cores_frames_per_s
 from wm_sim.benchmarks.stats import ratios, summarize, target
 from wm_sim.benchmarks.timing import frames_per_s
 
-RATIO_BOUND = 3.0  # x MuJoCo step + render in one process, at the best env count
+RATIO_BOUND = 3.0  # x MuJoCo step + render on every core, at the best env count
 
 
 def vector_env_rate(envs, actions: np.ndarray, seconds: float, device) -> float:
@@ -42,10 +43,17 @@ def run(bench: Bench) -> dict:
         for i in range(bench.model.config.window + 2):  # fill the window (and compile): steady state
             envs[n].step(actions[n][i % 16])
     physics = bench.physics()
-    render, step_only, rates = [], [], {n: [] for n in envs}
+    # the fair rival: a simulator per core (smoke runs and one-core machines: one process)
+    processes = bench.cores if sizes.all_cores else 1
+    render, step_only, parallel, rates = [], [], [], {n: [] for n in envs}
     for _ in tqdm(range(bench.repeats), desc="throughput", unit="repeat"):
         render.append(physics.render_frames_per_s(sizes.seconds))
         step_only.append(physics.step_frames_per_s(sizes.seconds))
+        parallel.append(
+            all_cores_frames_per_s(bench.task, bench.image_size, processes, sizes.seconds)
+            if processes > 1
+            else render[-1]
+        )
         for n, env in envs.items():
             rates[n].append(vector_env_rate(env, actions[n], sizes.seconds, device))
     best = max(rates, key=lambda n: float(np.median(rates[n])))
@@ -57,20 +65,29 @@ def run(bench: Bench) -> dict:
     split_env.close()
 
     vs_render = {n: summarize(ratios(r, render)) for n, r in rates.items()}
+    vs_cores = summarize(ratios(rates[best], parallel))
     figures = {
         "mujoco_step_render_frames_per_s": summarize(render).to_dict(),
+        "mujoco_step_render_all_cores_frames_per_s": summarize(parallel).to_dict(),
+        "mujoco_processes": processes,
         "vector_env_frames_per_s": {str(n): summarize(r).to_dict() for n, r in rates.items()},
+        "best_vs_mujoco_all_cores": vs_cores.to_dict(),
         "vs_mujoco_step_render": {str(n): s.to_dict() for n, s in vs_render.items()},
         "best_num_envs": best,
         "best_split": {k: round(v, 4) for k, v in split.items()},
     }
     table = [
+        [
+            f"best ({best} envs) vs MuJoCo step + render on every core ({processes} processes)",
+            vs_cores.text("{:.2f}") + "x",
+        ],
+        [f"MuJoCo step + render, {processes} processes (frames/s)", summarize(parallel).text("{:.0f}")],
         ["MuJoCo step + render, 1 process (frames/s)", summarize(render).text("{:.0f}")],
         [
             "vector env frames/s at " + " / ".join(str(n) for n in rates) + " envs",
             " / ".join(summarize(r).text("{:.0f}") for r in rates.values()),
         ],
-        [f"best ({best} envs) vs MuJoCo step + render", vs_render[best].text("{:.2f}") + "x"],
+        [f"best ({best} envs) vs MuJoCo step + render in 1 process", vs_render[best].text("{:.2f}") + "x"],
     ]
     if step_only[0] is not None:
         vs_step = summarize(ratios(rates[best], step_only))
@@ -79,20 +96,16 @@ def run(bench: Bench) -> dict:
         table.append(
             [f"best ({best} envs) vs MuJoCo stepping without rendering", vs_step.text("{:.2f}") + "x"]
         )
-    if sizes.all_cores and bench.cores > 1:
-        parallel = all_cores_frames_per_s(bench.task, bench.image_size, bench.cores, sizes.seconds)
-        figures["mujoco_step_render_all_cores_frames_per_s"] = round(parallel, 1)
-        figures["best_vs_mujoco_all_cores"] = round(float(np.median(rates[best])) / parallel, 3)
-        table.append(
-            [
-                f"best vs MuJoCo step + render on all {bench.cores} cores",
-                f"{figures['best_vs_mujoco_all_cores']:.2f}x",
-            ]
-        )
     return {
         "figures": figures,
         "targets": [
-            target("best vector env vs MuJoCo step + render", vs_render[best].median, ">=", RATIO_BOUND, "x")
+            target(
+                "best vector env vs MuJoCo step + render on every core",
+                vs_cores.median,
+                ">=",
+                RATIO_BOUND,
+                "x",
+            )
         ],
         "table": table,
         "bound": bound_of(split),
