@@ -266,6 +266,7 @@ def _same_rollout(plain, fast, steps: int, pixel_tol: int, state_tol: float) -> 
         assert torch.equal(a.truncated, b.truncated)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_compiled_step_gives_the_same_frames_as_the_eager_step(variant):
     plain, fast = _engines(Acceleration(compile=True, backend="aot_eager"), variant=variant)
@@ -299,6 +300,7 @@ def test_cuda_graph_replay_gives_the_same_frames_as_the_eager_step(variant):
 # --- every suite, end to end, at smoke size ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_smoke_bench_runs_every_suite_and_writes_results_and_table(tiny_model_path, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# Benchmarks\n\n{results_io.BEGIN}\n{results_io.END}\n")

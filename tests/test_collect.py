@@ -51,6 +51,7 @@ def test_replaying_stored_actions_from_the_first_physics_state_reproduces_frames
     task.close()
 
 
+@pytest.mark.slow
 def test_worker_count_does_not_change_the_data(tmp_path):
     one = collect(
         CollectConfig(
@@ -90,6 +91,7 @@ def test_gym_task_collects_with_its_own_reward_and_terminations(tmp_path):
     assert len(episode["action"]) < store.info.episode_steps
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_keeps_only_complete_episodes_and_resume_finishes(tmp_path):
     out = tmp_path / "killed.zarr"
     args = ["wm-sim", "collect", "task=reacher", "policy=mixed", "episodes=14", "workers=2", f"out={out}"]

@@ -136,6 +136,7 @@ def test_refusals(tuned, tiny_model_path, reacher_store_path, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_an_anchored_model_evaluates_and_its_env_keeps_and_forks_the_anchor(
     tuned, reacher_store_path, tmp_path
 ):

@@ -97,6 +97,7 @@ def test_sync_vector_env_over_the_single_env_matches_single_envs(tiny_model_path
         single.close()
 
 
+@pytest.mark.slow
 def test_stable_baselines3_ppo_trains_for_a_few_thousand_steps_on_the_env_unmodified(tiny_model_path):
     pytest.importorskip("stable_baselines3", reason="Stable-Baselines3 is in the test extra")
     from stable_baselines3 import PPO
@@ -144,6 +145,7 @@ def test_the_readmes_snippet_runs_on_the_shipped_model():
     envs.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_async_vector_env_with_fork_and_spawn_matches_the_sync_vector_env(tiny_model_path, context):
@@ -347,6 +349,7 @@ def test_vector_numpy_to_torch_returns_tensors_and_takes_tensor_actions(tiny_mod
     plain.close()
 
 
+@pytest.mark.slow
 def test_stable_baselines3_sac_trains_on_the_env_unmodified(tiny_model_path):
     """SB3's SAC, off-policy with a replay buffer of the Dict observations, for two imagined
     episodes on a tiny network: no warnings, every gradient step taken, the policy moved."""

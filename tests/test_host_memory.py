@@ -56,6 +56,7 @@ def _step_faults(**env: str) -> tuple[str, int]:
     return retained, int(faults)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="tunes glibc's malloc only")
 def test_on_glibc_an_engines_steps_reuse_their_memory_instead_of_faulting_it_in_again():
     retained, median_faults = _step_faults()

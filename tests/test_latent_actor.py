@@ -21,6 +21,7 @@ def _config(model, data, out, **overrides) -> TrainPolicyConfig:
     return TrainPolicyConfig(**{**base, **overrides})
 
 
+@pytest.mark.slow
 def test_the_latent_actor_earns_more_imagined_return_than_an_untrained_one_and_loads_as_a_policy(
     tiny_planning_model_path, reacher_store_path, tmp_path
 ):

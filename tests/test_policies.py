@@ -157,6 +157,7 @@ def test_train_policy_checkpoints_and_resumes(policy_run):
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the third update learned
 
 
+@pytest.mark.slow
 def test_verify_reports_true_imagined_and_the_score(policy_run, tiny_model_path, tmp_path):
     run, _ = policy_run
     out = tmp_path / "verify"
@@ -195,6 +196,7 @@ def test_rank_statistics_on_known_orders():
     assert mmrv(np.array([1.0, 2.0, 10.0]), np.array([1.0, 2.0, 10.0])) == 0.0
 
 
+@pytest.mark.slow
 def test_rank_orders_a_tiny_population(tiny_model_path, tmp_path):
     report = rank(
         RankConfig(

@@ -187,6 +187,7 @@ def test_reset_and_pause(lockstep):
     assert server.alive()
 
 
+@pytest.mark.slow
 def test_bad_traffic_is_dropped_and_the_node_keeps_serving(lockstep, tmp_path):
     server, client = lockstep
     client.call(client.reset_client, Trigger.Request())
@@ -245,6 +246,7 @@ rclpy.spin(node)
 """
 
 
+@pytest.mark.slow
 def test_ros_env_passes_check_env_and_runs_a_policy_episode(lockstep):
     from gymnasium.utils.env_checker import check_env
     from wm_sim.policies.saved import load_policy
@@ -289,6 +291,7 @@ def test_ros_env_without_a_server_is_one_clear_error():
         RosEnv(namespace="/nobody_here", server=None, image_size=64, connect_timeout=1.0)
 
 
+@pytest.mark.slow
 def test_realtime_rate_and_ctrl_c(tmp_path):
     # a namespace of its own: the module's lock-step server is still up, on /wm_sim
     server = Server(
@@ -325,6 +328,7 @@ def test_realtime_rate_and_ctrl_c(tmp_path):
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_unservable_env_and_bad_options_are_one_line_errors(tmp_path):
     for args, expected in (
         (["env=CartPole-v1"], "1-D Box action space"),

@@ -420,6 +420,7 @@ def _start_appender(path: Path) -> subprocess.Popen:
     return process
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_point_of_appends_leaves_a_store_that_checks_out_and_resumes(
     store_copy, reacher_store_path
 ):

@@ -139,6 +139,7 @@ def _expert_versus_random(task_name: str, seeds: range, measure):
     return measured, np.mean(expert_returns), np.mean(random_returns)
 
 
+@pytest.mark.slow
 def test_reacher_expert_touches_the_target_and_beats_random():
     def on_target(task, _):
         return np.linalg.norm(task.tip_to_target()) < 0.02
@@ -161,6 +162,7 @@ def test_reacher_fingertip_from_joint_angles_is_where_mujoco_puts_it():
     task.close()
 
 
+@pytest.mark.slow
 def test_pusher_expert_moves_the_puck_towards_the_goal_and_beats_random():
     def progress(task, start):
         distance = np.linalg.norm(task.puck_to_goal())

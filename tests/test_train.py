@@ -173,12 +173,14 @@ def test_train_bad_input_is_one_clear_line(reacher_store_path, tmp_path, overrid
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_train_accepts_resume_false_on_the_command_line(reacher_store_path, tmp_path):
     result = _wm_sim_train(reacher_store_path, tmp_path / "run", "training.batch_size=2", "resume=false")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run" / LAST).exists()
 
 
+@pytest.mark.slow
 def test_the_continue_head_is_trained_on_terminations(tmp_path):
     store = collect(
         CollectConfig(
@@ -240,6 +242,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     assert meta["step"] == 2 and all(torch.isfinite(v).all() for v in model.state_dict().values())
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_is_continued_by_a_resumed_training(reacher_store_path, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -314,6 +317,7 @@ def test_gradients_are_averaged_in_place_of_ddp_with_zeros_for_parameters_withou
     assert len({p.grad.untyped_storage().data_ptr() for p in model.parameters() if p.grad is not None}) == 1
 
 
+@pytest.mark.slow
 def test_torchrun_trains_with_two_gloo_processes_and_only_rank_0_writes(reacher_store_path, tmp_path):
     run = tmp_path / "run"
     args = [
@@ -534,6 +538,7 @@ def test_an_added_transition_starts_unread_by_the_transformer(reacher_store_path
     torch.testing.assert_close(new.reward, old.reward)
 
 
+@pytest.mark.slow
 def test_init_adds_a_frame_reward_fitted_on_real_frames(reacher_store_path, tmp_path):
     from wm_sim.data.store import EpisodeStore
 
@@ -600,6 +605,7 @@ def _open_loop_state_error(model: WorldModel, state: torch.Tensor, action: torch
     return error / steps
 
 
+@pytest.mark.slow
 def test_a_transition_fitted_on_its_own_rollouts_drifts_less_than_a_one_step_fit(
     reacher_store_path, tmp_path
 ):
@@ -628,6 +634,7 @@ def test_a_transition_fitted_on_its_own_rollouts_drifts_less_than_a_one_step_fit
         train(config(reacher_store_path, tmp_path / "bad", transition_horizon=0))
 
 
+@pytest.mark.slow
 def test_init_adds_a_scene_reward_that_reads_the_reward_of_a_state_in_another_frames_scene(
     reacher_store_path, tmp_path
 ):

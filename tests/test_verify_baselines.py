@@ -140,6 +140,7 @@ def test_a_policy_run_directory_another_process_writes_is_refused_and_leftovers_
     assert not staging.exists() and (out / "last").exists()
 
 
+@pytest.mark.slow
 def test_verify_scores_every_policy_against_random_and_zero(bc_run, tiny_model_path, tmp_path):
     """zero is the policy under test (in imagination too, needing no physics), and a reference;
     a baseline given twice, or already a reference, is run and listed once."""
