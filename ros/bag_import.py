@@ -17,11 +17,7 @@ rosbags is imported lazily, inside the functions that read a bag, so `wm-sim --h
 
 from __future__ import annotations
 
-import glob
-import json
-import os
 import re
-import shutil
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 from wm_sim.ros.messages import compressed_to_rgb, image_to_rgb, square_frame
 
+from wm_sim.data.imports import write_imported_store
 from wm_sim.data.schema import (
     ACTION_KEY,
     REWARD_KEY,
@@ -42,7 +39,6 @@ from wm_sim.data.schema import (
     frame_features,
     image_key,
 )
-from wm_sim.data.store import EpisodeStore
 from wm_sim.errors import WmSimError
 from wm_sim.optional import require
 
@@ -669,49 +665,6 @@ def _rows(
 # --- writing -----------------------------------------------------------------------------------
 
 
-def _partial_path(out: Path) -> Path:
-    return out.parent / f".{out.name}.importing-{os.getpid()}"
-
-
-def _remove_stale_partials(out: Path) -> None:
-    """Delete what imports into `out` that were killed left behind (their process is gone)."""
-    for debris in out.parent.glob(f".{glob.escape(out.name)}.importing-*"):
-        pid = debris.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(debris, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _write(out: Path, info: DatasetInfo, episodes: list[dict[str, np.ndarray]], report: dict) -> None:
-    """Build the whole store beside `out`, then rename it into place: `out` is complete or absent."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out)
-    partial = _partial_path(out)
-    try:
-        store = EpisodeStore.create(partial, info)
-        try:
-            for index, rows in enumerate(tqdm(episodes, unit="ep", desc="write store")):
-                store.append_episode(rows, seed=index)
-        finally:
-            store.close()
-        (partial / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-        if out.exists():  # created by someone else while this import ran
-            raise WmSimError(f"{out} appeared while importing; refusing to overwrite it")
-        os.rename(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-
-
 # --- the verb ----------------------------------------------------------------------------------
 
 
@@ -796,7 +749,7 @@ def import_bag(cfg: ImportBagConfig) -> Path:
         _rows(e, i, streams, a, info.cameras[0])
         for i, (e, a) in enumerate(zip(episodes, actions.per_episode, strict=True))
     ]
-    _write(out, info, rows, report)
+    write_imported_store(out, info, rows, report, REPORT_FILE)
     print(format_report(report))
     print(f"  report: {out / REPORT_FILE}")
     return out

@@ -372,12 +372,10 @@ def test_existing_out_is_never_overwritten(recorded, tmp_path):
 
 
 def test_a_failed_import_leaves_nothing_behind(recorded, tmp_path, monkeypatch):
-    import wm_sim.ros.bag_import as bag_import
-
     def fail(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bag_import.EpisodeStore, "append_episode", fail)
+    monkeypatch.setattr(EpisodeStore, "append_episode", fail)
     with pytest.raises(KeyboardInterrupt):
         import_bag(config(recorded, tmp_path / "out.zarr"))
     assert list(tmp_path.iterdir()) == []

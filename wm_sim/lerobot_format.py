@@ -30,8 +30,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -41,6 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wm_sim.config import check_output_path
+from wm_sim.data.imports import build_beside, write_imported_store
 from wm_sim.data.schema import (
     ACTION_KEY,
     DONE_KEY,
@@ -58,7 +57,6 @@ from wm_sim.data.schema import (
 from wm_sim.data.store import EpisodeStore
 from wm_sim.errors import WmSimError
 from wm_sim.optional import require
-from wm_sim.ros.bag_import import _partial_path, _remove_stale_partials, _write
 from wm_sim.ros.messages import square_frame
 
 CODEBASE_VERSION = "v3.0"
@@ -595,7 +593,7 @@ def import_lerobot(cfg: ImportLeRobotConfig) -> Path:
         "mapped linearly from command_low .. command_high onto [-1, 1]",
         "left_out": [k for k in source.info["features"] if k not in _imported_keys(source)],
     }  # fmt: skip
-    _write(out, info, _store_episodes(source, info, actions), report)
+    write_imported_store(out, info, _store_episodes(source, info, actions), report, REPORT_FILE)
     print(
         f"{root} -> {out}: {report['episodes']} episodes, {report['rows']} rows at {info.fps:g} fps, "
         f"cameras {', '.join(info.cameras)}; actions {report['actions']}; "
@@ -895,17 +893,7 @@ def export_lerobot(cfg: ExportLeRobotConfig) -> Path:
         raise WmSimError(
             f"{cfg.data} has frames of {store.info.image_size} pixels; H.264 in yuv420p needs an even size"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(out)
-    partial = _partial_path(out)
-    try:
-        write_lerobot(store, partial, cfg.crf, cfg.robot_type)
-        if out.exists():  # created by someone else while this export ran
-            raise WmSimError(f"{out} appeared while exporting; refusing to overwrite it")
-        os.rename(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+    build_beside(out, lambda partial: write_lerobot(store, partial, cfg.crf, cfg.robot_type), "exporting")
     print(
         f"{cfg.data} -> {out}: {store.num_episodes} episodes, {store.num_frames} frames, LeRobot {CODEBASE_VERSION}"
     )
