@@ -154,7 +154,10 @@ def test_async_vector_env_with_fork_and_spawn_matches_the_sync_vector_env(tiny_m
     its first step, waiting on the thread pool a fork does not copy."""
     torch.set_num_threads(2)
     torch.randn(256, 256) @ torch.randn(256, 256)  # the parent's pool is now in use
-    fns = [functools.partial(_make, tiny_model_path) for _ in range(2)]
+    # what a spawned worker unpickles must import there: gymnasium's make, and the "module:id" form
+    # imports wm_sim (registering its ids) in the worker; a function of this test module would not
+    make = functools.partial(gym.make, "wm_sim:wm_sim/WorldModel-v0", checkpoint=str(tiny_model_path))
+    fns = [make for _ in range(2)]
     actions = np.random.default_rng(0).uniform(-1, 1, (4, 2, 2)).astype(np.float32)
     runs = []
     for envs in (gym.vector.SyncVectorEnv(fns), gym.vector.AsyncVectorEnv(fns, context=context)):
