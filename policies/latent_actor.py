@@ -1,9 +1,10 @@
-"""An actor that acts from the scene's keypoints and proprioception, trained in the latent model.
+"""An actor that acts from the scene's goal and proprioception, trained in the latent model.
 
-It reads a camera frame the way the world model's scene reward does (SceneReward.keypoints: a
-few (x, y) positions found by a small conv net) and the robot's state, and outputs a normalised
-action. The keypoint net is copied out of the world model with the policy, so a policy file
-stands alone; in MuJoCo, or on a robot, it reads the real camera image each step.
+It reads a camera frame the way the world model's scene reward does (SceneReward.goal: the point
+the scene asks the effector to reach) and the robot's state, sees where the scene reward puts
+its effector and how far that is from the goal, and outputs a normalised action. The scene
+reward's nets are copied out of the world model with the policy, so a policy file stands alone;
+in MuJoCo, or on a robot, it reads the real camera image each step.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ class LatentActorConfig:
 
 
 class LatentActor(nn.Module):
-    """(keypoints (B, 2K), raw state (B, D)) -> actions (B, A) in [-1, 1]."""
+    """(goal (B, 2), raw state (B, D)) -> actions (B, A) in [-1, 1]."""
 
     def __init__(self, scene: SceneReward, action_dim: int, config: LatentActorConfig = LatentActorConfig()):
         super().__init__()
         self.config, self.action_dim = config, action_dim
-        self.scene = scene  # its keypoint net and state scale; its reward MLP is not used here
-        inputs = scene.features - 2 * action_dim  # keypoints and state features, no action
+        self.scene = scene  # its goal net, effector and state scale
+        inputs = 6 + scene.state_features  # goal, effector, their gap, the state
         sizes = [inputs] + [config.hidden] * config.layers
         body: list[nn.Module] = []
         for a, b in itertools.pairwise(sizes):
@@ -46,15 +47,14 @@ class LatentActor(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
         self.net[-1].weight.data.mul_(0.01)  # start near the zero action: small control cost
 
-    def forward(self, keypoints: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        s = self.scene
-        angles = state[..., s.periodic]
-        features = [keypoints, state / s.state_scale, torch.sin(angles), torch.cos(angles)]
-        return torch.tanh(self.net(torch.cat(features, dim=-1)))
+    def forward(self, goal: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        features = self.scene.encode_state(state)
+        effector = self.scene.effector(features)
+        return torch.tanh(self.net(torch.cat([goal, effector, goal - effector, features], dim=-1)))
 
 
 class LatentActorPolicy(Policy):
-    """The Policy interface over a LatentActor: keypoints of each frame, then the actor."""
+    """The Policy interface over a LatentActor: the goal each frame shows, then the actor."""
 
     kind = "latent_actor"
 
@@ -64,9 +64,9 @@ class LatentActorPolicy(Policy):
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        keypoints = self.actor.scene.keypoints(torch.as_tensor(np.asarray(obs["pixels"])))
+        goal = self.actor.scene.goal(torch.as_tensor(np.asarray(obs["pixels"])))
         state = torch.as_tensor(np.asarray(obs["agent_pos"], dtype=np.float32))
-        return self.actor(keypoints, state).numpy().astype(np.float32)
+        return self.actor(goal, state).numpy().astype(np.float32)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return dict(self.actor.state_dict())

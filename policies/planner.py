@@ -1,6 +1,6 @@
 """A sampling-based planner (the cross-entropy method) in the world model's latent space.
 
-At every real step the planner reads the scene's keypoints off the frame the camera shows, once,
+At every real step the planner reads the scene's goal point off the frame the camera shows, once,
 and imagines `population` action sequences of `horizon` steps from the real proprioceptive state
 with the world model's latent model (state transition + scene reward: wm_sim.latent_model), the
 whole population of every env row in one batched pass per imagined step; no frame is decoded.
@@ -82,9 +82,9 @@ class CEMPlanner(Policy):
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         c, r, a = self.config, self.num_envs, self.action_dim
         p = c.population
-        keypoints = self.model.keypoints(torch.as_tensor(np.asarray(obs["pixels"])))  # (R, 2K)
+        goal = self.model.goal(torch.as_tensor(np.asarray(obs["pixels"])))  # (R, 2)
         state = torch.as_tensor(np.asarray(obs["agent_pos"], dtype=np.float32))  # (R, D)
-        scenes, starts = keypoints.repeat_interleave(p, 0), state.repeat_interleave(p, 0)
+        scenes, starts = goal.repeat_interleave(p, 0), state.repeat_interleave(p, 0)
         mean, std = self._plan.clone(), torch.full_like(self._plan, c.init_std)  # (R, H, A)
         best, best_return = self._plan.clone(), torch.full((r,), -torch.inf)
         for _ in range(c.iterations):

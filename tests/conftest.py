@@ -57,7 +57,9 @@ def tiny_planning_model_path(reacher_store_path, tmp_path_factory) -> Path:
         grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3,
         transition=True, scene_reward=True,
     )  # fmt: skip
-    fitting = TrainingConfig(batch_size=4, lr=3e-3, transition_steps=200, scene_reward_steps=60)
+    fitting = TrainingConfig(
+        batch_size=4, lr=3e-3, transition_steps=200, scene_reward_steps=200, scene_goal_steps=20
+    )
     return train(
         TrainConfig(
             data=str(reacher_store_path), model=tiny, out=str(tmp_path_factory.mktemp("tiny-planning") / "run"),

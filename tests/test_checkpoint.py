@@ -341,3 +341,32 @@ def test_loaded_tensors_own_their_memory_and_do_not_follow_the_file(tmp_path):
     with open(file, "r+b") as f:
         f.write(data)
     assert torch.equal(loaded, frames)
+
+
+def test_a_schema_1_checkpoint_loads_without_its_old_scene_reward_and_keeps_every_other_weight(tmp_path):
+    import warnings
+
+    torch.manual_seed(0)
+    config = WorldModelConfig(**{**TINY.to_dict(), "transition": True, "scene_reward": True})
+    save_checkpoint(tmp_path, "step-000003", WorldModel(config), DATA_META)
+    directory = tmp_path / LAST
+    # what version 1 wrote: its scene reward an MLP over keypoints (other names, other shapes)
+    tensors = {k: v for k, v in load_file(str(directory / WEIGHTS)).items() if not k.startswith("scene_reward.")}
+    kept = dict(tensors)
+    tensors |= {"scene_reward.net.0.weight": torch.zeros(256, 40), "scene_reward.low": torch.tensor(-1.0)}
+    save_file(tensors, str(directory / WEIGHTS))
+    meta = json.loads((directory / META).read_text())
+    (directory / META).write_text(json.dumps({**meta, "schema_version": 1}))
+    with pytest.warns(UserWarning, match="scene reward is of the old form"):
+        model, loaded_meta = load_checkpoint(directory)
+    assert model.scene_reward is None and model.transition is not None
+    assert not loaded_meta["model"]["scene_reward"] and loaded_meta["schema_version"] == 2
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, kept[name]), name
+    # a version-1 checkpoint without a scene reward is read as it was, without a word
+    save_checkpoint(tmp_path / "plain", "step-000003", WorldModel(TINY), DATA_META)
+    plain = tmp_path / "plain" / LAST
+    (plain / META).write_text(json.dumps({**json.loads((plain / META).read_text()), "schema_version": 1}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_checkpoint(plain)

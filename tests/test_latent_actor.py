@@ -35,11 +35,11 @@ def test_the_latent_actor_earns_more_imagined_return_than_an_untrained_one_and_l
     policy = make_policy(str(run), setting)
     world, _ = load_checkpoint(tiny_planning_model_path)
     model = LatentModel.of(world)
-    keypoints, states, _, _ = recorded_scenes(model, EpisodeStore.open(reacher_store_path), [0, 1])
+    goals, states, _, _ = recorded_scenes(model, EpisodeStore.open(reacher_store_path), [0, 1])
     untrained = LatentActor(model.scene_reward, 2)
     with torch.no_grad():
-        _, before = imagined_loss(untrained, model, keypoints[:256], states[:256], 8, 0.98)
-        _, after = imagined_loss(policy.actor, model, keypoints[:256], states[:256], 8, 0.98)
+        _, before = imagined_loss(untrained, model, goals[:256], states[:256], 8, 0.98)
+        _, after = imagined_loss(policy.actor, model, goals[:256], states[:256], 8, 0.98)
     assert after > before, (after, before)
     obs = {
         "pixels": np.zeros((3, 64, 64, 3), np.uint8),

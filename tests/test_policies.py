@@ -234,7 +234,7 @@ def test_the_planner_plans_in_latent_space_and_beats_the_zero_sequence_it_starts
     plan = torch.cat([torch.from_numpy(action)[:, None], planner._plan[:, :-1]], dim=1)  # (R, H, A)
     model = planner.model
     with torch.no_grad():
-        scenes = model.keypoints(torch.from_numpy(obs["pixels"]))
+        scenes = model.goal(torch.from_numpy(obs["pixels"]))
         state = torch.from_numpy(obs["agent_pos"]).float()
         found, started = model.returns(scenes, state, plan), model.returns(scenes, state, start)
     assert torch.all(found > started), (found, started)

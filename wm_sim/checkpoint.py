@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable, Collection
 from importlib import resources
@@ -44,7 +45,9 @@ from wm_sim.data.windows import episodes_with_frames
 from wm_sim.errors import WmSimError
 from wm_sim.world_model import WorldModel, WorldModelConfig
 
-CHECKPOINT_SCHEMA_VERSION = 1
+# 2: the scene reward became a distance between an effector and a goal point (SceneReward);
+# a version-1 checkpoint loads without its scene reward (_migrated), everything else as it was.
+CHECKPOINT_SCHEMA_VERSION = 2
 WEIGHTS, META = "model.safetensors", "meta.json"
 TRAIN_TENSORS, TRAIN_META = "train_state.safetensors", "train_state.json"
 CONTEXTS = "contexts.safetensors"  # real start contexts: every checkpoint's, so each resets as an env
@@ -245,11 +248,13 @@ def load_checkpoint(
     directory = resolve_checkpoint(path)
     meta = read_json(directory / META)
     version = meta.get("schema_version")
-    if version != CHECKPOINT_SCHEMA_VERSION:
+    if version not in (1, CHECKPOINT_SCHEMA_VERSION):
         raise WmSimError(
-            f"{directory / META}: checkpoint schema version {version!r}; this wm-sim reads version {CHECKPOINT_SCHEMA_VERSION}"
+            f"{directory / META}: checkpoint schema version {version!r}; this wm-sim reads versions 1 "
+            f"and {CHECKPOINT_SCHEMA_VERSION}"
         )
     check_meta(meta, directory / META)
+    meta, old_parts = _migrated(meta, directory)
     try:
         model = WorldModel(WorldModelConfig(**meta["model"]))
     except (KeyError, TypeError, ValueError) as exc:
@@ -257,6 +262,7 @@ def load_checkpoint(
     # Bounds a model starts unset (+-inf, e.g. the frame reward's before it is fitted) may stay so.
     unset = {k for k, v in model.state_dict().items() if v.is_floating_point() and torch.isinf(v).any()}
     state = read_tensors(directory / WEIGHTS, map_location, may_be_infinite=unset)
+    state = {k: v for k, v in state.items() if not k.startswith(old_parts)}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -264,6 +270,25 @@ def load_checkpoint(
         detail = " ".join(line.strip() for line in first[1:3]) or first[0]
         raise WmSimError(f"{directory / WEIGHTS}: weights do not match the model config ({detail})") from exc
     return model.to(map_location), meta
+
+
+def _migrated(meta: dict[str, Any], directory: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A version-1 checkpoint's metadata as version 2 reads it, and the weights to leave out.
+
+    Version 1's scene reward was an MLP over keypoints and state; version 2's is a distance
+    between points, with other weights. The old head is dropped (with a warning): the model
+    loads and runs as an env as before, and `wm-sim train init=... model.scene_reward=true`
+    fits the new head beside everything else unchanged.
+    """
+    if meta["schema_version"] != 1 or not meta["model"].get("scene_reward"):
+        return {**meta, "schema_version": CHECKPOINT_SCHEMA_VERSION}, ()
+    warnings.warn(
+        f"{directory}: a schema-1 checkpoint; its scene reward is of the old form and is not loaded "
+        f"(add the current one with `wm-sim train init={directory} model.scene_reward=true steps=1 training.lr=0`)",
+        stacklevel=3,
+    )
+    model = {**meta["model"], "scene_reward": False}
+    return {**meta, "model": model, "schema_version": CHECKPOINT_SCHEMA_VERSION}, ("scene_reward.",)
 
 
 def check_meta(meta: dict[str, Any], file: Path) -> None:

@@ -1,7 +1,7 @@
 """`wm-sim train-policy algo=latent_actor`: an actor trained only in the world model's latent model.
 
 Each update starts a batch of imagined rollouts from real recorded states, each in the scene of a
-real frame of its own episode (its keypoints, read once), lets the actor act for `horizon` steps
+real frame of its own episode (its goal point, read once), lets the actor act for `horizon` steps
 through the state transition, and scores each step with the scene reward (wm_sim.latent_model).
 Both are differentiable MLPs, so the actor follows the gradient of its discounted imagined return
 through the whole rollout (backpropagation through the model, as Dreamer's actor does through its
@@ -33,33 +33,33 @@ from wm_sim.policy_inputs import run_directory
 def recorded_scenes(
     model: LatentModel, store: EpisodeStore, episodes: list[int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Keypoints (N, 2K) of every frame and states (N, D) of `episodes`, with each row's episode
+    """Goals (N, 2) of every frame and states (N, D) of `episodes`, with each row's episode
     start and length (N,) to draw a scene of the same episode from."""
     pixels_key = image_key(store.info.cameras[0])
-    keypoints, states, starts, lengths, offset = [], [], [], [], 0
+    goals, states, starts, lengths, offset = [], [], [], [], 0
     with torch.no_grad():
         for e in tqdm(episodes, desc="latent actor: reading scenes", unit="episode"):
             start, stop = store.episode_bounds(e)
             frames = torch.from_numpy(store.read(pixels_key, start, stop))
-            keypoints.append(torch.cat([model.keypoints(chunk) for chunk in frames.split(256)]))
+            goals.append(torch.cat([model.goal(chunk) for chunk in frames.split(256)]))
             states.append(torch.from_numpy(store.read(STATE_KEY, start, stop)).float())
             starts.append(torch.full((stop - start,), offset))
             lengths.append(torch.full((stop - start,), stop - start))
             offset += stop - start
     if not states:
         raise WmSimError("no episodes to train the latent actor on")
-    return torch.cat(keypoints), torch.cat(states), torch.cat(starts), torch.cat(lengths)
+    return torch.cat(goals), torch.cat(states), torch.cat(starts), torch.cat(lengths)
 
 
 def imagined_loss(
-    actor, model: LatentModel, keypoints: torch.Tensor, state: torch.Tensor, horizon: int, gamma: float
+    actor, model: LatentModel, goal: torch.Tensor, state: torch.Tensor, horizon: int, gamma: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(minus the mean discounted imagined return, the mean return) of rollouts from raw states
-    (B, D) in scenes (B, 2K)."""
+    (B, D) in scenes (B, 2)."""
     total = torch.zeros(state.shape[0])
     for t in range(horizon):
-        action = actor(keypoints, state)
-        state, reward = model.step(keypoints, state, action)
+        action = actor(goal, state)
+        state, reward = model.step(goal, state, action)
         total = total + gamma**t * reward
     return -total.mean(), total.detach().mean()
 
@@ -80,7 +80,7 @@ def train_latent_actor(cfg) -> Path:
     model.requires_grad_(False)  # the gradient flows through the model to the actor, not into it
     store = EpisodeStore.open(cfg.data or f"datasets/{cfg.task}.zarr")
     episodes = split_episodes(store.num_episodes, "train", 0.1)
-    keypoints, states, starts, lengths = recorded_scenes(model, store, episodes)
+    goals, states, starts, lengths = recorded_scenes(model, store, episodes)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     actor = LatentActor(model.scene_reward, world.config.action_dim)
@@ -96,7 +96,7 @@ def train_latent_actor(cfg) -> Path:
             group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         rows = torch.randint(0, len(states), (cfg.batch,), generator=generator)
         scene = starts[rows] + (torch.rand(cfg.batch, generator=generator) * lengths[rows]).long()
-        loss, imagined = imagined_loss(actor, model, keypoints[scene], states[rows], cfg.horizon, cfg.gamma)
+        loss, imagined = imagined_loss(actor, model, goals[scene], states[rows], cfg.horizon, cfg.gamma)
         if not torch.isfinite(loss):
             raise WmSimError(f"the imagined loss became {loss.item()} at update {step}")
         optimiser.zero_grad(set_to_none=True)
