@@ -12,6 +12,7 @@ import torch
 
 from wm_sim.collect import CollectConfig, collect
 from wm_sim.data.store import EpisodeStore
+from wm_sim.data.windows import split_episodes
 from wm_sim.errors import WmSimError
 from wm_sim.evaluate import HORIZONS, METHODS, METRICS, EvaluateConfig, evaluate
 from wm_sim.metrics import foreground_precision, object_recall, psnr, ssim
@@ -155,3 +156,38 @@ def test_a_dataset_the_model_cannot_read_is_one_clear_error(tiny_run, tmp_path):
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "image_size 32" in result.stderr and "expects 64" in result.stderr
     assert not (tmp_path / "e").exists()
+
+
+def test_a_model_with_a_scene_reward_reports_its_error_on_held_out_transitions(
+    tiny_planning_model_path, evaluation, reacher_store_path, tmp_path
+):
+    from wm_sim.checkpoint import load_checkpoint
+
+    assert "scene_reward" not in json.loads((evaluation / "metrics.json").read_text())  # none to report
+    out = tmp_path / "report"
+    evaluate(
+        EvaluateConfig(
+            checkpoint=str(tiny_planning_model_path), data=str(reacher_store_path), out=str(out),
+            context=CONTEXT, video_episodes=0, threads=1,
+        )
+    )  # fmt: skip
+    scene = json.loads((out / "metrics.json").read_text())["scene_reward"]
+    store = EpisodeStore.open(reacher_store_path)
+    held_out = split_episodes(store.num_episodes, "val", 0.5)
+    # the same figure by hand: every transition of every held-out episode, the goal read once
+    # off its last context frame
+    model, _ = load_checkpoint(tiny_planning_model_path)
+    errors = []
+    for e in held_out:
+        start, stop = store.episode_bounds(e)
+        pixels = torch.from_numpy(store.read("observation.images.top", start, stop))
+        state = torch.from_numpy(store.read("observation.state", start, stop)).float()
+        action = torch.from_numpy(store.read("action", start, stop)).float()
+        reward = store.read("next.reward", start, stop)
+        with torch.no_grad():
+            goal = model.scene_reward.goal(pixels[CONTEXT - 1 : CONTEXT]).expand(stop - start - 1, 2)
+            errors.append(np.abs(model.scene_reward.read(goal, state[1:], action[:-1]).numpy() - reward[:-1]))
+    errors = np.concatenate(errors)
+    assert scene["transitions"] == errors.size
+    assert scene["abs_error"] == pytest.approx(float(errors.mean()), rel=1e-5)
+    assert scene["abs_error_p95"] == pytest.approx(float(np.quantile(errors, 0.95)), rel=1e-5)

@@ -123,6 +123,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     results: dict[str, dict[str, list[np.ndarray]]] = {m: {k: [] for k in METRICS} for m in METHODS}
     shown = set(episodes[:: max(1, len(episodes) // max(cfg.video_episodes, 1))][: cfg.video_episodes])
     videos: list[tuple[np.ndarray, np.ndarray]] = []  # (true, predicted) uint8 frames per shown episode
+    scene_errors: list[np.ndarray] = []  # the scene reward's |error| per transition, per episode
     batches = [episodes[i : i + cfg.batch_size] for i in range(0, len(episodes), cfg.batch_size)]
     for chunk in tqdm(batches, desc="evaluate", unit="batch"):
         data = [store.episode(e, keys) for e in chunk]
@@ -130,12 +131,23 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         for method in METHODS:
             for name in METRICS:
                 results[method][name].extend(scores[method][name])
+        if model.scene_reward is not None:
+            scene_errors += [_scene_reward_error(model, episode, keys, cfg.context) for episode in data]
         for row, e in enumerate(chunk):
             if e in shown:
                 true = data[row][keys[0]][cfg.context :]
                 videos.append((true, predicted[row][: len(true)]))
 
     report = _report(results, cfg, meta, len(episodes), store.info.fps)
+    if scene_errors:
+        every = np.concatenate(scene_errors)
+        report["scene_reward"] = {
+            "reads_goal_from": f"the last context frame (frame {cfg.context - 1})",
+            "abs_error": float(every.mean()),
+            "abs_error_p95": float(np.quantile(every, 0.95)),
+            "transitions": int(every.size),
+        }
+        print(f"scene reward |error| per step: {every.mean():.4f} (95th percentile {np.quantile(every, 0.95):.4f})")
     out.mkdir(parents=True, exist_ok=True)
     _plot(report, out / "errors.png")
     if videos:
@@ -155,6 +167,19 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     written = [out / name for name in ("metrics.json", "errors.png", "rollouts.mp4", "strip.png")]
     print("wrote " + ", ".join(str(f) for f in written if f.exists()))
     return out
+
+
+@torch.no_grad()
+def _scene_reward_error(model, episode: dict[str, np.ndarray], keys: list[str], context: int) -> np.ndarray:
+    """|scene reward - recorded reward| of every transition of a held-out episode, the scene read
+    once off its last context frame, as the planner reads the frame it sees and imagines on."""
+    pixels, state, action, reward = (episode[k] for k in keys[:4])
+    head = model.scene_reward
+    device = next(model.parameters()).device
+    goal = head.goal(torch.from_numpy(pixels[context - 1 : context]).to(device))
+    states = torch.from_numpy(state[1:]).float().to(device)
+    read = head.read(goal.expand(len(states), -1), states, torch.from_numpy(action[:-1]).float().to(device))
+    return np.abs(read.cpu().numpy() - reward[:-1])
 
 
 def _object_rgb(cfg: EvaluateConfig, meta: dict) -> tuple[int, int, int] | None:

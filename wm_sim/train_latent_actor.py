@@ -87,6 +87,8 @@ def train_latent_actor(cfg) -> Path:
     # the actor owns a copy of the scene net: the world model's stays as it is
     actor.scene.load_state_dict(model.scene_reward.state_dict())
     actor.scene.requires_grad_(False)
+    with torch.no_grad():
+        actor.point_scale.copy_(model.scene_reward.effector(model.scene_reward.encode_state(states)).std(0))
     trainable = [p for p in actor.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(trainable, lr=cfg.lr)
     started = time.perf_counter()
