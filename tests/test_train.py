@@ -674,8 +674,8 @@ def test_init_adds_a_scene_reward_that_reads_the_reward_of_a_state_in_another_fr
     error = (read - reward).pow(2).mean()
     assert error < 0.1 * reward.var(), (error, reward.var())
     # one goal per scene: the frames of an episode agree on it far better than episodes do
-    within = torch.stack([goals[a:b].std(0).norm() for a, b in zip(firsts, ends)]).mean()
-    between = torch.stack([goals[a:b].mean(0) for a, b in zip(firsts, ends)]).std(0).norm()
+    within = torch.stack([goals[a:b].std(0).norm() for a, b in zip(firsts, ends, strict=True)]).mean()
+    between = torch.stack([goals[a:b].mean(0) for a, b in zip(firsts, ends, strict=True)]).std(0).norm()
     assert within < 0.5 * between, (within, between)
 
 
