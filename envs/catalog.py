@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -72,15 +73,18 @@ def task_has_expert(name: str) -> bool:
     return name in TASK_SPECS and TASK_SPECS[name].has_expert
 
 
-def make_task(name: str, image_size: int = 64) -> MujocoTask:
-    """Build the physics task `name` rendering square frames of `image_size` pixels."""
+def make_task(name: str, image_size: int = 64, cameras: Sequence[str] | None = None) -> MujocoTask:
+    """Build the physics task `name` rendering square frames of `image_size` pixels.
+
+    `cameras`: the task's cameras its observations carry, in this order (None: its first alone).
+    """
     check_task_name(name)
     if not isinstance(image_size, int) or not 16 <= image_size <= 512:
         raise WmSimError(f"image_size must be an integer in [16, 512], got {image_size!r}")
     if name.startswith(GYM_PREFIX):
         from wm_sim.envs.gym_task import GymTask
 
-        return GymTask(name[len(GYM_PREFIX) :], image_size=image_size)
+        return GymTask(name[len(GYM_PREFIX) :], image_size=image_size, cameras=cameras)
     module_name, class_name = TASK_SPECS[name].entry_point.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(image_size=image_size)
+    return cls(image_size=image_size, cameras=cameras)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import gymnasium
 import numpy as np
 from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 from wm_sim.envs.catalog import GYM_PREFIX
 from wm_sim.envs.rendering import CameraSpec
-from wm_sim.envs.task import MujocoTask
+from wm_sim.envs.task import MujocoTask, check_camera, select_cameras
 
 from wm_sim.errors import WmSimError
 
@@ -15,9 +17,11 @@ from wm_sim.errors import WmSimError
 class GymTask(MujocoTask):
     """A Gymnasium MuJoCo env rendered offscreen; agent_pos is the env's own state observation."""
 
-    camera_names = ("default",)
+    camera_names = ("default",)  # Gymnasium's own render camera: the one camera of these tasks
 
-    def __init__(self, env_id: str, image_size: int = 64):
+    def __init__(self, env_id: str, image_size: int = 64, cameras: Sequence[str] | None = None):
+        self.name = f"{GYM_PREFIX}{env_id}"
+        select_cameras(self.name, self.camera_names, cameras)  # refused before anything is built
         try:
             env = gymnasium.make(env_id, render_mode="rgb_array", width=image_size, height=image_size)
         except gymnasium.error.Error as exc:
@@ -35,18 +39,19 @@ class GymTask(MujocoTask):
         space = self._env.observation_space
         if not isinstance(space, gymnasium.spaces.Box) or len(space.shape) != 1:
             raise WmSimError(f"task {GYM_PREFIX}{env_id} has observation space {space}; expected a flat Box")
-        super().__init__(self._env.model, self._env.data, image_size)
-        self.name = f"{GYM_PREFIX}{env_id}"
+        super().__init__(self._env.model, self._env.data, image_size, cameras)
         self.fps = float(self._env.metadata.get("render_fps") or round(1.0 / self._env.dt))
         self.episode_steps = int(env.spec.max_episode_steps or 1000)
         self._obs_space = space
         self._last_obs = np.zeros(space.shape, dtype=np.float32)
         self._last_reward, self._last_terminated, self._last_info = 0.0, False, {}
 
-    def camera_spec(self) -> CameraSpec:  # unused: Gymnasium's own camera renders this task
+    def camera_spec(self, name: str) -> CameraSpec:  # unused: Gymnasium's own camera renders this task
         raise NotImplementedError
 
-    def render(self) -> np.ndarray:
+    def render(self, camera: str | None = None) -> np.ndarray:
+        if camera is not None:
+            check_camera(self.name, self.camera_names, camera)
         try:
             frame = self._env.render()
         except Exception as exc:  # GL and MuJoCo raise assorted types; one clear line instead

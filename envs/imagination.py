@@ -25,7 +25,7 @@ from wm_sim.world_model import Anchor, WorldModel
 class StepOutput:
     """One batched step: numpy-free tensors on the model's device."""
 
-    pixels: torch.Tensor  # (B, S, S, 3) uint8
+    pixels: torch.Tensor  # (B, *frame_shape) uint8: (B, S, S, 3), or (B, K, S, S, 3) with K cameras
     agent_pos: torch.Tensor  # (B, D) float32, dataset units
     reward: torch.Tensor  # (B,) float32
     terminated: torch.Tensor  # (B,) bool
@@ -50,15 +50,13 @@ class ImaginedBatch:
         self.cache = model.new_stream(batch, self.device)
         self.latents = torch.zeros(batch, c.tokens, c.latent_dim, device=self.device)  # pending frame
         self.norm_state = torch.zeros(batch, c.state_dim, device=self.device)
-        self.pixels = torch.zeros(batch, c.image_size, c.image_size, 3, dtype=torch.uint8, device=self.device)
+        self.pixels = torch.zeros(batch, *c.frame_shape, dtype=torch.uint8, device=self.device)
         self.agent_pos = torch.zeros(batch, c.state_dim, device=self.device)
         self.steps = torch.zeros(batch, dtype=torch.long, device=self.device)
         # Each row's last real context frame, which an anchored decoder composites over.
-        self.anchor = Anchor(
-            torch.zeros_like(self.latents),
-            torch.zeros(batch, 3, c.image_size, c.image_size, device=self.device).contiguous(
-                memory_format=torch.channels_last
-            ),
+        anchor_pixels = torch.zeros(batch, *c.frame_shape, device=self.device).movedim(-1, -3)
+        self.anchor = Anchor(  # (B, [K,] 3, S, S) in (B, [K,] S, S, 3) memory: where the decoder blends
+            torch.zeros_like(self.latents), anchor_pixels
         )
         # Predicted proprioception is kept inside these bounds (the observation space's), if set.
         self.state_low: torch.Tensor | None = None
@@ -79,8 +77,8 @@ class ImaginedBatch:
     ) -> None:
         """Start new episodes in `rows` (indices, k of them) from real contexts.
 
-        frames (k, K, S, S, 3) uint8, state (k, K, D) dataset units, actions (k, K-1, A): the actions
-        taken between the context frames. The last frame is left pending.
+        frames (k, T, *frame_shape) uint8, state (k, T, D) dataset units, actions (k, T-1, A): the
+        actions taken between the context frames. The last frame is left pending.
         """
         k, length = frames.shape[:2]
         frames, state, actions = (x.to(self.device) for x in (frames, state, actions))
@@ -96,7 +94,7 @@ class ImaginedBatch:
         self.norm_state[rows] = norm_state[:, -1]
         self.pixels[rows] = frames[:, -1]
         self.anchor.latents[rows] = latents[:, -1]
-        self.anchor.pixels[rows] = frames[:, -1].permute(0, 3, 1, 2).float() / 255.0
+        self.anchor.pixels[rows] = frames[:, -1].movedim(-1, -3).float() / 255.0
         self.agent_pos[rows] = self._bounded(state[:, -1].float())
         self.steps[rows] = 0
 

@@ -1,13 +1,16 @@
-"""Pusher: Gymnasium's Pusher-v5 physics, an oblique camera over the table, and a scripted pusher."""
+"""Pusher: Gymnasium's Pusher-v5 physics, a steep and a side camera over the table, and a scripted pusher."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
 
 import mujoco
 import numpy as np
 from gymnasium.envs.mujoco.pusher_v5 import PusherEnv
 from wm_sim.envs.catalog import TASK_SPECS
 from wm_sim.envs.rendering import CameraSpec
-from wm_sim.envs.task import ArmTask
+from wm_sim.envs.task import ArmTask, unknown_camera
 
 SUCCESS_DISTANCE = 0.05  # metres between puck and goal centres, in the table plane
 # Pusher-v5's reward weights
@@ -25,6 +28,24 @@ ARM_JOINTS = (
 # The arm's named link geoms (the scoop's capsules, the puck and the goal are unnamed in the model)
 ARM_GEOMS = ("sp", "sl", "uar", "ua", "ef", "fr", "fa", "wf")
 
+ARM_COLOUR = (0.25, 0.45, 0.85, 1.0)
+# Steeply from above, looking back at the arm, framing where the puck starts, the goal and the hand.
+# Steep, so the arm rarely covers the puck; the arm in blue so that the white puck and the grey scoop
+# stand out from it at 64x64; the thin wrist link and the finger tips thickened. The shipped model
+# was trained on exactly these frames.
+TOP_VIEW = CameraSpec(
+    lookat=(0.42, -0.2, -0.32),
+    distance=0.9,
+    azimuth=180.0,
+    elevation=-72.0,
+    colours={"table": (0.10, 0.11, 0.14, 1.0), **{name: ARM_COLOUR for name in ARM_GEOMS}},
+    thickness={"wf": 3.0, "uar": 1.5, "fr": 1.5, "tip_arml": 2.0, "tip_armr": 2.0},
+)
+# Low, from the side of the table across from the arm, styled as the top view: the hand's height
+# over the table shows, and the arm, reaching in from behind, does not cover the puck or the goal.
+SIDE_VIEW = replace(TOP_VIEW, lookat=(0.4, -0.35, -0.25), distance=1.1, azimuth=270.0, elevation=-35.0)
+CAMERAS = {"top": TOP_VIEW, "side": SIDE_VIEW}
+
 
 class PusherTask(ArmTask):
     """Seven-joint arm and a puck; the puck and goal are visible only in the pixels."""
@@ -32,10 +53,11 @@ class PusherTask(ArmTask):
     name = "pusher"
     fps = TASK_SPECS["pusher"].fps
     episode_steps = TASK_SPECS["pusher"].episode_steps
+    camera_names = tuple(CAMERAS)
 
-    def __init__(self, image_size: int = 64):
+    def __init__(self, image_size: int = 64, cameras: Sequence[str] | None = None):
         self._gym = PusherEnv(render_mode=None)
-        super().__init__(self._gym.model, self._gym.data, image_size, arm_joints=ARM_JOINTS)
+        super().__init__(self._gym.model, self._gym.data, image_size, arm_joints=ARM_JOINTS, cameras=cameras)
         m = self.model
         self._arm_range = m.jnt_range[self._arm_joints].copy()
         self._tip = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "tips_arm")
@@ -44,21 +66,10 @@ class PusherTask(ArmTask):
         self._object = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "object")
         self._goal = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "goal")
 
-    def camera_spec(self) -> CameraSpec:
-        """Steeply from above, looking back at the arm, framing where the puck starts, the goal and the hand.
-
-        Steep, so the arm rarely covers the puck; the arm in blue so that the white puck and the grey scoop
-        stand out from it at 64x64; the thin wrist link and the finger tips thickened.
-        """
-        arm = (0.25, 0.45, 0.85, 1.0)
-        return CameraSpec(
-            lookat=(0.42, -0.2, -0.32),
-            distance=0.9,
-            azimuth=180.0,
-            elevation=-72.0,
-            colours={"table": (0.10, 0.11, 0.14, 1.0), **{name: arm for name in ARM_GEOMS}},
-            thickness={"wf": 3.0, "uar": 1.5, "fr": 1.5, "tip_arml": 2.0, "tip_armr": 2.0},
-        )
+    def camera_spec(self, name: str) -> CameraSpec:
+        if name not in CAMERAS:
+            raise unknown_camera(self.name, self.camera_names, name)
+        return CAMERAS[name]
 
     def _reset_physics(self, seed: int) -> None:
         self._gym.reset(seed=seed)

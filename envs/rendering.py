@@ -36,9 +36,8 @@ class OffscreenCamera:
     """Renders (H, W, 3) uint8 frames of `model`/`data` from one CameraSpec."""
 
     def __init__(self, model: mujoco.MjModel, image_size: int, spec: CameraSpec):
-        # model.vis only affects drawing, never the dynamics
-        model.vis.headlight.ambient[:] = spec.headlight[0]
-        model.vis.headlight.diffuse[:] = spec.headlight[1]
+        self._model = model
+        self._headlight = spec.headlight
         try:
             self._renderer = mujoco.Renderer(model, height=image_size, width=image_size)
         except Exception as exc:  # the GL backends raise assorted types; re-raise as one clear line
@@ -61,6 +60,10 @@ class OffscreenCamera:
 
     def render(self, data: mujoco.MjData) -> np.ndarray:
         """The current frame; `data` must be forward-computed (mj_forward) for fresh positions."""
+        # The headlight lives in the model, which every camera of a task shares: set it per frame.
+        # model.vis only affects drawing, never the dynamics.
+        self._model.vis.headlight.ambient[:] = self._headlight[0]
+        self._model.vis.headlight.diffuse[:] = self._headlight[1]
         self._renderer.update_scene(data, camera=self._camera)
         scene = self._renderer.scene
         for i in range(scene.ngeom):

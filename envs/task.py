@@ -8,7 +8,9 @@ linearly onto the actuators' native range here.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import mujoco
 import numpy as np
@@ -20,12 +22,16 @@ from wm_sim.errors import WmSimError
 # applied forces, user data. Restoring it replays a trajectory bit for bit.
 PHYSICS_STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 
+# An observation's pixels: one camera's (H, W, 3) uint8 frame, or {camera: frame} for several
+# cameras in their selected order (LeRobot's gym-env layout).
+Pixels = np.ndarray | dict[str, np.ndarray]
+
 
 @dataclass
 class StepResult:
     """One transition of a task: the observation after the action and what the physics says of it."""
 
-    obs: dict[str, np.ndarray]
+    obs: dict[str, Any]  # {"pixels": Pixels, "agent_pos": (D,) float32}
     reward: float
     terminated: bool
     success: bool
@@ -33,27 +39,39 @@ class StepResult:
 
 
 class MujocoTask(ABC):
-    """A MuJoCo physics environment returning pixels, proprioception, true reward and success."""
+    """A MuJoCo physics environment returning pixels, proprioception, true reward and success.
+
+    `camera_names` are every camera the task can render, `cameras` the ones its observations
+    carry (chosen at construction; by default the first alone, the layout stores had before
+    tasks had several cameras).
+    """
 
     name: str
     fps: float
     episode_steps: int
     camera_names: tuple[str, ...] = ("top",)
 
-    def __init__(self, model: mujoco.MjModel, data: mujoco.MjData, image_size: int):
+    def __init__(
+        self,
+        model: mujoco.MjModel,
+        data: mujoco.MjData,
+        image_size: int,
+        cameras: Sequence[str] | None = None,
+    ):
         self.model = model
         self.data = data
         self.image_size = image_size
+        self.cameras: tuple[str, ...] = select_cameras(self.name, self.camera_names, cameras)
         self.ctrl_low = model.actuator_ctrlrange[:, 0].astype(np.float64).copy()
         self.ctrl_high = model.actuator_ctrlrange[:, 1].astype(np.float64).copy()
-        self._camera: OffscreenCamera | None = None
+        self._renderers: dict[str, OffscreenCamera] = {}  # camera name -> renderer, made on first use
         self._state_size = mujoco.mj_stateSize(model, PHYSICS_STATE_SPEC)
 
     # --- what a subclass provides -------------------------------------------------------------
 
     @abstractmethod
-    def camera_spec(self) -> CameraSpec:
-        """Where the camera looks from, and the render-only styling that makes 64x64 frames legible."""
+    def camera_spec(self, name: str) -> CameraSpec:
+        """Where camera `name` looks from, and the render-only styling that makes 64x64 frames legible."""
 
     @abstractmethod
     def _reset_physics(self, seed: int) -> None:
@@ -98,7 +116,7 @@ class MujocoTask(ABC):
             for i in range(self.model.nu)
         ]
 
-    def reset(self, seed: int) -> dict[str, np.ndarray]:
+    def reset(self, seed: int) -> dict[str, Any]:
         """Start a new episode from `seed`; the same seed gives the same start state."""
         self._reset_physics(int(seed))
         mujoco.mj_forward(self.model, self.data)
@@ -129,14 +147,22 @@ class MujocoTask(ABC):
         span = np.where(self.ctrl_high > self.ctrl_low, self.ctrl_high - self.ctrl_low, 1.0)
         return np.clip(2.0 * (np.asarray(ctrl) - self.ctrl_low) / span - 1.0, -1.0, 1.0)
 
-    def observe(self) -> dict[str, np.ndarray]:
-        return {"pixels": self.render(), "agent_pos": self.agent_pos()}
+    def observe(self) -> dict[str, Any]:
+        """The current observation: `pixels` of the selected cameras (see Pixels) and `agent_pos`."""
+        frames = {name: self.render(name) for name in self.cameras}
+        pixels = frames[self.cameras[0]] if len(self.cameras) == 1 else frames
+        return {"pixels": pixels, "agent_pos": self.agent_pos()}
 
-    def render(self) -> np.ndarray:
-        """The camera frame of the current state, (H, W, 3) uint8."""
-        if self._camera is None:
-            self._camera = OffscreenCamera(self.model, self.image_size, self.camera_spec())
-        return self._camera.render(self.data)
+    def render(self, camera: str | None = None) -> np.ndarray:
+        """The frame of the current state from `camera` (any of camera_names; default the first
+        selected one), (H, W, 3) uint8."""
+        name = self.cameras[0] if camera is None else camera
+        renderer = self._renderers.get(name)
+        if renderer is None:
+            check_camera(self.name, self.camera_names, name)
+            renderer = OffscreenCamera(self.model, self.image_size, self.camera_spec(name))
+            self._renderers[name] = renderer
+        return renderer.render(self.data)
 
     def get_physics_state(self) -> np.ndarray:
         """The full integration state as a float64 vector (see PHYSICS_STATE_SPEC)."""
@@ -159,18 +185,71 @@ class MujocoTask(ABC):
         return self._state_size
 
     def close(self) -> None:
-        if self._camera is not None:
-            self._camera.close()
-            self._camera = None
+        renderers, self._renderers = self._renderers, {}
+        for renderer in renderers.values():
+            renderer.close()
+
+
+def check_camera(task: str, available: Sequence[str], name: object) -> None:
+    """Raise a WmSimError naming `name` and the task's cameras unless it is one of `available`."""
+    if not isinstance(name, str) or not name:
+        raise WmSimError(
+            f"a camera name must be a non-empty string, got {name!r}; task {task!r} has cameras {list(available)}"
+        )
+    if name not in available:
+        raise unknown_camera(task, available, name)
+
+
+def unknown_camera(task: str, available: Sequence[str], name: str) -> WmSimError:
+    """The error for a camera that task `task` does not have."""
+    return WmSimError(f"task {task!r} has no camera {name!r}; its cameras are {list(available)}")
+
+
+def select_cameras(task: str, available: Sequence[str], cameras: Sequence[str] | None) -> tuple[str, ...]:
+    """The cameras a task observes: `cameras` checked against `available`, or the first one if None."""
+    if cameras is None:
+        return (available[0],)
+    if isinstance(cameras, str):  # a bare string is a sequence of one-letter names: refuse, don't guess
+        raise WmSimError(
+            f"cameras for task {task!r} must be a list of camera names, got the string {cameras!r}; "
+            f"e.g. cameras=[{cameras}]"
+        )
+    chosen = tuple(cameras)
+    if not chosen:
+        raise WmSimError(f"cameras for task {task!r} is empty; expected one or more of {list(available)}")
+    for name in chosen:
+        check_camera(task, available, name)
+    repeated = [name for i, name in enumerate(chosen) if name in chosen[:i]]
+    if repeated:
+        raise WmSimError(
+            f"cameras for task {task!r} names {repeated[0]!r} more than once ({list(chosen)}); name each camera once"
+        )
+    return chosen
+
+
+def frames_by_camera(pixels: Pixels, cameras: Sequence[str]) -> dict[str, np.ndarray]:
+    """{camera: frame} of an observation's pixels, whichever layout they have (see Pixels)."""
+    if isinstance(pixels, dict):
+        return {name: pixels[name] for name in cameras}
+    if len(cameras) != 1:
+        raise WmSimError(
+            f"pixels hold one camera's frame, but {len(cameras)} cameras were asked: {list(cameras)}"
+        )
+    return {cameras[0]: pixels}
 
 
 class ArmTask(MujocoTask):
     """A task whose proprioception is its arm's hinge angles, then their velocities."""
 
     def __init__(
-        self, model: mujoco.MjModel, data: mujoco.MjData, image_size: int, arm_joints: tuple[str, ...]
+        self,
+        model: mujoco.MjModel,
+        data: mujoco.MjData,
+        image_size: int,
+        arm_joints: tuple[str, ...],
+        cameras: Sequence[str] | None = None,
     ):
-        super().__init__(model, data, image_size)
+        super().__init__(model, data, image_size, cameras)
         self._arm_names = arm_joints
         self._arm_joints = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, n) for n in arm_joints]
         self._arm_dofs = [int(model.jnt_dofadr[j]) for j in self._arm_joints]

@@ -10,6 +10,7 @@ off what the tokenizer can produce.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import gymnasium
@@ -20,7 +21,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from wm_sim.envs.catalog import TASK_SPECS, make_task
 from wm_sim.envs.imagination import ImaginedBatch, StepOutput, stack_contexts
 
-from wm_sim.checkpoint import load_checkpoint, load_start_contexts
+from wm_sim.checkpoint import checkpoint_cameras, load_checkpoint, load_start_contexts
 from wm_sim.errors import WmSimError
 
 DEFAULT_CHECKPOINT = "shipped:reacher"
@@ -33,7 +34,13 @@ class _Simulator:
     """A loaded model, its spaces, its bundled start contexts and a batch of imagined episodes."""
 
     def __init__(
-        self, checkpoint: str, batch: int, device: str, stream: bool = False, episode_steps: int | None = None
+        self,
+        checkpoint: str,
+        batch: int,
+        device: str,
+        stream: bool = False,
+        episode_steps: int | None = None,
+        cameras: Sequence[str] | None = None,
     ):
         if stream and episode_steps is not None:
             raise ValueError(
@@ -58,14 +65,18 @@ class _Simulator:
         # the names of agent_pos's entries (joint names on ROS), as the dataset recorded them
         names = dataset.get("state_names") or [f"state_{i}" for i in range(model.config.state_dim)]
         self.state_names: list[str] = list(names)
+        # the cameras the model sees, in its token order (every one is needed to start it), and
+        # those observed: one image each in "pixels" when several
+        self.model_cameras: tuple[str, ...] = tuple(checkpoint_cameras(meta, ["top"]))
+        self.cameras = _observed_cameras(cameras, self.model_cameras, checkpoint)
+        self._observed = [self.model_cameras.index(c) for c in self.cameras]
         low, high = _state_bounds(self.task, model.config.state_dim)
         self.engine.bound_state(low, high)
         size = model.config.image_size
+        image = spaces.Box(0, 255, (size, size, 3), np.uint8)
+        pixels = image if len(self.cameras) == 1 else spaces.Dict({c: image for c in self.cameras})
         self.observation_space = spaces.Dict(
-            {
-                "pixels": spaces.Box(0, 255, (size, size, 3), np.uint8),
-                "agent_pos": spaces.Box(low, high, dtype=np.float32),
-            }
+            {"pixels": pixels, "agent_pos": spaces.Box(low, high, dtype=np.float32)}
         )
         self.action_space = spaces.Box(-1.0, 1.0, (model.config.action_dim,), np.float32)
 
@@ -93,7 +104,7 @@ class _Simulator:
             raise ValueError(
                 "reset options agent_pos and actions need frames: the camera images to start from"
             )
-        frames = _frames(options["frames"], self.config.image_size)  # (K, S, S, 3)
+        frames = self.frames(options["frames"])  # (K, *frame_shape)
         k = frames.shape[0]
         d, a = self.config.state_dim, self.config.action_dim
         if options.get("agent_pos") is None:  # unknown: the training data's mean state
@@ -119,6 +130,41 @@ class _Simulator:
         if not torch.isfinite(state).all():
             raise ValueError("agent_pos must be finite")
         return frames[None], state[None], actions[None]
+
+    def frames(self, frames: Any) -> torch.Tensor:
+        """A user's start frames as the model takes them, (K, *frame_shape) uint8: for one camera
+        an image (H, W, 3) or several (K, H, W, 3); for several cameras a dict of those per camera."""
+        size, cameras = self.config.image_size, self.model_cameras
+        if len(cameras) == 1:
+            if isinstance(frames, dict):
+                frames = _camera_images(frames, cameras)[0]
+            return _frames(frames, size)
+        if not isinstance(frames, dict):
+            raise ValueError(
+                f"this model sees cameras {list(cameras)}: reset frames must be a dict of images "
+                f"per camera, {{camera: (H, W, 3) or (K, H, W, 3)}}, got {type(frames).__name__}"
+            )
+        per_camera = [_frames(images, size) for images in _camera_images(frames, cameras)]
+        if len({len(f) for f in per_camera}) != 1:
+            raise ValueError(
+                "reset frames must hold as many frames for every camera, got "
+                + ", ".join(f"{c}: {len(f)}" for c, f in zip(cameras, per_camera, strict=True))
+            )
+        return torch.stack(per_camera, dim=1)
+
+    def observe(self, pixels: np.ndarray | torch.Tensor) -> Any:
+        """The observation's pixels from the engine's (..., *frame_shape): a one-camera model's as
+        they are; else the observed cameras', one as (..., S, S, 3), several as a dict of those
+        (LeRobot's gym-env layout)."""
+        if len(self.model_cameras) == 1:
+            return pixels
+        if len(self.cameras) == 1:
+            return pixels[..., self._observed[0], :, :, :]
+        return {camera: pixels[..., i, :, :, :] for camera, i in zip(self.cameras, self._observed, strict=True)}
+
+    def shown(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What render() shows of the engine's pixels (..., *frame_shape): the first observed camera."""
+        return pixels if len(self.model_cameras) == 1 else pixels[..., self._observed[0], :, :, :]
 
     def check_actions(self, actions: Any, batch: int) -> tuple[torch.Tensor, np.ndarray]:
         """(B, A) float32 actions clipped to the space, and which rows were clipped."""
@@ -155,6 +201,29 @@ def _state_bounds(task: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return low.astype(np.float32), high.astype(np.float32)
 
 
+def _observed_cameras(
+    asked: Sequence[str] | None, trained: tuple[str, ...], checkpoint: str
+) -> tuple[str, ...]:
+    """The cameras an env observes: `asked` (some of the model's, in any order), else all of them."""
+    if asked is None:
+        return trained
+    asked = (asked,) if isinstance(asked, str) else tuple(asked)
+    unknown = [c for c in asked if c not in trained]
+    if not asked or unknown or len(set(asked)) != len(asked):
+        raise ValueError(
+            f"cameras must name some of the cameras {checkpoint}'s model was trained on, {list(trained)}, "
+            f"each once; got {list(asked)}"
+        )
+    return asked
+
+
+def _camera_images(frames: dict, cameras: tuple[str, ...]) -> list[Any]:
+    """Each camera's images from a dict keyed by camera name, in the model's camera order."""
+    if set(frames) != set(cameras):
+        raise ValueError(f"reset frames must have exactly the cameras {list(cameras)}, got {sorted(frames)}")
+    return [frames[c] for c in cameras]
+
+
 def _frames(frames: Any, size: int) -> torch.Tensor:
     """(K, S, S, 3) uint8 from one image (H, W, 3) or several (K, H, W, 3), resized if needed."""
     array = np.asarray(frames)
@@ -181,9 +250,12 @@ class WorldModelEnv(gymnasium.Env):
     """One imagined episode at a time, stepped by the world model.
 
     Observation: Dict(pixels=Box(0, 255, (S, S, 3), uint8), agent_pos=Box(float32)), as the
-    physics twin. Action: Box(-1, 1, (A,), float32); out-of-range actions are clipped and flagged
-    in `info["action_clipped"]`. `reset(options={"frames": ..., "agent_pos": ..., "actions": ...})`
-    starts from your own camera images; without options it draws a bundled real start context.
+    physics twin; a model of several cameras observes `pixels=Dict({camera: Box(...)})`, of every
+    camera or of those in `cameras=[...]`. Action: Box(-1, 1, (A,), float32); out-of-range actions
+    are clipped and flagged in `info["action_clipped"]`.
+    `reset(options={"frames": ..., "agent_pos": ..., "actions": ...})` starts from your own camera
+    images (a dict of them per camera for a model of several); without options it draws a bundled
+    real start context.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 50}
@@ -195,15 +267,17 @@ class WorldModelEnv(gymnasium.Env):
         device: str = "cpu",
         stream: bool = False,
         episode_steps: int | None = None,
+        cameras: Sequence[str] | None = None,
     ):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.sim = _Simulator(checkpoint, 1, device, stream, episode_steps)
+        self.sim = _Simulator(checkpoint, 1, device, stream, episode_steps, cameras)
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.sim.fps}
         self.observation_space = self.sim.observation_space
         self.action_space = self.sim.action_space
         self.state_names = self.sim.state_names  # agent_pos's entries
+        self.cameras = self.sim.cameras  # the images in "pixels" (a dict of them when several)
         self._needs_reset = True
         self._closed = False
 
@@ -235,14 +309,15 @@ class WorldModelEnv(gymnasium.Env):
     def _observation(self) -> dict[str, np.ndarray]:
         engine = self.sim.engine  # copies: the engine's buffers change in place on later resets
         return {
-            "pixels": engine.pixels[0].cpu().numpy().copy(),
+            "pixels": self.sim.observe(engine.pixels[0].cpu().numpy().copy()),
             "agent_pos": engine.agent_pos[0].cpu().numpy().astype(np.float32, copy=True),
         }
 
     def render(self) -> np.ndarray | None:
+        """The frame shown (the first camera's, with several)."""
         if self.render_mode != "rgb_array":
             return None
-        return self.sim.engine.pixels[0].cpu().numpy().copy()
+        return self.sim.shown(self.sim.engine.pixels[0]).cpu().numpy().copy()
 
     def get_state(self) -> dict[str, Any]:
         """The full simulator state (context cache, pending frame, step count, random generator)."""
@@ -303,6 +378,7 @@ class WorldModelVectorEnv(VectorEnv):
         stream: bool = False,
         episode_steps: int | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
+        cameras: Sequence[str] | None = None,
     ):
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
@@ -310,7 +386,8 @@ class WorldModelVectorEnv(VectorEnv):
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
         if array_type not in ("numpy", "torch"):
             raise ValueError(f"array_type must be 'numpy' or 'torch', got {array_type!r}")
-        self.sim = _Simulator(checkpoint, num_envs, device, stream, episode_steps)
+        self.sim = _Simulator(checkpoint, num_envs, device, stream, episode_steps, cameras)
+        self.cameras = self.sim.cameras  # the images in "pixels" (a dict of them when several)
         self.num_envs = num_envs
         self.render_mode = render_mode
         self.use_torch = array_type == "torch"
@@ -355,22 +432,22 @@ class WorldModelVectorEnv(VectorEnv):
     ) -> dict[str, Any]:
         """Start sub-envs `rows` (all when None) each from its own real context; returns the observation.
 
-        frames (k, K, S, S, 3) uint8, agent_pos (k, K, D), actions (k, K-1, A) or None (zeros): what
+        frames (k, K, S, S, 3) uint8 (several cameras: (k, K, cameras, S, S, 3), or a dict of
+        (k, K, S, S, 3) per camera), agent_pos (k, K, D), actions (k, K-1, A) or None (zeros): what
         verification and planners need, where every sub-env starts from another robot's camera.
         """
         _refuse_if_closed(self.closed, "reset_to")
         index = np.arange(self.num_envs) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
-        frames = torch.as_tensor(np.asarray(frames))
-        k, length = len(index), frames.shape[1] if frames.ndim == 5 else 0
         c = self.sim.config
-        if (
-            frames.dtype != torch.uint8
-            or tuple(frames.shape) != (k, length, c.image_size, c.image_size, 3)
-            or length < 1
-        ):
+        if isinstance(frames, dict) and c.cameras > 1:
+            frames = np.stack([np.asarray(f) for f in _camera_images(frames, self.sim.model_cameras)], axis=2)
+        frames = torch.as_tensor(np.asarray(frames))
+        k = len(index)
+        length = frames.shape[1] if frames.ndim == 2 + len(c.frame_shape) else 0
+        if frames.dtype != torch.uint8 or tuple(frames.shape) != (k, length, *c.frame_shape) or length < 1:
+            shape = ", ".join(map(str, c.frame_shape))
             raise ValueError(
-                f"frames must be uint8 of shape ({k}, K, {c.image_size}, {c.image_size}, 3), got "
-                f"{frames.dtype} {tuple(frames.shape)}"
+                f"frames must be uint8 of shape ({k}, K, {shape}), got {frames.dtype} {tuple(frames.shape)}"
             )
         state = torch.as_tensor(np.asarray(agent_pos, dtype=np.float32))
         if tuple(state.shape) != (k, length, c.state_dim):
@@ -434,7 +511,7 @@ class WorldModelVectorEnv(VectorEnv):
         vector envs give them (`final_obs` an object array of per-row observations, `_`-masks)."""
         final_obs = np.full(self.num_envs, None, dtype=object)
         for row in np.flatnonzero(ended):
-            final_obs[row] = {key: value[row] for key, value in obs.items()}
+            final_obs[row] = _row(obs, row)
         mask = torch.from_numpy(ended) if self.use_torch else ended
         final_info = {**info, **{f"_{key}": mask for key in info}}
         return {
@@ -447,16 +524,17 @@ class WorldModelVectorEnv(VectorEnv):
     def _observation(self):
         engine = self.sim.engine  # copies: the engine's buffers change in place on later resets
         if self.use_torch:
-            return {"pixels": engine.pixels.clone(), "agent_pos": engine.agent_pos.clone()}
+            return {"pixels": self.sim.observe(engine.pixels.clone()), "agent_pos": engine.agent_pos.clone()}
         return {
-            "pixels": engine.pixels.cpu().numpy().copy(),
+            "pixels": self.sim.observe(engine.pixels.cpu().numpy().copy()),
             "agent_pos": engine.agent_pos.cpu().numpy().astype(np.float32, copy=True),
         }
 
     def render(self):
+        """Each sub-env's frame shown (the first camera's, with several)."""
         if self.render_mode != "rgb_array":
             return None
-        return tuple(self.sim.engine.pixels.cpu().numpy())
+        return tuple(self.sim.shown(self.sim.engine.pixels).cpu().numpy())
 
     def get_state(self) -> dict[str, Any]:
         return {
@@ -481,6 +559,11 @@ class WorldModelVectorEnv(VectorEnv):
         self.np_random.bit_generator.state = state["np_random"]
         self._autoreset = state["autoreset"].copy()
         self._started = state["started"]
+
+
+def _row(obs: dict, row: int) -> dict:
+    """One sub-env's observation out of a batched one (pixels may be a dict per camera)."""
+    return {k: _row(v, row) if isinstance(v, dict) else v[row] for k, v in obs.items()}
 
 
 def _autoreset_mode(mode: AutoresetMode | str) -> AutoresetMode:

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from wm_sim.policies.base import Policy
 
+from wm_sim.data.schema import observed_frames
 from wm_sim.world_model import Encoder, WorldModel, WorldModelConfig
 
 
@@ -116,7 +117,7 @@ class ActorCriticPolicy(Policy):
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        pixels = torch.as_tensor(np.asarray(obs["pixels"]))
+        pixels = torch.as_tensor(observed_frames(obs["pixels"]))
         agent_pos = torch.as_tensor(np.asarray(obs["agent_pos"], dtype=np.float32))
         dist = self.net.distribution(self.observer(pixels, agent_pos))
         action = dist.mean

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from wm_sim.policies.base import Policy
 
+from wm_sim.data.schema import observed_frames
 from wm_sim.world_model import SceneReward
 
 
@@ -70,7 +71,7 @@ class LatentActorPolicy(Policy):
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        goal = self.actor.scene.goal(torch.as_tensor(np.asarray(obs["pixels"])))
+        goal = self.actor.scene.goal(torch.as_tensor(observed_frames(obs["pixels"])))
         state = torch.as_tensor(np.asarray(obs["agent_pos"], dtype=np.float32))
         return self.actor(goal, state).numpy().astype(np.float32)
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from wm_sim.policies.base import Policy
 
+from wm_sim.data.schema import observed_frames
 from wm_sim.errors import WmSimError
 
 
@@ -82,7 +83,7 @@ class CEMPlanner(Policy):
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         c, r, a = self.config, self.num_envs, self.action_dim
         p = c.population
-        goal = self.model.goal(torch.as_tensor(np.asarray(obs["pixels"])))  # (R, 2)
+        goal = self.model.goal(torch.as_tensor(observed_frames(obs["pixels"])))  # (R, 2)
         state = torch.as_tensor(np.asarray(obs["agent_pos"], dtype=np.float32))  # (R, D)
         scenes, starts = goal.repeat_interleave(p, 0), state.repeat_interleave(p, 0)
         mean, std = self._plan.clone(), torch.full_like(self._plan, c.init_std)  # (R, H, A)

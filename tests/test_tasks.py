@@ -7,6 +7,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+from colours import count_colour
 from gymnasium.utils.env_checker import check_env
 from wm_sim.envs import make_task
 
@@ -85,27 +86,15 @@ def test_restoring_physics_state_replays_frames_and_rewards_exactly(task_name):
     task.close()
 
 
-def _count(frame: np.ndarray, colour: str) -> int:
-    """Pixels of a clearly saturated hue (orange, blue, red) or near-white."""
-    r, g, b = (frame[..., i].astype(int) for i in range(3))
-    masks = {
-        "orange": (r > 120) & (r - b > 80) & (g - b > 30),
-        "blue": (b > 120) & (b - r > 60),
-        "red": (r > 120) & (r - g > 80) & (r - b > 80) & (g - b < 30),
-        "white": (r > 170) & (g > 170) & (b > 170),
-    }
-    return int(masks[colour].sum())
-
-
 def test_reacher_frame_shows_arm_and_target_at_64px():
     task = make_task("reacher", image_size=64)
     for seed in range(5):
         frame = task.reset(seed)["pixels"]
         assert frame.shape == (64, 64, 3)
         # link0 orange and link1 blue each cover a visible stretch; the target is a red blob
-        assert _count(frame, "orange") >= 25, seed
-        assert _count(frame, "blue") >= 25, seed
-        assert _count(frame, "red") >= 6, seed
+        assert count_colour(frame, "orange") >= 25, seed
+        assert count_colour(frame, "blue") >= 25, seed
+        assert count_colour(frame, "red") >= 6, seed
     task.close()
 
 
@@ -116,8 +105,8 @@ def test_pusher_frame_shows_arm_puck_and_goal_at_64px():
     assert (
         np.abs(frame.astype(int) - background).max(axis=-1) > 40
     ).mean() > 0.10  # robot + objects fill the frame
-    assert _count(frame, "red") >= 6  # the goal
-    assert _count(frame, "white") >= 4  # the puck
+    assert count_colour(frame, "red") >= 6  # the goal
+    assert count_colour(frame, "white") >= 4  # the puck
     task.close()
 
 

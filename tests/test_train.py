@@ -188,7 +188,7 @@ def test_the_continue_head_is_trained_on_terminations(tmp_path):
         )
     )
     windows = train_module.EpisodeWindows(store, TINY.window + 1, 0, "all", 0.0, pad_end=True)
-    batch = train_module.to_batch([windows[i] for i in range(len(windows))], "default", torch.device("cpu"))
+    batch = train_module.to_batch([windows[i] for i in range(len(windows))], ["default"], torch.device("cpu"))
     assert batch["terminated"][:, :-1].sum() == 3  # each episode's fall is a transition the loss sees
     model = train_module.WorldModel(train_module.model_config(TINY, store))
     background = torch.from_numpy(train_module.background_frame(batch["pixels"][:, 0].numpy()))
@@ -199,7 +199,7 @@ def test_the_continue_head_is_trained_on_terminations(tmp_path):
 def test_reward_weight_scales_the_reward_terms_in_the_total(reacher_store_path):
     store = train_module.EpisodeStore.open(reacher_store_path)
     windows = train_module.EpisodeWindows(store, TINY.window + 1, 0, "all", 0.0, pad_end=True)
-    batch = train_module.to_batch([windows[i] for i in range(4)], "top", torch.device("cpu"))
+    batch = train_module.to_batch([windows[i] for i in range(4)], ["top"], torch.device("cpu"))
     model = train_module.WorldModel(train_module.model_config(TINY, store))
     background = torch.from_numpy(train_module.background_frame(batch["pixels"][:, 0].numpy()))
     totals = {}

@@ -39,7 +39,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
+from wm_sim.data.schema import ACTION_KEY, STATE_KEY
 from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import episodes_with_frames
 from wm_sim.errors import WmSimError
@@ -339,6 +339,10 @@ def check_meta(meta: dict[str, Any], file: Path) -> None:
     for key, value in dataset.items():
         if key in ("task", "camera", "path"):
             _expect(isinstance(value, str), file, f"dataset.{key}", "a string", value)
+        elif key == "cameras":
+            n = model.get("cameras", defaults.cameras)
+            ok = isinstance(value, list) and len(value) == n and all(isinstance(v, str) and v for v in value)
+            _expect(ok, file, "dataset.cameras", f"a list of {n} camera names (model.cameras)", value)
         elif key == "fps":
             _expect(_is_number(value) and value > 0, file, "dataset.fps", "a positive number", value)
         elif key == "image_size":
@@ -392,13 +396,23 @@ def read_train_state(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str
     return read_tensors(directory / TRAIN_TENSORS), read_json(directory / TRAIN_META)
 
 
+def checkpoint_cameras(meta: dict, default: list[str]) -> list[str]:
+    """The cameras a checkpoint's model sees, in its token order: `dataset.cameras`, or the one
+    `dataset.camera` of a checkpoint from before several cameras (else `default`)."""
+    dataset = meta.get("dataset", {})
+    if dataset.get("cameras"):
+        return list(dataset["cameras"])
+    return [dataset["camera"]] if dataset.get("camera") else list(default)
+
+
 def start_contexts(
-    store: EpisodeStore, camera: str, val_fraction: float, count: int, frames: int
+    store: EpisodeStore, cameras: list[str], val_fraction: float, count: int, frames: int
 ) -> dict[str, torch.Tensor]:
     """`count` runs of `frames` consecutive rows, spread evenly over the held-out episodes.
 
-    Each holds frames (K, S, S, 3) uint8, agent state (K, D) and the actions taken at those frames
-    (K, A); a reset streams the frames and all but the last action, the policy supplies the rest.
+    Each holds frames (K, *frame_shape) uint8 of `cameras` (store.read_frames), agent state (K, D)
+    and the actions taken at those frames (K, A); a reset streams the frames and all but the last
+    action, the policy supplies the rest.
     """
     episodes = episodes_with_frames(store, "val", val_fraction, frames)
     if not episodes:
@@ -412,10 +426,11 @@ def start_contexts(
         offsets = np.linspace(0, stop - first - frames, per_episode).round().astype(int)
         picks += [(e, first + int(o)) for o in offsets]
     picks = [picks[i] for i in np.linspace(0, len(picks) - 1, count).round().astype(int)]
-    keys = {"frames": image_key(camera), "state": STATE_KEY, "action": ACTION_KEY}
     out = {
-        name: np.stack([store.read(key, row, row + frames) for _, row in picks]) for name, key in keys.items()
+        name: np.stack([store.read(key, row, row + frames) for _, row in picks])
+        for name, key in (("state", STATE_KEY), ("action", ACTION_KEY))
     }
+    out["frames"] = np.stack([store.read_frames(cameras, row, row + frames) for _, row in picks])
     out["episode"] = np.array([e for e, _ in picks], dtype=np.int64)
     out["start_row"] = np.array([row for _, row in picks], dtype=np.int64)
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
@@ -440,11 +455,12 @@ def load_start_contexts(path: str | Path) -> dict[str, torch.Tensor]:
     model = read_json(directory / META).get("model")
     model = model if isinstance(model, dict) else {}
     defaults = WorldModelConfig()
-    size = model.get("image_size", defaults.image_size)
+    size, cameras = model.get("image_size", defaults.image_size), model.get("cameras", defaults.cameras)
+    frame_shape = (size, size, 3) if cameras == 1 else (cameras, size, size, 3)
     frames, state, action = contexts["frames"], contexts["state"], contexts["action"]
     n, k = tuple(frames.shape[:2]) if frames.ndim >= 2 else (0, 0)
     expected = {
-        "frames": (frames, (n, k, size, size, 3), "uint8"),
+        "frames": (frames, (n, k, *frame_shape), "uint8"),
         "state": (state, (n, k, model.get("state_dim", defaults.state_dim)), "float"),
         "action": (action, (n, k, model.get("action_dim", defaults.action_dim)), "float"),
     }
@@ -545,3 +561,9 @@ def check_dataset_fits(config: WorldModelConfig, meta: dict[str, Any], info, dat
     for key, want in expected.items():
         if found[key] != want:
             raise WmSimError(f"{data} has {key} {found[key]!r}, but the model expects {want!r}")
+    cameras = checkpoint_cameras(meta, info.cameras[:1])
+    missing = [c for c in cameras if c not in info.cameras]
+    if missing or len(cameras) != config.cameras:
+        raise WmSimError(
+            f"{data} has cameras {info.cameras}, but the model sees {cameras} ({config.cameras} in its config)"
+        )

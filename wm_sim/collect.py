@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from wm_sim.config import check_output_path
+from wm_sim.data.schema import DatasetInfo
 from wm_sim.data.store import EpisodeStore
 from wm_sim.envs.catalog import check_task_name, make_task, task_has_expert
 from wm_sim.episodes import dataset_info, record_episode
@@ -42,6 +43,13 @@ class CollectConfig:
     )
     episodes: int = field(default=200, metadata={"help": "episodes the store should hold when done"})
     image_size: int = field(default=64, metadata={"help": "square frame size in pixels"})
+    cameras: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "the task's cameras to record, each into observation.images.<camera>, e.g. "
+            "[top,side] (empty: the task's first camera)"
+        },
+    )
     seed: int = field(
         default=0, metadata={"help": "episode i is made from seed (seed, i): reproducible, resumable"}
     )
@@ -65,7 +73,7 @@ def episode_seed(seed: int, index: int) -> int:
 def collect(cfg: CollectConfig) -> EpisodeStore:
     """Fill the store `cfg.out` with `cfg.episodes` episodes; returns it open for reading."""
     _check_config(cfg)
-    task = make_task(cfg.task, image_size=cfg.image_size)
+    task = make_task(cfg.task, image_size=cfg.image_size, cameras=_cameras(cfg))
     try:
         task.reset(0)  # renders once: a task that cannot render fails here, before any store is touched
         info = dataset_info(task, cfg.task, {"policy": cfg.policy, "seed": cfg.seed})
@@ -117,13 +125,24 @@ def _check_config(cfg: CollectConfig) -> None:
     check_output_path(cfg.out)
 
 
-def _open_or_create(path: Path, info, resume: bool) -> EpisodeStore:
+def _cameras(cfg: CollectConfig) -> tuple[str, ...] | None:
+    """The cameras to record, as make_task takes them (None: the task's first)."""
+    return tuple(cfg.cameras) if cfg.cameras else None
+
+
+def _open_or_create(path: Path, info: DatasetInfo, resume: bool) -> EpisodeStore:
     if not path.exists():
         return EpisodeStore.create(path, info)
     if not resume:
         raise WmSimError(f"{path} already exists; pass resume=true to continue it, or choose another out=")
     # read-only first: an incompatible store is refused before anything in it is changed
-    reason = EpisodeStore.open(path, mode="r").info.incompatibility(info)
+    held = EpisodeStore.open(path, mode="r").info
+    if held.task == info.task and held.cameras != info.cameras:
+        raise WmSimError(
+            f"cannot resume {path}: it holds cameras {held.cameras}, this run records {info.cameras}; "
+            f"pass cameras=[{','.join(held.cameras)}] to continue it"
+        )
+    reason = held.incompatibility(info)
     if reason is not None:
         raise WmSimError(f"cannot resume {path}: {reason}")
     return EpisodeStore.open(path, mode="a")
@@ -132,7 +151,7 @@ def _open_or_create(path: Path, info, resume: bool) -> EpisodeStore:
 def _run(cfg: CollectConfig, jobs: list[tuple[int, int]]):
     """Yield (index, seed, episode) in index order, from this process or from worker processes."""
     if cfg.workers == 1 or len(jobs) == 1:
-        task = make_task(cfg.task, image_size=cfg.image_size)
+        task = make_task(cfg.task, image_size=cfg.image_size, cameras=_cameras(cfg))
         policy = make_scripted_policy(cfg.policy, [task], seed=cfg.seed)
         try:
             for index, seed in jobs:
@@ -157,7 +176,7 @@ def _run_workers(cfg: CollectConfig, jobs: list[tuple[int, int]]):
         receiver, sender = ctx.Pipe(duplex=False)
         worker = ctx.Process(
             target=_worker,
-            args=(cfg.task, cfg.image_size, cfg.policy, cfg.seed, jobs[k::count], sender),
+            args=(cfg.task, cfg.image_size, _cameras(cfg), cfg.policy, cfg.seed, jobs[k::count], sender),
             daemon=True,
         )
         worker.start()
@@ -184,13 +203,21 @@ def _run_workers(cfg: CollectConfig, jobs: list[tuple[int, int]]):
             worker.join(timeout=5)
 
 
-def _worker(task_name: str, image_size: int, policy_name: str, seed: int, jobs: list, sender) -> None:
+def _worker(
+    task_name: str,
+    image_size: int,
+    cameras: tuple[str, ...] | None,
+    policy_name: str,
+    seed: int,
+    jobs: list,
+    sender,
+) -> None:
     """Simulate and render the given episodes in order, sending each; stop if the parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     parent_pid = os.getppid()  # reparenting is how a SIGKILLed parent shows between episodes
     task = None
     try:
-        task = make_task(task_name, image_size=image_size)
+        task = make_task(task_name, image_size=image_size, cameras=cameras)
         policy = make_scripted_policy(policy_name, [task], seed=seed)
         for index, episode_seed_ in jobs:
             if os.getppid() != parent_pid:

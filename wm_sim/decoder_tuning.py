@@ -138,6 +138,11 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
         )
     options = asdict(cfg)
     model, meta = load_checkpoint(run_dir / LAST if resuming else cfg.checkpoint)
+    if model.config.cameras > 1:
+        raise WmSimError(
+            f"tune-decoder tunes one-camera models; {cfg.checkpoint} sees {model.config.cameras} cameras "
+            "(train it anchored from the start: model.anchored=true)"
+        )
     # what the source says of its data and training stays; its shape and step are this run's
     meta = {k: v for k, v in meta.items() if k not in ("schema_version", "model", "step")}
     if resuming:
@@ -172,7 +177,7 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
     camera = meta.get("dataset", {}).get("camera", store.info.cameras[0])
     data = _own_rollouts(model, store, camera, meta, cfg)
     val_fraction = float(meta.get("train", {}).get("val_fraction", 0.1))
-    contexts = run_contexts(store, camera, val_fraction, model.config.window)
+    contexts = run_contexts(store, [camera], val_fraction, model.config.window)
     bar = tqdm(total=cfg.steps, initial=step, desc="tune-decoder", unit="step")
     try:
         while step < cfg.steps:

@@ -16,14 +16,15 @@ from wm_sim.data.schema import (
     frame_features,
     image_key,
 )
-from wm_sim.envs.task import MujocoTask
+from wm_sim.envs.task import MujocoTask, frames_by_camera
 from wm_sim.policies.base import Policy
 
 
 def dataset_info(task: MujocoTask, task_name: str, collection: dict) -> DatasetInfo:
-    """The store attributes for episodes of `task` (named `task_name` in the catalog)."""
+    """The store attributes for episodes of `task` (named `task_name` in the catalog): one image
+    array per camera the task observes (`task.cameras`)."""
     features = frame_features(
-        list(task.camera_names),
+        list(task.cameras),
         task.image_size,
         task.state_names,
         task.action_names,
@@ -33,7 +34,7 @@ def dataset_info(task: MujocoTask, task_name: str, collection: dict) -> DatasetI
         task=task_name,
         fps=float(task.fps),
         image_size=task.image_size,
-        cameras=list(task.camera_names),
+        cameras=list(task.cameras),
         action_low=[-1.0] * task.action_dim,
         action_high=[1.0] * task.action_dim,
         features=features,
@@ -55,10 +56,10 @@ def record_episode(
     task_seed, policy_seed = episode_seeds(episode_seed)
     obs = task.reset(task_seed)
     policy.reset(seeds=[policy_seed])
+    frames: dict[str, list[np.ndarray]] = {camera: [] for camera in task.cameras}
     rows: dict[str, list] = {
         key: []
         for key in (
-            "pixels",
             STATE_KEY,
             ACTION_KEY,
             REWARD_KEY,
@@ -69,9 +70,10 @@ def record_episode(
     }
     for _ in range(task.episode_steps):
         rows[PHYSICS_STATE_KEY].append(task.get_physics_state())
-        action = policy.act({key: value[None] for key, value in obs.items()})[0]
+        action = policy.act(batch_of_one(obs))[0]
         result = task.step(action)
-        rows["pixels"].append(obs["pixels"])
+        for camera, frame in frames_by_camera(obs["pixels"], task.cameras).items():
+            frames[camera].append(frame)
         rows[STATE_KEY].append(obs["agent_pos"])
         rows[ACTION_KEY].append(action)
         rows[REWARD_KEY].append(result.reward)
@@ -81,12 +83,18 @@ def record_episode(
         if result.terminated:
             break
     length = len(rows[ACTION_KEY])
-    return {
-        image_key(task.camera_names[0]): np.stack(rows["pixels"]).astype(np.uint8),
+    images = {image_key(camera): np.stack(frames[camera]).astype(np.uint8) for camera in task.cameras}
+    columns = {
         STATE_KEY: np.stack(rows[STATE_KEY]).astype(np.float32),
         ACTION_KEY: np.stack(rows[ACTION_KEY]).astype(np.float32),
         REWARD_KEY: np.asarray(rows[REWARD_KEY], dtype=np.float32),
         TERMINATED_KEY: np.asarray(rows[TERMINATED_KEY], dtype=bool),
         SUCCESS_KEY: np.asarray(rows[SUCCESS_KEY], dtype=bool),
         PHYSICS_STATE_KEY: np.stack(rows[PHYSICS_STATE_KEY]).astype(np.float64),
-    } | episode_bookkeeping(episode_index, np.arange(length) / task.fps)
+    }
+    return images | columns | episode_bookkeeping(episode_index, np.arange(length) / task.fps)
+
+
+def batch_of_one(obs: dict) -> dict:
+    """`obs` as a batch of one row, as a policy takes it; nested dicts (several cameras) too."""
+    return {key: batch_of_one(v) if isinstance(v, dict) else v[None] for key, v in obs.items()}

@@ -27,14 +27,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from wm_sim.checkpoint import check_dataset_fits, load_checkpoint
+from wm_sim.checkpoint import check_dataset_fits, checkpoint_cameras, load_checkpoint
 from wm_sim.config import check_output_path
 from wm_sim.data.angles import episode_states, wrapped_entries
-from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY, image_key
+from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY
 from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import episodes_with_frames, split_episodes
 from wm_sim.errors import WmSimError
-from wm_sim.media import comparison_frames, difference, grid, save_figure, to_uint8, write_png, write_video
+from wm_sim.media import (
+    comparison_frames,
+    difference,
+    grid,
+    save_figure,
+    side_by_side,
+    to_uint8,
+    write_png,
+    write_video,
+)
 from wm_sim.metrics import (
     background_frame,
     finite_or_none,
@@ -49,6 +58,7 @@ from wm_sim.world_model import wrap_angle
 HORIZONS = (1, 4, 16, 64)
 METHODS = ("model", "copy_last", "mean_frame")
 BACKGROUND = "background"  # the baseline entry holding the median frame
+FRAMES = "frames"  # an episode's frames of every camera the model sees (schema.frames_of)
 # metric name -> whether higher is better
 METRICS = {
     "psnr": True,
@@ -108,13 +118,11 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     model.eval()
     store = EpisodeStore.open(cfg.data)
     check_dataset_fits(model.config, meta, store.info, cfg.data)
-    camera = meta.get("dataset", {}).get("camera", store.info.cameras[0])
-    if camera not in store.info.cameras:
-        raise WmSimError(f"{cfg.data} has no camera {camera!r} (the model's); it has {store.info.cameras}")
+    cameras = checkpoint_cameras(meta, store.info.cameras[:1])  # check_dataset_fits: all in the store
     val_fraction = float(meta.get("train", {}).get("val_fraction", 0.1))
     episodes = _pick_episodes(store, cfg, val_fraction)
-    keys = [image_key(camera), STATE_KEY, ACTION_KEY, REWARD_KEY, TERMINATED_KEY]
-    baseline = _mean_baseline(store, keys, val_fraction)
+    keys = [FRAMES, STATE_KEY, ACTION_KEY, REWARD_KEY, TERMINATED_KEY]
+    baseline = _mean_baseline(store, cameras, keys, val_fraction)
     # Wrapped angles from the data, not the model: every model's state error, and the baselines',
     # takes a full turn as no error, so models with and without a state transition compare.
     periodic = wrapped_entries(episode_states(store))
@@ -126,7 +134,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     scene_errors: list[np.ndarray] = []  # the scene reward's |error| per transition, per episode
     batches = [episodes[i : i + cfg.batch_size] for i in range(0, len(episodes), cfg.batch_size)]
     for chunk in tqdm(batches, desc="evaluate", unit="batch"):
-        data = [store.episode(e, keys) for e in chunk]
+        data = [_episode(store, e, cameras) for e in chunk]
         scores, predicted = _score_batch(model, data, keys, cfg.context, baseline, periodic, object_rgb)
         for method in METHODS:
             for name in METRICS:
@@ -135,8 +143,8 @@ def evaluate(cfg: EvaluateConfig) -> Path:
             scene_errors += [_scene_reward_error(model, episode, keys, cfg.context) for episode in data]
         for row, e in enumerate(chunk):
             if e in shown:
-                true = data[row][keys[0]][cfg.context :]
-                videos.append((true, predicted[row][: len(true)]))
+                true = data[row][FRAMES][cfg.context :]
+                videos.append((side_by_side(true), side_by_side(predicted[row][: len(true)])))
 
     report = _report(results, cfg, meta, len(episodes), store.info.fps)
     if scene_errors:
@@ -206,7 +214,16 @@ def _pick_episodes(store: EpisodeStore, cfg: EvaluateConfig, val_fraction: float
     return long_enough
 
 
-def _mean_baseline(store: EpisodeStore, keys: list[str], val_fraction: float) -> dict[str, np.ndarray]:
+def _episode(store: EpisodeStore, episode: int, cameras: list[str]) -> dict[str, np.ndarray]:
+    """One episode's arrays, its cameras' frames as the model takes them under FRAMES."""
+    first, stop = store.episode_bounds(episode)
+    arrays = store.episode(episode, [STATE_KEY, ACTION_KEY, REWARD_KEY, TERMINATED_KEY])
+    return arrays | {FRAMES: store.read_frames(cameras, first, stop)}
+
+
+def _mean_baseline(
+    store: EpisodeStore, cameras: list[str], keys: list[str], val_fraction: float
+) -> dict[str, np.ndarray]:
     """Mean frame, state and reward of (up to 100 evenly spread) training episodes, and the
     background (their median frame, what the foreground is told from)."""
     train = split_episodes(store.num_episodes, "train", val_fraction)
@@ -215,13 +232,19 @@ def _mean_baseline(store: EpisodeStore, keys: list[str], val_fraction: float) ->
     sums: dict[str, np.ndarray] = {}
     count, samples = 0, []
     for e in picks:
-        episode = store.episode(e, keys)
+        episode = _episode(store, e, cameras)
         for key in keys:
             sums[key] = sums.get(key, 0.0) + episode[key].astype(np.float64).sum(0)
         count += len(episode[keys[0]])
         samples.append(episode[keys[0]][::20])
     means = {key: (value / count).astype(np.float32) for key, value in sums.items()}
     return means | {BACKGROUND: background_frame(np.concatenate(samples))}
+
+
+def tiled(frames: torch.Tensor, cameras: int) -> torch.Tensor:
+    """Several cameras' frames (..., K, S, S, 3) side by side (..., S, K*S, 3), as media.side_by_side;
+    frames of one camera (..., S, S, 3) as they are."""
+    return frames if cameras == 1 else torch.cat(frames.unbind(-4), dim=-2)
 
 
 def _score_batch(
@@ -285,7 +308,11 @@ def _score_batch(
     step_ok = torch.arange(horizon)[None, :] < torch.tensor(lengths)[:, None] - context + 1  # (B, H)
     scores: dict[str, dict[str, list[np.ndarray]]] = {}
     wrapped = list(periodic)
+    # several cameras side by side: each frame's metrics take every camera's pixels at once
+    cameras = model.config.cameras
+    true_frames, background = tiled(true_frames, cameras), tiled(background, cameras)
     for method, (frame, state, reward, term) in guesses.items():
+        frame = tiled(frame, cameras)
         state_error = state - true_state
         state_error[..., wrapped] = wrap_angle(state_error[..., wrapped])
         curves = {

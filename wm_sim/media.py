@@ -28,6 +28,14 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def side_by_side(frames: np.ndarray) -> np.ndarray:
+    """A sequence of several cameras' frames (T, K, S, S, 3) as one picture per step (T, S, K*S, 3),
+    the cameras left to right; one camera's (T, S, S, 3) are returned as they are."""
+    if frames.ndim < 5:
+        return frames
+    return np.concatenate(np.moveaxis(frames, -4, 0), axis=-2)
+
+
 def difference(a: np.ndarray, b: np.ndarray, gain: float = 3.0) -> np.ndarray:
     """|a - b| per pixel, brightened by `gain` so small errors are visible, as uint8."""
     diff = np.abs(a.astype(np.float32) - b.astype(np.float32)) * gain

@@ -37,10 +37,9 @@ def ssim(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     Computed on each colour channel over the valid region of the window and averaged, as
     scikit-image does with `gaussian_weights=True`.
     """
-    lead = pred.shape[:-3]
-    s = pred.shape[-2]
-    x = pred.float().reshape(-1, s, s, 3).permute(0, 3, 1, 2).reshape(-1, 1, s, s)  # (B*3, 1, S, S)
-    y = target.float().reshape(-1, s, s, 3).permute(0, 3, 1, 2).reshape(-1, 1, s, s)
+    lead, (h, w) = pred.shape[:-3], pred.shape[-3:-1]
+    x = pred.float().reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, 1, h, w)  # (B*3, 1, H, W)
+    y = target.float().reshape(-1, h, w, 3).permute(0, 3, 1, 2).reshape(-1, 1, h, w)
     window = _gaussian_window().to(x.device)[None, None]  # (1, 1, 11, 11)
     c1, c2 = (0.01 * 1.0) ** 2, (0.03 * 1.0) ** 2
     mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)

@@ -34,7 +34,7 @@ def model_card(meta: dict, metrics: dict | None, out_name: str) -> str:
     held_out = f"every {round(1 / fraction)}th episode" if fraction else "no episode"
     lines.append(
         f"`{data.get('path', '?')}`: {data.get('num_episodes', '?')} episodes, {data.get('num_frames', '?')} "
-        f"frames at {data.get('fps', '?')} fps, camera `{data.get('camera', '?')}`; {held_out} held out "
+        f"frames at {data.get('fps', '?')} fps, {_cameras(data)}; {held_out} held out "
         "(start contexts and evaluation come from those)."
     )
     lines += ["", "## How it was made", "", "The last training run, as its checkpoint recorded it:", ""]
@@ -86,3 +86,9 @@ def write_model_card(directory: Path, meta: dict, metrics: dict | None, out_name
     path = directory / "MODEL_CARD.md"
     path.write_text(model_card(meta, metrics, out_name))
     return path
+
+
+def _cameras(dataset: dict) -> str:
+    """`top`, or `top`, `side` for a model of several cameras."""
+    names = dataset.get("cameras") or [dataset.get("camera", "?")]
+    return ("camera " if len(names) == 1 else "cameras ") + ", ".join(f"`{n}`" for n in names)

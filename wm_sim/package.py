@@ -23,6 +23,7 @@ from wm_sim.checkpoint import (
     META,
     WEIGHTS,
     check_dataset_fits,
+    checkpoint_cameras,
     fsync_dir,
     load_checkpoint,
     read_json,
@@ -61,9 +62,8 @@ def package(cfg: PackageConfig) -> Path:
     store = EpisodeStore.open(cfg.data)
     check_dataset_fits(model.config, meta, store.info, cfg.data)
     val_fraction = float(meta.get("train", {}).get("val_fraction", 0.1))
-    contexts = start_contexts(
-        store, meta["dataset"]["camera"], val_fraction, cfg.contexts, cfg.context_frames
-    )
+    cameras = checkpoint_cameras(meta, store.info.cameras[:1])
+    contexts = start_contexts(store, cameras, val_fraction, cfg.contexts, cfg.context_frames)
 
     staging = out.parent / f".{out.name}.{uuid.uuid4().hex}.partial"
     staging.mkdir(parents=True)

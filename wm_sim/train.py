@@ -41,11 +41,11 @@ from wm_sim.checkpoint import (
     start_contexts,
 )
 from wm_sim.data.angles import episode_states, wrapped_entries
-from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY, image_key
+from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY, frames_of, image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import EpisodeWindows, episodes_with_frames
 from wm_sim.errors import WmSimError
-from wm_sim.media import comparison_frames, to_uint8, write_video
+from wm_sim.media import comparison_frames, side_by_side, to_uint8, write_video
 from wm_sim.metrics import background_frame
 from wm_sim.rollout import open_loop
 from wm_sim.tracking import Tracker, WandbConfig, new_run_id
@@ -202,6 +202,7 @@ def model_config(size: ModelSize, store: EpisodeStore) -> WorldModelConfig:
         action_dim=info.features[ACTION_KEY].shape[0],
         state_dim=info.features[STATE_KEY].shape[0],
         periodic_state=wrapped_entries(episode_states(store)) if size.transition else (),
+        cameras=len(info.cameras),
         **{k: getattr(size, k) for k in ModelSize.__dataclass_fields__},
     )
 
@@ -315,14 +316,14 @@ def fit_frame_reward(
     (losses). The head's bounds become the least and the most reward of these frames.
     """
     head, device = model.reward_head, next(model.parameters()).device
-    pixels_key = image_key(store.info.cameras[0])
+    cameras = store.info.cameras  # the model sees every camera of its dataset
     latents, actions, rewards = [], [], []
     with torch.no_grad():
         for e in tqdm(episodes, desc="frame reward: encoding", unit="episode"):
             start, stop = store.episode_bounds(e)
             if stop - start < 2:
                 continue
-            pixels = torch.from_numpy(store.read(pixels_key, start + 1, stop)).to(device)
+            pixels = torch.from_numpy(store.read_frames(cameras, start + 1, stop)).to(device)
             latents.append(torch.cat([model.encode(chunk) for chunk in pixels.split(512)]))
             actions.append(torch.from_numpy(store.read(ACTION_KEY, start, stop - 1)).float().to(device))
             rewards.append(torch.from_numpy(store.read(REWARD_KEY, start, stop - 1)).float().to(device))
@@ -358,14 +359,13 @@ def fit_scene_reward(
     The frames stay in memory as uint8 for stage 2. The bounds become the least and most reward.
     """
     head, device = model.scene_reward, next(model.parameters()).device
-    pixels_key = image_key(store.info.cameras[0])
     frames, states, actions, rewards, rows, owner = [], [], [], [], [], []
     offset = 0
     for e in tqdm(episodes, desc="scene reward: reading", unit="episode"):
         start, stop = store.episode_bounds(e)
         if stop - start < 2:
             continue
-        frames.append(store.read(pixels_key, start, stop))
+        frames.append(store.read_frames(store.info.cameras, start, stop))
         states.append(store.read(STATE_KEY, start, stop))
         actions.append(store.read(ACTION_KEY, start, stop))
         rewards.append(store.read(REWARD_KEY, start, stop))
@@ -464,7 +464,7 @@ def losses(
     latents = model.encode(pixels)  # (B, T+1, N, C)
     # An anchored decoder composites over another real frame of the same episode: a random one.
     rows, pick = torch.arange(pixels.shape[0]), torch.randint(0, pixels.shape[1], (pixels.shape[0],))
-    anchor = Anchor(latents[rows, pick].detach(), target[rows, pick].permute(0, 3, 1, 2))
+    anchor = Anchor(latents[rows, pick].detach(), target[rows, pick].movedim(-1, -3))
     # Reconstruct two random frames of each window: decoding all T+1 costs more than it teaches.
     frames = torch.randint(0, pixels.shape[1], (2,))
     recon = _weighted_mse(model.decode(latents[:, frames], anchor), target[:, frames], weight[:, frames])
@@ -562,12 +562,12 @@ def _masked_mse(pred: torch.Tensor, goal: torch.Tensor, mask: torch.Tensor) -> t
 
 
 def to_batch(
-    windows: list[dict[str, np.ndarray]], camera: str, device: torch.device
+    windows: list[dict[str, np.ndarray]], cameras: list[str], device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """Stack dataset windows into the tensors `losses` takes."""
+    """Stack dataset windows into the tensors `losses` takes (pixels (B, T+1, *frame_shape))."""
     stack = {key: np.stack([w[key] for w in windows]) for key in windows[0]}
     return {
-        "pixels": torch.from_numpy(stack[image_key(camera)]).to(device),
+        "pixels": torch.from_numpy(frames_of(stack, cameras)).to(device),
         "state": torch.from_numpy(stack[STATE_KEY]).to(device),
         "action": torch.from_numpy(stack[ACTION_KEY]).to(device),
         "reward": torch.from_numpy(stack[REWARD_KEY]).to(device),
@@ -695,8 +695,8 @@ def train(cfg: TrainConfig) -> Path:
         config = model_config(cfg.model, store)
     except ValueError as exc:
         raise WmSimError(f"model size {cfg.model} does not fit {cfg.data}: {exc}") from exc
-    camera = store.info.cameras[0]
-    keys = [image_key(camera), STATE_KEY, ACTION_KEY, REWARD_KEY, TERMINATED_KEY]
+    cameras = store.info.cameras  # the model sees every camera of its dataset at once
+    keys = [*map(image_key, cameras), STATE_KEY, ACTION_KEY, REWARD_KEY, TERMINATED_KEY]
     train_set = EpisodeWindows(
         store,
         config.window + 1,
@@ -720,13 +720,13 @@ def train(cfg: TrainConfig) -> Path:
         raise WmSimError(
             f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another out="
         )
-    run_meta = _run_meta(cfg, store, camera, job.world_size)
+    run_meta = _run_meta(cfg, store, job.world_size)
     model, optimiser, step, rng, run_meta = _start(
         cfg, config, store, train_set.episodes, run_meta, run_dir if resuming else None, device
     )
     # The background from training frames only, the same sample on every (resumed) run.
     samples = np.linspace(0, len(train_set) - 1, min(len(train_set), 256)).astype(int)
-    background = background_frame(np.stack([train_set[int(i)][keys[0]][0] for i in samples]))
+    background = background_frame(np.stack([frames_of(train_set[int(i)], cameras)[0] for i in samples]))
     objective = Objective(
         model,
         fit.context_noise,
@@ -745,7 +745,7 @@ def train(cfg: TrainConfig) -> Path:
     if job.world_size > 1:
         for tensor in model.state_dict().values():
             dist.broadcast(tensor, 0)  # every process starts from rank 0's weights
-    contexts = run_contexts(store, camera, cfg.val_fraction, config.window) if job.is_main else None
+    contexts = run_contexts(store, cameras, cfg.val_fraction, config.window) if job.is_main else None
     run_lock = lock_run_directory(run_dir) if job.is_main else None  # held until the run ends
     tracker = Tracker(cfg.wandb, run_dir, run_meta["wandb_run_id"], run_meta, active=job.is_main)
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not job.is_main)
@@ -756,7 +756,7 @@ def train(cfg: TrainConfig) -> Path:
             objective.train()
             _set_lr(optimiser, step, cfg.steps)
             picks = rng.integers(0, len(train_set), fit.batch_size)[job.rank * share : (job.rank + 1) * share]
-            terms = objective(to_batch([train_set[int(i)] for i in picks], camera, device))
+            terms = objective(to_batch([train_set[int(i)] for i in picks], cameras, device))
             total = terms["total"].detach().clone()
             if job.world_size > 1:
                 dist.all_reduce(total)  # every rank stops together on a NaN anywhere
@@ -782,14 +782,14 @@ def train(cfg: TrainConfig) -> Path:
                     {f"train/{k}": v.item() for k, v in terms.items()} | {"samples_per_s": rate}, step
                 )
             if step % fit.val_every == 0 or step == cfg.steps:
-                run_meta["val"] = validate(objective, val_set, camera, fit.batch_size, device)
+                run_meta["val"] = validate(objective, val_set, cameras, fit.batch_size, device)
                 run_meta["val_step"] = step
                 bar.write(
                     f"step {step}: " + ", ".join(f"val_{k}={v:.4f}" for k, v in run_meta["val"].items())
                 )
                 tracker.log({f"val/{k}": v for k, v in run_meta["val"].items()}, step)
                 if tracker.active and cfg.wandb.videos and val_set.episodes:
-                    video = rollout_video(model, store, val_set.episodes[0], keys, run_dir / "media", step)
+                    video = rollout_video(model, store, val_set.episodes[0], cameras, run_dir / "media", step)
                     tracker.video("val/rollout", video, step)
             if step % fit.checkpoint_every == 0 or step == cfg.steps:
                 _checkpoint(run_dir, step, model, optimiser, rng, run_meta, contexts)
@@ -834,25 +834,29 @@ def _holds_a_run(run_dir: Path) -> bool:
 
 @torch.no_grad()
 def rollout_video(
-    model: WorldModel, store: EpisodeStore, episode: int, keys: list[str], folder: Path, step: int
+    model: WorldModel, store: EpisodeStore, episode: int, cameras: list[str], folder: Path, step: int
 ) -> Path:
-    """An MP4 of one held-out episode (true | predicted | difference), for the experiment log."""
+    """An MP4 of one held-out episode (true | predicted | difference; cameras side by side), for
+    the experiment log."""
     model.eval()
-    data = store.episode(episode, keys)
-    image, state, action = (torch.from_numpy(data[k][None]) for k in keys[:3])
-    context = min(4, len(data[keys[0]]) - 1)
+    first, stop = store.episode_bounds(episode)
+    frames = store.read_frames(cameras, first, stop)
+    image, state, action = (
+        torch.from_numpy(x[None]) for x in (frames, store.read(STATE_KEY, first, stop), store.read(ACTION_KEY, first, stop))
+    )
+    context = min(4, len(frames) - 1)
     device = next(model.parameters()).device
     rollout = open_loop(model, image.to(device), state.to(device), action[:, :-1].to(device), context)
     predicted = to_uint8(rollout.frames(model)[0].cpu().numpy())
     folder.mkdir(parents=True, exist_ok=True)
     return write_video(
         folder / f"rollout-{step:07d}.mp4",
-        comparison_frames([(data[keys[0]][context:], predicted)]),
+        comparison_frames([(side_by_side(frames[context:]), side_by_side(predicted))]),
         fps=min(store.info.fps, 30.0),
     )
 
 
-def _run_meta(cfg: TrainConfig, store: EpisodeStore, camera: str, world_size: int) -> dict:
+def _run_meta(cfg: TrainConfig, store: EpisodeStore, world_size: int) -> dict:
     """What a checkpoint records about its data and run, so it can be used without the dataset."""
     info = store.info
     options = asdict(cfg)
@@ -862,7 +866,8 @@ def _run_meta(cfg: TrainConfig, store: EpisodeStore, camera: str, world_size: in
             "task": info.task,
             "fps": info.fps,
             "image_size": info.image_size,
-            "camera": camera,
+            "camera": info.cameras[0],  # what a reader from before several cameras reads
+            "cameras": list(info.cameras),
             "action_low": info.action_low,
             "action_high": info.action_high,
             "state_names": info.features[STATE_KEY].names,
@@ -1084,14 +1089,14 @@ def _optimiser(model: WorldModel, fit: TrainingConfig) -> torch.optim.Optimizer:
 
 
 def run_contexts(
-    store: EpisodeStore, camera: str, val_fraction: float, window: int
+    store: EpisodeStore, cameras: list[str], val_fraction: float, window: int
 ) -> dict[str, torch.Tensor] | None:
     """Start contexts from held-out episodes for every checkpoint of a run, so any checkpoint
     resets as an env without `wm-sim package`; None when no episode is held out."""
     frames = min(CONTEXT_FRAMES, window)
     if not episodes_with_frames(store, "val", val_fraction, frames):
         return None
-    return start_contexts(store, camera, val_fraction, RUN_CONTEXTS, frames)
+    return start_contexts(store, cameras, val_fraction, RUN_CONTEXTS, frames)
 
 
 def _checkpoint(
@@ -1118,7 +1123,7 @@ def _checkpoint(
 
 @torch.no_grad()
 def validate(
-    objective: Objective, val_set: EpisodeWindows, camera: str, batch_size: int, device
+    objective: Objective, val_set: EpisodeWindows, cameras: list[str], batch_size: int, device
 ) -> dict[str, float]:
     """Mean loss terms over (up to 8 batches of) the validation windows, without context noise."""
     if len(val_set) == 0:
@@ -1130,7 +1135,7 @@ def validate(
     with torch.random.fork_rng():
         torch.manual_seed(0)
         for chunk in np.array_split(picks, max(1, len(picks) // batch_size)):
-            terms = objective(to_batch([val_set[int(i)] for i in chunk], camera, device), context_noise=0.0)
+            terms = objective(to_batch([val_set[int(i)] for i in chunk], cameras, device), context_noise=0.0)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
     return {k: v / len(picks) for k, v in sums.items()}

@@ -416,10 +416,11 @@ class SceneReward(nn.Module):
 
     def __init__(
         self, image_size: int, state_dim: int, action_dim: int, periodic: tuple[int, ...],
-        keypoints: int = 16, width: int = 256,
+        first_camera: bool = False, keypoints: int = 16, width: int = 256,
     ):  # fmt: skip
         super().__init__()
         self.periodic = list(periodic)
+        self.first_camera = first_camera  # frames (B, K, S, S, 3): the goal is read off camera 0
         self.keypoint_net = nn.Sequential(  # at half resolution: positions, not textures
             nn.Conv2d(3, 32, 4, stride=2, padding=1),
             nn.GELU(),
@@ -447,7 +448,10 @@ class SceneReward(nn.Module):
         self.register_buffer("high", torch.tensor(math.inf))
 
     def goal(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, S, S, 3) uint8 frames -> (B, 2): the point the scene asks the effector to reach."""
+        """(B, S, S, 3) uint8 frames (or (B, K, S, S, 3): the first camera's) -> (B, 2): the point
+        the scene asks the effector to reach."""
+        if self.first_camera:
+            frames = frames[:, 0]
         x = self.keypoint_net(frames.permute(0, 3, 1, 2).float() / 255.0)
         weights = x.flatten(2).softmax(dim=-1)  # (B, K, S/2 * S/2)
         return self.goal_net(torch.cat([weights @ self.grid_x, weights @ self.grid_y], dim=-1))
@@ -509,6 +513,10 @@ class WorldModelConfig:
     # checkpoints from before it existed (and in schema-1 ones, whose scene reward was an MLP:
     # wm_sim.checkpoint drops it on load).
     scene_reward: bool = False
+    # Cameras seen at once (a dataset's every camera): each is encoded to its own grid x grid
+    # tokens and decoded from them, and one dynamics step attends over all of them. A frame is
+    # then (..., K, S, S, 3) (`frame_shape`); with one camera it is (..., S, S, 3), as always.
+    cameras: int = 1
 
     def __post_init__(self):
         object.__setattr__(self, "periodic_state", tuple(int(i) for i in self.periodic_state))  # JSON: a list
@@ -516,6 +524,8 @@ class WorldModelConfig:
             raise ValueError(
                 f"periodic_state must index the {self.state_dim} state entries, got {self.periodic_state}"
             )
+        if self.cameras < 1:
+            raise ValueError(f"cameras must be at least 1, got {self.cameras}")
         if self.image_size < 4 * self.grid:
             raise ValueError(f"image_size must be at least 4 x grid, got {self.image_size} and {self.grid}")
         if self.tokenizer_width % 16:
@@ -529,7 +539,14 @@ class WorldModelConfig:
 
     @property
     def tokens(self) -> int:
-        return self.grid * self.grid
+        """Latent tokens per time step: grid x grid for each camera."""
+        return self.cameras * self.grid * self.grid
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """One time step's pixels: (S, S, 3), or (K, S, S, 3) with several cameras."""
+        image = (self.image_size, self.image_size, 3)
+        return image if self.cameras == 1 else (self.cameras, *image)
 
     def to_dict(self) -> dict:
         """The config as JSON holds it (lists, not tuples), so a saved config equals a fresh one's."""
@@ -542,7 +559,8 @@ class Anchor:
 
     latents: torch.Tensor  # (B, N, C)
     # (B, 3, S, S) float in [0, 1], best in channels-last memory (as model.anchor makes it): the
-    # decoder blends in (B, S, S, 3) order, and reading a channels-first anchor there is strided
+    # decoder blends in (B, S, S, 3) order, and reading a channels-first anchor there is strided.
+    # With several cameras (B, K, 3, S, S).
     pixels: torch.Tensor
 
     def __getitem__(self, rows) -> Anchor:
@@ -584,7 +602,9 @@ class WorldModel(nn.Module):
         self.heads = nn.Linear(c.dim, (0 if c.transition else c.state_dim) + (1 if c.frame_reward else 2))
         self.reward_head = FrameReward(c.tokens, c.latent_dim, c.action_dim) if c.frame_reward else None
         self.scene_reward = (
-            SceneReward(c.image_size, c.state_dim, c.action_dim, c.periodic_state) if c.scene_reward else None
+            SceneReward(c.image_size, c.state_dim, c.action_dim, c.periodic_state, c.cameras > 1)
+            if c.scene_reward
+            else None
         )
         # Normalisation of agent_pos, from the training data; saved with the weights.
         self.register_buffer("state_mean", torch.zeros(c.state_dim))
@@ -593,36 +613,40 @@ class WorldModel(nn.Module):
     # -- tokenizer --
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(..., S, S, 3) uint8 frames -> (..., N, C) latents."""
+        """(..., *frame_shape) uint8 frames -> (..., N, C) latents."""
         return self.encode_scaled(scale_frames(pixels.to(torch.float32, copy=True)))
 
     def encode_scaled(self, scaled: torch.Tensor) -> torch.Tensor:
-        """(..., S, S, 3) frames scaled as scale_frames scales them -> (..., N, C) latents."""
-        lead = scaled.shape[:-3]
+        """(..., *frame_shape) frames scaled as scale_frames scales them -> (..., N, C) latents
+        (each camera's grid x grid tokens in turn)."""
+        lead = scaled.shape[: -len(self.config.frame_shape)]
         latents = self.encoder.from_scaled(scaled.reshape(-1, *scaled.shape[-3:]).permute(0, 3, 1, 2))
         return latents.reshape(*lead, self.config.tokens, self.config.latent_dim)
 
     def anchor(self, frames: torch.Tensor) -> Anchor:
-        """The anchor of rollouts that start after real frames (B, S, S, 3) uint8 (the last real ones)."""
-        return Anchor(self.encode(frames), frames.permute(0, 3, 1, 2).float() / 255.0)
+        """The anchor of rollouts that start after real frames (B, *frame_shape) uint8 (the last real ones)."""
+        return Anchor(self.encode(frames), frames.movedim(-1, -3).float() / 255.0)
 
     def decode(self, latents: torch.Tensor, anchor: Anchor | None = None) -> torch.Tensor:
-        """(B, ..., N, C) latents -> (B, ..., S, S, 3) float frames in [0, 1].
+        """(B, ..., N, C) latents -> (B, ..., *frame_shape) float frames in [0, 1].
 
         An anchored model needs the anchor of each row b (it is shared by the row's frames); a
         model that is not anchored ignores it, so callers pass it whatever the model.
         """
+        c = self.config
         lead = latents.shape[:-2]
-        flat = latents.reshape(-1, *latents.shape[-2:])  # (M, N, C)
-        if not self.config.anchored:
+        per_camera = (-1, c.grid * c.grid, c.latent_dim)  # (M * K, G*G, C): a camera is a frame here
+        flat = latents.reshape(per_camera)
+        if not c.anchored:
             x = self.decoder(flat)
         elif anchor is None:
             raise ValueError("this world model's decoder is anchored: decode needs model.anchor(frames)")
         else:
             # the anchor repeated per frame in (B, S, S, 3) memory, where the decoder blends
-            pixels = _per_frame(anchor.pixels.permute(0, 2, 3, 1), lead).permute(0, 3, 1, 2)
-            x = self.decoder(flat, _per_frame(anchor.latents, lead), pixels)
-        return x.reshape(*lead, *x.shape[1:])
+            pixels = _per_frame(anchor.pixels.movedim(-3, -1), lead)
+            pixels = pixels.reshape(-1, *pixels.shape[-3:]).permute(0, 3, 1, 2)
+            x = self.decoder(flat, _per_frame(anchor.latents, lead).reshape(per_camera), pixels)
+        return x.reshape(*lead, *c.frame_shape)
 
     @torch.no_grad()  # a frame shown is uint8: no gradient flows through it, so none is tracked
     def read_frame(self, latents: torch.Tensor, anchor: Anchor | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -26,6 +27,23 @@ PHYSICS_STATE_KEY = "physics_state"
 
 def image_key(camera: str) -> str:
     return f"{IMAGE_PREFIX}{camera}"
+
+
+def frames_of(arrays: Mapping[str, np.ndarray], cameras: Sequence[str]) -> np.ndarray:
+    """The world model's frames from a store's per-camera image arrays (..., S, S, 3): one
+    camera's as they are, several stacked (..., K, S, S, 3) in `cameras` order."""
+    if len(cameras) == 1:
+        return arrays[image_key(cameras[0])]
+    return np.stack([arrays[image_key(c)] for c in cameras], axis=-4)
+
+
+def observed_frames(pixels: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+    """An env observation's pixels as the world model takes them: an image (batch) as it is, a
+    dict of images per camera (several cameras) stacked (..., K, S, S, 3) in the dict's order,
+    which is the env's `cameras` order."""
+    if isinstance(pixels, Mapping):
+        return np.stack([np.asarray(v) for v in pixels.values()], axis=-4)
+    return np.asarray(pixels)
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ import sys
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +45,7 @@ import numpy as np
 import zarr
 import zarr.errors
 
-from wm_sim.data.schema import IMAGE_PREFIX, DatasetInfo
+from wm_sim.data.schema import IMAGE_PREFIX, DatasetInfo, frames_of, image_key
 from wm_sim.errors import WmSimError
 
 FRAMES_PER_SHARD = 256  # images: one chunk per frame, one file per 256 frames
@@ -179,6 +179,10 @@ class EpisodeStore:
             return arr[start:stop]
         except DECODE_ERRORS as exc:
             raise WmSimError(self._undecodable(key, arr, start, stop, exc)) from None
+
+    def read_frames(self, cameras: Sequence[str], start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of these cameras' images in the world model's layout (schema.frames_of)."""
+        return frames_of({image_key(c): self.read(image_key(c), start, stop) for c in cameras}, cameras)
 
     def episode(self, episode: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         """Every (or the chosen) per-frame array of one episode."""
