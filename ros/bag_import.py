@@ -3,14 +3,16 @@
 How messages become the fixed-rate rows of episodes:
 - Every message gets a time: its header stamp where it has a header with a non-zero stamp, the
   bag's receive time otherwise (`stamps=receive`: the receive time always).
-- A silence longer than `gap` on the image or the command topic ends an episode; the next starts
-  once both publish again. A message of any type on `marker_topic` starts a new episode too.
-- In each episode a clock ticks at `fps` from its first image. At every tick each topic gives its
-  latest message at or before the tick (zero-order hold: nothing is interpolated). Ticks before
-  the command topic (and the joint-state topic) first publish in the episode are skipped; the
-  episode ends at the last message of its image, command or joint-state topic, whichever is first.
-- Row k holds the frame, the joint state and the command in force at tick k, and the reward in
-  force at tick k + 1: the reward that followed the command, as in collected datasets.
+- A silence longer than `gap` on an image topic or the command topic ends an episode; the next
+  starts once they all publish again. A message of any type on `marker_topic` starts a new episode too.
+- In each episode a clock ticks at `fps` from the first image of the first camera (the one image
+  topic, or the first of `image_topics`). At every tick each topic, every camera's alike, gives
+  its latest message at or before the tick (zero-order hold: nothing is interpolated). Ticks
+  before every camera, the command topic (and the joint-state topic) have published in the
+  episode are skipped; the episode ends at the last message of its image, command or
+  joint-state topics, whichever is first.
+- Row k holds each camera's frame, the joint state and the command in force at tick k, and the
+  reward in force at tick k + 1: the reward that followed the command, as in collected datasets.
 
 rosbags is imported lazily, inside the functions that read a bag, so `wm-sim --help` stays light.
 """
@@ -66,6 +68,22 @@ ACCEPTED_TYPES = {
     "reward": REWARD_TYPES,
 }  # the marker topic may carry anything
 TWIST_NAMES = ["linear.x", "linear.y", "linear.z", "angular.x", "angular.y", "angular.z"]
+IMAGE_ROLE = "image:"  # a camera's role is "image:<camera>"; the first camera's images set the clock
+CAMERA_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a store camera name: part of a zarr array's name
+
+
+def _kind(role: str) -> str:
+    """What a role's topic carries: "image" for every camera's, else the role itself."""
+    return "image" if role.startswith(IMAGE_ROLE) else role
+
+
+def _describe(role: str) -> str:
+    return f"image of camera {role[len(IMAGE_ROLE) :]}" if role.startswith(IMAGE_ROLE) else role
+
+
+def _image_roles(streams: dict) -> list[str]:
+    """The cameras' roles, in the store's camera order: the first is the clock."""
+    return [role for role in streams if role.startswith(IMAGE_ROLE)]
 
 
 @dataclass
@@ -78,6 +96,10 @@ class ImportBagConfig:
     image_topic: str = field(
         default="",
         metadata={"help": "sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) or CompressedImage"},
+    )
+    image_topics: list[str] = field(
+        default_factory=list,
+        metadata={"help": "several cameras' image topics, instead of image_topic; the first sets the clock"},
     )
     action_topic: str = field(
         default="",
@@ -104,6 +126,12 @@ class ImportBagConfig:
     )
     image_size: int = field(default=64, metadata={"help": "square frame size: centre crop, then resize"})
     camera: str = field(default="", metadata={"help": "camera name in the store; '' = from image_topic"})
+    cameras: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "camera names of image_topics, in order; [] = the first level where the topic names differ"
+        },
+    )
     joints: list[str] = field(
         default_factory=list,
         metadata={"help": "joints kept, in this order; [] = all, as the first message names them"},
@@ -148,17 +176,21 @@ def _topic_types(reader) -> dict[str, list[str]]:
     }
 
 
-def _check_topics(roles: dict[str, str], topics: dict[str, list[str]]) -> None:
+def _check_topics(roles: dict[str, str], topics: dict[str, list[str]], cfg: ImportBagConfig) -> None:
     """Refuse a topic the bag lacks, or one whose type this importer cannot read."""
     listing = "; ".join(f"{t} ({', '.join(types)})" for t, types in topics.items()) or "none"
     for role, topic in roles.items():
+        kind = _kind(role)
         if topic not in topics:
-            raise WmSimError(f"the bag has no topic {topic!r} ({role}_topic); its topics: {listing}")
-        wrong = [t for t in topics[topic] if t not in ACCEPTED_TYPES.get(role, (t,))]
+            option = "image_topics" if kind == "image" and cfg.image_topics else f"{kind}_topic"
+            raise WmSimError(
+                f"the bag has no topic {topic!r} ({option}, the {_describe(role)}); its topics: {listing}"
+            )
+        wrong = [t for t in topics[topic] if t not in ACCEPTED_TYPES.get(kind, (t,))]
         if wrong:
             raise WmSimError(
-                f"topic {topic} carries {', '.join(wrong)}; the {role} topic must carry one of: "
-                + ", ".join(ACCEPTED_TYPES[role])
+                f"topic {topic} carries {', '.join(wrong)}; the {kind} topic must carry one of: "
+                + ", ".join(ACCEPTED_TYPES[kind])
             )
 
 
@@ -166,7 +198,7 @@ class _Converter:
     """Turns each message of one role into the array a row holds; checks that shapes never change."""
 
     def __init__(self, role: str, cfg: ImportBagConfig):
-        self.role, self.cfg = role, cfg
+        self.role, self.cfg = _kind(role), cfg
         self.names: list[str] | None = None  # entry names, fixed by the first message
         self.joint_order: list[str] = []  # the joints kept, fixed by the first message
 
@@ -236,7 +268,7 @@ def _read_streams(bag: Path, roles: dict[str, str], cfg: ImportBagConfig) -> dic
         # (a damaged or mislabelled file) surface as decoding or parsing errors instead
         raise WmSimError(f"cannot read {bag} as a rosbag ({type(exc).__name__}: {exc})") from exc
     try:  # opened above, where its errors are told apart from ours: `with` would open it again
-        _check_topics(roles, _topic_types(reader))
+        _check_topics(roles, _topic_types(reader), cfg)
         return _read_messages(reader, roles, cfg, bag)
     finally:
         reader.close()
@@ -275,8 +307,8 @@ def _read_messages(reader, roles: dict[str, str], cfg: ImportBagConfig, bag: Pat
         stamped[role].append(bool(stamp))
     streams = {}
     for role, topic in roles.items():
-        if not values[role] and role in REQUIRED:
-            raise WmSimError(f"topic {topic} ({role}) has no messages in the bag")
+        if not values[role] and _kind(role) in REQUIRED:
+            raise WmSimError(f"topic {topic} ({_describe(role)}) has no messages in the bag")
         order = np.argsort(np.asarray(times[role], dtype=np.int64), kind="stable")
         msgtypes = sorted({c.msgtype for c in connections if c.topic == topic})
         stream = Stream(
@@ -350,9 +382,9 @@ class Segment:
 
 
 def _segments(streams: dict[str, Stream], gap_ns: int) -> list[Segment]:
-    """The bag cut at every silence longer than gap on the image or command topic, and at markers."""
+    """The bag cut at every silence longer than gap on an image or the command topic, and at markers."""
     silences = []
-    for role in ("image", "command"):
+    for role in (*_image_roles(streams), "command"):
         times = streams[role].times
         for i in np.flatnonzero(np.diff(times) > gap_ns):
             silences.append((int(times[i]) + 1, int(times[i + 1])))
@@ -390,16 +422,17 @@ class Episode:
     reward_missing: int = 0  # rows before the first reward message (reward 0)
 
 
-REQUIRED = ("image", "command", "joint_state")
+REQUIRED = ("image", "command", "joint_state")  # kinds of topic every row needs a message of
 
 
 def _episode(streams: dict[str, Stream], segment: Segment, period_ns: float) -> Episode | None:
     """The ticks of one segment and the message each topic holds at each; None when it has none."""
     bounds = {role: s.between(segment.lo, segment.hi) for role, s in streams.items()}
-    required = [r for r in REQUIRED if r in streams]
+    required = [r for r in streams if _kind(r) in REQUIRED]
     if any(bounds[r][0] == bounds[r][1] for r in required):
         return None
-    t0 = int(streams["image"].times[bounds["image"][0]])
+    clock = _image_roles(streams)[0]
+    t0 = int(streams[clock].times[bounds[clock][0]])
     end = min(int(streams[r].times[bounds[r][1] - 1]) for r in required)
     if end < t0:
         return None
@@ -483,7 +516,9 @@ def _report(
     """Everything the import did, as JSON: per topic, how its messages were used."""
     topics = {}
     for role, stream in streams.items():
-        topics[stream.topic] = {"role": role, "type": stream.msgtype, "clock": stream.clock}
+        topics[stream.topic] = {"role": _kind(role), "type": stream.msgtype, "clock": stream.clock}
+        if role.startswith(IMAGE_ROLE):
+            topics[stream.topic]["camera"] = role[len(IMAGE_ROLE) :]
         if role != "marker":
             topics[stream.topic] |= _topic_counts(stream, episodes)
         else:
@@ -498,6 +533,7 @@ def _report(
         "out": str(out),
         "fps": info.fps,
         "fps_source": fps_source,
+        "cameras": info.cameras,
         "gap_s": cfg.gap,
         "min_episode_steps": cfg.min_episode_steps,
         "rows": int(sum(len(e.ticks) for e in episodes)),
@@ -522,6 +558,10 @@ def _report(
     }
 
 
+def _role_label(topic: dict) -> str:
+    return f"image ({topic['camera']})" if "camera" in topic else topic["role"]
+
+
 def _numbers(values: list[float]) -> str:
     return ", ".join(f"{v:.4g}" for v in values)
 
@@ -542,7 +582,7 @@ def format_report(report: dict) -> str:
     ]
     header = ("topic", "role", "type", "clock", "read", "used", "dropped", "held", "outside", "waiting")
     rows = [
-        (topic, t["role"], t["type"], t["clock"], *(str(t.get(k, "")) for k in header[4:]))
+        (topic, _role_label(t), t["type"], t["clock"], *(str(t.get(k, "")) for k in header[4:]))
         for topic, t in report["topics"].items()
     ]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -617,20 +657,22 @@ def _dataset_info(
         state_names = streams["joint_state"].names
     else:
         state_names = [f"previous {n}" for n in action_names]
-    camera = cfg.camera or camera_name(cfg.image_topic)
+    images = {role[len(IMAGE_ROLE) :]: streams[role].topic for role in _image_roles(streams)}
+    cameras = list(images)
     return DatasetInfo(
         task=cfg.task or f"rosbag:{_bag_name(bag)}",
         fps=fps,
         image_size=cfg.image_size,
-        cameras=[camera],
+        cameras=cameras,
         action_low=[-1.0] * len(action_names),
         action_high=[1.0] * len(action_names),
-        features=frame_features([camera], cfg.image_size, state_names, action_names),
+        features=frame_features(cameras, cfg.image_size, state_names, action_names),
         episode_steps=max(len(e.ticks) for e in episodes),
         collection={
             "source": "rosbag",
             "bag": str(bag.resolve()),
-            "topics": {role: stream.topic for role, stream in streams.items()},
+            "topics": {role: s.topic for role, s in streams.items() if not role.startswith(IMAGE_ROLE)}
+            | {"images": images},  # camera -> its image topic
             "stamps": cfg.stamps,
             "command_low": actions.low.tolist(),
             "command_high": actions.high.tolist(),
@@ -640,7 +682,7 @@ def _dataset_info(
 
 
 def _rows(
-    episode: Episode, index: int, streams: dict[str, Stream], actions: np.ndarray, camera: str
+    episode: Episode, index: int, streams: dict[str, Stream], actions: np.ndarray
 ) -> dict[str, np.ndarray]:
     """The store rows of one episode; `actions` are its normalised commands."""
     length = len(episode.ticks)
@@ -652,14 +694,18 @@ def _rows(
     if "reward" in streams:
         picks = episode.picks["reward"]
         reward[picks >= 0] = streams["reward"].values[picks[picks >= 0]]
-    return {
-        image_key(camera): streams["image"].values[episode.picks["image"]],
+    rows = {
+        image_key(role[len(IMAGE_ROLE) :]): streams[role].values[episode.picks[role]]
+        for role in _image_roles(streams)
+    }  # every camera's frame in force at each tick
+    rows |= {
         STATE_KEY: state,
         ACTION_KEY: actions,
         REWARD_KEY: reward,
         TERMINATED_KEY: np.zeros(length, dtype=bool),
         SUCCESS_KEY: np.zeros(length, dtype=bool),
-    } | episode_bookkeeping(index, (episode.ticks - episode.ticks[0]) / 1e9)
+    }
+    return rows | episode_bookkeeping(index, (episode.ticks - episode.ticks[0]) / 1e9)
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -690,9 +736,24 @@ def _bag_path(bag: str) -> Path:
 
 
 def _check_config(cfg: ImportBagConfig) -> None:
-    if not cfg.image_topic or not cfg.action_topic:
-        raise WmSimError("image_topic= and action_topic= are required (the camera and command topics)")
-    topics = [cfg.image_topic, cfg.action_topic, cfg.joint_state_topic, cfg.reward_topic, cfg.marker_topic]
+    if not (cfg.image_topic or cfg.image_topics) or not cfg.action_topic:
+        raise WmSimError(
+            "image_topic= (or image_topics=[...] for several cameras) and action_topic= are required "
+            "(the camera and command topics)"
+        )
+    if cfg.image_topic and cfg.image_topics:
+        raise WmSimError(
+            f"give image_topic= (one camera) or image_topics= (several), not both: got {cfg.image_topic!r} "
+            f"and {cfg.image_topics}"
+        )
+    if cfg.camera and cfg.cameras:
+        raise WmSimError(
+            f"give camera= (one camera) or cameras= (several), not both: got {cfg.camera!r} and {cfg.cameras}"
+        )
+    topics = [
+        cfg.image_topic, *cfg.image_topics, cfg.action_topic, cfg.joint_state_topic, cfg.reward_topic,
+        cfg.marker_topic,
+    ]  # fmt: skip
     named = [t for t in topics if t]
     if len(set(named)) != len(named):
         raise WmSimError(f"each topic may serve one role only, got {named}")
@@ -716,6 +777,51 @@ def camera_name(topic: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", parts[0] if parts else "camera")
 
 
+def camera_names(topics: list[str]) -> list[str]:
+    """Store camera names from image topics: one topic's is `camera_name`'s; several are named by the
+    first level at which every topic's name differs, so `/wm_sim/top/image_raw` and
+    `/wm_sim/side/image_raw` (what `wm-sim ros serve` publishes) give `top` and `side`."""
+    if len(topics) == 1:
+        return [camera_name(topics[0])]
+    levels = [[p for p in topic.split("/") if p] for topic in topics]
+    for depth in range(max(map(len, levels))):
+        names = [
+            re.sub(r"[^A-Za-z0-9_-]", "_", parts[depth]) if depth < len(parts) else "" for parts in levels
+        ]
+        if all(names) and len(set(names)) == len(names):
+            return names
+    raise WmSimError(
+        f"cannot name the cameras of image_topics {topics}: no level of the topic names tells them all "
+        "apart; name them with cameras=[...], one name per topic"
+    )
+
+
+def _camera_topics(cfg: ImportBagConfig) -> dict[str, str]:
+    """{camera: its image topic}, in the order given: the store's camera order."""
+    topics = cfg.image_topics or [cfg.image_topic]
+    given = cfg.cameras or ([cfg.camera] if cfg.camera else [])
+    if given and len(given) != len(topics):
+        raise WmSimError(
+            f"cameras= names {len(given)} cameras {given} for {len(topics)} image topics {topics}: "
+            "give one name per topic, in the same order"
+        )
+    names = given or camera_names(topics)
+    for name, topic in zip(names, topics, strict=True):
+        if not CAMERA_NAME.fullmatch(name):
+            raise WmSimError(
+                f"camera name {name!r} (of {topic}) is not a store camera name: expected ASCII letters, "
+                "digits, '_' and '-'"
+            )
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            first = topics[names.index(name)]
+            raise WmSimError(
+                f"image topics {first} and {topics[i]} both give camera {name!r}: each camera needs its "
+                "own name; name them with cameras=[...], one name per topic"
+            )
+    return dict(zip(names, topics, strict=True))
+
+
 def _bag_name(bag: Path) -> str:
     return bag.stem if bag.is_file() else bag.resolve().name
 
@@ -727,13 +833,17 @@ def import_bag(cfg: ImportBagConfig) -> Path:
     out = Path(cfg.out or f"datasets/{_bag_name(bag)}.zarr")
     if out.exists():
         raise WmSimError(f"{out} already exists; refusing to overwrite it: choose another out= or delete it")
-    roles = {"image": cfg.image_topic, "command": cfg.action_topic}
+    cameras = _camera_topics(cfg)
+    roles = {f"{IMAGE_ROLE}{camera}": topic for camera, topic in cameras.items()}
+    roles["command"] = cfg.action_topic
     optional = {"joint_state": cfg.joint_state_topic, "reward": cfg.reward_topic, "marker": cfg.marker_topic}
     roles |= {role: topic for role, topic in optional.items() if topic}
     streams = _read_streams(bag, roles, cfg)
     _check_clocks(streams)
     gap_ns = int(cfg.gap * 1e9)
-    fps, fps_source = (float(cfg.fps), "fps=") if cfg.fps else _estimate_fps(streams["image"], gap_ns)
+    fps, fps_source = (
+        (float(cfg.fps), "fps=") if cfg.fps else _estimate_fps(streams[_image_roles(streams)[0]], gap_ns)
+    )
     candidates = [e for seg in _segments(streams, gap_ns) if (e := _episode(streams, seg, 1e9 / fps))]
     episodes = [e for e in candidates if len(e.ticks) >= cfg.min_episode_steps]
     short = [e for e in candidates if len(e.ticks) < cfg.min_episode_steps]
@@ -746,8 +856,7 @@ def import_bag(cfg: ImportBagConfig) -> Path:
     info = _dataset_info(cfg, bag, fps, streams, episodes, actions)
     report = _report(cfg, out, info, streams, episodes, short, fps_source, actions)
     rows = [
-        _rows(e, i, streams, a, info.cameras[0])
-        for i, (e, a) in enumerate(zip(episodes, actions.per_episode, strict=True))
+        _rows(e, i, streams, a) for i, (e, a) in enumerate(zip(episodes, actions.per_episode, strict=True))
     ]
     write_imported_store(out, info, rows, report, REPORT_FILE)
     print(format_report(report))

@@ -1,20 +1,22 @@
 """`RosEnv`: any ROS 2 robot or simulator as a Gymnasium env, so this project's policies run on it.
 
-`step(action)` publishes the command and waits for the next camera image, and the joint state
-stamped with it; reward and termination come from their topics when the robot has them.
-Against `wm-sim ros serve` the spaces, bounds and joint names are read from the server's
-parameters, seeds travel with each reset, and a seeded episode is reproducible:
+`step(action)` publishes the command and waits for the next camera image (every camera's, with
+several), and the joint state stamped with it; reward and termination come from their topics
+when the robot has them. Against `wm-sim ros serve` the spaces, bounds, cameras and joint names
+are read from the server's parameters, seeds travel with each reset, and a seeded episode is
+reproducible:
 
     env = RosEnv()                                   # /wm_sim, served by `wm-sim ros serve`
     env = RosEnv(namespace="/arm", image_topic="/arm/camera/image_raw", action_low=[-1] * 7,
                  action_high=[1] * 7, state_names=[...], image_size=64, reward_topic="")
+    env = RosEnv(..., image_topics={"wrist": "/wrist/image_raw", "front": "/front/image_raw"})
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import gymnasium
@@ -35,7 +37,9 @@ class RosEnv(gymnasium.Env):
     """A Gymnasium env whose dynamics are whatever answers on the ROS topics.
 
     Observation: Dict(pixels=Box(0, 255, (S, S, 3), uint8), agent_pos=Box(float32)) (agent_pos
-    only with a joint-state topic): the spaces of this project's envs. Images of another size are
+    only with a joint-state topic): the spaces of this project's envs. With several cameras,
+    pixels is Dict({camera: Box(0, 255, (S, S, 3), uint8)}) in `cameras` order (LeRobot's layout),
+    each camera's frame the one stamped like the first camera's. Images of another size are
     centre-cropped and resized; images of an unknown encoding are dropped with a warning.
     Action: Box(action_low, action_high). `info["elapsed"]`: seconds since the episode's first
     observation, by the stamps; `stamp`: the last observation's stamp in seconds.
@@ -49,6 +53,7 @@ class RosEnv(gymnasium.Env):
         server: str | None = "simulator",
         command_topic: str = topics.COMMANDS,
         image_topic: str = topics.IMAGE,
+        image_topics: Mapping[str, str] | None = None,
         joint_state_topic: str = topics.JOINT_STATES,
         reward_topic: str | None = None,
         done_topic: str | None = None,
@@ -70,10 +75,12 @@ class RosEnv(gymnasium.Env):
         node); None for a robot, which then needs action_low, action_high and image_size (and
         state_names with a joint-state topic). The reward, done, terminated topics and the reset
         service default to the server's names with a server, and to off (None) without one.
-        `slop`: how far (s) a joint state's stamp may be from its image's; 0 matches stamps
-        exactly, as `wm-sim ros serve` stamps both alike. `localhost_only` keeps DDS discovery on
-        this host unless the shell sets ROS_AUTOMATIC_DISCOVERY_RANGE: pass False for a robot on
-        the network.
+        `image_topics` ({camera: topic}, instead of `image_topic`) observes several cameras;
+        against a server that declares several, its cameras are observed unless an image topic
+        is named. `slop`: how far (s) a joint state's or another camera's stamp may be from the
+        first camera's image; 0 matches stamps exactly, as `wm-sim ros serve` stamps them alike.
+        `localhost_only` keeps DDS discovery on this host unless the shell sets
+        ROS_AUTOMATIC_DISCOVERY_RANGE: pass False for a robot on the network.
         """
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
@@ -93,7 +100,6 @@ class RosEnv(gymnasium.Env):
         optional = lambda given, default: name(default if given is None and server else given)  # noqa: E731
         self.topics = {
             "commands": name(command_topic),
-            "image": name(image_topic),
             "joint_states": name(joint_state_topic),
             "reward": optional(reward_topic, topics.REWARD),
             "done": optional(done_topic, topics.DONE),
@@ -107,9 +113,10 @@ class RosEnv(gymnasium.Env):
         self.dropped_images = 0
         self._last_stamp = -1
         self._episode_start = 0
-        self._pixels: np.ndarray | None = None
+        self._pixels: np.ndarray | None = None  # the first camera's last frame: what render() shows
         self._needs_reset = True
-        self._images: list[tuple[int, np.ndarray]] = []  # (stamp_ns, pixels), oldest first
+        # camera -> its (stamp_ns, pixels), oldest first
+        self._images: dict[str, list[tuple[int, np.ndarray]]] = {}
         self._joints: dict[int, np.ndarray] = {}  # stamp_ns -> agent_pos
         self._rewards: list[float] = []
         self._dones: list[bool] = []
@@ -124,6 +131,10 @@ class RosEnv(gymnasium.Env):
             self._executor.add_node(self._node)
             self._server = topics.join(self.namespace, server) if server else None
             described = self._read_server_parameters(connect_timeout) if self._server else {}
+            self.image_topics = _camera_topics(described, image_topic, image_topics, name)
+            # the cameras in observation order; the first one's frames pace the steps
+            self.cameras: tuple[str, ...] = tuple(self.image_topics)
+            self._images = {camera: [] for camera in self.cameras}
             self._build_spaces(described, action_low, action_high, state_names, image_size)
             qos = topics.Qos.make()
             self._publisher = self._node.create_publisher(
@@ -132,7 +143,8 @@ class RosEnv(gymnasium.Env):
             subscribe = lambda kind, topic, callback, profile: self._subscriptions.append(  # noqa: E731
                 self._node.create_subscription(kind, topic, self._counted(callback), profile)
             )
-            subscribe(Image, self.topics["image"], self._on_image, qos.sensor)
+            for camera, topic in self.image_topics.items():
+                subscribe(Image, topic, lambda m, c=camera: self._on_image(c, m), qos.sensor)
             if self.joint_layout is not None:
                 # a robot's driver may publish joint states best effort: a best-effort reader takes both
                 profile = qos.reliable if self._server else qos.sensor
@@ -256,7 +268,9 @@ class RosEnv(gymnasium.Env):
             "state_low",
             "state_high",
             "fps",
-        ]
+            topics.CAMERAS_PARAMETER,
+            topics.IMAGE_TOPICS_PARAMETER,
+        ]  # a server from before several cameras declares no cameras: it has one, on image_raw
         request = GetParameters.Request(names=names)
         try:
             reply = self._call(client, request, f"the parameters of {self._server}", timeout)
@@ -295,7 +309,11 @@ class RosEnv(gymnasium.Env):
         names = list(state_names) if state_names is not None else list(described.get("state_names", []))
         self.joint_layout = topics.JointLayout.of(names) if names and self.topics["joint_states"] else None
         self.action_space = spaces.Box(low, high, dtype=np.float32)
-        observation = {"pixels": spaces.Box(0, 255, (int(size), int(size), 3), np.uint8)}
+        self._image_size = int(size)
+        frame = spaces.Box(0, 255, (int(size), int(size), 3), np.uint8)
+        # a list of pairs keeps the cameras' order (a Dict of a mapping sorts it)
+        pixels = frame if len(self.cameras) == 1 else spaces.Dict([(c, frame) for c in self.cameras])
+        observation: dict[str, spaces.Space] = {"pixels": pixels}
         if self.joint_layout is not None:
             s_low = np.asarray(described.get("state_low", [-np.inf] * len(names)), np.float32)
             s_high = np.asarray(described.get("state_high", [np.inf] * len(names)), np.float32)
@@ -313,16 +331,16 @@ class RosEnv(gymnasium.Env):
     # --- waiting on ROS -------------------------------------------------------------------------
 
     def _connect(self, timeout: float) -> None:
-        """Wait until the command topic has a subscriber and the image topic a publisher."""
+        """Wait until the command topic has a subscriber and every image topic a publisher."""
         checks = [
             (
                 lambda: self._publisher.get_subscription_count() > 0,
                 f"a subscriber on {self.topics['commands']}",
             ),
-            (
-                lambda: self._node.count_publishers(self.topics["image"]) > 0,
-                f"a publisher on {self.topics['image']}",
-            ),
+        ]
+        checks += [
+            (lambda t=topic: self._node.count_publishers(t) > 0, f"a publisher on {topic}")
+            for topic in self.image_topics.values()
         ]
         checks += [
             (lambda s=s: s.get_publisher_count() > 0, f"our reader of {s.topic_name} to match its publisher")
@@ -384,15 +402,26 @@ class RosEnv(gymnasium.Env):
         if not reply.results[0].successful:
             raise WmSimError(f"{self._server} refused the reset seed: {reply.results[0].reason}")
 
-    def _wait_observation(self, after_ns: int, what: str) -> tuple[dict[str, np.ndarray], int]:
-        """The first image stamped after `after_ns`, with its joint state; its stamp."""
-        found: list[tuple[dict[str, np.ndarray], int]] = []
+    def _wait_observation(self, after_ns: int, what: str) -> tuple[dict[str, Any], int]:
+        """The first image of the first camera stamped after `after_ns`, with the other cameras'
+        images and the joint state stamped with it; its stamp."""
+        found: list[tuple[dict[str, Any], int]] = []
+        first, others = self.cameras[0], self.cameras[1:]
 
         def ready() -> bool:
-            for stamp, pixels in self._images:
+            for stamp, pixels in self._images[first]:
                 if stamp <= after_ns:
                     continue
-                obs = {"pixels": pixels.copy()}
+                frames = {first: pixels, **{c: self._frame_at(c, stamp) for c in others}}
+                lacking = [c for c, frame in frames.items() if frame is None]
+                if lacking:
+                    # best-effort frames get lost: once a camera sent a later one, this stamp never completes
+                    if all(self._newest_stamp(c) > stamp + self.slop_ns for c in lacking):
+                        continue
+                    return False
+                obs: dict[str, Any] = {
+                    "pixels": pixels.copy() if not others else {c: f.copy() for c, f in frames.items()}
+                }
                 if self.joint_layout is not None:
                     state = self._joint_state_at(stamp)
                     if state is None:
@@ -405,10 +434,22 @@ class RosEnv(gymnasium.Env):
         self._wait_for(ready, what)
         obs, stamp = found[0]
         self._last_stamp = stamp
-        self._pixels = obs["pixels"]
-        self._images = [(s, p) for s, p in self._images if s > stamp]
+        self._pixels = obs["pixels"] if not others else obs["pixels"][first]
+        self._images = {
+            camera: [(s, p) for s, p in images if s > stamp + (self.slop_ns if camera != first else 0)]
+            for camera, images in self._images.items()
+        }
         self._joints = {s: v for s, v in self._joints.items() if s >= stamp - self.slop_ns}
         return obs, stamp
+
+    def _frame_at(self, camera: str, stamp: int) -> np.ndarray | None:
+        """The camera's image stamped `stamp` (nearest within the slop), or None while it has none."""
+        near = [
+            (abs(s - stamp), i)
+            for i, (s, _) in enumerate(self._images[camera])
+            if abs(s - stamp) <= self.slop_ns
+        ]
+        return self._images[camera][min(near)[1]][1] if near else None
 
     def _joint_state_at(self, stamp: int) -> np.ndarray | None:
         if self.slop_ns == 0:
@@ -418,8 +459,9 @@ class RosEnv(gymnasium.Env):
             state = self._joints[min(near, key=lambda s: abs(s - stamp))] if near else None
         return None if state is None else state.copy()
 
-    def _newest_stamp(self) -> int:
-        return max([self._last_stamp, *(stamp for stamp, _ in self._images)])
+    def _newest_stamp(self, camera: str | None = None) -> int:
+        """The newest stamp seen of `camera`'s images (the first camera's by default)."""
+        return max([self._last_stamp, *(stamp for stamp, _ in self._images[camera or self.cameras[0]])])
 
     def _wait_scalars(self, what: str) -> None:
         """Wait for a message on each enabled reward, done and terminated topic."""
@@ -432,17 +474,20 @@ class RosEnv(gymnasium.Env):
 
     # --- subscriptions --------------------------------------------------------------------------
 
-    def _on_image(self, msg: Any) -> None:
+    def _on_image(self, camera: str, msg: Any) -> None:
         try:
             rgb = image_to_rgb(msg)
         except WmSimError as exc:
             self.dropped_images += 1
-            self._warn("image", f"image dropped ({self.dropped_images} so far): {exc}")
+            self._warn(
+                "image", f"image of {self.image_topics[camera]} dropped ({self.dropped_images} so far): {exc}"
+            )
             return
-        size = self.observation_space["pixels"].shape[0]
+        size = self._image_size
         pixels = rgb if rgb.shape[:2] == (size, size) else square_frame(rgb, size)
-        self._images.append((topics.stamp_ns(msg.header.stamp), pixels))
-        del self._images[:-32]
+        images = self._images[camera]
+        images.append((topics.stamp_ns(msg.header.stamp), pixels))
+        del images[:-32]
 
     def _on_joints(self, msg: Any) -> None:
         try:
@@ -457,3 +502,21 @@ class RosEnv(gymnasium.Env):
     def _warn(self, reason: str, text: str) -> None:
         if self._may_warn(reason):
             self._node.get_logger().warning(text)
+
+
+def _camera_topics(
+    described: dict[str, Any],
+    image_topic: str,
+    image_topics: Mapping[str, str] | None,
+    name: Callable[[str], str],
+) -> dict[str, str]:
+    """{camera: full image topic}: those asked, else a server's several cameras, else `image_topic`."""
+    if image_topics is not None:
+        if not image_topics or not all(camera and topic for camera, topic in image_topics.items()):
+            raise ValueError(f"image_topics must map camera names to image topics, got {dict(image_topics)}")
+        return {str(camera): name(topic) for camera, topic in image_topics.items()}
+    cameras = list(described.get(topics.CAMERAS_PARAMETER) or [])
+    served = list(described.get(topics.IMAGE_TOPICS_PARAMETER) or [])
+    if image_topic == topics.IMAGE and len(cameras) > 1 and len(served) == len(cameras):
+        return {camera: name(topic) for camera, topic in zip(cameras, served, strict=True)}
+    return {cameras[0] if len(cameras) == 1 else "camera": name(image_topic)}

@@ -3,6 +3,7 @@
     wm-sim ros serve env=wm_sim/Reacher-v0 mode=lockstep
     wm-sim ros serve env=wm_sim/Reacher-MuJoCo-v0 mode=realtime rate=50   # the physics twin, same topics
     wm-sim ros serve params=my_robot.yaml                                   # ROS parameter file
+    wm-sim ros serve env=wm_sim/Reacher-MuJoCo-v0 "+env_kwargs.cameras=[top,side]"   # a topic per camera
 
 Topics, services and their QoS are in `wm_sim.ros.topics`; the node is `wm_sim.ros.sim_node`.
 """
@@ -44,7 +45,10 @@ class ServeConfig:
     rate: float = field(default=0.0, metadata={"help": "realtime steps per second (0: the env's fps)"})
     namespace: str = field(default="/wm_sim", metadata={"help": "the topics' namespace"})
     node_name: str = field(default="simulator", metadata={"help": "the node's name in that namespace"})
-    frame_id: str = field(default="camera", metadata={"help": "frame_id of the published images"})
+    frame_id: str = field(
+        default="camera",
+        metadata={"help": "frame_id of the published images (several cameras: <camera>_<frame_id>)"},
+    )
     seed: int = field(default=0, metadata={"help": "seed of the first episode (-1: unseeded)"})
     autoreset: bool = field(
         default=True, metadata={"help": "a command after an episode's end starts the next episode"}
@@ -63,7 +67,8 @@ class ServeConfig:
     # collapses the rate when anything else wants the cores (a command flood, DDS, another job):
     # served 12.6 Hz at threads=2 against 49.6 at 1, under a flood with every core busy (`wm-sim bench suite=ros`).
     threads: int = field(
-        default=1, metadata={"help": "torch CPU threads (1 holds a realtime rate under load; 0: torch's default)"}
+        default=1,
+        metadata={"help": "torch CPU threads (1 holds a realtime rate under load; 0: torch's default)"},
     )
 
 
@@ -113,7 +118,8 @@ def serve(cfg: ServeConfig) -> None:
         print(
             f"serving {cfg.env} ({cfg.mode}{f', {node.rate:g} Hz' if cfg.mode == 'realtime' else ''}) "
             f"as {node.get_fully_qualified_name()}: commands on {topics.join(ns, topics.COMMANDS)} "
-            f"[{node.action_dim} floats], observations on {topics.join(ns, topics.IMAGE)}, "
+            f"[{node.action_dim} floats], observations on "
+            f"{', '.join(topics.join(ns, topic) for topic in node.image_topics)}, "
             f"{topics.join(ns, topics.JOINT_STATES)}, {topics.join(ns, topics.REWARD)}, "
             f"{topics.join(ns, topics.DONE)}, /clock; Ctrl-C stops",
             flush=True,
@@ -194,7 +200,9 @@ def _hydra_value(value: object, path: Path) -> str:
         return repr(value)
     if isinstance(value, str):
         return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    raise WmSimError(f"{path}: parameter value {value!r} is not a string, number or boolean")
+    if isinstance(value, list) and not any(isinstance(item, list | dict) for item in value):
+        return "[" + ",".join(_hydra_value(item, path) for item in value) + "]"  # e.g. cameras: [top, side]
+    raise WmSimError(f"{path}: parameter value {value!r} is not a string, number, boolean or list of them")
 
 
 def read_ros_params(path: Path, node_name: str, namespace: str) -> dict[str, Any]:
@@ -235,4 +243,3 @@ def _check(cfg: ServeConfig) -> None:
         raise WmSimError(f"duration must be >= 0 seconds, got {cfg.duration}")
     topics.check_namespace(cfg.namespace)
     topics.check_node_name(cfg.node_name)
-

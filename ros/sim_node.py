@@ -1,7 +1,8 @@
 """The node behind `wm-sim ros serve`: one Gymnasium env behind ROS 2 topics and services.
 
 Lockstep: every command on `commands` advances the env exactly one step, and the observation it
-produces goes out stamped with the simulated time of that step (what RL over ROS needs).
+produces goes out stamped with the simulated time of that step (what RL over ROS needs): an env
+with several cameras publishes each camera's frame on its own topic, all with that one stamp.
 Realtime: a timer steps at `rate` Hz whether commands come or not, holding the last one (what a
 robot stack expects of a driver); a step that overruns its period is logged and published on
 /diagnostics. Simulated time advances one env period (1 / fps) per step and per reset and never
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,35 +64,82 @@ class NodeConfig:
     publish_clock: bool = True  # /clock is global: one simulator per ROS domain should publish it
 
 
-def pixel_key(space: gymnasium.Space) -> str | None:
-    """The observation's image: None for a Box image, else the Dict key of the (H, W, 3) uint8 Box."""
-    if isinstance(space, gymnasium.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3:
+def _is_image(space: gymnasium.Space) -> bool:
+    return isinstance(space, gymnasium.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3
+
+
+@dataclass(frozen=True)
+class Cameras:
+    """Where an env's observation holds its camera images, and which cameras they are."""
+
+    key: str | None  # the observation's image entry; None: the observation is the image itself
+    names: tuple[str, ...]  # the cameras, in the order their topics are published
+    shape: tuple[int, ...]  # (H, W, 3): every camera's
+
+    def frames(self, obs: Any) -> list[np.ndarray]:
+        """Each camera's (H, W, 3) frame of one observation, in `names` order."""
+        pixels = obs if self.key is None else obs[self.key]
+        if isinstance(pixels, Mapping):
+            return [pixels[name] for name in self.names]
+        return [pixels]
+
+
+def find_cameras(env: gymnasium.Env) -> Cameras:
+    """The observation's images: a (H, W, 3) uint8 Box, alone or in a Dict, or a Dict of them per
+    camera (LeRobot's layout, `obs["pixels"][camera]`), named and ordered by the env's `cameras`."""
+    found = _image_entry(env.observation_space)
+    if found is None:
+        raise WmSimError(
+            "ros serve needs a pixel observation: a (H, W, 3) uint8 Box, alone or in a Dict, or a Dict "
+            f"of them per camera; got {env.observation_space}"
+        )
+    key, images = found
+    declared = tuple(getattr(env.unwrapped, "cameras", None) or ())
+    if images is None:  # one image, named after the env's camera where it declares one
+        image = env.observation_space if key is None else env.observation_space[key]
+        images = {declared[0] if len(declared) == 1 else "camera": image}
+    elif sorted(declared) == sorted(images):  # the env's camera order: a Dict space sorts its keys
+        images = {name: images[name] for name in declared}
+    shapes = {tuple(image.shape) for image in images.values()}
+    if len(shapes) != 1:
+        raise WmSimError(
+            "ros serve publishes every camera at one size (its image_height and image_width parameters); "
+            "the cameras' images have shapes " + ", ".join(f"{n}: {s.shape}" for n, s in images.items())
+        )
+    shape = shapes.pop()
+    if shape[-1] != 3:
+        raise WmSimError(f"ros serve publishes rgb8 images; the observation's image has shape {shape}")
+    return Cameras(key, tuple(str(name) for name in images), shape)
+
+
+def _image_entry(space: gymnasium.Space) -> tuple[str | None, dict[str, Any] | None] | None:
+    """(key, None) of the first single image (key None: the space is one), (key, {camera: space})
+    of the first Dict of images, or None when the observation has no image."""
+    if _is_image(space):
+        return None, None
+    if not isinstance(space, gymnasium.spaces.Dict):
         return None
-    if isinstance(space, gymnasium.spaces.Dict):
-        for key, sub in space.spaces.items():
-            if isinstance(sub, gymnasium.spaces.Box) and sub.dtype == np.uint8 and len(sub.shape) == 3:
-                return key
-    raise WmSimError(
-        f"ros serve needs a pixel observation: a (H, W, 3) uint8 Box, alone or in a Dict; got {space}"
-    )
+    for key, sub in space.spaces.items():
+        if _is_image(sub):
+            return key, None
+        if isinstance(sub, gymnasium.spaces.Dict) and sub.spaces and all(map(_is_image, sub.spaces.values())):
+            return key, dict(sub.spaces)
+    return None
 
 
-def check_servable(env: gymnasium.Env) -> tuple[str | None, str | None]:
-    """(pixel key, state key) of an env `ros serve` can serve, or one error saying what it lacks."""
+def check_servable(env: gymnasium.Env) -> tuple[Cameras, str | None]:
+    """(cameras, state key) of an env `ros serve` can serve, or one error saying what it lacks."""
     space = env.action_space
     if not (isinstance(space, gymnasium.spaces.Box) and len(space.shape) == 1):
         raise WmSimError(f"ros serve needs a 1-D Box action space (a command vector); got {space}")
-    image = pixel_key(env.observation_space)
+    cameras = find_cameras(env)
     state = None
     if isinstance(env.observation_space, gymnasium.spaces.Dict):
         for key in ("agent_pos", "state", "proprio"):
             if key in env.observation_space.spaces:
                 state = key
                 break
-    shape = env.observation_space[image].shape if image else env.observation_space.shape
-    if shape[-1] != 3:
-        raise WmSimError(f"ros serve publishes rgb8 images; the observation's image has shape {shape}")
-    return image, state
+    return cameras, state
 
 
 class SimulatorNode(Node):
@@ -102,7 +151,12 @@ class SimulatorNode(Node):
             raise WmSimError(f"mode must be 'lockstep' or 'realtime', got {config.mode!r}")
         self.env = env
         self.config = config
-        self.image_key, self.state_key = check_servable(env)
+        self.cameras, self.state_key = check_servable(env)
+        self.image_topics = topics.image_topics(self.cameras.names)
+        several = len(self.cameras.names) > 1  # each camera its own frame, as each has its own optics
+        self.frame_ids = [
+            f"{c}_{config.frame_id}" if several else config.frame_id for c in self.cameras.names
+        ]
         self.action_low = env.action_space.low.astype(np.float64)
         self.action_high = env.action_space.high.astype(np.float64)
         self.action_dim = int(env.action_space.shape[0])
@@ -140,7 +194,7 @@ class SimulatorNode(Node):
 
         self._declare_parameters(fps, state_dim)
         qos = topics.Qos.make()
-        self.pub_image = self.create_publisher(Image, topics.IMAGE, qos.sensor)
+        self.pub_images = [self.create_publisher(Image, topic, qos.sensor) for topic in self.image_topics]
         self.pub_joints = self.create_publisher(JointState, topics.JOINT_STATES, qos.reliable)
         self.pub_reward = self.create_publisher(Float32, topics.REWARD, qos.reliable)
         self.pub_done = self.create_publisher(Bool, topics.DONE, qos.reliable)
@@ -157,9 +211,8 @@ class SimulatorNode(Node):
 
     def _declare_parameters(self, fps: float, state_dim: int) -> None:
         fixed = ParameterDescriptor(read_only=True)
-        space = self.env.observation_space
-        shape = space[self.image_key].shape if self.image_key else space.shape
-        state_space = space[self.state_key] if self.state_key else None
+        shape = self.cameras.shape
+        state_space = self.env.observation_space[self.state_key] if self.state_key else None
         for name, value in {
             "mode": self.config.mode,
             "fps": fps,
@@ -168,6 +221,8 @@ class SimulatorNode(Node):
             "action_high": self.action_high.tolist(),
             "image_height": int(shape[0]),
             "image_width": int(shape[1]),
+            topics.CAMERAS_PARAMETER: list(self.cameras.names),
+            topics.IMAGE_TOPICS_PARAMETER: list(self.image_topics),
         }.items():
             self.declare_parameter(name, value, fixed)
         if state_space is not None:  # an empty array has no ROS parameter type: no state, no entries
@@ -274,8 +329,11 @@ class SimulatorNode(Node):
         self.pub_reward.publish(Float32(data=reward))
         self.pub_terminated.publish(Bool(data=terminated))
         self.pub_done.publish(Bool(data=done))
-        pixels = obs[self.image_key] if self.image_key else obs
-        self.pub_image.publish(topics.rgb_image_msg(pixels, stamp, self.config.frame_id))
+        # every camera's frame of a step carries that step's stamp: a client pairs them by it
+        for publisher, pixels, frame_id in zip(
+            self.pub_images, self.cameras.frames(obs), self.frame_ids, strict=True
+        ):
+            publisher.publish(topics.rgb_image_msg(pixels, stamp, frame_id))
 
     # --- reporting ------------------------------------------------------------------------------
 

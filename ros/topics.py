@@ -22,7 +22,7 @@ from wm_sim.optional import require
 COMMANDS = (
     "commands"  # std_msgs/Float64MultiArray: the raw action, as ros2_control's forward controller takes it
 )
-IMAGE = "image_raw"  # sensor_msgs/Image, rgb8, sensor-data QoS
+IMAGE = "image_raw"  # sensor_msgs/Image, rgb8, sensor-data QoS; several cameras: <camera>/image_raw
 JOINT_STATES = "joint_states"  # sensor_msgs/JointState: the (predicted) proprioception
 REWARD = "reward"  # std_msgs/Float32
 DONE = "done"  # std_msgs/Bool: the episode is over, terminated or truncated
@@ -34,6 +34,28 @@ DIAGNOSTICS = "/diagnostics"  # diagnostic_msgs/DiagnosticArray: realtime overru
 
 # The serving node's parameter that seeds the next reset (Trigger carries no arguments).
 RESET_SEED_PARAMETER = "reset_seed"
+# Its read-only parameters naming the cameras and, in the same order, their image topics.
+CAMERAS_PARAMETER = "cameras"
+IMAGE_TOPICS_PARAMETER = "image_topics"
+
+
+def image_topics(cameras: tuple[str, ...] | list[str]) -> list[str]:
+    """Each camera's image topic, relative to the namespace, in the cameras' order.
+
+    One camera keeps the single-camera name (`image_raw`), so one-camera clients never change;
+    several follow the ROS camera-driver layout, `<camera>/image_raw`, one topic per camera.
+    """
+    if len(cameras) == 1:
+        return [IMAGE]
+    for camera in cameras:
+        if not _is_token(camera):
+            raise WmSimError(
+                f"camera {camera!r} cannot name a ROS topic ({camera}/{IMAGE}): expected ASCII letters, "
+                "digits and single underscores, starting with a letter"
+            )
+    if len(set(cameras)) != len(cameras):
+        raise WmSimError(f"camera names must differ to get a topic each, got {list(cameras)}")
+    return [f"{camera}/{IMAGE}" for camera in cameras]
 
 
 def reset_reply(episode: int, stamp_ns: int) -> str:

@@ -404,7 +404,7 @@ class FakeRobot:
     """A robot driver in a thread of this process: a camera at 20 Hz (each frame preceded by a
     depth image RosEnv cannot use), joint states on the driver's own clock, a command topic."""
 
-    def __init__(self, namespace: str):
+    def __init__(self, namespace: str, wrist: bool = False):
         import threading
 
         self.context = rclpy.Context()
@@ -412,6 +412,8 @@ class FakeRobot:
         self.node = rclpy.create_node("fake_robot", namespace=namespace, context=self.context)
         qos = topics.Qos.make()
         self.image = self.node.create_publisher(Image, "camera/image_raw", qos.sensor)
+        # a second camera (green, 64x64), stamped 2 ms after the first: its own driver's clock
+        self.wrist = self.node.create_publisher(Image, "wrist/image_raw", qos.sensor) if wrist else None
         self.joints = self.node.create_publisher(JointState, "joint_states", qos.reliable)
         self.commands: list[list[float]] = []
         self.node.create_subscription(
@@ -450,6 +452,10 @@ class FakeRobot:
         joints.header.stamp = topics.time_msg(t + 0.004)  # the driver's own clock: close, not equal
         self.joints.publish(joints)
         self.image.publish(good)
+        if self.wrist is not None:
+            green = np.zeros((64, 64, 3), np.uint8)
+            green[..., 1] = 150
+            self.wrist.publish(topics.rgb_image_msg(green, topics.time_msg(t + 0.003), "wrist"))
 
     def close(self) -> None:
         rclpy.try_shutdown(context=self.context)
@@ -487,3 +493,179 @@ def test_ros_env_drives_a_robot_without_a_server():
             env.close()
     finally:
         robot.close()
+
+
+def test_ros_env_observes_a_robots_cameras_paired_by_stamp():
+    from wm_sim.ros.ros_env import RosEnv
+
+    robot = FakeRobot("/arm2", wrist=True)
+    try:
+        env = RosEnv(
+            namespace="/arm2", server=None, command_topic="cmd",
+            image_topics={"front": "camera/image_raw", "wrist": "wrist/image_raw"},
+            reward_topic="", done_topic="", terminated_topic="", reset_service="",
+            action_low=[-1, -1, -1], action_high=[1, 1, 1], state_names=["a", "b"], image_size=32,
+            slop=0.01, timeout=5.0, connect_timeout=30.0,
+        )  # fmt: skip
+        try:
+            assert env.cameras == ("front", "wrist")
+            assert list(env.observation_space["pixels"]) == ["front", "wrist"]  # the order given
+            env.reset()
+            obs, *_ = env.step(np.zeros(3, np.float32))
+            assert env.observation_space.contains(obs)
+            assert (obs["pixels"]["front"][..., 0] == 200).all()  # bgr8 red, cropped and resized to 32
+            wrist = obs["pixels"]["wrist"]
+            assert (wrist[..., 1] == 150).all() and (wrist[..., 0] == 0).all()  # paired within the slop
+        finally:
+            env.close()
+    finally:
+        robot.close()
+
+
+def test_each_camera_gets_its_own_topic_and_one_camera_keeps_image_raw():
+    import gymnasium as gym
+    from wm_sim.ros.sim_node import find_cameras
+
+    assert topics.image_topics(["top"]) == ["image_raw"]  # one camera: the topic of old, whatever its name
+    assert topics.image_topics(["top", "side"]) == ["top/image_raw", "side/image_raw"]
+    with pytest.raises(WmSimError, match="camera 'wrist-left' cannot name a ROS topic"):
+        topics.image_topics(["top", "wrist-left"])
+    for cameras, expected in ((None, ("top",)), (["side", "top"], ("side", "top"))):
+        env = gym.make("wm_sim/Reacher-MuJoCo-v0", cameras=cameras)
+        try:
+            found = find_cameras(env)
+            assert (found.key, found.names, found.shape) == ("pixels", expected, (64, 64, 3))
+            obs, _ = env.reset(seed=0)
+            frames = found.frames(obs)
+            assert len(frames) == len(expected) and all(f.shape == (64, 64, 3) for f in frames)
+        finally:
+            env.close()
+
+
+def test_params_file_passes_a_list_of_cameras_to_the_env(tmp_path):
+    from wm_sim.config import load_config
+
+    path = tmp_path / "serve.yaml"
+    path.write_text(
+        "simulator:\n  ros__parameters:\n    env: wm_sim/Reacher-MuJoCo-v0\n"
+        "    env_kwargs:\n      cameras: [top, side]\n"
+    )
+    cfg = load_config("ros serve", ServeConfig, with_params_file([f"params={path}"]))
+    assert cfg.env_kwargs == {"cameras": ["top", "side"]}
+
+
+@pytest.fixture(scope="session")
+def two_camera_checkpoint(tmp_path_factory) -> Path:
+    """A tiny world model of a two-camera (top, side) reacher dataset, trained a few steps: enough
+    to be served, not to be right."""
+    from wm_sim.collect import CollectConfig, collect
+    from wm_sim.tracking import WandbConfig
+    from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
+
+    root = tmp_path_factory.mktemp("two-cameras")
+    data = root / "reacher-two.zarr"
+    collect(
+        CollectConfig(
+            task="reacher",
+            policy="mixed",
+            episodes=2,
+            workers=1,
+            seed=7,
+            out=str(data),
+            cameras=["top", "side"],
+        )
+    )
+    tiny = ModelSize(
+        grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3
+    )
+    return train(
+        TrainConfig(
+            data=str(data), model=tiny, out=str(root / "run"), steps=5, training=TrainingConfig(batch_size=4, lr=3e-3),
+            val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
+        )
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_two_camera_world_model_publishes_a_topic_per_camera_with_one_stamp(two_camera_checkpoint, tmp_path):
+    from gymnasium.utils.env_checker import check_env
+    from rcl_interfaces.srv import GetParameters
+    from rclpy.parameter import parameter_value_to_python
+    from wm_sim.ros.messages import image_to_rgb
+    from wm_sim.ros.ros_env import RosEnv
+
+    ns = "/two_cameras"  # a namespace of its own: the module's lock-step server may be up on /wm_sim
+    server = Server(
+        tmp_path,
+        "env=wm_sim/WorldModel-v0",
+        f"+env_kwargs.checkpoint={two_camera_checkpoint}",
+        f"namespace={ns}",
+    )
+    client = Client(ns)
+    frames: dict[str, list[Image]] = {"top": [], "side": []}
+    for camera, received in frames.items():
+        client.node.create_subscription(
+            Image, topics.join(ns, f"{camera}/image_raw"), received.append, topics.Qos.make().sensor
+        )
+    stamps = lambda camera: [topics.stamp_ns(m.header.stamp) for m in frames[camera]]  # noqa: E731
+    try:
+        client.connect(server)
+        names = ["cameras", "image_topics", "image_height", "image_width"]
+        reply = client.call(
+            client.node.create_client(GetParameters, f"{ns}/simulator/get_parameters"),
+            GetParameters.Request(names=names),
+        )
+        declared = dict(zip(names, map(parameter_value_to_python, reply.values), strict=True))
+        assert declared == {
+            "cameras": ["top", "side"], "image_topics": ["top/image_raw", "side/image_raw"],
+            "image_height": 64, "image_width": 64,
+        }  # fmt: skip
+        assert client.node.count_publishers(topics.join(ns, topics.IMAGE)) == 0  # no single-camera topic
+
+        client.call(client.reset_client, Trigger.Request())
+        assert client.spin_until(lambda: frames["top"] and stamps("side")[-1:] == stamps("top")[-1:])
+        for _ in range(3):  # lock-step: each command, one frame of each camera, stamped alike
+            count = len(frames["top"])
+            client.send([0.3, -0.2])
+            assert client.spin_until(lambda c=count: len(frames["top"]) > c and len(frames["side"]) > c)
+            client.spin_for(0.2)
+        assert stamps("top") == stamps("side") and len(set(stamps("top"))) == len(frames["top"]) >= 4
+        assert np.all(np.diff(stamps("top")[-4:]) == 20_000_000)  # one simulated step apiece
+        for camera, received in frames.items():
+            msg = received[-1]
+            assert (msg.encoding, msg.height, msg.width, msg.step) == ("rgb8", 64, 64, 192)
+            assert msg.header.frame_id == f"{camera}_camera"  # each camera its own frame
+        assert topics.stamp_ns(client.joints[-1].header.stamp) == stamps("top")[-1]
+
+        env = RosEnv(namespace=ns, timeout=10.0)  # the server's cameras, from its parameters
+        try:
+            assert env.cameras == ("top", "side")
+            assert list(env.observation_space["pixels"]) == ["top", "side"]
+            check_env(env, skip_render_check=True)
+            first, _ = env.reset(seed=5)
+            assert not np.array_equal(
+                first["pixels"]["top"], first["pixels"]["side"]
+            )  # two views, not one twice
+            obs, reward, *_ = env.step(np.array([0.5, -0.5], np.float32))
+            assert env.observation_space.contains(obs) and np.isfinite(reward)
+            assert env.render() is None  # no render_mode
+            client.spin_for(0.5)  # what the plain subscriber got at that stamp is what the env observed
+            at = {
+                c: [m for m in frames[c] if topics.stamp_ns(m.header.stamp) == round(env.stamp * 1e9)]
+                for c in frames
+            }
+            for camera in ("top", "side"):
+                np.testing.assert_array_equal(image_to_rgb(at[camera][-1]), obs["pixels"][camera])
+            again, _ = env.reset(seed=5)
+            for camera in ("top", "side"):  # the seed travels to the server, for every camera
+                np.testing.assert_array_equal(first["pixels"][camera], again["pixels"][camera])
+        finally:
+            env.close()
+        assert server.alive()
+        code = server.interrupt()
+    finally:
+        client.close()
+        server.kill()
+    stdout, stderr = server.output()
+    assert code == 0, stderr
+    assert f"{ns}/top/image_raw, {ns}/side/image_raw" in stdout and "Traceback" not in stderr

@@ -480,3 +480,97 @@ def test_random_bytes_are_one_clear_error_and_write_nothing(damage, tmp_path):
     assert "Traceback" not in done.stderr and lines[-1].startswith("wm-sim ros import-bag: error:")
     assert str(bag) in lines[-1]
     assert not out.exists() and not list(tmp_path.glob("*.partial*"))
+
+
+TOP, SIDE = "/top/image_raw", "/side/image_raw"
+
+
+def side_frame(i: int) -> np.ndarray:
+    """Side image i: a 96x128 frame (another size than the top camera's) of solid (i, 100, 200)."""
+    return np.broadcast_to(np.array([i, 100, 200], np.uint8), (96, 128, 3)).copy()
+
+
+def two_cameras() -> list[tuple[str, str, int, object]]:
+    """Twelve frames of each of two cameras at 20 Hz, the side camera 10 ms after the top one, and
+    a command with each top frame (no header: its receive time)."""
+    first = 1000 * MS
+    messages = []
+    for k in range(12):
+        t = first + 50 * k * MS
+        messages.append((TOP, "sensor_msgs/msg/Image", t + 3 * MS, image_msg(t, frame(k))))
+        messages.append((SIDE, "sensor_msgs/msg/Image", t + 13 * MS, image_msg(t + 10 * MS, side_frame(k))))
+        messages.append((COMMAND, "std_msgs/msg/Float64MultiArray", t, command_msg([k])))
+    return messages
+
+
+def test_two_camera_bag_stores_every_camera_on_the_same_ticks(tmp_path):
+    bag = write_bag(tmp_path / "two", two_cameras())
+    out = import_bag(config(bag, tmp_path / "two.zarr", image_topic="", image_topics=[TOP, SIDE]))
+    store = EpisodeStore.open(out)
+    assert store.info.cameras == ["top", "side"]  # named by the topics, in the order given
+    assert store.info.fps == 20.0  # the first camera's period sets the clock
+    # the ticks start at the top camera's first frame; the first waits for the side camera's first
+    top, side = (store.read(f"observation.images.{c}", 0, store.num_frames) for c in ("top", "side"))
+    state = store.read("observation.state", 0, store.num_frames)
+    assert len(top) == len(side) == len(state) == store.num_frames == 11
+    assert top.shape[1:] == side.shape[1:] == (64, 64, 3)  # each camera cropped and resized alike
+    np.testing.assert_array_equal(top[:, 0, 0, 0], np.arange(1, 12))  # the top frame stamped at tick k
+    np.testing.assert_array_equal(side[:, 0, 0, 0], np.arange(0, 11))  # the side frame 40 ms before it
+    assert (side[..., 1] == 100).all() and (side[..., 2] == 200).all()
+    report = json.loads((out / "import_report.json").read_text())
+    assert report["cameras"] == ["top", "side"]
+    assert {t: (c["role"], c.get("camera")) for t, c in report["topics"].items()} == {
+        TOP: ("image", "top"),
+        SIDE: ("image", "side"),
+        COMMAND: ("command", None),
+    }
+    assert report["topics"][SIDE]["waiting"] == 1 and report["topics"][TOP]["used"] == 11
+    assert store.info.collection["topics"]["images"] == {"top": TOP, "side": SIDE}
+
+
+def test_cli_imports_several_cameras_under_the_names_given(tmp_path):
+    bag = write_bag(tmp_path / "two", two_cameras())
+    out = tmp_path / "named.zarr"
+    done = run_cli(
+        [f"bag={bag}", f"image_topics=[{SIDE},{TOP}]", "cameras=[wrist,overhead]", f"action_topic={COMMAND}", f"out={out}"]
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert f"{SIDE}  image (wrist)" in done.stdout and f"{TOP}   image (overhead)" in done.stdout
+    store = EpisodeStore.open(out)
+    assert store.info.cameras == ["wrist", "overhead"]
+    # the side camera listed first sets the clock now: ticks at its frames, each holding the top
+    # frame of 10 ms before, so no tick waits
+    wrist, overhead = (store.read(f"observation.images.{c}", 0, 11) for c in ("wrist", "overhead"))
+    assert store.num_frames == 11
+    np.testing.assert_array_equal(wrist[:, 0, 0, 0], np.arange(11))
+    np.testing.assert_array_equal(overhead[:, 0, 0, 0], np.arange(11))
+
+
+def test_camera_names_tell_the_topics_apart():
+    from wm_sim.ros.bag_import import camera_names
+
+    assert camera_names(["/wrist/image_raw"]) == ["wrist"]  # one topic: its first name, as before
+    assert camera_names(["/wm_sim/top/image_raw", "/wm_sim/side/image_raw"]) == ["top", "side"]
+    assert camera_names(["/cam1/color/image_raw", "/cam2/color/image_raw"]) == ["cam1", "cam2"]
+    with pytest.raises(WmSimError, match=r"name them with cameras=\[\.\.\.\]"):
+        camera_names(["/a/x/image", "/a/y/image", "/b/x/image"])
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"image_topics": [TOP, "/front/image_raw"]}, r"no topic '/front/image_raw' \(image_topics, the image of camera front\)"),
+        ({"image_topics": [TOP, SIDE], "cameras": ["a", "a"]}, f"image topics {TOP} and {SIDE} both give camera 'a'"),
+        ({"image_topics": [TOP, SIDE], "cameras": ["a"]}, r"names 1 cameras \['a'\] for 2 image topics"),
+        ({"image_topics": [TOP, SIDE], "cameras": ["a", "b/c"]}, f"camera name 'b/c' \\(of {SIDE}\\)"),
+        ({"image_topics": [TOP, TOP]}, "each topic may serve one role only"),
+        ({"image_topic": TOP, "image_topics": [TOP, SIDE]}, "not both"),
+    ],
+    ids=["missing_topic", "same_name", "too_few_names", "bad_name", "same_topic", "both_options"],
+)  # fmt: skip
+def test_bad_camera_topics_are_one_clear_error_and_write_nothing(options, expected, tmp_path):
+    bag = write_bag(tmp_path / "two", two_cameras())
+    out = tmp_path / "out.zarr"
+    with pytest.raises(WmSimError, match=expected):
+        import_bag(config(bag, out, **({"image_topic": ""} | options)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two"]
