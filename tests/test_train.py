@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+import wm_sim.distributed as distributed_module
+import wm_sim.objective as objective_module
 import wm_sim.train as train_module
 from wm_sim.checkpoint import LAST, load_checkpoint, lock_run_directory
 from wm_sim.collect import CollectConfig, collect
@@ -71,17 +73,17 @@ def test_an_anchored_model_trains_with_another_frame_of_the_window_as_its_anchor
 
 def _interrupted_after_step_2(data, out, monkeypatch) -> None:
     """Run to 4 steps, but die right after writing the step-2 checkpoint."""
-    real = train_module._checkpoint
+    real = train_module.save_model_checkpoint
 
     def die_after_step_2(run_dir, step, *args, **kwargs):
         real(run_dir, step, *args, **kwargs)
         if step == 2:
             raise KeyboardInterrupt  # the process is gone here, with its step-2 checkpoint on disk
 
-    monkeypatch.setattr(train_module, "_checkpoint", die_after_step_2)
+    monkeypatch.setattr(train_module, "save_model_checkpoint", die_after_step_2)
     with pytest.raises(KeyboardInterrupt):
         train(config(data, out, steps=4, val_fraction=0.5))
-    monkeypatch.setattr(train_module, "_checkpoint", real)
+    monkeypatch.setattr(train_module, "save_model_checkpoint", real)
 
 
 def _same_weights(a_dir, b_dir) -> None:
@@ -188,24 +190,24 @@ def test_the_continue_head_is_trained_on_terminations(tmp_path):
         )
     )
     windows = train_module.EpisodeWindows(store, TINY.window + 1, 0, "all", 0.0, pad_end=True)
-    batch = train_module.to_batch([windows[i] for i in range(len(windows))], ["default"], torch.device("cpu"))
+    batch = objective_module.to_batch([windows[i] for i in range(len(windows))], ["default"], torch.device("cpu"))
     assert batch["terminated"][:, :-1].sum() == 3  # each episode's fall is a transition the loss sees
     model = train_module.WorldModel(train_module.model_config(TINY, store))
     background = torch.from_numpy(train_module.background_frame(batch["pixels"][:, 0].numpy()))
-    terms = train_module.losses(model, batch, 0.1, 3, background, 2.0)  # the default recipe
+    terms = objective_module.losses(model, batch, 0.1, 3, background, 2.0)  # the default recipe
     assert all(torch.isfinite(v) for v in terms.values())
 
 
 def test_reward_weight_scales_the_reward_terms_in_the_total(reacher_store_path):
     store = train_module.EpisodeStore.open(reacher_store_path)
     windows = train_module.EpisodeWindows(store, TINY.window + 1, 0, "all", 0.0, pad_end=True)
-    batch = train_module.to_batch([windows[i] for i in range(4)], ["top"], torch.device("cpu"))
+    batch = objective_module.to_batch([windows[i] for i in range(4)], ["top"], torch.device("cpu"))
     model = train_module.WorldModel(train_module.model_config(TINY, store))
     background = torch.from_numpy(train_module.background_frame(batch["pixels"][:, 0].numpy()))
     totals = {}
     for weight in (0.1, 10.0):
         torch.manual_seed(0)  # the same noise, anchors and frames for both
-        terms = train_module.losses(model, batch, 0.1, 2, background, 2.0, weight)
+        terms = objective_module.losses(model, batch, 0.1, 2, background, 2.0, weight)
         totals[weight] = terms
     rewards = totals[0.1]["teacher_reward"] + totals[0.1]["own_reward"]
     assert rewards > 0
@@ -223,7 +225,7 @@ def test_validation_results_are_saved_with_the_checkpoint(reacher_store_path, tm
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
     reacher_store_path, tmp_path, monkeypatch
 ):
-    real = train_module.losses
+    real = objective_module.losses
     calls = {"n": 0}
 
     def nan_from_the_third_step(model, batch, *options):
@@ -233,7 +235,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(
             terms["total"] = terms["total"] * float("nan")
         return terms
 
-    monkeypatch.setattr(train_module, "losses", nan_from_the_third_step)
+    monkeypatch.setattr(objective_module, "losses", nan_from_the_third_step)
     run = tmp_path / "run"
     with pytest.raises(WmSimError, match=r"loss became nan at step 2.*last good checkpoint"):
         train(config(reacher_store_path, run, steps=4, val_fraction=0.0))
@@ -303,7 +305,7 @@ def test_gradients_are_averaged_in_place_of_ddp_with_zeros_for_parameters_withou
         model[0](torch.randn(6, 3)).square().sum().backward()  # the second layer gets no gradient
         before = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
         assert set(before) == {"0.weight", "0.bias"}
-        train_module._average_gradients(model, world_size=2)
+        distributed_module.average_gradients(model, world_size=2)
     finally:
         dist.destroy_process_group()
     for name, p in model.named_parameters():
@@ -439,12 +441,12 @@ def test_pixel_weights_weigh_what_differs_from_the_background():
     frame = torch.zeros(1, 2, 2, 3)
     frame[0, 0, 0] = torch.tensor([1.0, 0.0, 0.0])  # a red pixel on black: foreground
     frame[0, 1, 1] = 0.02  # a faint difference: mostly background
-    weight = train_module.pixel_weights(frame, background, 8.0)[0, ..., 0]
+    weight = objective_module.pixel_weights(frame, background, 8.0)[0, ..., 0]
     assert weight[0, 0] == 9.0 and weight[0, 1] == 1.0 and weight[1, 1] == pytest.approx(1.0 + 8.0 * 0.2)
-    assert torch.equal(train_module.pixel_weights(frame, background, 0.0), torch.ones(1, 2, 2, 1))
+    assert torch.equal(objective_module.pixel_weights(frame, background, 0.0), torch.ones(1, 2, 2, 1))
     # the weighted error is normalised by the weights: a uniform error stays itself
-    uniform = train_module._weighted_mse(
-        frame + 0.1, frame, train_module.pixel_weights(frame, background, 8.0)
+    uniform = objective_module._weighted_mse(
+        frame + 0.1, frame, objective_module.pixel_weights(frame, background, 8.0)
     )
     assert uniform == pytest.approx(0.01)
     frames = np.zeros((5, 2, 2, 3), np.uint8)
@@ -610,7 +612,8 @@ def test_a_transition_fitted_on_its_own_rollouts_drifts_less_than_a_one_step_fit
     reacher_store_path, tmp_path
 ):
     from wm_sim.data.store import EpisodeStore
-    from wm_sim.train import fit_transition, model_config
+    from wm_sim.head_fitting import fit_transition
+    from wm_sim.train import model_config
 
     store = EpisodeStore.open(reacher_store_path)
     shape = model_config(ModelSize(**{**TINY.__dict__, "transition": True}), store)
@@ -702,3 +705,15 @@ def test_an_out_under_a_file_is_refused_before_any_work(reacher_store_path, tmp_
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(WmSimError, match="cannot be created"):
         train(config(reacher_store_path, tmp_path / "a-file" / "run", steps=2))
+
+
+def test_model_size_holds_every_shape_option_the_dataset_does_not_fix():
+    """`model.<option>=` reaches every field of the model's shape but those the data decides, so
+    the error for a mismatched init= can name the option to pass."""
+    from dataclasses import fields
+
+    from wm_sim.model_upgrade import FIXED_BY_DATA
+    from wm_sim.world_model import WorldModelConfig
+
+    shape = {f.name for f in fields(WorldModelConfig)}
+    assert set(ModelSize.__dataclass_fields__) == shape - FIXED_BY_DATA

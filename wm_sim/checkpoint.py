@@ -436,6 +436,17 @@ def start_contexts(
     return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
 
 
+def run_contexts(
+    store: EpisodeStore, cameras: list[str], val_fraction: float, window: int
+) -> dict[str, torch.Tensor] | None:
+    """Start contexts from held-out episodes for every checkpoint of a run, so any checkpoint
+    resets as an env without `wm-sim package`; None when no episode is held out."""
+    frames = min(CONTEXT_FRAMES, window)
+    if not episodes_with_frames(store, "val", val_fraction, frames):
+        return None
+    return start_contexts(store, cameras, val_fraction, RUN_CONTEXTS, frames)
+
+
 def load_start_contexts(path: str | Path) -> dict[str, torch.Tensor]:
     """The bundled start contexts of a packaged checkpoint: frames, state, action (N, K, ...).
 

@@ -30,14 +30,14 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from wm_sim.checkpoint import LAST, check_dataset_fits, load_checkpoint, load_train_state
+from wm_sim import run_lifecycle as lifecycle
+from wm_sim.checkpoint import LAST, check_dataset_fits, load_checkpoint, load_train_state, run_contexts
 from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import episodes_with_frames
 from wm_sim.errors import WmSimError
 from wm_sim.metrics import background_frame
 from wm_sim.rollout import open_loop
-from wm_sim.train import _checkpoint, _holds_a_run, _set_lr, _unflatten, run_contexts
 from wm_sim.world_model import Anchor, WorldModel
 
 
@@ -114,46 +114,12 @@ def anchored(model: WorldModel) -> WorldModel:
 
 def tune_decoder(cfg: DecoderTuningConfig) -> Path:
     """Train an anchored decoder on a frozen world model; returns the run directory."""
-    if not cfg.checkpoint:
-        raise WmSimError("checkpoint= is required: the world model whose decoder to tune")
-    if min(cfg.steps, cfg.batch_size, cfg.context, cfg.horizon, cfg.checkpoint_every) < 1 or cfg.episodes < 0:
-        raise WmSimError(
-            "steps, batch_size, context, horizon and checkpoint_every must be >= 1 and episodes >= 0, got "
-            f"{cfg.steps}, {cfg.batch_size}, {cfg.context}, {cfg.horizon}, {cfg.checkpoint_every}, {cfg.episodes}"
-        )
-    if not 0.0 <= cfg.real_fraction <= 1.0:
-        raise WmSimError(f"real_fraction must be within [0, 1], got {cfg.real_fraction}")
-    if cfg.far_horizon and cfg.far_horizon <= cfg.horizon:
-        raise WmSimError(f"far_horizon must be 0 or beyond horizon={cfg.horizon}, got {cfg.far_horizon}")
-    resume = str(cfg.resume).lower()  # Hydra reads `resume=false` as a bool
-    if resume not in ("false", "auto"):
-        raise WmSimError(f"resume must be false or auto, got {cfg.resume!r}")
+    _check_options(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.out)
-    resuming = resume == "auto" and (run_dir / LAST).exists()
-    if _holds_a_run(run_dir) and not resuming:
-        raise WmSimError(
-            f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another out="
-        )
-    options = asdict(cfg)
-    model, meta = load_checkpoint(run_dir / LAST if resuming else cfg.checkpoint)
-    if model.config.cameras > 1:
-        raise WmSimError(
-            f"tune-decoder tunes one-camera models; {cfg.checkpoint} sees {model.config.cameras} cameras "
-            "(train it anchored from the start: model.anchored=true)"
-        )
-    # what the source says of its data and training stays; its shape and step are this run's
-    meta = {k: v for k, v in meta.items() if k not in ("schema_version", "model", "step")}
-    if resuming:
-        was = meta.get("decoder_tuning", {})
-        for key in RUN_IDENTITY:
-            if was.get(key) != options[key]:
-                raise WmSimError(
-                    f"cannot resume {run_dir}: it was tuned with {key}={was.get(key)!r}, this run asks for {options[key]!r}"
-                )
-    model = anchored(model)
-    meta["decoder_tuning"] = options
+    resuming = lifecycle.resumes(cfg.resume, run_dir)
+    model, meta = _source(cfg, run_dir, resuming)
     store = EpisodeStore.open(cfg.data)
     check_dataset_fits(model.config, meta, store.info, cfg.data)
     torch.manual_seed(cfg.seed)
@@ -169,11 +135,8 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
     step = 0
     if resuming:
         tensors, train_meta = load_train_state(run_dir / LAST)
-        optimiser.load_state_dict(_unflatten(train_meta["optimiser"], tensors))
-        rng.bit_generator.state = train_meta["rng"]
-        torch.set_rng_state(tensors["torch_rng"])
+        lifecycle.restore_training_state(tensors, train_meta, optimiser, rng)
         step = int(train_meta["step"])
-
     camera = meta.get("dataset", {}).get("camera", store.info.cameras[0])
     data = _own_rollouts(model, store, camera, meta, cfg)
     val_fraction = float(meta.get("train", {}).get("val_fraction", 0.1))
@@ -181,14 +144,11 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
     bar = tqdm(total=cfg.steps, initial=step, desc="tune-decoder", unit="step")
     try:
         while step < cfg.steps:
-            _set_lr(optimiser, step, cfg.steps)
+            lifecycle.set_lr(optimiser, step, cfg.steps)
             decoded, target, weight = _batch(model, data, cfg, rng)
             error = decoded - target
             loss = ((error.pow(2) + 0.5 * error.abs()) * weight).sum() / (3 * weight.sum()).clamp(min=1.0)
-            if not torch.isfinite(loss):
-                raise WmSimError(
-                    f"loss became {loss.item()} at step {step}; the last good checkpoint is {run_dir / LAST}"
-                )
+            lifecycle.check_finite(loss, step, run_dir)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.decoder.parameters(), 1.0)
@@ -196,11 +156,48 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.5f}")
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _checkpoint(run_dir, step, model, optimiser, rng, meta, contexts)
+            if lifecycle.checkpoint_due(step, cfg.checkpoint_every, cfg.steps):
+                lifecycle.save_model_checkpoint(run_dir, step, model, optimiser, rng, meta, contexts)
     finally:
         bar.close()
     return run_dir
+
+
+def _check_options(cfg: DecoderTuningConfig) -> None:
+    """One clear error for options no tuning run can use, before anything is read."""
+    if not cfg.checkpoint:
+        raise WmSimError("checkpoint= is required: the world model whose decoder to tune")
+    if min(cfg.steps, cfg.batch_size, cfg.context, cfg.horizon, cfg.checkpoint_every) < 1 or cfg.episodes < 0:
+        raise WmSimError(
+            "steps, batch_size, context, horizon and checkpoint_every must be >= 1 and episodes >= 0, got "
+            f"{cfg.steps}, {cfg.batch_size}, {cfg.context}, {cfg.horizon}, {cfg.checkpoint_every}, {cfg.episodes}"
+        )
+    if not 0.0 <= cfg.real_fraction <= 1.0:
+        raise WmSimError(f"real_fraction must be within [0, 1], got {cfg.real_fraction}")
+    if cfg.far_horizon and cfg.far_horizon <= cfg.horizon:
+        raise WmSimError(f"far_horizon must be 0 or beyond horizon={cfg.horizon}, got {cfg.far_horizon}")
+    lifecycle.resume_auto(cfg.resume)
+
+
+def _source(cfg: DecoderTuningConfig, run_dir: Path, resuming: bool) -> tuple[WorldModel, dict]:
+    """The model to tune (anchored) and the metadata its checkpoints carry: the source's data and
+    training, this run's options; a resumed run must be asked for with the same options."""
+    options = asdict(cfg)
+    model, meta = load_checkpoint(run_dir / LAST if resuming else cfg.checkpoint)
+    if model.config.cameras > 1:
+        raise WmSimError(
+            f"tune-decoder tunes one-camera models; {cfg.checkpoint} sees {model.config.cameras} cameras "
+            "(train it anchored from the start: model.anchored=true)"
+        )
+    meta = {k: v for k, v in meta.items() if k not in ("schema_version", "model", "step")}
+    if resuming:
+        was = meta.get("decoder_tuning", {})
+        for key in RUN_IDENTITY:
+            if was.get(key) != options[key]:
+                raise WmSimError(
+                    f"cannot resume {run_dir}: it was tuned with {key}={was.get(key)!r}, this run asks for {options[key]!r}"
+                )
+    return anchored(model), {**meta, "decoder_tuning": options}
 
 
 @dataclass

@@ -8,9 +8,13 @@ frame's latents and state are fed back as the next input, with the next action.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from wm_sim.data.schema import ACTION_KEY, STATE_KEY
+from wm_sim.data.store import EpisodeStore
+from wm_sim.media import comparison_frames, side_by_side, to_uint8, write_video
 from wm_sim.world_model import Anchor, Prediction, StreamCache, WorldModel
 
 
@@ -84,4 +88,29 @@ def open_loop(
         reward=torch.stack(out_reward, 1),
         continue_prob=torch.stack(out_cont, 1),
         anchor=anchor,
+    )
+
+
+@torch.no_grad()
+def rollout_video(
+    model: WorldModel, store: EpisodeStore, episode: int, cameras: list[str], folder: Path, step: int
+) -> Path:
+    """An MP4 of one held-out episode (true | predicted | difference; cameras side by side), for
+    the experiment log."""
+    model.eval()
+    first, stop = store.episode_bounds(episode)
+    frames = store.read_frames(cameras, first, stop)
+    image, state, action = (
+        torch.from_numpy(x[None])
+        for x in (frames, store.read(STATE_KEY, first, stop), store.read(ACTION_KEY, first, stop))
+    )
+    context = min(4, len(frames) - 1)
+    device = next(model.parameters()).device
+    rollout = open_loop(model, image.to(device), state.to(device), action[:, :-1].to(device), context)
+    predicted = to_uint8(rollout.frames(model)[0].cpu().numpy())
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_video(
+        folder / f"rollout-{step:07d}.mp4",
+        comparison_frames([(side_by_side(frames[context:]), side_by_side(predicted))]),
+        fps=min(store.info.fps, 30.0),
     )

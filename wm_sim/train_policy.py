@@ -35,6 +35,13 @@ from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.errors import WmSimError
 from wm_sim.policy_inputs import policy_inputs, run_directory
+from wm_sim.run_lifecycle import (
+    checkpoint_due,
+    restore_training_state,
+    resume_auto,
+    resumes,
+    training_state,
+)
 from wm_sim.tracking import Tracker, WandbConfig, new_run_id
 from wm_sim.train_latent_actor import train_latent_actor
 from wm_sim.world_model import WorldModel
@@ -298,38 +305,15 @@ def train_actor_critic(cfg: TrainPolicyConfig) -> Path:
         feature_dim,
     )
     from wm_sim.policies.saved import POLICY_JSON, load_policy, save_policy
-    from wm_sim.train import _flatten, _unflatten
 
-    if cfg.verify_horizon < 0:
-        raise WmSimError(f"verify_horizon must be >= 0, got {cfg.verify_horizon}")
-    if not 0.0 <= cfg.early_fraction <= 1.0:
-        raise WmSimError(f"early_fraction must be in [0, 1], got {cfg.early_fraction}")
-    for name in (
-        "steps",
-        "batch",
-        "horizon",
-        "context",
-        "epochs",
-        "minibatches",
-        "checkpoint_every",
-        "early_steps",
-    ):
-        if getattr(cfg, name) < 1:
-            raise WmSimError(f"{name} must be at least 1, got {getattr(cfg, name)}")
-    resume = str(cfg.resume).lower()
-    if resume not in ("false", "auto"):
-        raise WmSimError(f"resume must be false or auto, got {cfg.resume!r}")
+    _check_actor_critic_options(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device)
     checkpoint, data, run_dir, model, wm_meta = policy_inputs(cfg, device)
     model.eval().requires_grad_(False)
 
-    resuming = resume == "auto" and (run_dir / LAST).exists()
-    if run_dir.exists() and any(run_dir.glob("step-*")) and not resuming:
-        raise WmSimError(
-            f"{run_dir} already holds a run; pass resume=auto to continue it, or choose another out="
-        )
+    resuming = resumes(cfg.resume, run_dir)
     net = ActorCritic(feature_dim(model.config), model.config.action_dim).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=1e-5)
     rng = np.random.default_rng(cfg.seed)
@@ -341,10 +325,7 @@ def train_actor_critic(cfg: TrainPolicyConfig) -> Path:
         saved = read_json(last / POLICY_JSON)
         net.load_state_dict(load_policy(last)[0].net.state_dict())
         train_tensors, train_meta = read_train_state(last)
-        optimiser.load_state_dict(_unflatten(train_meta["optimiser"], train_tensors))
-        torch.set_rng_state(train_tensors["torch_rng"])
-        generator.set_state(train_tensors["generator"])
-        rng.bit_generator.state = train_meta["rng"]
+        restore_training_state(train_tensors, train_meta, optimiser, rng, {"generator": generator})
         step, run_id = int(saved["step"]), saved["train"]["wandb_run_id"]
         print(f"resuming {run_dir} at update {step}")
 
@@ -382,40 +363,16 @@ def train_actor_critic(cfg: TrainPolicyConfig) -> Path:
                 **{f"loss/{k}": v for k, v in terms.items()},
             }
             if task is not None and (step % cfg.verify_every == 0 or step == cfg.steps):
-                picks = np.arange(min(cfg.verify_rows, cfg.batch))
-                sub = Imagined(
-                    batch.features[:, picks], batch.actions[:, picks], batch.log_probs[:, picks],
-                    batch.values[:, picks], batch.rewards[:, picks], batch.continues[:, picks], rows[picks],
-                )  # fmt: skip
-                gap = replay_in_physics(task, states, sub)
-                logged |= {f"verify/{k}": v for k, v in gap.items()}
-                line = (
-                    f"update {step}: imagined reward/step {gap['imagined_reward']:.3f}, "
-                    f"MuJoCo {gap['true_reward']:.3f} (gap {gap['reward_gap']:.3f})"
-                )
-                if cfg.verify_horizon > 0:
-                    # The training rollouts are short; exploiting the model's drift shows over
-                    # longer ones, with the mean actions the policy is deployed with.
-                    net.eval()
-                    deployed = imagine(
-                        model, net, states, rows[picks], cfg.verify_horizon, context, device, True
-                    )
-                    long_gap = replay_in_physics(task, states, deployed)
-                    logged |= {f"verify/deployed_{k}": v for k, v in long_gap.items()}
-                    line += (
-                        f"; deployed over {cfg.verify_horizon} steps: imagined {long_gap['imagined_reward']:.3f}, "
-                        f"MuJoCo {long_gap['true_reward']:.3f} (gap {long_gap['reward_gap']:.3f})"
-                    )
-                bar.write(line)
+                gaps, line = _physics_gap(task, model, net, states, batch, rows, context, cfg, device)
+                logged |= gaps
+                bar.write(f"update {step}: {line}")
             tracker.log(logged, step)
             bar.update(1)
             bar.set_postfix(
                 imagined_return=f"{mean_reward * episode_steps:.1f}", std=f"{logged['policy/std']:.2f}"
             )
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                skeleton, tensors = _flatten(optimiser.state_dict())
-                tensors["torch_rng"] = torch.get_rng_state()
-                tensors["generator"] = generator.get_state()
+            if checkpoint_due(step, cfg.checkpoint_every, cfg.steps):
+                tensors, state = training_state(optimiser, rng, {"generator": generator})
                 policy = ActorCriticPolicy(net.cpu(), observer)
                 save_policy(
                     run_dir,
@@ -424,7 +381,7 @@ def train_actor_critic(cfg: TrainPolicyConfig) -> Path:
                     {"step": step, "task": cfg.task, "world_model": checkpoint, "train": train_meta_json,
                      "metrics": logged},
                     train_tensors=tensors,
-                    train_meta={"optimiser": skeleton, "rng": rng.bit_generator.state},
+                    train_meta=state,
                 )  # fmt: skip
                 net.to(device)
     finally:
@@ -433,6 +390,58 @@ def train_actor_critic(cfg: TrainPolicyConfig) -> Path:
         if task is not None:
             task.close()
     return run_dir
+
+
+def _check_actor_critic_options(cfg: TrainPolicyConfig) -> None:
+    """One clear error for options no actor-critic run can use, before anything is loaded."""
+    if cfg.verify_horizon < 0:
+        raise WmSimError(f"verify_horizon must be >= 0, got {cfg.verify_horizon}")
+    if not 0.0 <= cfg.early_fraction <= 1.0:
+        raise WmSimError(f"early_fraction must be in [0, 1], got {cfg.early_fraction}")
+    for name in (
+        "steps",
+        "batch",
+        "horizon",
+        "context",
+        "epochs",
+        "minibatches",
+        "checkpoint_every",
+        "early_steps",
+    ):
+        if getattr(cfg, name) < 1:
+            raise WmSimError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+    resume_auto(cfg.resume)
+
+
+def _physics_gap(
+    task, model: WorldModel, net, states: StartStates, batch: Imagined, rows: np.ndarray, context: int,
+    cfg: TrainPolicyConfig, device: torch.device,
+) -> tuple[dict[str, float], str]:  # fmt: skip
+    """How far the imagined rewards of some training rollouts are from MuJoCo's replaying the same
+    actions (and, with verify_horizon, of longer rollouts of the mean actions): logged, and a line."""
+    picks = np.arange(min(cfg.verify_rows, cfg.batch))
+    sub = Imagined(
+        batch.features[:, picks], batch.actions[:, picks], batch.log_probs[:, picks],
+        batch.values[:, picks], batch.rewards[:, picks], batch.continues[:, picks], rows[picks],
+    )  # fmt: skip
+    gap = replay_in_physics(task, states, sub)
+    logged = {f"verify/{k}": v for k, v in gap.items()}
+    line = (
+        f"imagined reward/step {gap['imagined_reward']:.3f}, "
+        f"MuJoCo {gap['true_reward']:.3f} (gap {gap['reward_gap']:.3f})"
+    )
+    if cfg.verify_horizon > 0:
+        # The training rollouts are short; exploiting the model's drift shows over longer ones,
+        # with the mean actions the policy is deployed with.
+        net.eval()
+        deployed = imagine(model, net, states, rows[picks], cfg.verify_horizon, context, device, True)
+        long_gap = replay_in_physics(task, states, deployed)
+        logged |= {f"verify/deployed_{k}": v for k, v in long_gap.items()}
+        line += (
+            f"; deployed over {cfg.verify_horizon} steps: imagined {long_gap['imagined_reward']:.3f}, "
+            f"MuJoCo {long_gap['true_reward']:.3f} (gap {long_gap['reward_gap']:.3f})"
+        )
+    return logged, line
 
 
 # algo= name -> trainer taking the whole TrainPolicyConfig

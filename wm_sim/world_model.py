@@ -331,7 +331,7 @@ class StateTransition(nn.Module):
             GELU(),
             nn.Linear(width, state_dim),
         )
-        # Fitted from the data (wm_sim.train.fit_transition) and saved with the weights: the
+        # Fitted from the data (wm_sim.head_fitting.fit_transition) and saved with the weights: the
         # state's spread, and the spread of its one-step change, per entry.
         self.register_buffer("state_scale", torch.ones(state_dim))
         self.register_buffer("step_scale", torch.ones(state_dim))
@@ -365,7 +365,7 @@ class FrameReward(nn.Module):
     shortcuts: where an arm that stops has almost always stopped on its target, "still" reads as
     "near", and a still arm far from the target scores as if it were on it. One frame shows where
     things are and nothing of how they move, so this head has to locate them; the action pays for
-    the control cost. It learns from real frames only (wm_sim.train), and in rollouts reads the
+    the control cost. It learns from real frames only (wm_sim.objective), and in rollouts reads the
     frame shown, encoded again (WorldModel.read_frame).
     """
 
@@ -378,7 +378,7 @@ class FrameReward(nn.Module):
             GELU(),
             nn.Linear(width, 1),
         )
-        # The least and the most reward of the frames it was fitted on (wm_sim.train.fit_frame_reward),
+        # The least and the most reward of the frames it was fitted on (wm_sim.head_fitting.fit_frame_reward),
         # saved with the weights: what it reads off imagined frames stays inside them.
         self.register_buffer("low", torch.tensor(-math.inf))
         self.register_buffer("high", torch.tensor(math.inf))
@@ -409,7 +409,7 @@ class SceneReward(nn.Module):
     positions). The reward is their distance, so it is exact in the last centimetres, where a
     reward MLP over keypoints and state was off by as much as the last 2 cm pay (0.017 per step
     on unseen scenes: its CEM stopped 2-12 cm off). Fitted in two stages
-    (wm_sim.train.fit_scene_reward): the effector and one goal per recorded episode from the
+    (wm_sim.head_fitting.fit_scene_reward): the effector and one goal per recorded episode from the
     rewards, then the goal net from every frame of each episode, wherever the arm stands in it.
     The points are in the reward's own units; nothing about the task is written here.
     """
@@ -442,7 +442,7 @@ class SceneReward(nn.Module):
         )
         self.coefficients = nn.Parameter(torch.tensor([1.0, 1.0, 0.0]))  # gain, control, offset
         # The state's spread per entry and the least and most reward of the fitted frames, saved
-        # with the weights (wm_sim.train.fit_scene_reward), as FrameReward keeps its bounds.
+        # with the weights (wm_sim.head_fitting.fit_scene_reward), as FrameReward keeps its bounds.
         self.register_buffer("state_scale", torch.ones(state_dim))
         self.register_buffer("low", torch.tensor(-math.inf))
         self.register_buffer("high", torch.tensor(math.inf))
