@@ -148,14 +148,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
 
     report = _report(results, cfg, meta, len(episodes), store.info.fps)
     if scene_errors:
-        every = np.concatenate(scene_errors)
-        report["scene_reward"] = {
-            "reads_goal_from": f"the last context frame (frame {cfg.context - 1})",
-            "abs_error": float(every.mean()),
-            "abs_error_p95": float(np.quantile(every, 0.95)),
-            "transitions": int(every.size),
-        }
-        print(f"scene reward |error| per step: {every.mean():.4f} (95th percentile {np.quantile(every, 0.95):.4f})")
+        report["scene_reward"] = _scene_reward_summary(np.concatenate(scene_errors), cfg.context)
     out.mkdir(parents=True, exist_ok=True)
     _plot(report, out / "errors.png")
     if videos:
@@ -163,6 +156,22 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     tmp = out / ".metrics.json.partial"
     tmp.write_text(json.dumps(report, indent=2))
     os.replace(tmp, out / "metrics.json")  # last: its presence means the evaluation is complete
+    _print_summary(report, out)
+    return out
+
+
+def _scene_reward_summary(errors: np.ndarray, context: int) -> dict:
+    """metrics.json's `scene_reward`: the scene reward's |error| per held-out transition."""
+    print(f"scene reward |error| per step: {errors.mean():.4f} (95th percentile {np.quantile(errors, 0.95):.4f})")
+    return {
+        "reads_goal_from": f"the last context frame (frame {context - 1})",
+        "abs_error": float(errors.mean()),
+        "abs_error_p95": float(np.quantile(errors, 0.95)),
+        "transitions": int(errors.size),
+    }
+
+
+def _print_summary(report: dict, out: Path) -> None:
     summary = report["metrics"]["psnr"]
     print(
         "PSNR (dB) model / copy_last / mean_frame: "
@@ -174,7 +183,6 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     )
     written = [out / name for name in ("metrics.json", "errors.png", "rollouts.mp4", "strip.png")]
     print("wrote " + ", ".join(str(f) for f in written if f.exists()))
-    return out
 
 
 @torch.no_grad()
@@ -306,34 +314,45 @@ def _score_batch(
     }
     frame_ok = torch.arange(horizon - 1)[None, :] < torch.tensor(lengths)[:, None] - context  # (B, H-1)
     step_ok = torch.arange(horizon)[None, :] < torch.tensor(lengths)[:, None] - context + 1  # (B, H)
-    scores: dict[str, dict[str, list[np.ndarray]]] = {}
-    wrapped = list(periodic)
     # several cameras side by side: each frame's metrics take every camera's pixels at once
     cameras = model.config.cameras
-    true_frames, background = tiled(true_frames, cameras), tiled(background, cameras)
+    truth = (tiled(true_frames, cameras), true_state, true_reward, true_term)
+    background = tiled(background, cameras)
+    scores: dict[str, dict[str, list[np.ndarray]]] = {}
     for method, (frame, state, reward, term) in guesses.items():
-        frame = tiled(frame, cameras)
-        state_error = state - true_state
-        state_error[..., wrapped] = wrap_angle(state_error[..., wrapped])
-        curves = {
-            "psnr": (psnr(frame, true_frames), frame_ok),
-            "ssim": (ssim(frame, true_frames), frame_ok),
-            "state_rmse": (state_error.pow(2).mean(-1).sqrt(), frame_ok),
-            "reward_abs_error": ((reward - true_reward).abs(), step_ok),
-            "termination_accuracy": ((term == true_term).float(), step_ok),
-            "object_recall": (
-                object_recall(frame, true_frames, object_rgb)
-                if object_rgb
-                else torch.full(frame_ok.shape, torch.nan),
-                frame_ok,
-            ),
-            "foreground_precision": (foreground_precision(frame, true_frames, background), frame_ok),
-        }
+        guess = (tiled(frame, cameras), state, reward, term)
+        curves = _curves(guess, truth, background, periodic, object_rgb, frame_ok, step_ok)
         scores[method] = {
             name: [np.where(ok[b].numpy(), value[b].numpy(), np.nan) for b in range(len(data))]
             for name, (value, ok) in curves.items()
         }
     return scores, list(to_uint8(predicted.numpy()))
+
+
+def _curves(
+    guess: tuple[torch.Tensor, ...],
+    truth: tuple[torch.Tensor, ...],
+    background: torch.Tensor,
+    periodic: tuple[int, ...],
+    object_rgb: tuple[int, int, int] | None,
+    frame_ok: torch.Tensor,
+    step_ok: torch.Tensor,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every metric of one method's (frames, states, rewards, terminations) against the truth, per
+    episode and horizon, each with the mask of the horizons the episode reaches."""
+    (frame, state, reward, term), (true_frames, true_state, true_reward, true_term) = guess, truth
+    state_error = state - true_state
+    state_error[..., list(periodic)] = wrap_angle(state_error[..., list(periodic)])
+    recall = object_recall(frame, true_frames, object_rgb) if object_rgb else torch.full(frame_ok.shape, torch.nan)
+    return {
+        "psnr": (psnr(frame, true_frames), frame_ok),
+        "ssim": (ssim(frame, true_frames), frame_ok),
+        "state_rmse": (state_error.pow(2).mean(-1).sqrt(), frame_ok),
+        "reward_abs_error": ((reward - true_reward).abs(), step_ok),
+        "termination_accuracy": ((term == true_term).float(), step_ok),
+        "object_recall": (recall, frame_ok),
+        "foreground_precision": (foreground_precision(frame, true_frames, background), frame_ok),
+    }
 
 
 def _report(results, cfg: EvaluateConfig, meta: dict, episodes: int, fps: float) -> dict:

@@ -298,13 +298,8 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
 def train_actor_critic(cfg: TrainPolicyConfig) -> Path:
     """Train an actor-critic in imagination; returns the run directory."""
     from wm_sim.envs.catalog import make_task
-    from wm_sim.policies.actor_critic import (
-        ActorCritic,
-        ActorCriticPolicy,
-        ObservationEncoder,
-        feature_dim,
-    )
-    from wm_sim.policies.saved import POLICY_JSON, load_policy, save_policy
+    from wm_sim.policies.actor_critic import ActorCritic, ActorCriticPolicy, ObservationEncoder, feature_dim
+    from wm_sim.policies.saved import save_policy
 
     _check_actor_critic_options(cfg)
     if cfg.threads > 0:
@@ -313,21 +308,14 @@ def train_actor_critic(cfg: TrainPolicyConfig) -> Path:
     checkpoint, data, run_dir, model, wm_meta = policy_inputs(cfg, device)
     model.eval().requires_grad_(False)
 
-    resuming = resumes(cfg.resume, run_dir)
     net = ActorCritic(feature_dim(model.config), model.config.action_dim).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=1e-5)
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     step, run_id = 0, new_run_id()
-    if resuming:
-        last = (run_dir / LAST).resolve()
-        saved = read_json(last / POLICY_JSON)
-        net.load_state_dict(load_policy(last)[0].net.state_dict())
-        train_tensors, train_meta = read_train_state(last)
-        restore_training_state(train_tensors, train_meta, optimiser, rng, {"generator": generator})
-        step, run_id = int(saved["step"]), saved["train"]["wandb_run_id"]
-        print(f"resuming {run_dir} at update {step}")
+    if resumes(cfg.resume, run_dir):
+        step, run_id = _resume_actor_critic(run_dir, net, optimiser, rng, generator)
 
     states = encode_dataset(model, data, cfg.context, cfg.early_steps)
     if len(states.starts) == 0:
@@ -368,21 +356,12 @@ def train_actor_critic(cfg: TrainPolicyConfig) -> Path:
                 bar.write(f"update {step}: {line}")
             tracker.log(logged, step)
             bar.update(1)
-            bar.set_postfix(
-                imagined_return=f"{mean_reward * episode_steps:.1f}", std=f"{logged['policy/std']:.2f}"
-            )
+            bar.set_postfix(imagined_return=f"{mean_reward * episode_steps:.1f}", std=f"{logged['policy/std']:.2f}")
             if checkpoint_due(step, cfg.checkpoint_every, cfg.steps):
                 tensors, state = training_state(optimiser, rng, {"generator": generator})
+                meta = {"step": step, "task": cfg.task, "world_model": checkpoint, "train": train_meta_json}
                 policy = ActorCriticPolicy(net.cpu(), observer)
-                save_policy(
-                    run_dir,
-                    f"step-{step:07d}",
-                    policy,
-                    {"step": step, "task": cfg.task, "world_model": checkpoint, "train": train_meta_json,
-                     "metrics": logged},
-                    train_tensors=tensors,
-                    train_meta=state,
-                )  # fmt: skip
+                save_policy(run_dir, f"step-{step:07d}", policy, meta | {"metrics": logged}, tensors, state)
                 net.to(device)
     finally:
         bar.close()
@@ -390,6 +369,21 @@ def train_actor_critic(cfg: TrainPolicyConfig) -> Path:
         if task is not None:
             task.close()
     return run_dir
+
+
+def _resume_actor_critic(
+    run_dir: Path, net, optimiser: torch.optim.Optimizer, rng: np.random.Generator, generator: torch.Generator
+) -> tuple[int, str]:
+    """Put the run in `run_dir` back as its last checkpoint left it; (update, wandb run id)."""
+    from wm_sim.policies.saved import POLICY_JSON, load_policy
+
+    last = (run_dir / LAST).resolve()
+    saved = read_json(last / POLICY_JSON)
+    net.load_state_dict(load_policy(last)[0].net.state_dict())
+    train_tensors, train_meta = read_train_state(last)
+    restore_training_state(train_tensors, train_meta, optimiser, rng, {"generator": generator})
+    print(f"resuming {run_dir} at update {saved['step']}")
+    return int(saved["step"]), saved["train"]["wandb_run_id"]
 
 
 def _check_actor_critic_options(cfg: TrainPolicyConfig) -> None:
