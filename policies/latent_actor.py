@@ -18,7 +18,7 @@ import torch.nn as nn
 from wm_sim.policies.base import Policy
 
 from wm_sim.data.schema import observed_frames
-from wm_sim.world_model import SceneReward
+from wm_sim.model_heads import SceneReward
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,8 @@ from wm_sim.metrics import (
     psnr,
     ssim,
 )
+from wm_sim.model_heads import wrap_angle
 from wm_sim.rollout import open_loop
-from wm_sim.world_model import wrap_angle
 
 HORIZONS = (1, 4, 16, 64)
 METHODS = ("model", "copy_last", "mean_frame")

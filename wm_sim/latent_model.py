@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 
 from wm_sim.errors import WmSimError
-from wm_sim.world_model import SceneReward, StateTransition, WorldModel
+from wm_sim.model_heads import SceneReward, StateTransition
+from wm_sim.world_model import WorldModel
 
 
 class LatentModel(nn.Module):

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wm_sim.layout_kernels import GELU, run_fused
+from wm_sim.model_heads import FrameReward, SceneReward, StateTransition, wrap_angle
 from wm_sim.optional import is_available
 
 # --- attention backend -------------------------------------------------------------------------
@@ -75,77 +77,10 @@ def rotate(x: torch.Tensor, rotation: Rotation) -> torch.Tensor:
     return x * cos.to(x.dtype) + torch.cat([x2, x1], dim=-1) * sin.to(x.dtype)
 
 
-class GELU(nn.GELU):
-    """nn.GELU that writes over its input when no gradient will flow through it.
-
-    Its input is always the fresh output of the layer before, which nothing else reads; in
-    inference, not allocating and filling a second tensor of it saves a pass over memory, and
-    memory traffic, not arithmetic, is what bounds the convolution stacks on a CPU.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad:
-            return F.gelu(x, approximate=self.approximate)
-        return torch.ops.aten.gelu_(x, approximate=self.approximate)
-
-
 # --- tokenizer ---------------------------------------------------------------------------------
 #
-# Both halves keep their activations in channels-last memory, on which oneDNN's convolutions run
-# several times faster, and never move single values between layouts: a space-to-depth followed by
-# a 1x1 convolution runs as one strided convolution, and a convolution followed by a depth-to-space
-# computes its channels in the order the depth-to-space reads them, so it copies whole runs.
-
-
-def space_to_depth_conv(x: torch.Tensor, conv: nn.Conv2d, factor: int) -> torch.Tensor:
-    """conv(PixelUnshuffle(factor)(x)) for a 1x1 `conv`: one convolution of kernel and stride
-    `factor` with the same weights, so the same sums, without the space-to-depth copy."""
-    plain = (conv.kernel_size, conv.stride, conv.padding, conv.dilation) == ((1, 1), (1, 1), (0, 0), (1, 1))
-    if not plain or conv.groups != 1:
-        raise ValueError(f"space_to_depth_conv needs a plain 1x1 convolution (groups=1), got {conv}")
-    inputs = conv.in_channels // factor**2
-    weight = conv.weight.view(conv.out_channels, inputs, factor, factor)  # channel c*f*f + i*f + j
-    return F.conv2d(x, weight, conv.bias, stride=factor)
-
-
-def conv_depth_to_space(x: torch.Tensor, conv: nn.Conv2d, factor: int) -> torch.Tensor:
-    """PixelShuffle(factor)(conv(x)), bit for bit, in channels-last memory.
-
-    The convolution computes its output channels in (row, column, channel) order instead of
-    (channel, row, column), which changes no sum, so the shuffle moves runs of factor x channels
-    values: at batch 256 on a CPU, a quarter of the time PixelShuffle takes on channels-last input.
-    """
-    if conv.groups != 1 or conv.padding_mode != "zeros":
-        raise ValueError(
-            f"conv_depth_to_space reorders output channels: needs groups=1 and zero padding, got {conv}"
-        )
-    channels = conv.out_channels // factor**2
-    order = torch.arange(conv.out_channels, device=x.device)
-    order = order.view(channels, factor, factor).permute(1, 2, 0).reshape(-1)  # (i, j, c) <- c*f*f + i*f + j
-    bias = None if conv.bias is None else conv.bias[order]
-    y = F.conv2d(x, conv.weight[order], bias, conv.stride, conv.padding, conv.dilation)
-    b, _, h, w = y.shape
-    y = y.permute(0, 2, 3, 1).reshape(b, h, w, factor, factor, channels)  # (B, H, W, i, j, C)
-    y = y.permute(0, 1, 3, 2, 4, 5).reshape(b, h * factor, w * factor, channels)  # row H*f+i, column W*f+j
-    return y.permute(0, 3, 1, 2)  # (B, C, fH, fW) in channels-last memory
-
-
-def run_fused(layers: list[nn.Module], z: torch.Tensor) -> torch.Tensor:
-    """`layers` in order on z, with each PixelUnshuffle and the convolution after it, and each
-    convolution and the PixelShuffle after it, run fused (the functions above)."""
-    index = 0
-    while index < len(layers):
-        layer, after = layers[index], layers[index + 1] if index + 1 < len(layers) else None
-        if isinstance(layer, nn.PixelUnshuffle) and isinstance(after, nn.Conv2d):
-            z = space_to_depth_conv(z, after, layer.downscale_factor)
-            index += 2
-        elif isinstance(layer, nn.Conv2d) and isinstance(after, nn.PixelShuffle):
-            z = conv_depth_to_space(z, layer, after.upscale_factor)
-            index += 2
-        else:
-            z = layer(z)
-            index += 1
-    return z
+# Both halves keep their activations in channels-last memory and run fused layout kernels
+# (wm_sim.layout_kernels): the same sums as their layers, with fewer copies.
 
 
 class Encoder(nn.Module):
@@ -294,184 +229,17 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), GELU(), nn.Linear(mlp_ratio * dim, dim))
 
     def forward(
-        self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None, cache=None
+        self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None, cache: LayerCache | None = None
     ) -> torch.Tensor:
+        """x (B, S, dim); with a cache, S is one frame's tokens and they attend over the window's."""
         q, k, v = self.attn.project(self.norm1(x), rotation)
         if cache is not None:
-            k, v, mask = cache(k, v)
+            k, v, mask = cache.append(k, v)
         x = x + self.attn.merge(attend(q, k, v, mask))
         return x + self.mlp(self.norm2(x))
 
 
 LATENT_LIMIT = 0.999  # |latent| kept below 1 before atanh: atanh(0.999) = 3.8
-
-# --- proprioception ----------------------------------------------------------------------------
-
-
-def wrap_angle(x: torch.Tensor) -> torch.Tensor:
-    """Angles into [-pi, pi)."""
-    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
-
-
-class StateTransition(nn.Module):
-    """s_t+1 from (s_t, a_t) in raw units: an MLP predicting the change, in typical one-step changes.
-
-    Entries listed in `periodic` are angles wrapped into [-pi, pi) (a joint that turns freely):
-    the MLP reads their sine and cosine, so crossing pi is no jump, and changes wrap too.
-    """
-
-    def __init__(self, state_dim: int, action_dim: int, periodic: tuple[int, ...], width: int = 256):
-        super().__init__()
-        self.periodic = list(periodic)
-        self.features = state_dim + 2 * len(self.periodic)  # what encode() gives per state
-        self.net = nn.Sequential(
-            nn.Linear(self.features + action_dim, width),
-            GELU(),
-            nn.Linear(width, width),
-            GELU(),
-            nn.Linear(width, state_dim),
-        )
-        # Fitted from the data (wm_sim.head_fitting.fit_transition) and saved with the weights: the
-        # state's spread, and the spread of its one-step change, per entry.
-        self.register_buffer("state_scale", torch.ones(state_dim))
-        self.register_buffer("step_scale", torch.ones(state_dim))
-
-    def encode(self, state: torch.Tensor) -> torch.Tensor:
-        """Raw state (..., D) -> what the MLP reads about it (..., D + 2P)."""
-        angles = state[..., self.periodic]
-        return torch.cat([state / self.state_scale, torch.sin(angles), torch.cos(angles)], dim=-1)
-
-    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Raw state (..., D), action (..., A) -> raw next state (..., D)."""
-        change = self.net(torch.cat([self.encode(state), action], dim=-1)) * self.step_scale
-        return self.wrap(state + change)
-
-    def wrap(self, state: torch.Tensor) -> torch.Tensor:
-        """Raw states (or changes) with the periodic entries wrapped into [-pi, pi)."""
-        if not self.periodic:
-            return state
-        out = state.clone()
-        out[..., self.periodic] = wrap_angle(state[..., self.periodic])
-        return out
-
-
-# --- reward ----------------------------------------------------------------------------------
-
-
-class FrameReward(nn.Module):
-    """r_t+1 from the latents of frame t+1 and the action a_t: what a task's reward depends on.
-
-    A reward read off the transformer's features (which also carry motion) learns the data's
-    shortcuts: where an arm that stops has almost always stopped on its target, "still" reads as
-    "near", and a still arm far from the target scores as if it were on it. One frame shows where
-    things are and nothing of how they move, so this head has to locate them; the action pays for
-    the control cost. It learns from real frames only (wm_sim.objective), and in rollouts reads the
-    frame shown, encoded again (WorldModel.read_frame).
-    """
-
-    def __init__(self, tokens: int, latent_dim: int, action_dim: int, width: int = 256):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(tokens * latent_dim + 2 * action_dim, width),
-            GELU(),
-            nn.Linear(width, width),
-            GELU(),
-            nn.Linear(width, 1),
-        )
-        # The least and the most reward of the frames it was fitted on (wm_sim.head_fitting.fit_frame_reward),
-        # saved with the weights: what it reads off imagined frames stays inside them.
-        self.register_buffer("low", torch.tensor(-math.inf))
-        self.register_buffer("high", torch.tensor(math.inf))
-
-    def forward(self, latents: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """latents (..., N, C) of the frame after `action` (..., A) -> reward (...)."""
-        return self.net(torch.cat([latents.flatten(-2), action, action.square()], dim=-1)).squeeze(-1)
-
-    def read(self, latents: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """The reward of an imagined frame: forward, kept inside the rewards the data holds.
-
-        A policy trained in imagination seeks out frames unlike any real one (an arm folded
-        further than the real one goes, half drawn), where the head extrapolates; on reacher it
-        read rewards above the best the task pays (+0.15 per step where no step pays above 0).
-        """
-        return torch.clamp(self(latents, action), self.low, self.high)
-
-
-class SceneReward(nn.Module):
-    """r_t+1 from a real frame of the scene, the robot's state s_t+1 and the action a_t, as
-
-        r = offset - gain * |effector(s_t+1) - goal(frame)| - control * |a_t|^2
-
-    What a planner needs: the reward of a state it has only imagined, in the scene the camera
-    shows now. Two small nets, each with one job: `effector` maps the robot's state to a point
-    (where its hand is), `goal` finds a point in the frame (where the task wants the hand: a
-    small conv net whose channels each end in a spatial soft-argmax, then an MLP over those
-    positions). The reward is their distance, so it is exact in the last centimetres, where a
-    reward MLP over keypoints and state was off by as much as the last 2 cm pay (0.017 per step
-    on unseen scenes: its CEM stopped 2-12 cm off). Fitted in two stages
-    (wm_sim.head_fitting.fit_scene_reward): the effector and one goal per recorded episode from the
-    rewards, then the goal net from every frame of each episode, wherever the arm stands in it.
-    The points are in the reward's own units; nothing about the task is written here.
-    """
-
-    def __init__(
-        self, image_size: int, state_dim: int, action_dim: int, periodic: tuple[int, ...],
-        first_camera: bool = False, keypoints: int = 16, width: int = 256,
-    ):  # fmt: skip
-        super().__init__()
-        self.periodic = list(periodic)
-        self.first_camera = first_camera  # frames (B, K, S, S, 3): the goal is read off camera 0
-        self.keypoint_net = nn.Sequential(  # at half resolution: positions, not textures
-            nn.Conv2d(3, 32, 4, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(32, 32, 3, padding=1),
-            nn.GELU(),
-            nn.Conv2d(32, keypoints, 3, padding=1),
-        )
-        side = torch.linspace(-1.0, 1.0, image_size // 2)
-        self.register_buffer("grid_x", side.repeat(image_size // 2), persistent=False)
-        self.register_buffer("grid_y", side.repeat_interleave(image_size // 2), persistent=False)
-        self.goal_net = nn.Sequential(nn.Linear(2 * keypoints, 128), nn.GELU(), nn.Linear(128, 2))
-        self.state_features = state_dim + 2 * len(self.periodic)
-        self.effector = nn.Sequential(
-            nn.Linear(self.state_features, width),
-            nn.GELU(),
-            nn.Linear(width, width),
-            nn.GELU(),
-            nn.Linear(width, 2),
-        )
-        self.coefficients = nn.Parameter(torch.tensor([1.0, 1.0, 0.0]))  # gain, control, offset
-        # The state's spread per entry and the least and most reward of the fitted frames, saved
-        # with the weights (wm_sim.head_fitting.fit_scene_reward), as FrameReward keeps its bounds.
-        self.register_buffer("state_scale", torch.ones(state_dim))
-        self.register_buffer("low", torch.tensor(-math.inf))
-        self.register_buffer("high", torch.tensor(math.inf))
-
-    def goal(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, S, S, 3) uint8 frames (or (B, K, S, S, 3): the first camera's) -> (B, 2): the point
-        the scene asks the effector to reach."""
-        if self.first_camera:
-            frames = frames[:, 0]
-        x = self.keypoint_net(frames.permute(0, 3, 1, 2).float() / 255.0)
-        weights = x.flatten(2).softmax(dim=-1)  # (B, K, S/2 * S/2)
-        return self.goal_net(torch.cat([weights @ self.grid_x, weights @ self.grid_y], dim=-1))
-
-    def encode_state(self, state: torch.Tensor) -> torch.Tensor:
-        """Raw state (..., D) -> what the nets read about it (..., D + 2P): periodic entries as sin, cos."""
-        angles = state[..., self.periodic]
-        return torch.cat([state / self.state_scale, torch.sin(angles), torch.cos(angles)], dim=-1)
-
-    def forward(self, goal: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """goal (..., 2) of a scene, raw state s_t+1 (..., D), action a_t (..., A) -> reward (...)."""
-        gain, control, offset = self.coefficients
-        gap = self.effector(self.encode_state(state)) - goal
-        distance = gap.square().sum(-1).add(1e-8).sqrt()  # smooth at zero, for the planner's gradient
-        return offset - gain * distance - control * action.square().sum(-1)
-
-    def read(self, goal: torch.Tensor, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """forward, kept inside the rewards the data holds: a planner seeks out the head's errors."""
-        return torch.clamp(self(goal, state, action), self.low, self.high)
-
 
 # --- config and model --------------------------------------------------------------------------
 
@@ -800,25 +568,39 @@ class StreamCache:
         else:
             self.time[rows] = 0
 
-    def layer(self, index: int):
-        """A function storing this frame's k, v (B, H, N, Dh) and returning all cached k, v and the mask."""
+    def layer(self, index: int) -> LayerCache:
+        """Block `index`'s view of the cache."""
+        return LayerCache(self, index)
 
-        def store(k: torch.Tensor, v: torch.Tensor):
-            n, w = self.config.tokens, self.config.window
-            b, h, _, dh = k.shape
-            frame = self.time % w  # (B,) each row's ring slot for this frame
-            # (B, H, W, N, Dh) views: row b's frame goes to [b, :, frame[b]], an (H, N, Dh) block
-            self.keys[index].view(b, h, w, n, dh)[self._rows, :, frame] = k.to(self.keys.dtype)
-            self.values[index].view(b, h, w, n, dh)[self._rows, :, frame] = v.to(self.values.dtype)
-            filled = torch.clamp(self.time + 1, max=w)  # (B,) frames held, this one included
-            if not self.always_mask and bool((filled == w).all()):
-                mask = None  # steady state: every slot valid, and flash-attn may be used
-            else:
-                frame_slot = self._slot_frame[None, :]  # (1, W*N)
-                mask = (frame_slot < filled[:, None])[:, None, None, :]  # (B, 1, 1, W*N)
-            return self.keys[index].to(k.dtype), self.values[index].to(v.dtype), mask
-
-        return store
+    def append(
+        self, index: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Store this frame's k, v (B, H, N, Dh) of block `index`; all its cached k, v
+        (B, H, W*N, Dh) and the mask of the slots filled (None when all are)."""
+        n, w = self.config.tokens, self.config.window
+        b, h, _, dh = k.shape
+        frame = self.time % w  # (B,) each row's ring slot for this frame
+        # (B, H, W, N, Dh) views: row b's frame goes to [b, :, frame[b]], an (H, N, Dh) block
+        self.keys[index].view(b, h, w, n, dh)[self._rows, :, frame] = k.to(self.keys.dtype)
+        self.values[index].view(b, h, w, n, dh)[self._rows, :, frame] = v.to(self.values.dtype)
+        filled = torch.clamp(self.time + 1, max=w)  # (B,) frames held, this one included
+        if not self.always_mask and bool((filled == w).all()):
+            mask = None  # steady state: every slot valid, and flash-attn may be used
+        else:
+            frame_slot = self._slot_frame[None, :]  # (1, W*N)
+            mask = (frame_slot < filled[:, None])[:, None, None, :]  # (B, 1, 1, W*N)
+        return self.keys[index].to(k.dtype), self.values[index].to(v.dtype), mask
 
     def advance(self) -> None:
         self.time += 1
+
+
+@dataclass(frozen=True)
+class LayerCache:
+    """What one block reads and writes of a StreamCache: its own layer of keys and values."""
+
+    cache: StreamCache
+    index: int
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        return self.cache.append(self.index, k, v)
