@@ -88,25 +88,70 @@ class RosEnv(gymnasium.Env):
             raise ValueError("timeout and connect_timeout must be positive, slop >= 0")
         rclpy = require("rclpy")
         topics.use_local_discovery(localhost_only)
-        from rclpy.executors import SingleThreadedExecutor
-        from sensor_msgs.msg import Image, JointState
-        from std_msgs.msg import Bool, Float32, Float64MultiArray
-
         self.render_mode = render_mode
         self.timeout = timeout
         self.slop_ns = round(slop * 1e9)
         self.namespace = topics.check_namespace(namespace)
-        name = lambda topic: topics.join(self.namespace, topic) if topic else ""  # noqa: E731
-        optional = lambda given, default: name(default if given is None and server else given)  # noqa: E731
-        self.topics = {
-            "commands": name(command_topic),
-            "joint_states": name(joint_state_topic),
+        self.topics = self._topic_names(
+            server,
+            command_topic,
+            joint_state_topic,
+            reward_topic,
+            done_topic,
+            terminated_topic,
+            reset_service,
+        )
+        self._init_buffers()
+        self._context = rclpy.Context()
+        rclpy.init(context=self._context)
+        try:
+            self._start_node(rclpy)
+            self._server = topics.join(self.namespace, server) if server else None
+            described = self._read_server_parameters(connect_timeout) if self._server else {}
+            self.image_topics = _camera_topics(described, image_topic, image_topics, self._full_name)
+            # the cameras in observation order; the first one's frames pace the steps
+            self.cameras: tuple[str, ...] = tuple(self.image_topics)
+            self._images = {camera: [] for camera in self.cameras}
+            self._build_spaces(described, action_low, action_high, state_names, image_size)
+            self._open_topics()
+            self._connect(connect_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- construction ---------------------------------------------------------------------------
+
+    def _full_name(self, topic: str) -> str:
+        """A topic's full name: relative ones are in the namespace; "" (turned off) stays ""."""
+        return topics.join(self.namespace, topic) if topic else ""
+
+    def _topic_names(
+        self,
+        server: str | None,
+        command_topic: str,
+        joint_state_topic: str,
+        reward_topic: str | None,
+        done_topic: str | None,
+        terminated_topic: str | None,
+        reset_service: str | None,
+    ) -> dict[str, str]:
+        """Every topic's full name by what it carries ("" when off); the optional ones left None
+        default to the server's names with a server, and to off without one."""
+
+        def optional(given: str | None, default: str) -> str:
+            return self._full_name(default if given is None and server else given)
+
+        return {
+            "commands": self._full_name(command_topic),
+            "joint_states": self._full_name(joint_state_topic),
             "reward": optional(reward_topic, topics.REWARD),
             "done": optional(done_topic, topics.DONE),
             "terminated": optional(terminated_topic, topics.TERMINATED),
             "reset": optional(reset_service, topics.RESET),
         }
-        self._Float64MultiArray = Float64MultiArray
+
+    def _init_buffers(self) -> None:
+        """The env's state before any message arrived: what the callbacks fill and the steps consume."""
         self._may_warn = topics.Throttle()
         self._handled = 0  # messages handled by this env's callbacks: how _drain knows it is done
         self._subscriptions: list[Any] = []
@@ -121,50 +166,52 @@ class RosEnv(gymnasium.Env):
         self._rewards: list[float] = []
         self._dones: list[bool] = []
         self._terminations: list[bool] = []
-        self._context = rclpy.Context()
-        rclpy.init(context=self._context)
-        try:
-            self._node = rclpy.create_node(
-                f"wm_sim_ros_env_{id(self):x}", context=self._context, start_parameter_services=False
-            )
-            self._executor = SingleThreadedExecutor(context=self._context)
-            self._executor.add_node(self._node)
-            self._server = topics.join(self.namespace, server) if server else None
-            described = self._read_server_parameters(connect_timeout) if self._server else {}
-            self.image_topics = _camera_topics(described, image_topic, image_topics, name)
-            # the cameras in observation order; the first one's frames pace the steps
-            self.cameras: tuple[str, ...] = tuple(self.image_topics)
-            self._images = {camera: [] for camera in self.cameras}
-            self._build_spaces(described, action_low, action_high, state_names, image_size)
-            qos = topics.Qos.make()
-            self._publisher = self._node.create_publisher(
-                Float64MultiArray, self.topics["commands"], qos.reliable
-            )
-            subscribe = lambda kind, topic, callback, profile: self._subscriptions.append(  # noqa: E731
+
+    def _start_node(self, rclpy: Any) -> None:
+        """This env's own node in its own context, spun by hand: steps wait on it, nothing else does."""
+        from rclpy.executors import SingleThreadedExecutor
+
+        self._node = rclpy.create_node(
+            f"wm_sim_ros_env_{id(self):x}", context=self._context, start_parameter_services=False
+        )
+        self._executor = SingleThreadedExecutor(context=self._context)
+        self._executor.add_node(self._node)
+
+    def _open_topics(self) -> None:
+        """The command publisher, a reader per enabled topic and the reset client, once the spaces
+        say which topics there are (the joint states only with joint names)."""
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Bool, Float32, Float64MultiArray
+
+        self._Float64MultiArray = Float64MultiArray
+        qos = topics.Qos.make()
+        self._publisher = self._node.create_publisher(
+            Float64MultiArray, self.topics["commands"], qos.reliable
+        )
+
+        def subscribe(kind: Any, topic: str, callback: Callable[[Any], None], profile: Any) -> None:
+            self._subscriptions.append(
                 self._node.create_subscription(kind, topic, self._counted(callback), profile)
             )
-            for camera, topic in self.image_topics.items():
-                subscribe(Image, topic, lambda m, c=camera: self._on_image(c, m), qos.sensor)
-            if self.joint_layout is not None:
-                # a robot's driver may publish joint states best effort: a best-effort reader takes both
-                profile = qos.reliable if self._server else qos.sensor
-                subscribe(JointState, self.topics["joint_states"], self._on_joints, profile)
-            for key, store, kind in (
-                ("reward", self._rewards, Float32),
-                ("done", self._dones, Bool),
-                ("terminated", self._terminations, Bool),
-            ):
-                if self.topics[key]:
-                    subscribe(kind, self.topics[key], lambda m, s=store: s.append(m.data), qos.reliable)
-            self._reset_client = None
-            if self.topics["reset"]:
-                from std_srvs.srv import Trigger
 
-                self._reset_client = self._node.create_client(Trigger, self.topics["reset"])
-            self._connect(connect_timeout)
-        except BaseException:
-            self.close()
-            raise
+        for camera, topic in self.image_topics.items():
+            subscribe(Image, topic, lambda m, c=camera: self._on_image(c, m), qos.sensor)
+        if self.joint_layout is not None:
+            # a robot's driver may publish joint states best effort: a best-effort reader takes both
+            profile = qos.reliable if self._server else qos.sensor
+            subscribe(JointState, self.topics["joint_states"], self._on_joints, profile)
+        for key, store, kind in (
+            ("reward", self._rewards, Float32),
+            ("done", self._dones, Bool),
+            ("terminated", self._terminations, Bool),
+        ):
+            if self.topics[key]:
+                subscribe(kind, self.topics[key], lambda m, s=store: s.append(m.data), qos.reliable)
+        self._reset_client = None
+        if self.topics["reset"]:
+            from std_srvs.srv import Trigger
+
+            self._reset_client = self._node.create_client(Trigger, self.topics["reset"])
 
     # --- Gymnasium API --------------------------------------------------------------------------
 

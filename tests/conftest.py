@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tiny import tiny_size
 
 import wm_sim  # noqa: F401  (registers the Gymnasium ids, selects offscreen rendering)
 from wm_sim.collect import CollectConfig, collect
@@ -26,12 +27,10 @@ def tiny_model_path(reacher_store_path, tmp_path_factory) -> Path:
     """
     from wm_sim.package import PackageConfig, package
     from wm_sim.tracking import WandbConfig
-    from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
+    from wm_sim.train import TrainConfig, TrainingConfig, train
 
     root = tmp_path_factory.mktemp("tiny-model")
-    tiny = ModelSize(
-        grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3
-    )
+    tiny = tiny_size()
     run = train(
         TrainConfig(
             data=str(reacher_store_path), model=tiny, out=str(root / "run"), steps=30, training=TrainingConfig(batch_size=4, lr=3e-3),
@@ -51,12 +50,9 @@ def tiny_planning_model_path(reacher_store_path, tmp_path_factory) -> Path:
     """A tiny world model with a state transition and a scene reward: what the latent planner and
     the latent actor imagine with. Briefly fitted: tests check behaviour, not skill."""
     from wm_sim.tracking import WandbConfig
-    from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
+    from wm_sim.train import TrainConfig, TrainingConfig, train
 
-    tiny = ModelSize(
-        grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3,
-        transition=True, scene_reward=True,
-    )  # fmt: skip
+    tiny = tiny_size(transition=True, scene_reward=True)
     fitting = TrainingConfig(
         batch_size=4, lr=3e-3, transition_steps=200, scene_reward_steps=200, scene_goal_steps=20
     )

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from tiny import BARE_MODEL
 from wm_sim.benchmarks import results as results_io
 from wm_sim.benchmarks.flops import attention_flops, conv_stack_flops, counted_step_flops, frame_flops
 from wm_sim.benchmarks.memory import growth_percent
@@ -26,7 +27,9 @@ from wm_sim.errors import WmSimError
 from wm_sim.optional import is_available
 from wm_sim.world_model import WorldModel, WorldModelConfig
 
-TINY = WorldModelConfig(latent_dim=8, tokenizer_width=32, dim=32, depth=2, heads=2, mlp_ratio=2, window=3)
+TINY = WorldModelConfig(
+    latent_dim=8, tokenizer_width=32, dim=32, depth=2, heads=2, mlp_ratio=2, window=3, **BARE_MODEL
+)
 
 
 def test_summary_is_median_with_quartiles_and_extremes():

@@ -12,8 +12,9 @@ import pytest
 
 from wm_sim.cli import main
 from wm_sim.collect import CollectConfig, collect
+from wm_sim.data.manifest import MANIFEST_FILE
 from wm_sim.data.schema import image_key
-from wm_sim.data.store import MANIFEST_FILE, EpisodeStore, lock_for_writing
+from wm_sim.data.store import EpisodeStore, lock_for_writing
 from wm_sim.errors import WmSimError
 
 IMAGES = image_key("top")

@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from tiny import BARE_MODEL
 
 from wm_sim.checkpoint import LAST, load_checkpoint
 from wm_sim.data.store import EpisodeStore
@@ -25,7 +26,7 @@ from wm_sim.package import PackageConfig, package
 from wm_sim.world_model import Anchor, WorldModel, WorldModelConfig
 
 TINY = WorldModelConfig(
-    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, window=3
+    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, window=3, **BARE_MODEL
 )
 
 

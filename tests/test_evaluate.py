@@ -9,6 +9,7 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_size
 
 from wm_sim.collect import CollectConfig, collect
 from wm_sim.data.store import EpisodeStore
@@ -17,9 +18,9 @@ from wm_sim.errors import WmSimError
 from wm_sim.evaluate import HORIZONS, METHODS, METRICS, EvaluateConfig, evaluate
 from wm_sim.metrics import foreground_precision, object_recall, psnr, ssim
 from wm_sim.tracking import WandbConfig
-from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
+from wm_sim.train import TrainConfig, TrainingConfig, train
 
-TINY = ModelSize(grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3)
+TINY = tiny_size()
 CONTEXT = 4
 
 

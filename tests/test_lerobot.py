@@ -19,13 +19,8 @@ from wm_sim.cli import main
 from wm_sim.data.schema import ACTION_KEY, IMAGE_PREFIX, REWARD_KEY, STATE_KEY, SUCCESS_KEY
 from wm_sim.data.store import EpisodeStore
 from wm_sim.errors import WmSimError
-from wm_sim.lerobot_format import (
-    ExportLeRobotConfig,
-    ImportLeRobotConfig,
-    VideoReader,
-    export_lerobot,
-    import_lerobot,
-)
+from wm_sim.lerobot_export import ExportLeRobotConfig, export_lerobot
+from wm_sim.lerobot_import import ImportLeRobotConfig, VideoReader, import_lerobot
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL = FIXTURES / "lerobot_v3_official"

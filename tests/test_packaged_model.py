@@ -9,15 +9,15 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_size
 
 from wm_sim.checkpoint import RUN_CONTEXTS, load_checkpoint, load_start_contexts, resolve_checkpoint
 from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import is_validation_episode
 from wm_sim.errors import WmSimError
 from wm_sim.package import PackageConfig, package
-from wm_sim.train import ModelSize
 
-TINY = ModelSize(grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3)
+TINY = tiny_size()
 SHIPPED = Path(__file__).resolve().parents[1] / "wm_sim" / "checkpoints" / "reacher"
 
 

@@ -24,6 +24,7 @@ from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float32, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
+from tiny import tiny_size
 from wm_sim.ros import topics
 from wm_sim.ros.serve import ServeConfig, read_ros_params, with_params_file
 
@@ -560,7 +561,7 @@ def two_camera_checkpoint(tmp_path_factory) -> Path:
     to be served, not to be right."""
     from wm_sim.collect import CollectConfig, collect
     from wm_sim.tracking import WandbConfig
-    from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
+    from wm_sim.train import TrainConfig, TrainingConfig, train
 
     root = tmp_path_factory.mktemp("two-cameras")
     data = root / "reacher-two.zarr"
@@ -575,9 +576,7 @@ def two_camera_checkpoint(tmp_path_factory) -> Path:
             cameras=["top", "side"],
         )
     )
-    tiny = ModelSize(
-        grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3
-    )
+    tiny = tiny_size()
     return train(
         TrainConfig(
             data=str(data), model=tiny, out=str(root / "run"), steps=5, training=TrainingConfig(batch_size=4, lr=3e-3),

@@ -17,6 +17,7 @@ pytest.importorskip("rosbags")
 
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
+from tiny import tiny_size
 from wm_sim.ros.bag_import import ImportBagConfig, import_bag
 from wm_sim.ros.messages import ENCODINGS, image_to_rgb, rgb_to_image_fields, square_frame
 
@@ -405,11 +406,9 @@ def test_sim_time_header_stamps_against_wall_clock_receive_times_are_refused(tmp
 
 def test_imported_store_trains(imported, tmp_path):
     from wm_sim.tracking import WandbConfig
-    from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
+    from wm_sim.train import TrainConfig, TrainingConfig, train
 
-    tiny = ModelSize(
-        grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3
-    )
+    tiny = tiny_size()
     run = train(
         TrainConfig(
             data=str(imported), model=tiny, out=str(tmp_path / "run"), steps=2, training=TrainingConfig(batch_size=4),

@@ -17,8 +17,9 @@ import zarr
 from wm_sim.envs.catalog import TASK_SPECS
 
 import wm_sim.data.store as store_module
+from wm_sim.data.manifest import MANIFEST_FILE
 from wm_sim.data.schema import SCHEMA_VERSION, image_key
-from wm_sim.data.store import FRAMES_PER_SHARD, MANIFEST_FILE, EpisodeStore, check_store
+from wm_sim.data.store import FRAMES_PER_SHARD, EpisodeStore, check_store
 from wm_sim.data.windows import EpisodeWindows, is_validation_episode
 from wm_sim.errors import WmSimError
 

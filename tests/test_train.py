@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_size
 
 import wm_sim.distributed as distributed_module
 import wm_sim.objective as objective_module
@@ -24,7 +25,7 @@ from wm_sim.tracking import WandbConfig
 from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
 from wm_sim.world_model import WorldModel
 
-TINY = ModelSize(grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3)
+TINY = tiny_size()
 
 
 def config(data, out, **overrides) -> TrainConfig:

@@ -6,12 +6,13 @@ import dataclasses
 
 import pytest
 import torch
+from tiny import tiny_size
 
 from wm_sim.world_model import WorldModel, WorldModelConfig
 
 TWO = WorldModelConfig(
     image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=2, heads=2, window=4,
-    cameras=2, anchored=True, residual=True, scene_reward=True,
+    cameras=2, anchored=True, residual=True, scene_reward=True, transition=False, frame_reward=False,
 )  # fmt: skip
 
 
@@ -93,16 +94,13 @@ def two_camera_run(tmp_path_factory):
     """Four reacher episodes seen by the top and the side camera, and a tiny model trained on them."""
     from wm_sim.collect import CollectConfig, collect
     from wm_sim.tracking import WandbConfig
-    from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
+    from wm_sim.train import TrainConfig, TrainingConfig, train
 
     root = tmp_path_factory.mktemp("two-cameras")
     data = root / "reacher.zarr"
     collect(CollectConfig(task="reacher", policy="mixed", episodes=4, workers=1, seed=7, out=str(data),
                           cameras=["top", "side"]))  # fmt: skip
-    tiny = ModelSize(
-        grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, mlp_ratio=2, window=3,
-        anchored=True, frame_reward=True,
-    )  # fmt: skip
+    tiny = tiny_size(anchored=True, frame_reward=True)
     run = train(
         TrainConfig(
             data=str(data), model=tiny, out=str(root / "run"), steps=4, val_fraction=0.5, threads=1,

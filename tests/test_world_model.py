@@ -7,13 +7,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import BARE_MODEL
 
 from wm_sim.layout_kernels import GELU, conv_depth_to_space, space_to_depth_conv
 from wm_sim.model_heads import StateTransition, wrap_angle
 from wm_sim.world_model import WorldModel, WorldModelConfig, attend, rotate, time_rotation
 
 TINY = WorldModelConfig(
-    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=2, heads=2, window=4
+    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=2, heads=2, window=4, **BARE_MODEL
 )
 
 

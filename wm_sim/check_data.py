@@ -19,14 +19,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from wm_sim.data.store import (
-    MANIFEST_FILE,
-    EpisodeStore,
-    StoreCheck,
-    check_store,
-    describe_episodes,
-    lock_for_writing,
-)
+from wm_sim.data.integrity import describe_episodes
+from wm_sim.data.manifest import MANIFEST_FILE
+from wm_sim.data.store import EpisodeStore, StoreCheck, check_store, lock_for_writing
 from wm_sim.errors import WmSimError
 
 

@@ -47,7 +47,10 @@ from wm_sim.world_model import WorldModel, WorldModelConfig
 
 # 2: the scene reward became a distance between an effector and a goal point (SceneReward);
 # a version-1 checkpoint loads without its scene reward (_migrated), everything else as it was.
-CHECKPOINT_SCHEMA_VERSION = 2
+CHECKPOINT_SCHEMA_VERSION = 3
+# A model's optional parts: before schema 3 the model's defaults left them out, and a checkpoint's
+# metadata names only those that existed when it was written, so a missing one was off.
+OPTIONAL_PARTS = ("residual", "anchored", "transition", "frame_reward", "scene_reward")
 WEIGHTS, META = "model.safetensors", "meta.json"
 TRAIN_TENSORS, TRAIN_META = "train_state.safetensors", "train_state.json"
 CONTEXTS = "contexts.safetensors"  # real start contexts: every checkpoint's, so each resets as an env
@@ -248,10 +251,10 @@ def load_checkpoint(
     directory = resolve_checkpoint(path)
     meta = read_json(directory / META)
     version = meta.get("schema_version")
-    if version not in (1, CHECKPOINT_SCHEMA_VERSION):
+    if version not in range(1, CHECKPOINT_SCHEMA_VERSION + 1) or isinstance(version, bool):
         raise WmSimError(
             f"{directory / META}: checkpoint schema version {version!r}; this wm-sim reads versions 1 "
-            f"and {CHECKPOINT_SCHEMA_VERSION}"
+            f"to {CHECKPOINT_SCHEMA_VERSION}"
         )
     check_meta(meta, directory / META)
     meta, old_parts = _migrated(meta, directory)
@@ -273,13 +276,16 @@ def load_checkpoint(
 
 
 def _migrated(meta: dict[str, Any], directory: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """A version-1 checkpoint's metadata as version 2 reads it, and the weights to leave out.
+    """An older checkpoint's metadata as this version reads it, and the weights to leave out.
 
-    Version 1's scene reward was an MLP over keypoints and state; version 2's is a distance
+    Before version 3 a part the metadata does not name was off (it did not exist yet): it stays
+    off. Version 1's scene reward was an MLP over keypoints and state; version 2's is a distance
     between points, with other weights. The old head is dropped (with a warning): the model
     loads and runs as an env as before, and `wm-sim train init=... model.scene_reward=true`
     fits the new head beside everything else unchanged.
     """
+    if meta["schema_version"] < 3:
+        meta = {**meta, "model": {**dict.fromkeys(OPTIONAL_PARTS, False), **meta["model"]}}
     if meta["schema_version"] != 1 or not meta["model"].get("scene_reward"):
         return {**meta, "schema_version": CHECKPOINT_SCHEMA_VERSION}, ()
     warnings.warn(

@@ -92,13 +92,13 @@ VERBS: dict[str, Verb] = {
         summary="convert a rosbag2 recording (sqlite3 or mcap) into a zarr dataset (needs wm-sim[ros])",
     ),
     "import-lerobot": Verb(
-        schema="wm_sim.lerobot_format:ImportLeRobotConfig",
-        run="wm_sim.lerobot_format:import_lerobot",
+        schema="wm_sim.lerobot_import:ImportLeRobotConfig",
+        run="wm_sim.lerobot_import:import_lerobot",
         summary="convert a LeRobot v3.0 folder (parquet + mp4) into a zarr dataset (needs wm-sim[lerobot])",
     ),
     "export-lerobot": Verb(
-        schema="wm_sim.lerobot_format:ExportLeRobotConfig",
-        run="wm_sim.lerobot_format:export_lerobot",
+        schema="wm_sim.lerobot_export:ExportLeRobotConfig",
+        run="wm_sim.lerobot_export:export_lerobot",
         summary="write a zarr dataset as a LeRobot v3.0 folder that LeRobot opens (needs wm-sim[lerobot])",
     ),
     "bench": Verb(

@@ -55,7 +55,8 @@ from wm_sim.world_model import WorldModel, WorldModelConfig
 
 @dataclass
 class ModelSize:
-    """The size of the world model (a file of configs/model/); the data fixes the rest of its shape."""
+    """The size and parts of the world model (a file of configs/model/); the data fixes the rest of
+    its shape. The defaults are the architecture that ships (WorldModelConfig's)."""
 
     grid: int = field(default=4, metadata={"help": "latent tokens per frame: grid x grid"})
     latent_dim: int = field(default=32, metadata={"help": "numbers per latent token"})
@@ -67,18 +68,18 @@ class ModelSize:
     window: int = field(default=8, metadata={"help": "frames attended to (and trained on)"})
     residual: bool = field(default=True, metadata={"help": "predict the change of each latent"})
     anchored: bool = field(
-        default=False, metadata={"help": "decode over a real anchor frame (see also wm-sim tune-decoder)"}
+        default=True, metadata={"help": "decode over a real anchor frame (see also wm-sim tune-decoder)"}
     )
     transition: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "predict agent_pos with a state-transition MLP the transformer reads"},
     )
     frame_reward: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "read the reward off the next frame (re-encoded in rollouts) and the action"},
     )
     scene_reward: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "a reward of (real frame, state, action) for the latent planner and actor"},
     )
 

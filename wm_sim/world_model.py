@@ -246,7 +246,10 @@ LATENT_LIMIT = 0.999  # |latent| kept below 1 before atanh: atanh(0.999) = 3.8
 
 @dataclass(frozen=True)
 class WorldModelConfig:
-    """Shapes of the world model; saved in every checkpoint's metadata."""
+    """Shapes of the world model; saved in every checkpoint's metadata. The defaults are the
+    architecture that ships (the data sets image, state and action sizes, wrapped angles and
+    cameras); a checkpoint written before a part existed loads without it (wm_sim.checkpoint
+    migrates its metadata by schema version)."""
 
     image_size: int = 64
     action_dim: int = 2
@@ -260,27 +263,23 @@ class WorldModelConfig:
     mlp_ratio: int = 4
     window: int = 8  # frames the dynamics attends to (and trains on)
     # Predict the next latents as a change of the current ones (in atanh space), so what does not
-    # move (the background, a target) is copied for free and only motion must be learned. False in
-    # checkpoints from before it existed: those predicted absolute latents.
-    residual: bool = False
-    # Composite decoded frames over a real anchor frame (see Decoder). False in checkpoints from
-    # before it existed; `wm-sim tune-decoder` turns a model's decoder into an anchored one.
-    anchored: bool = False
-    # Predict the next state with a StateTransition MLP, which the transformer also reads. False
-    # in checkpoints from before it existed: their transformer predicted the state itself.
-    transition: bool = False
+    # move (the background, a target) is copied for free and only motion must be learned.
+    residual: bool = True
+    # Composite decoded frames over a real anchor frame (see Decoder); `wm-sim tune-decoder`
+    # turns a model's decoder into an anchored one.
+    anchored: bool = True
+    # Predict the next state with a StateTransition MLP, which the transformer also reads
+    # (without one, the transformer predicts the state itself).
+    transition: bool = True
     # Entries of the state that are angles wrapped into [-pi, pi) (found in the data by
     # wm_sim.data.angles.wrapped_entries): the transition and state errors take them the short way round.
     periodic_state: tuple[int, ...] = ()
     # Read the reward off the next frame (in rollouts: the frame shown, re-encoded) and the action
-    # with a FrameReward head, not off the transformer's pooled features. False in checkpoints
-    # from before it existed.
-    frame_reward: bool = False
+    # with a FrameReward head, not off the transformer's pooled features.
+    frame_reward: bool = True
     # A SceneReward head: the reward of an imagined state in the scene a real frame shows, what
-    # the latent planner and the latent actor imagine with (wm_sim.latent_model). False in
-    # checkpoints from before it existed (and in schema-1 ones, whose scene reward was an MLP:
-    # wm_sim.checkpoint drops it on load).
-    scene_reward: bool = False
+    # the latent planner and the latent actor imagine with (wm_sim.latent_model).
+    scene_reward: bool = True
     # Cameras seen at once (a dataset's every camera): each is encoded to its own grid x grid
     # tokens and decoded from them, and one dynamics step attends over all of them. A frame is
     # then (..., K, S, S, 3) (`frame_shape`); with one camera it is (..., S, S, 3), as always.

@@ -24,39 +24,54 @@ Integrity. Opening a store checks that every chunk file in the manifest is there
 episodes it holds, so nothing reads zarr's fill values for a lost chunk. `check_store(...,
 checksums=True)` (`wm-sim check-data`) also compares every file's crc32c. Stores written before the
 manifest existed still open, with a warning; the first append to one writes its manifest.
+The manifest and the chunk files' geometry are in wm_sim.data.manifest; the checks that find
+the damage are in wm_sim.data.integrity.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import sys
-import time
-import uuid
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
 import zarr
 import zarr.errors
 
+from wm_sim.data.integrity import (
+    DECODE_ERRORS,
+    ChunkDamage,
+    damage_message,
+    decode_damages,
+    episodes_in_rows,
+    first_line,
+    settled_check,
+)
+from wm_sim.data.manifest import (
+    MANIFEST_FILE,
+    META_KEYS,
+    ROLLBACK_DIR,
+    Manifest,
+    array_names,
+    build_manifest,
+    chunk_files,
+    chunk_keys,
+    chunk_row_range,
+    file_problem,
+    files_under,
+    rollback_chunk,
+    rollback_file,
+)
 from wm_sim.data.schema import IMAGE_PREFIX, DatasetInfo, frames_of, image_key
 from wm_sim.errors import WmSimError
 
 FRAMES_PER_SHARD = 256  # images: one chunk per frame, one file per 256 frames
 ROWS_PER_CHUNK = 4096  # everything else
-MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = 1
-ROLLBACK_DIR = "rollback"
-META_KEYS = ("episode_ends", "episode_seed")
-# What zarr raises for a chunk whose bytes do not decode: a shard index's crc32c mismatch
-# (ValueError), a torn zstd frame (RuntimeError), an unreadable file (OSError).
-DECODE_ERRORS = (ValueError, RuntimeError, OSError)
 _BEING_CREATED = (
     "{path} is being written by another process (it is still being created); wait for it to finish"
 )
@@ -102,7 +117,7 @@ class EpisodeStore:
         try:
             root = zarr.open_group(str(path), mode="w-", zarr_format=3)
             _create_arrays(root, info)
-            Manifest([], [], {name: {} for name in _array_names(info)}).save(path)
+            Manifest([], [], {name: {} for name in array_names(info)}).save(path)
             # the attributes go last: a store without them is recognisably unfinished, never half-valid
             root.attrs.update(info.to_attrs())
             return cls(root, info, path, lock_fd)
@@ -206,7 +221,7 @@ class EpisodeStore:
 
         Every chunk file they need is checked for presence and size; a damaged store is refused.
         """
-        manifest, damages = _settled_check(self.path, self._root, self.info, checksums=False)
+        manifest, damages = settled_check(self.path, self._root, self.info, checksums=False)
         if damages:
             raise WmSimError(damage_message(self.path, damages))
         if manifest is None:
@@ -220,13 +235,13 @@ class EpisodeStore:
 
     def _check_present(self, name: str, arr: zarr.Array, start: int, stop: int) -> None:
         listed = self._manifest.chunks.get(name, {})
-        for key, _ in _chunk_keys(arr, start, stop):
+        for key, _ in chunk_keys(arr, start, stop):
             if key in listed and not (self.path / name / key).is_file() and self._lost(name, key):
                 raise WmSimError(damage_message(self.path, [self._damage(name, arr, key, "is missing")]))
 
     def _lost(self, name: str, key: str) -> bool:
         """Whether a missing chunk file is lost, not emptied by a writer since (all fill values: no file)."""
-        if _rollback_file(self.path, name, key).is_file():
+        if rollback_file(self.path, name, key).is_file():
             return False  # an append in flight emptied it; its committed bytes are kept
         latest = Manifest.load(self.path)
         return latest is not None and key in latest.chunks.get(name, {})
@@ -234,17 +249,17 @@ class EpisodeStore:
     def _undecodable(self, key: str, arr: zarr.Array, start: int, stop: int, exc: Exception) -> str:
         """The one-line refusal of rows that zarr cannot decode, naming the first bad chunk."""
         name = f"data/{key}"
-        for chunk, (lo, hi) in _chunk_keys(arr, start, stop):
+        for chunk, (lo, hi) in chunk_keys(arr, start, stop):
             try:
                 arr[max(lo, start) : min(hi, stop)]
             except DECODE_ERRORS as chunk_exc:
-                damage = self._damage(name, arr, chunk, f"cannot be decoded ({_first_line(chunk_exc)})")
+                damage = self._damage(name, arr, chunk, f"cannot be decoded ({first_line(chunk_exc)})")
                 return damage_message(self.path, [damage])
-        return f"{self.path} is damaged: {name} rows [{start}, {stop}) cannot be read ({_first_line(exc)})"
+        return f"{self.path} is damaged: {name} rows [{start}, {stop}) cannot be read ({first_line(exc)})"
 
     def _damage(self, name: str, arr: zarr.Array, key: str, problem: str) -> ChunkDamage:
-        rows = _chunk_row_range(arr, key)
-        return ChunkDamage(name, key, problem, _episodes_in_rows(name, rows, self._ends))
+        rows = chunk_row_range(arr, key)
+        return ChunkDamage(name, key, problem, episodes_in_rows(name, rows, self._ends))
 
     # --- appending -------------------------------------------------------------------------
 
@@ -284,9 +299,9 @@ class EpisodeStore:
 
     def _touched_chunks(self, start: int, stop: int, count: int) -> dict[str, list[str]]:
         """The chunk files (array name -> keys) that writing rows [start, stop) and entry `count` rewrites."""
-        touched = {f"data/{k}": [c for c, _ in _chunk_keys(self.array(k), start, stop)] for k in self.keys}
+        touched = {f"data/{k}": [c for c, _ in chunk_keys(self.array(k), start, stop)] for k in self.keys}
         for key in META_KEYS:
-            touched[f"meta/{key}"] = [c for c, _ in _chunk_keys(self._meta[key], count, count + 1)]
+            touched[f"meta/{key}"] = [c for c, _ in chunk_keys(self._meta[key], count, count + 1)]
         return touched
 
     def _keep_committed(self, touched: dict[str, list[str]]) -> None:
@@ -296,7 +311,7 @@ class EpisodeStore:
         for name, keys in touched.items():
             for key in keys:
                 if key in self._manifest.chunks.get(name, {}):
-                    _link_or_copy(self.path / name / key, _rollback_file(self.path, name, key))
+                    _link_or_copy(self.path / name / key, rollback_file(self.path, name, key))
 
     def _trim_uncommitted(self) -> None:
         """Undo what a crash left of an episode in flight: its rows, meta entries and chunk files."""
@@ -306,19 +321,19 @@ class EpisodeStore:
             self._manifest.save(self.path)
             return
         rollback = self.path / ROLLBACK_DIR
-        for kept in list(_files_under(rollback)):
-            name, key = _rollback_chunk(kept)
+        for kept in list(files_under(rollback)):
+            name, key = rollback_chunk(kept)
             live = self.path / name / key
             size, crc = self._manifest.chunks.get(name, {}).get(key, (None, None))
             # put the committed bytes back unless the append's commit went through (then the live
             # file is the one the manifest describes, and the link is a leftover)
-            if size is not None and _file_problem(live, size, crc, checksums=True) is not None:
+            if size is not None and file_problem(live, size, crc, checksums=True) is not None:
                 live.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(kept, live)
         _remove_tree(rollback)
         self._trim_to_ends()
         for name, listed in self._manifest.chunks.items():  # chunk files only the append had made
-            for key in _chunk_files(self.path / name):
+            for key in chunk_files(self.path / name):
                 if key not in listed:
                     (self.path / name / key).unlink()
 
@@ -335,100 +350,7 @@ class EpisodeStore:
             debris.unlink(missing_ok=True)
 
 
-# --- the manifest ------------------------------------------------------------------------------
-
-
-@dataclass
-class Manifest:
-    """What the committed episodes need on disk: their ends and seeds, and each chunk file's size and crc32c.
-
-    `chunks` maps an array ("data/<key>", "meta/episode_ends") to its chunk files ("c/0/0/0/0") and
-    their [size, crc32c hex]. A chunk zarr never wrote (all fill values) is not listed: it reads as
-    fill values rightly.
-    """
-
-    episode_ends: list[int]
-    episode_seed: list[int]
-    chunks: dict[str, dict[str, list]] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, store: Path) -> Manifest | None:
-        """The store's manifest, or None for a store written before manifests existed."""
-        try:
-            text = (store / MANIFEST_FILE).read_text()
-        except FileNotFoundError:
-            return None
-        try:
-            data = json.loads(text)
-            if data.get("format") != MANIFEST_FORMAT:
-                raise WmSimError(
-                    f"{store}/{MANIFEST_FILE} has format {data.get('format')!r}; this wm-sim reads {MANIFEST_FORMAT}"
-                )
-            manifest = cls([int(e) for e in data["episode_ends"]], [int(s) for s in data["episode_seed"]], {
-                name: {key: [int(size), str(crc)] for key, (size, crc) in files.items()}
-                for name, files in data["chunks"].items()
-            })  # fmt: skip
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise WmSimError(
-                f"{store}/{MANIFEST_FILE} is corrupt ({exc!r}); without it (delete it) the store opens "
-                "unchecked and `wm-sim check-data` can only decode its chunks"
-            ) from None
-        if len(manifest.episode_ends) != len(manifest.episode_seed):
-            raise WmSimError(f"{store}/{MANIFEST_FILE} is corrupt: it has more ends than seeds or fewer")
-        return manifest
-
-    def save(self, store: Path) -> None:
-        """Replace the store's manifest atomically (temp file + rename, like zarr's own writes)."""
-        data = {"format": MANIFEST_FORMAT, "checksum": "crc32c", "episode_ends": self.episode_ends,
-                "episode_seed": self.episode_seed, "chunks": self.chunks}  # fmt: skip
-        temp = store / f"{MANIFEST_FILE}.{uuid.uuid4().hex}.partial"
-        temp.write_text(json.dumps(data, separators=(",", ":")) + "\n")
-        os.replace(temp, store / MANIFEST_FILE)
-
-    def appended(self, store: Path, touched: dict[str, list[str]], end: int, seed: int) -> Manifest:
-        """This manifest with one more episode, whose writes rewrote the `touched` chunk files."""
-        chunks = {name: dict(files) for name, files in self.chunks.items()}
-        for name, keys in touched.items():
-            files = chunks.setdefault(name, {})
-            for key in keys:
-                entry = _file_entry(store / name / key)
-                if entry is None:  # all fill values: zarr wrote (or kept) no file
-                    files.pop(key, None)
-                else:
-                    files[key] = entry
-        return Manifest([*self.episode_ends, end], [*self.episode_seed, int(seed)], chunks)
-
-
-def build_manifest(path: Path, root: zarr.Group, info: DatasetInfo, ends: np.ndarray) -> Manifest:
-    """A manifest of a store as it is now (for a store written before manifests existed)."""
-    frames, count = (int(ends[-1]) if len(ends) else 0), len(ends)
-    chunks = {}
-    for name in _array_names(info):
-        arr = _node(root, name)
-        needed = count if name.startswith("meta/") else frames
-        chunks[name] = {
-            key: _file_entry(path / name / key)
-            for key in _chunk_files(path / name)
-            if _chunk_row_range(arr, key)[0] < needed
-        }
-    seeds = np.asarray(root["meta"]["episode_seed"][:count], dtype=np.int64)
-    return Manifest([int(e) for e in ends], [int(s) for s in seeds], chunks)
-
-
-# --- checking --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChunkDamage:
-    """One chunk file that is not as its episode's commit left it."""
-
-    array: str  # "data/observation.state", "meta/episode_ends"
-    chunk: str  # "c/1/0/0/0", or "zarr.json" for an array's metadata
-    problem: str  # "is missing", "is truncated: ...", ...
-    episodes: tuple[int, ...]
-
-    def __str__(self) -> str:
-        return f"{self.array} chunk {self.chunk} {self.problem} (it holds {describe_episodes(self.episodes)})"
+# --- opening and checking ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -478,249 +400,16 @@ def check_store(path: str | Path, checksums: bool = True, locked: bool = False) 
     if not path.exists():
         raise WmSimError(f"no dataset store at {path}")
     root, info = open_root(path, locked)
-    manifest, damages = _settled_check(path, root, info, checksums)
+    manifest, damages = settled_check(path, root, info, checksums)
     if manifest is None:
         ends = _valid_episode_ends(root, info, path)
         seeds = np.asarray(root["meta"]["episode_seed"][: len(ends)], dtype=np.int64)
-        damages = _decode_damages(root, info, ends) if checksums else []
+        damages = decode_damages(root, info, ends) if checksums else []
     else:
         ends = np.asarray(manifest.episode_ends, dtype=np.int64)
         seeds = np.asarray(manifest.episode_seed, dtype=np.int64)
-    rollback = any(True for _ in _files_under(path / ROLLBACK_DIR))
+    rollback = any(True for _ in files_under(path / ROLLBACK_DIR))
     return StoreCheck(info, ends, seeds, damages, manifest is not None, rollback)
-
-
-def _decode_damages(root: zarr.Group, info: DatasetInfo, ends: np.ndarray) -> list[ChunkDamage]:
-    """Every chunk file of the committed rows that zarr cannot decode (a torn shard, a garbled chunk)."""
-    frames = int(ends[-1]) if len(ends) else 0
-    damages = []
-    for key in info.features:
-        arr = root["data"][key]
-        for chunk, (lo, hi) in _chunk_keys(arr, 0, frames):
-            try:
-                arr[lo : min(hi, frames)]
-            except DECODE_ERRORS as exc:
-                problem = f"cannot be decoded ({_first_line(exc)})"
-                damages.append(
-                    ChunkDamage(
-                        f"data/{key}", chunk, problem, _episodes_in_rows(f"data/{key}", (lo, hi), ends)
-                    )
-                )
-    return damages
-
-
-def damage_message(path: Path, damages: list[ChunkDamage]) -> str:
-    """The one line that refuses a damaged store."""
-    more = f"; and {len(damages) - 1} more damaged chunks" if len(damages) > 1 else ""
-    return (
-        f"{path} is damaged: {damages[0]}{more}; `wm-sim check-data data={path}` lists the damaged "
-        "episodes and `repair=true` drops them, after copying the store"
-    )
-
-
-def describe_episodes(episodes: tuple[int, ...] | list[int]) -> str:
-    """'episode 3', 'episodes 0-2, 7': runs of consecutive episodes written as ranges."""
-    if not episodes:
-        return "no committed episode"
-    runs: list[list[int]] = []
-    for e in sorted(episodes):
-        if runs and e == runs[-1][1] + 1:
-            runs[-1][1] = e
-        else:
-            runs.append([e, e])
-    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
-    return f"episode {text}" if len(episodes) == 1 else f"episodes {text}"
-
-
-def _settled_check(
-    path: Path, root: zarr.Group, info: DatasetInfo, checksums: bool, attempts: int = 5
-) -> tuple[Manifest | None, list[ChunkDamage]]:
-    """The manifest and the damages found against it, checked again while a writer moves it on.
-
-    A writer in another process replaces chunk files and then the manifest; a check that raced it
-    sees a chunk that changed under an old manifest. Only a damage that persists under the same
-    manifest is real.
-    """
-    for _ in range(attempts):
-        manifest = Manifest.load(path)
-        if manifest is None:
-            return None, []
-        damages = _damages(path, root, info, manifest, checksums)
-        if not damages or Manifest.load(path) == manifest:
-            return manifest, damages
-        time.sleep(0.05)
-    raise WmSimError(f"{path} is being written by another process faster than it can be checked; try again")
-
-
-def _damages(
-    path: Path, root: zarr.Group, info: DatasetInfo, manifest: Manifest, checksums: bool
-) -> list[ChunkDamage]:
-    ends = np.asarray(manifest.episode_ends, dtype=np.int64)
-    damages = []
-    for name in _array_names(info):
-        try:
-            arr = _node(root, name)
-        except (KeyError, ValueError) as exc:
-            raise WmSimError(f"{path} is corrupt: cannot open array {name} ({_first_line(exc)})") from None
-        for key, (size, crc) in sorted(manifest.chunks.get(name, {}).items()):
-            problem = _file_problem(path / name / key, size, crc, checksums)
-            if problem is not None and (
-                _file_problem(_rollback_file(path, name, key), size, crc, checksums) is None
-                # ...or a resuming writer moved those bytes back between the two looks
-                or _file_problem(path / name / key, size, crc, checksums) is None
-            ):
-                problem = None  # an append in flight rewrote it; the committed bytes are in rollback/
-            if problem is not None:
-                rows = _chunk_row_range(arr, key)
-                damages.append(ChunkDamage(name, key, problem, _episodes_in_rows(name, rows, ends)))
-        damages += _shape_damages(name, arr, ends)
-    if not any(d.array.startswith("meta/") for d in damages):
-        damages += _meta_damages(root, manifest)
-    return damages
-
-
-def _shape_damages(name: str, arr: zarr.Array, ends: np.ndarray) -> list[ChunkDamage]:
-    """An array whose metadata says it is shorter than the committed episodes need."""
-    needed = len(ends) if name.startswith("meta/") else (int(ends[-1]) if len(ends) else 0)
-    if arr.shape[0] >= needed:
-        return []
-    problem = f"says it holds {arr.shape[0]} rows; the committed episodes need {needed}"
-    return [ChunkDamage(name, "zarr.json", problem, _episodes_in_rows(name, (arr.shape[0], needed), ends))]
-
-
-def _meta_damages(root: zarr.Group, manifest: Manifest) -> list[ChunkDamage]:
-    """meta/episode_ends and meta/episode_seed must begin with the manifest's (a writer may have added one)."""
-    damages = []
-    for key, expected in (("episode_ends", manifest.episode_ends), ("episode_seed", manifest.episode_seed)):
-        arr = root["meta"][key]
-        try:
-            stored = np.asarray(arr[: len(expected)], dtype=np.int64)
-        except DECODE_ERRORS as exc:
-            problem = f"cannot be decoded ({_first_line(exc)})"
-            damages.append(
-                ChunkDamage(f"meta/{key}", _chunk_key(arr, 0), problem, tuple(range(len(expected))))
-            )
-            continue
-        if len(stored) < len(expected):
-            continue  # reported by _shape_damages
-        wrong = np.flatnonzero(stored != np.asarray(expected, dtype=np.int64))
-        if len(wrong):
-            unit = _rows_per_file(arr)
-            damages.append(ChunkDamage(
-                f"meta/{key}", _chunk_key(arr, int(wrong[0]) // unit),
-                f"disagrees with the manifest at entry {int(wrong[0])}", tuple(int(e) for e in wrong),
-            ))  # fmt: skip
-    return damages
-
-
-def _file_problem(file: Path, size: int, crc: str, checksums: bool) -> str | None:
-    """What is wrong with a chunk file against its manifest entry, or None."""
-    try:
-        actual = file.stat().st_size
-    except FileNotFoundError:
-        return "is missing"
-    if actual < size:
-        return f"is truncated: {actual:,} of its {size:,} bytes"
-    if actual != size:
-        return f"has {actual:,} bytes, not the {size:,} it was written with"
-    if checksums and _crc32c(file) != crc:
-        return "does not match its crc32c checksum (its bytes changed)"
-    return None
-
-
-def _file_entry(file: Path) -> list | None:
-    """[size, crc32c hex] of a chunk file, or None when there is none."""
-    try:
-        return [file.stat().st_size, _crc32c(file)]
-    except FileNotFoundError:
-        return None
-
-
-def _crc32c(file: Path, block: int = 1 << 22) -> str:
-    crc = 0
-    with file.open("rb") as f:
-        while data := f.read(block):
-            crc = google_crc32c.extend(crc, data)
-    return f"{crc:08x}"
-
-
-# --- chunk geometry ----------------------------------------------------------------------------
-
-
-def _array_names(info: DatasetInfo) -> list[str]:
-    return [f"data/{key}" for key in info.features] + [f"meta/{key}" for key in META_KEYS]
-
-
-def _node(root: zarr.Group, name: str) -> zarr.Array:
-    group, key = name.split("/", 1)
-    return root[group][key]
-
-
-def _rows_per_file(arr: zarr.Array) -> int:
-    """Rows one chunk file holds: a shard's when the array is sharded, else a chunk's."""
-    return (arr.shards or arr.chunks)[0]
-
-
-def _chunk_key(arr: zarr.Array, index: int) -> str:
-    return arr.metadata.chunk_key_encoding.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))
-
-
-def _chunk_keys(arr: zarr.Array, start: int, stop: int) -> Iterator[tuple[str, tuple[int, int]]]:
-    """(chunk file key, its row range) of every chunk file holding a row of [start, stop)."""
-    unit = _rows_per_file(arr)
-    for index in range(start // unit, (stop - 1) // unit + 1 if stop > start else start // unit):
-        yield _chunk_key(arr, index), (index * unit, (index + 1) * unit)
-
-
-def _chunk_row_range(arr: zarr.Array, key: str) -> tuple[int, int]:
-    """The rows a chunk file (e.g. "c/1/0/0/0") holds."""
-    encoding = arr.metadata.chunk_key_encoding
-    parts = key.split(encoding.separator)
-    if parts[0] != "c" or len(parts) < 2 or not parts[1].isdigit():
-        raise WmSimError(f"unexpected chunk file {key!r} in {arr.path}: expected c/<index>/...")
-    unit = _rows_per_file(arr)
-    return int(parts[1]) * unit, (int(parts[1]) + 1) * unit
-
-
-def _episodes_in_rows(name: str, rows: tuple[int, int], ends: np.ndarray) -> tuple[int, ...]:
-    """The committed episodes with a row (or, for meta arrays, an entry) in `rows`."""
-    lo, hi = rows
-    if name.startswith("meta/"):
-        return tuple(range(lo, min(hi, len(ends))))
-    frames = int(ends[-1]) if len(ends) else 0
-    if lo >= min(hi, frames):
-        return ()
-    first = int(np.searchsorted(ends, lo, side="right"))
-    last = int(np.searchsorted(ends, min(hi, frames) - 1, side="right"))
-    return tuple(range(first, last + 1))
-
-
-def _chunk_files(array_dir: Path) -> list[str]:
-    """The chunk file keys on disk under an array's folder (not its zarr.json or temp files)."""
-    return sorted(
-        p.relative_to(array_dir).as_posix()
-        for p in _files_under(array_dir)
-        if p.name != "zarr.json" and not p.name.endswith(".partial")
-    )
-
-
-def _files_under(folder: Path) -> Iterator[Path]:
-    return (p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else iter(())
-
-
-def _rollback_file(store: Path, name: str, key: str) -> Path:
-    """Where an append keeps the committed bytes of chunk `key` of array `name`.
-
-    One flat folder ("data%action%c%0%0"): it is made and removed once per episode, and a tree
-    of nested chunk folders costs tens of milliseconds each time.
-    """
-    return store / ROLLBACK_DIR / f"{name}/{key}".replace("/", "%")
-
-
-def _rollback_chunk(file: Path) -> tuple[str, str]:
-    """(array name, chunk key) of a file in rollback/."""
-    parts = file.name.split("%")
-    return "/".join(parts[:2]), "/".join(parts[2:])
 
 
 def _remove_tree(folder: Path) -> None:
@@ -734,11 +423,6 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)  # zarr replaces the file, so the link keeps the old bytes for free
     except OSError:  # a file system without hard links
         shutil.copy2(source, target)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _warn_unverifiable(path: Path) -> None:
@@ -810,9 +494,7 @@ def _valid_episode_ends(root: zarr.Group, info: DatasetInfo, path: Path) -> np.n
     except KeyError as exc:
         raise WmSimError(f"{path} is corrupt: missing array {exc}") from exc
     except DECODE_ERRORS as exc:
-        raise WmSimError(
-            f"{path} is damaged: meta/episode_ends cannot be read ({_first_line(exc)})"
-        ) from None
+        raise WmSimError(f"{path} is damaged: meta/episode_ends cannot be read ({first_line(exc)})") from None
     limit = min(lengths) if lengths else 0
     valid = 0
     previous = 0
