@@ -20,6 +20,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from wm_sim.envs.catalog import TASK_SPECS, make_task
 from wm_sim.envs.imagination import ImaginedBatch, StepOutput, stack_contexts
+from wm_sim.envs.start_frames import as_frames, camera_images, observed_cameras
 
 from wm_sim.checkpoint import checkpoint_cameras, load_checkpoint, load_start_contexts
 from wm_sim.errors import WmSimError
@@ -68,7 +69,7 @@ class _Simulator:
         # the cameras the model sees, in its token order (every one is needed to start it), and
         # those observed: one image each in "pixels" when several
         self.model_cameras: tuple[str, ...] = tuple(checkpoint_cameras(meta, ["top"]))
-        self.cameras = _observed_cameras(cameras, self.model_cameras, checkpoint)
+        self.cameras = observed_cameras(cameras, self.model_cameras, checkpoint)
         self._observed = [self.model_cameras.index(c) for c in self.cameras]
         low, high = _state_bounds(self.task, model.config.state_dim)
         self.engine.bound_state(low, high)
@@ -137,14 +138,14 @@ class _Simulator:
         size, cameras = self.config.image_size, self.model_cameras
         if len(cameras) == 1:
             if isinstance(frames, dict):
-                frames = _camera_images(frames, cameras)[0]
-            return _frames(frames, size)
+                frames = camera_images(frames, cameras)[0]
+            return as_frames(frames, size)
         if not isinstance(frames, dict):
             raise ValueError(
                 f"this model sees cameras {list(cameras)}: reset frames must be a dict of images "
                 f"per camera, {{camera: (H, W, 3) or (K, H, W, 3)}}, got {type(frames).__name__}"
             )
-        per_camera = [_frames(images, size) for images in _camera_images(frames, cameras)]
+        per_camera = [as_frames(images, size) for images in camera_images(frames, cameras)]
         if len({len(f) for f in per_camera}) != 1:
             raise ValueError(
                 "reset frames must hold as many frames for every camera, got "
@@ -161,6 +162,32 @@ class _Simulator:
         if len(self.cameras) == 1:
             return pixels[..., self._observed[0], :, :, :]
         return {camera: pixels[..., i, :, :, :] for camera, i in zip(self.cameras, self._observed, strict=True)}
+
+    def observation(self, rows: int | slice = slice(None), as_torch: bool = False) -> dict[str, Any]:
+        """The observation of the engine's rows `rows` (one row, or a batch), copied: the engine's
+        buffers change in place on later steps and resets."""
+        pixels, agent_pos = self.engine.pixels[rows], self.engine.agent_pos[rows]
+        if as_torch:
+            return {"pixels": self.observe(pixels.clone()), "agent_pos": agent_pos.clone()}
+        return {
+            "pixels": self.observe(pixels.cpu().numpy().copy()),
+            "agent_pos": agent_pos.cpu().numpy().astype(np.float32, copy=True),
+        }
+
+    def snapshot(self, generator: np.random.Generator, **flags: Any) -> dict[str, Any]:
+        """An env's get_state: the engine's state, the env's random generator and its own flags."""
+        return {"engine": self.engine.get_state(), "np_random": generator.bit_generator.state, **flags}
+
+    def check_snapshot(self, state: Any, generator: np.random.Generator, flags: dict[str, type]) -> None:
+        """One ValueError unless `state` is a `snapshot` of this simulator with flags of these types."""
+        _check_env_state(state, {"engine": dict, "np_random": dict, **flags})
+        self.engine.check_state(state["engine"])
+        _check_generator_state(generator, state["np_random"])
+
+    def restore(self, state: dict[str, Any], generator: np.random.Generator) -> None:
+        """Put back a checked `snapshot`'s engine and generator (the env restores its flags)."""
+        self.engine.set_state(state["engine"])
+        generator.bit_generator.state = state["np_random"]
 
     def shown(self, pixels: torch.Tensor) -> torch.Tensor:
         """What render() shows of the engine's pixels (..., *frame_shape): the first observed camera."""
@@ -199,48 +226,6 @@ def _state_bounds(task: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
     low, high = physics.state_bounds
     physics.close()
     return low.astype(np.float32), high.astype(np.float32)
-
-
-def _observed_cameras(
-    asked: Sequence[str] | None, trained: tuple[str, ...], checkpoint: str
-) -> tuple[str, ...]:
-    """The cameras an env observes: `asked` (some of the model's, in any order), else all of them."""
-    if asked is None:
-        return trained
-    asked = (asked,) if isinstance(asked, str) else tuple(asked)
-    unknown = [c for c in asked if c not in trained]
-    if not asked or unknown or len(set(asked)) != len(asked):
-        raise ValueError(
-            f"cameras must name some of the cameras {checkpoint}'s model was trained on, {list(trained)}, "
-            f"each once; got {list(asked)}"
-        )
-    return asked
-
-
-def _camera_images(frames: dict, cameras: tuple[str, ...]) -> list[Any]:
-    """Each camera's images from a dict keyed by camera name, in the model's camera order."""
-    if set(frames) != set(cameras):
-        raise ValueError(f"reset frames must have exactly the cameras {list(cameras)}, got {sorted(frames)}")
-    return [frames[c] for c in cameras]
-
-
-def _frames(frames: Any, size: int) -> torch.Tensor:
-    """(K, S, S, 3) uint8 from one image (H, W, 3) or several (K, H, W, 3), resized if needed."""
-    array = np.asarray(frames)
-    if array.dtype != np.uint8:
-        raise ValueError(f"reset frames must be uint8 RGB images, got dtype {array.dtype}")
-    if array.ndim == 3:
-        array = array[None]
-    if array.ndim != 4 or array.shape[-1] != 3 or 0 in array.shape:
-        raise ValueError(
-            f"reset frames must be (H, W, 3) or (K, H, W, 3) RGB with at least one frame of at least "
-            f"one pixel, got shape {array.shape}"
-        )
-    if array.shape[1:3] != (size, size):
-        from PIL import Image
-
-        array = np.stack([np.asarray(Image.fromarray(f).resize((size, size), Image.BILINEAR)) for f in array])
-    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 # --- the single env ----------------------------------------------------------------------------
@@ -307,11 +292,7 @@ class WorldModelEnv(gymnasium.Env):
         return self._observation(), float(out.reward[0]), terminated, truncated, info
 
     def _observation(self) -> dict[str, np.ndarray]:
-        engine = self.sim.engine  # copies: the engine's buffers change in place on later resets
-        return {
-            "pixels": self.sim.observe(engine.pixels[0].cpu().numpy().copy()),
-            "agent_pos": engine.agent_pos[0].cpu().numpy().astype(np.float32, copy=True),
-        }
+        return self.sim.observation(0)
 
     def render(self) -> np.ndarray | None:
         """The frame shown (the first camera's, with several)."""
@@ -321,11 +302,7 @@ class WorldModelEnv(gymnasium.Env):
 
     def get_state(self) -> dict[str, Any]:
         """The full simulator state (context cache, pending frame, step count, random generator)."""
-        return {
-            "engine": self.sim.engine.get_state(),
-            "np_random": self.np_random.bit_generator.state,
-            "needs_reset": self._needs_reset,
-        }
+        return self.sim.snapshot(self.np_random, needs_reset=self._needs_reset)
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore a get_state: the same actions from here give identical frames.
@@ -333,11 +310,8 @@ class WorldModelEnv(gymnasium.Env):
         Anything that is not a get_state of this env is one ValueError, and changes nothing.
         """
         _refuse_if_closed(self._closed, "set_state")
-        _check_env_state(state, {"engine": dict, "np_random": dict, "needs_reset": bool})
-        self.sim.engine.check_state(state["engine"])
-        _check_generator_state(self.np_random, state["np_random"])
-        self.sim.engine.set_state(state["engine"])
-        self.np_random.bit_generator.state = state["np_random"]
+        self.sim.check_snapshot(state, self.np_random, {"needs_reset": bool})
+        self.sim.restore(state, self.np_random)
         self._needs_reset = state["needs_reset"]
 
     def close(self) -> None:
@@ -440,7 +414,7 @@ class WorldModelVectorEnv(VectorEnv):
         index = np.arange(self.num_envs) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
         c = self.sim.config
         if isinstance(frames, dict) and c.cameras > 1:
-            frames = np.stack([np.asarray(f) for f in _camera_images(frames, self.sim.model_cameras)], axis=2)
+            frames = np.stack([np.asarray(f) for f in camera_images(frames, self.sim.model_cameras)], axis=2)
         frames = torch.as_tensor(np.asarray(frames))
         k = len(index)
         length = frames.shape[1] if frames.ndim == 2 + len(c.frame_shape) else 0
@@ -522,13 +496,7 @@ class WorldModelVectorEnv(VectorEnv):
         }
 
     def _observation(self):
-        engine = self.sim.engine  # copies: the engine's buffers change in place on later resets
-        if self.use_torch:
-            return {"pixels": self.sim.observe(engine.pixels.clone()), "agent_pos": engine.agent_pos.clone()}
-        return {
-            "pixels": self.sim.observe(engine.pixels.cpu().numpy().copy()),
-            "agent_pos": engine.agent_pos.cpu().numpy().astype(np.float32, copy=True),
-        }
+        return self.sim.observation(as_torch=self.use_torch)
 
     def render(self):
         """Each sub-env's frame shown (the first camera's, with several)."""
@@ -537,26 +505,18 @@ class WorldModelVectorEnv(VectorEnv):
         return tuple(self.sim.shown(self.sim.engine.pixels).cpu().numpy())
 
     def get_state(self) -> dict[str, Any]:
-        return {
-            "engine": self.sim.engine.get_state(),
-            "np_random": self.np_random.bit_generator.state,
-            "autoreset": self._autoreset.copy(),
-            "started": self._started,
-        }
+        return self.sim.snapshot(self.np_random, autoreset=self._autoreset.copy(), started=self._started)
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore a get_state; anything else is one ValueError, and changes nothing."""
         _refuse_if_closed(self.closed, "set_state")
-        _check_env_state(state, {"engine": dict, "np_random": dict, "autoreset": np.ndarray, "started": bool})
-        self.sim.engine.check_state(state["engine"])
-        _check_generator_state(self.np_random, state["np_random"])
+        self.sim.check_snapshot(state, self.np_random, {"autoreset": np.ndarray, "started": bool})
         if state["autoreset"].shape != (self.num_envs,) or state["autoreset"].dtype != bool:
             raise ValueError(
                 f"state['autoreset'] must be a bool array of shape ({self.num_envs},), got "
                 f"{state['autoreset'].dtype} {state['autoreset'].shape}"
             )
-        self.sim.engine.set_state(state["engine"])
-        self.np_random.bit_generator.state = state["np_random"]
+        self.sim.restore(state, self.np_random)
         self._autoreset = state["autoreset"].copy()
         self._started = state["started"]
 

@@ -15,7 +15,8 @@ import torch
 from wm_sim.data.schema import ACTION_KEY, STATE_KEY
 from wm_sim.data.store import EpisodeStore
 from wm_sim.media import comparison_frames, side_by_side, to_uint8, write_video
-from wm_sim.world_model import Anchor, Prediction, StreamCache, WorldModel
+from wm_sim.stream_cache import StreamCache
+from wm_sim.world_model import Anchor, Prediction, WorldModel
 
 
 @dataclass
