@@ -8,6 +8,7 @@ checkpoints. `shipped:<task>` names the policies packaged with wm-sim.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,7 @@ from wm_sim.policies.base import Policy
 
 from wm_sim.checkpoint import LAST, commit_directory, read_json, read_tensors, write_json
 from wm_sim.errors import WmSimError
+from wm_sim.model_card import policy_card
 
 POLICY_SCHEMA_VERSION = 1
 POLICY_JSON, POLICY_TENSORS = "policy.json", "policy.safetensors"
@@ -117,6 +119,9 @@ class PackagePolicyConfig:
     out: str = field(
         default="wm_sim/checkpoints/reacher-policy", metadata={"help": "the directory to create"}
     )
+    verified: str = field(
+        default="", metadata={"help": "a `wm-sim verify` report (verify.json) of it, quoted in its MODEL_CARD.md"}
+    )
 
 
 def package_policy(cfg: PackagePolicyConfig) -> Path:
@@ -134,6 +139,10 @@ def package_policy(cfg: PackagePolicyConfig) -> Path:
     path = save_policy(
         out.parent, out.name, policy, {**keep, "packaged_from": str(cfg.policy)}, link_last=False
     )
+    verified = read_json(Path(cfg.verified)) if cfg.verified else None
+    card = policy_card({**keep, "kind": policy.kind, "packaged_from": str(cfg.policy)}, verified, out.name)
+    (path / ".MODEL_CARD.md.partial").write_text(card)
+    os.replace(path / ".MODEL_CARD.md.partial", path / "MODEL_CARD.md")
     size = sum(f.stat().st_size for f in path.iterdir()) / 1e6
-    print(f"packaged {source} into {path} ({size:.1f} MB)")
+    print(f"packaged {source} into {path} ({size:.1f} MB), with {path / 'MODEL_CARD.md'}")
     return path

@@ -47,6 +47,21 @@ def test_the_latent_actor_earns_more_imagined_return_than_an_untrained_one_and_l
     }
     action = policy.act(obs)
     assert action.shape == (3, 2) and action.dtype == np.float32 and np.all(np.abs(action) <= 1)
+    # packaged, it carries a card naming the command that made it and quoting its verification
+    import json
+
+    from wm_sim.policies.saved import PackagePolicyConfig, package_policy
+
+    report = {"policy": "p", "episodes": 2, "options": {"policy": "p", "seed": 9}, "success_rate": 0.5,
+              "mean_true_return": {"policy": -7.0, "zero": -40.0}, "score_vs_zero": 0.9}  # fmt: skip
+    (tmp_path / "verify.json").write_text(json.dumps(report))
+    packaged = package_policy(
+        PackagePolicyConfig(policy=str(run), out=str(tmp_path / "packaged"), verified=str(tmp_path / "verify.json"))
+    )
+    card = (packaged / "MODEL_CARD.md").read_text()
+    assert "wm-sim train-policy algo=latent_actor" in card and "steps=40" in card and "lr=0.003" in card
+    assert "| policy | 0.50 | -7.00 |" in card and "0.900" in card
+    make_policy(str(packaged), setting)  # still a policy, card and all
 
 
 def test_a_latent_actor_run_is_never_overwritten_and_needs_a_model_to_plan_with(

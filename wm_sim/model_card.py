@@ -92,3 +92,63 @@ def _cameras(dataset: dict) -> str:
     """`top`, or `top`, `side` for a model of several cameras."""
     names = dataset.get("cameras") or [dataset.get("camera", "?")]
     return ("camera " if len(names) == 1 else "cameras ") + ", ".join(f"`{n}`" for n in names)
+
+
+def policy_card(meta: dict, verified: dict | None, out_name: str) -> str:
+    """The card's Markdown for a packaged policy of metadata `meta` (its policy.json) and, if
+    given, the `wm-sim verify` report `verified` of it."""
+    task, world_model = meta.get("task", "?"), meta.get("world_model", "?")
+    lines = [f"# {out_name}: a wm-sim policy for `{task}`", ""]
+    lines += [
+        f"A `{meta.get('kind', '?')}` policy acting on the observations of `wm_sim/{task.capitalize()}-v0`",
+        f"and its physics twin, trained only in imagination: in the world model `{world_model}`,",
+        "with no physics step while it trained.",
+        "",
+        "## How it was made",
+        "",
+        "```bash",
+        _policy_command(meta),
+        "```",
+        "",
+        f"{meta.get('updates', meta.get('step', '?'))} updates on `{meta.get('data', '?')}`"
+        + (f", {meta['seconds'] / 60:.1f} min" if meta.get("seconds") else "")
+        + f"; packaged from `{meta.get('packaged_from', '?')}` by `wm-sim package-policy`.",
+        "",
+        "## Verified in MuJoCo",
+        "",
+    ]
+    lines += _verify_table(verified) if verified else [
+        f"Not verified when packaged: `wm-sim verify policy=<this folder> task={task} episodes=100`."
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _policy_command(meta: dict) -> str:
+    """The `wm-sim train-policy` options a policy records (those it was trained with)."""
+    names = ("algo", "task", "checkpoint", "data", "steps", "horizon", "batch", "gamma", "lr", "seed")
+    known = {"checkpoint": meta.get("world_model"), "steps": meta.get("updates"), **meta}
+    return "wm-sim train-policy " + " ".join(f"{k}={known[k]}" for k in names if known.get(k) not in (None, ""))
+
+
+def _verify_table(report: dict) -> list[str]:
+    """Success and return of the policy beside the references `wm-sim verify` ran it with."""
+    returns = report.get("mean_true_return", {})
+    options = report.get("options", {})
+    lines = [
+        f"`wm-sim verify policy={options.get('policy', report.get('policy', '?'))} episodes={report.get('episodes')} "
+        f"seed={options.get('seed', '?')}` ({report.get('episodes')} unseen MuJoCo starts):",
+        "",
+        "| policy | success | mean true return |",
+        "|---|---|---|",
+    ]
+    success = {"policy": report.get("success_rate"), "expert": report.get("success_rate_expert"),
+               "random": report.get("success_rate_random")}  # fmt: skip
+    for name, value in returns.items():
+        rate = success.get(name)
+        lines.append(f"| {name} | {'-' if rate is None else f'{rate:.2f}'} | {value:.2f} |")
+    lines += [
+        "",
+        f"Score against standing still, {report.get('score_vs_zero_formula', '')}: {report.get('score_vs_zero', float('nan')):.3f}; "
+        f"against random, {report.get('normalized_score_formula', '')}: {report.get('normalized_score', float('nan')):.3f}.",
+    ]
+    return lines

@@ -118,6 +118,8 @@ def train_latent_actor(cfg) -> Path:
         "batch": cfg.batch,
         "horizon": cfg.horizon,
         "gamma": cfg.gamma,
+        "lr": cfg.lr,
+        "seed": cfg.seed,
         "seconds": round(time.perf_counter() - started, 1),
         "final_imagined_return": float(imagined),
     }
