@@ -23,6 +23,7 @@ from wm_sim.errors import WmSimError
 from wm_sim.evaluate import HORIZONS
 from wm_sim.media import captioned_pair, save_figure, write_video
 from wm_sim.metrics import finite_or_none, psnr
+from wm_sim.paired_rollout import replay_in_physics
 
 
 @dataclass
@@ -174,9 +175,7 @@ def _episode(env, task, policy, name: str, seed: int, context: int, bar) -> Epis
         episode.imagined_states.append(imagined["agent_pos"])
         done = terminated or truncated
         bar.update(1)
-    task.set_physics_state(start)  # the same state, the same actions, real physics
-    for action in episode.actions:
-        result = task.step(action)
+    for result in replay_in_physics(task, start, episode.actions):  # the same state and actions, real physics
         episode.true_frames.append(result.obs["pixels"])
         episode.true_rewards.append(result.reward)
         episode.true_states.append(result.obs["agent_pos"])

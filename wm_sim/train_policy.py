@@ -34,6 +34,7 @@ from wm_sim.checkpoint import LAST, lock_run_directory, read_json, read_train_st
 from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.errors import WmSimError
+from wm_sim.paired_rollout import replay_in_physics
 from wm_sim.policy_inputs import policy_inputs, run_directory
 from wm_sim.run_lifecycle import (
     checkpoint_due,
@@ -268,15 +269,13 @@ def ppo_update(net, optimiser, batch: Imagined, cfg: TrainPolicyConfig, generato
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 
-def replay_in_physics(task, states: StartStates, batch: Imagined) -> dict[str, float]:
+def physics_reward_gap(task, states: StartStates, batch: Imagined) -> dict[str, float]:
     """Replay imagined action sequences in MuJoCo from their recorded start states: the reward gap."""
     imagined, true = [], []
     for column, row in enumerate(batch.rows):
-        task.set_physics_state(states.physics[row])
-        for t in range(batch.actions.shape[0]):
-            action = batch.actions[t, column].clamp(-1.0, 1.0).cpu().numpy()
-            true.append(task.step(action).reward)
-            imagined.append(float(batch.rewards[t, column]))
+        actions = batch.actions[:, column].clamp(-1.0, 1.0).cpu().numpy()
+        true += [result.reward for result in replay_in_physics(task, states.physics[row], actions)]
+        imagined += [float(r) for r in batch.rewards[:, column]]
     imagined_arr, true_arr = np.asarray(imagined), np.asarray(true)
     return {
         "reward_gap": float(np.abs(imagined_arr - true_arr).mean()),
@@ -418,7 +417,7 @@ def _physics_gap(
         batch.features[:, picks], batch.actions[:, picks], batch.log_probs[:, picks],
         batch.values[:, picks], batch.rewards[:, picks], batch.continues[:, picks], rows[picks],
     )  # fmt: skip
-    gap = replay_in_physics(task, states, sub)
+    gap = physics_reward_gap(task, states, sub)
     logged = {f"verify/{k}": v for k, v in gap.items()}
     line = (
         f"imagined reward/step {gap['imagined_reward']:.3f}, "
@@ -429,7 +428,7 @@ def _physics_gap(
         # with the mean actions the policy is deployed with.
         net.eval()
         deployed = imagine(model, net, states, rows[picks], cfg.verify_horizon, context, device, True)
-        long_gap = replay_in_physics(task, states, deployed)
+        long_gap = physics_reward_gap(task, states, deployed)
         logged |= {f"verify/deployed_{k}": v for k, v in long_gap.items()}
         line += (
             f"; deployed over {cfg.verify_horizon} steps: imagined {long_gap['imagined_reward']:.3f}, "

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from wm_sim.checkpoint import load_checkpoint, write_json
 from wm_sim.errors import WmSimError
 from wm_sim.media import captioned_pair, save_figure, write_video
+from wm_sim.paired_rollout import replay_in_imagination
 
 
 @dataclass
@@ -186,12 +187,9 @@ class Harness:
 
     def _replay(self, starts, actions: np.ndarray, first: int, out: Rollouts) -> None:
         """3. MuJoCo's actions replayed open-loop in the world model."""
-        k = len(starts)
         first_frames, first_state = _first_context(starts)
-        self.env.reset_to(first_frames, first_state, rows=np.arange(k))
-        for step in range(self.episode_steps):
-            _, reward, _, _, _ = self.env.step(self._pad(actions[:, step]))
-            out.replayed_rewards[first : first + k, step] = reward[:k]
+        rewards = replay_in_imagination(self.env, first_frames, first_state, actions[:, : self.episode_steps])
+        out.replayed_rewards[first : first + len(starts)] = rewards
 
     def _pad(self, actions: np.ndarray) -> np.ndarray:
         """Rows beyond a short last chunk idle with zero actions (their results are ignored)."""
