@@ -167,9 +167,9 @@ class Bench:
 
     def make_engine(self, batch: int, episode_steps: int = 10**9):
         """A bare batch of imagined streams (no env around it), accelerated; never truncates."""
-        from wm_sim.envs.imagination import ImaginedBatch
+        from wm_sim.envs.imagination import ImaginationEngine
 
-        return accelerate(ImaginedBatch(self.model, batch, episode_steps, self.device), self.acceleration)
+        return accelerate(ImaginationEngine(self.model, batch, episode_steps, self.device), self.acceleration)
 
     def eager(self) -> Bench:
         """The same run without accelerations (for the stage split of a fused step)."""

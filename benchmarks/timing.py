@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from wm_sim.benchmarks.machine import synchronize
 
-# The stages of an imagined step: the model methods ImaginedBatch.step calls, by what they do.
+# The stages of an imagined step: the model methods ImaginationEngine.step calls, by what they do.
 STAGES = {"dynamics": "stream_step", "decode": "decode", "uncertainty": "encode_scaled"}
 
 

@@ -1,6 +1,6 @@
 """The GPU path of the streaming step: bf16 autocast, torch.compile and CUDA-graph replay.
 
-`accelerate(engine, Acceleration.for_device(device))` replaces an `ImaginedBatch`'s `step` with a
+`accelerate(engine, Acceleration.for_device(device))` replaces an `ImaginationEngine`'s `step` with a
 faster one that computes the same frames (within bf16 rounding), so both world-model envs and
 the benchmarks use it unchanged: `env.unwrapped.sim.engine` is the engine to pass.
 
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
-from wm_sim.envs.imagination import ImaginedBatch, StepOutput
+from wm_sim.envs.imagination import ImaginationEngine, StepOutput
 
 from wm_sim.errors import WmSimError
 
@@ -65,16 +65,16 @@ class Acceleration:
         return " + ".join(parts)
 
 
-def _plain_step(engine: ImaginedBatch, actions: torch.Tensor) -> StepOutput:
+def _plain_step(engine: ImaginationEngine, actions: torch.Tensor) -> StepOutput:
     # The undecorated step: tensors made under inference_mode cannot enter a compiled graph, so the
     # accelerated step runs under no_grad instead (the same arithmetic, without autograd).
-    return ImaginedBatch.step.__wrapped__(engine, actions)
+    return ImaginationEngine.step.__wrapped__(engine, actions)
 
 
 class AcceleratedStep:
     """`engine.step`, accelerated; installed on the engine by `accelerate`."""
 
-    def __init__(self, engine: ImaginedBatch, acceleration: Acceleration):
+    def __init__(self, engine: ImaginationEngine, acceleration: Acceleration):
         if acceleration.cuda_graph and engine.device.type != "cuda":
             raise WmSimError(f"CUDA graphs need a CUDA device; the engine runs on {engine.device}")
         self.engine, self.acceleration = engine, acceleration
@@ -151,7 +151,7 @@ class AcceleratedStep:
         return out
 
 
-def accelerate(engine: ImaginedBatch, acceleration: Acceleration) -> ImaginedBatch:
+def accelerate(engine: ImaginationEngine, acceleration: Acceleration) -> ImaginationEngine:
     """Make `engine.step` the accelerated step (a no-op for Acceleration()); returns the engine."""
     if acceleration.active:
         engine.step = AcceleratedStep(engine, acceleration)  # type: ignore[method-assign]

@@ -33,7 +33,7 @@ class StepOutput:
     uncertainty: torch.Tensor  # (B,) float32
 
 
-class ImaginedBatch:
+class ImaginationEngine:
     """B independent imagined episodes of one world model, stepped in one forward pass."""
 
     def __init__(
@@ -104,7 +104,7 @@ class ImaginedBatch:
         actions = actions.to(self.device).float()
         pred = self.model.stream_step(self.cache, self.latents, self.norm_state, actions)
         self.latents, self.norm_state = pred.latents[:, 0], pred.state[:, 0]
-        self.pixels, seen = self.model.read_frame(self.latents, self.anchor)
+        self.pixels, seen = self.model.decode_and_reencode(self.latents, self.anchor)
         self.agent_pos = self._bounded(self.model.denormalise_state(self.norm_state))
         self.steps += 1
         # How far the prediction sits off what the tokenizer can produce: re-encoding the decoded

@@ -19,7 +19,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from wm_sim.envs.catalog import TASK_SPECS, make_task
-from wm_sim.envs.imagination import ImaginedBatch, StepOutput, stack_contexts
+from wm_sim.envs.imagination import ImaginationEngine, StepOutput, stack_contexts
 from wm_sim.envs.start_frames import as_frames, camera_images, observed_cameras
 
 from wm_sim.checkpoint import checkpoint_cameras, load_checkpoint, load_start_contexts
@@ -60,7 +60,7 @@ class _Simulator:
         if not stream and episode_steps is None:  # the recorded episodes' length
             episode_steps = int(dataset.get("episode_steps") or (spec.episode_steps if spec else 1000))
         self.config = model.config
-        self.engine = ImaginedBatch(model, batch, None if stream else int(episode_steps), device)
+        self.engine = ImaginationEngine(model, batch, None if stream else int(episode_steps), device)
         self._checkpoint = checkpoint
         self._contexts: dict[str, torch.Tensor] | None = None  # read on the first bundled reset
         # the names of agent_pos's entries (joint names on ROS), as the dataset recorded them

@@ -21,7 +21,7 @@ from wm_sim.benchmarks.stats import percentiles, ratios, summarize, target
 from wm_sim.benchmarks.suites import BenchConfig, bench, chosen_suites
 from wm_sim.benchmarks.training import learning_figures
 from wm_sim.envs.acceleration import Acceleration, accelerate
-from wm_sim.envs.imagination import ImaginedBatch
+from wm_sim.envs.imagination import ImaginationEngine
 
 from wm_sim.errors import WmSimError
 from wm_sim.optional import is_available
@@ -62,7 +62,7 @@ def test_frame_flops_match_torch_counter_plus_the_attention_it_cannot_see(varian
     c = TINY
     # the attention term by hand: N queries over W*N keys, q k^T and attention x v, every layer
     assert attention_flops(model) == c.depth * 4 * 16 * (c.window * 16) * c.dim
-    engine = ImaginedBatch(model, 3, 200)
+    engine = ImaginationEngine(model, 3, 200)
     counted = counted_step_flops(engine.step, torch.zeros(3, 2))
     assert counted + 3 * attention_flops(model) == 3 * sum(per_frame.values())
 
@@ -247,8 +247,8 @@ def _engines(acceleration: Acceleration, device: str = "cpu", variant: str = "pl
     model = WorldModel(config).eval()
     twin = WorldModel(config).eval()
     twin.load_state_dict(model.state_dict())
-    plain = ImaginedBatch(model, 3, 200, device)
-    fast = accelerate(ImaginedBatch(twin, 3, 200, device), acceleration)
+    plain = ImaginationEngine(model, 3, 200, device)
+    fast = accelerate(ImaginationEngine(twin, 3, 200, device), acceleration)
     frames = torch.randint(0, 256, (3, 2, 64, 64, 3), dtype=torch.uint8)
     for engine in (plain, fast):
         engine.reset_rows(torch.arange(3), frames, torch.zeros(3, 2, 4), torch.zeros(3, 1, 2))

@@ -19,9 +19,9 @@ apply = retain_freed_memory.__wrapped__  # the cached call runs once per process
 STEP_FAULTS = """
 import resource, torch
 from wm_sim.checkpoint import load_checkpoint
-from wm_sim.envs.imagination import ImaginedBatch
+from wm_sim.envs.imagination import ImaginationEngine
 from wm_sim.host_memory import retain_freed_memory
-engine = ImaginedBatch(load_checkpoint("shipped:reacher")[0], 256, 10**9)
+engine = ImaginationEngine(load_checkpoint("shipped:reacher")[0], 256, 10**9)
 actions = torch.zeros(256, 2)
 faults = []
 for _ in range(15):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from tiny import BARE_MODEL
 
-from wm_sim.layout_kernels import GELU, conv_depth_to_space, space_to_depth_conv
+from wm_sim.layout_kernels import InplaceGELU, conv_depth_to_space, space_to_depth_conv
 from wm_sim.model_heads import StateTransition, wrap_angle
 from wm_sim.world_model import WorldModel, WorldModelConfig, attend, rotate, time_rotation
 
@@ -187,7 +187,7 @@ def test_space_to_depth_conv_is_pixel_unshuffle_then_its_1x1_conv():
 def test_gelu_overwrites_its_input_only_when_no_gradient_flows_through_it():
     x = torch.randn(6, requires_grad=True)
     hidden = x * 2.0
-    out = GELU()(hidden)
+    out = InplaceGELU()(hidden)
     out.sum().backward()
     expected = x.detach().clone().requires_grad_(True)
     F.gelu(expected * 2.0).sum().backward()
@@ -196,7 +196,7 @@ def test_gelu_overwrites_its_input_only_when_no_gradient_flows_through_it():
     with torch.no_grad():
         y = torch.randn(6)
         reference = F.gelu(y)
-        out = GELU()(y)
+        out = InplaceGELU()(y)
     assert out.data_ptr() == y.data_ptr() and torch.equal(out, reference)
 
 
@@ -299,7 +299,7 @@ def test_a_frame_reward_is_read_off_the_frame_shown_and_the_action():
     with torch.no_grad():
         pred = model.stream_step(model.new_stream(2), latents[:, 0], state[:, 0], action[:, 0])
         assert pred.reward is None
-        _, seen = model.read_frame(pred.latents[:, 0], model.anchor(frames))
+        _, seen = model.decode_and_reencode(pred.latents[:, 0], model.anchor(frames))
         reward = model.imagined_reward(pred, seen, action[:, 0])
         torch.testing.assert_close(reward, model.reward_head.read(seen, action[:, 0]))
         assert not torch.allclose(reward, model.reward_head(seen.flip(0), action[:, 0]))
@@ -321,7 +321,7 @@ def test_read_frame_gives_the_shown_frame_and_its_encoding():
     )
     anchor = model.anchor(frames)
     with torch.no_grad():
-        pixels, seen = model.read_frame(latents, anchor)
+        pixels, seen = model.decode_and_reencode(latents, anchor)
         expected = (model.decode(latents, anchor) * 255.0 + 0.5).clamp(0, 255).to(torch.uint8)
         assert torch.equal(seen, model.encode(pixels))  # the same levels through the same layers
     assert pixels.dtype == torch.uint8 and pixels.shape == (2, 3, 32, 32, 3)
@@ -334,7 +334,7 @@ def test_read_frame_encodes_the_shown_frame_exactly_also_under_bf16_autocast():
     model = WorldModel(TINY).eval()
     latents, _, _ = _inputs(model, 2, 3)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        pixels, seen = model.read_frame(latents, None)
+        pixels, seen = model.decode_and_reencode(latents, None)
         assert torch.equal(seen, model.encode(pixels))
 
 
@@ -351,5 +351,5 @@ def test_open_loop_reads_each_imagined_frames_reward_off_the_frame_shown():
     rollout = open_loop(model, frames, state, actions, context=3)
     assert rollout.reward.shape == (2, 3)
     with torch.no_grad():
-        _, seen = model.read_frame(rollout.latents, rollout.anchor)
+        _, seen = model.decode_and_reencode(rollout.latents, rollout.anchor)
         torch.testing.assert_close(rollout.reward, model.reward_head.read(seen, actions[:, 2:]))

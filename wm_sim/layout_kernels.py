@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-class GELU(nn.GELU):
+class InplaceGELU(nn.GELU):
     """nn.GELU that writes over its input when no gradient will flow through it.
 
     Its input is always the fresh output of the layer before, which nothing else reads; in

@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn as nn
 
-from wm_sim.layout_kernels import GELU
+from wm_sim.layout_kernels import InplaceGELU
 
 
 def wrap_angle(x: torch.Tensor) -> torch.Tensor:
@@ -35,9 +35,9 @@ class StateTransition(nn.Module):
         self.features = state_dim + 2 * len(self.periodic)  # what encode() gives per state
         self.net = nn.Sequential(
             nn.Linear(self.features + action_dim, width),
-            GELU(),
+            InplaceGELU(),
             nn.Linear(width, width),
-            GELU(),
+            InplaceGELU(),
             nn.Linear(width, state_dim),
         )
         # Fitted from the data (wm_sim.head_fitting.fit_transition) and saved with the weights: the
@@ -72,16 +72,16 @@ class FrameReward(nn.Module):
     "near", and a still arm far from the target scores as if it were on it. One frame shows where
     things are and nothing of how they move, so this head has to locate them; the action pays for
     the control cost. It learns from real frames only (wm_sim.objective), and in rollouts reads the
-    frame shown, encoded again (WorldModel.read_frame).
+    frame shown, encoded again (WorldModel.decode_and_reencode).
     """
 
     def __init__(self, tokens: int, latent_dim: int, action_dim: int, width: int = 256):
         super().__init__()
         self.net = nn.Sequential(
             nn.Linear(tokens * latent_dim + 2 * action_dim, width),
-            GELU(),
+            InplaceGELU(),
             nn.Linear(width, width),
-            GELU(),
+            InplaceGELU(),
             nn.Linear(width, 1),
         )
         # The least and the most reward of the frames it was fitted on (wm_sim.head_fitting.fit_frame_reward),

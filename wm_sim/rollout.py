@@ -78,7 +78,7 @@ def open_loop(
             pred = model.stream_step(cache, pred.latents[:, 0], pred.state[:, 0], action)
         latents = pred.latents[:, 0]
         # a frame reward reads the frame shown; other models' rewards need no decode
-        seen = model.read_frame(latents, anchor)[1] if model.reward_head is not None else None
+        seen = model.decode_and_reencode(latents, anchor)[1] if model.reward_head is not None else None
         out_latents.append(latents)
         out_state.append(pred.state[:, 0])
         out_reward.append(model.imagined_reward(pred, seen, action))

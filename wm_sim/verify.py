@@ -217,7 +217,7 @@ def normalized_score(
     policy: float, reference: float, expert: float | None, name: str = "random"
 ) -> tuple[float, str]:
     """(R - R_ref) / (R_expert - R_ref); without an expert, (R - R_ref) / |R_ref|. NaN where the
-    two anchors' returns are equal, since there is then no scale to read the policy on."""
+    two references' returns are equal, since there is then no scale to read the policy on."""
     if expert is not None:
         span = expert - reference
         score = (policy - reference) / span if span != 0 else float("nan")
@@ -272,11 +272,11 @@ def verify(cfg: VerifyConfig) -> dict:
             runs = {ref: harness.run(ref, seeds, imagine=False, bar=bar) for ref in others}
     finally:
         harness.close()
-    anchors = {name: runs.get(name, main) for name in references}
+    reference_runs = {name: runs.get(name, main) for name in references}
     baselines = {ref: runs[ref] for ref in extra}
 
     out.mkdir(parents=True, exist_ok=True)
-    report = summarise(cfg, checkpoint, main, anchors, baselines)
+    report = summarise(cfg, checkpoint, main, reference_runs, baselines)
     report["files"] = {"plot": save_figure(_figure(main, report), out / "verify.png").name}
     if cfg.videos:
         for label, episode in (
@@ -299,12 +299,12 @@ def summarise(
     cfg: VerifyConfig,
     checkpoint: str,
     main: Rollouts,
-    anchors: dict[str, Rollouts],
+    reference_runs: dict[str, Rollouts],
     baselines: dict[str, Rollouts] | None = None,
 ) -> dict:
-    means = {name: float(r.true_returns.mean()) for name, r in anchors.items()}
+    means = {name: float(r.true_returns.mean()) for name, r in reference_runs.items()}
     score, formula = normalized_score(float(main.true_returns.mean()), means["random"], means.get("expert"))
-    table = policy_table({cfg.policy: main}, anchors, baselines or {})
+    table = policy_table({cfg.policy: main}, reference_runs, baselines or {})
     gap = main.imagined_returns - main.true_returns
     replay = main.replayed_rewards.flatten(), main.true_rewards.flatten()
     per_episode = [
@@ -333,8 +333,8 @@ def summarise(
         "score_vs_zero_formula": score_formula("zero", "expert" in means),
         "policies": table,
         "success_rate": float(main.success.mean()),
-        "success_rate_random": float(anchors["random"].success.mean()),
-        **({"success_rate_expert": float(anchors["expert"].success.mean())} if "expert" in anchors else {}),
+        "success_rate_random": float(reference_runs["random"].success.mean()),
+        **({"success_rate_expert": float(reference_runs["expert"].success.mean())} if "expert" in reference_runs else {}),
         "imagined_vs_true_return": {
             "pearson": pearson(main.imagined_returns, main.true_returns),
             "mean_gap": float(gap.mean()),
@@ -349,20 +349,20 @@ def summarise(
 
 
 def policy_table(
-    main: dict[str, Rollouts], anchors: dict[str, Rollouts], baselines: dict[str, Rollouts]
+    main: dict[str, Rollouts], reference_runs: dict[str, Rollouts], baselines: dict[str, Rollouts]
 ) -> dict[str, dict]:
     """One row per policy: success, mean true return, both scores and the time it takes to act.
 
     seconds_per_action is per env row: a planner that answers a batch of rows in one call shows
     its per-call time and batch size beside it, so neither figure flatters it.
     """
-    expert = float(anchors["expert"].true_returns.mean()) if "expert" in anchors else None
-    random, zero = (float(anchors[name].true_returns.mean()) for name in ("random", "zero"))
+    expert = float(reference_runs["expert"].true_returns.mean()) if "expert" in reference_runs else None
+    random, zero = (float(reference_runs[name].true_returns.mean()) for name in ("random", "zero"))
     table = {}
-    for name, r in {**main, **{k: v for k, v in anchors.items() if k not in main}, **baselines}.items():
+    for name, r in {**main, **{k: v for k, v in reference_runs.items() if k not in main}, **baselines}.items():
         mean = float(r.true_returns.mean())
         table[name] = {
-            "role": "policy" if name in main else "reference" if name in anchors else "baseline",
+            "role": "policy" if name in main else "reference" if name in reference_runs else "baseline",
             "success_rate": float(r.success.mean()),
             "mean_true_return": mean,
             "score_vs_random": _finite(normalized_score(mean, random, expert)[0]),

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wm_sim.layout_kernels import GELU, run_fused
+from wm_sim.layout_kernels import InplaceGELU, run_fused
 from wm_sim.model_heads import FrameReward, SceneReward, StateTransition, wrap_angle
 from wm_sim.optional import is_available
 from wm_sim.stream_cache import LayerCache, StreamCache
@@ -101,16 +101,16 @@ class Encoder(nn.Module):
         for _ in range(stages):
             out = min(channels * 2, width)
             layers += [
-                GELU(),
+                InplaceGELU(),
                 nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
                 nn.Conv2d(channels, channels, 1),
-                GELU(),
+                InplaceGELU(),
                 nn.PixelUnshuffle(2),
                 nn.Conv2d(channels * 4, out, 1),
             ]
             channels = out
         layers += [
-            GELU(),
+            InplaceGELU(),
             nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
             nn.Conv2d(channels, latent_dim, 1),
         ]
@@ -121,7 +121,7 @@ class Encoder(nn.Module):
 
     def from_scaled(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) frames already scaled to [-1, 1] (scale_frames), fastest in channels-last
-        memory -> (B, G*G, C) latents: what read_frame hands over without a uint8 round trip."""
+        memory -> (B, G*G, C) latents: what decode_and_reencode hands over without a uint8 round trip."""
         z = run_fused(list(self.net), x)
         return torch.tanh(z.flatten(2).transpose(1, 2))  # (B, G*G, C)
 
@@ -158,14 +158,14 @@ class Decoder(nn.Module):
         for _ in range(stages - 1):
             out = max(channels // 2, 16)
             layers += [
-                GELU(),
+                InplaceGELU(),
                 nn.Conv2d(channels, channels, 3, padding=1, groups=max(channels // 16, 1)),
-                GELU(),
+                InplaceGELU(),
                 nn.Conv2d(channels, out * 4, 1),
                 nn.PixelShuffle(2),
             ]
             channels = out
-        layers += [GELU(), nn.Conv2d(channels, outputs * 4, 3, padding=1), nn.PixelShuffle(2)]
+        layers += [InplaceGELU(), nn.Conv2d(channels, outputs * 4, 3, padding=1), nn.PixelShuffle(2)]
         self.net = nn.Sequential(*layers)
 
     def forward(
@@ -227,7 +227,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), GELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), InplaceGELU(), nn.Linear(mlp_ratio * dim, dim))
 
     def forward(
         self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None, cache: LayerCache | None = None
@@ -417,7 +417,7 @@ class WorldModel(nn.Module):
         return x.reshape(*lead, *c.frame_shape)
 
     @torch.no_grad()  # a frame shown is uint8: no gradient flows through it, so none is tracked
-    def read_frame(self, latents: torch.Tensor, anchor: Anchor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_and_reencode(self, latents: torch.Tensor, anchor: Anchor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted latents (B, ..., N, C) -> the frame they show (B, ..., S, S, 3) uint8, and the
         encoder's latents of that frame (B, ..., N, C).
 
@@ -435,7 +435,7 @@ class WorldModel(nn.Module):
         self, pred: Prediction, seen: torch.Tensor | None, action: torch.Tensor
     ) -> torch.Tensor:
         """The reward (B,) of a streamed step `pred` (T = 1) under `action` (B, A): a frame-reward
-        model's head reading the frame shown, re-encoded (`seen` (B, N, C), from read_frame), inside
+        model's head reading the frame shown, re-encoded (`seen` (B, N, C), from decode_and_reencode), inside
         the data's rewards (FrameReward.read); else the step's own predicted reward (`seen` may
         then be None)."""
         return pred.reward[:, 0] if self.reward_head is None else self.reward_head.read(seen, action)
