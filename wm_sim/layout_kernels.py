@@ -5,7 +5,7 @@ convolutions run several times faster, and never move single values between layo
 space-to-depth followed by a 1x1 convolution runs as one strided convolution, and a convolution
 followed by a depth-to-space computes its channels in the order the depth-to-space reads them, so
 it copies whole runs. Each kernel is bit-identical to the layers it replaces
-(tests/test_world_model.py checks it).
+(tests/test_layout_kernels.py checks it).
 """
 
 from __future__ import annotations
