@@ -163,7 +163,7 @@ def test_a_two_camera_model_evaluates_and_packages_and_refuses_a_one_camera_data
 
     data, run = two_camera_run
     out = evaluate(EvaluateConfig(checkpoint=str(run), data=str(data), out=str(tmp_path / "eval"), context=2,
-                                  video_episodes=1))  # fmt: skip
+                                  episodes=1, video_episodes=1))  # fmt: skip
     report = json.loads((out / "metrics.json").read_text())
     assert report["metrics"]["psnr"]["model"]["1"] is not None
     assert (out / "strip.png").is_file()
