@@ -50,6 +50,15 @@ TASK_SPECS: dict[str, TaskSpec] = {
         has_expert=True,
         description="seven-joint arm pushes a puck onto a goal (Gymnasium Pusher-v5)",
     ),
+    "push": TaskSpec(
+        name="push",
+        entry_point="wm_sim.envs.push:PushTask",
+        fps=50.0,  # timestep 0.005 s x 4
+        episode_steps=200,
+        has_expert=True,
+        description="two-link planar arm pushes a free puck onto a goal disc on a table",
+        object_rgb=(83, 255, 108),  # the green puck, as the top camera renders it (median pixel)
+    ),
 }
 
 

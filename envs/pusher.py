@@ -10,7 +10,7 @@ import numpy as np
 from gymnasium.envs.mujoco.pusher_v5 import PusherEnv
 from wm_sim.envs.catalog import TASK_SPECS
 from wm_sim.envs.rendering import CameraSpec
-from wm_sim.envs.task import ArmTask, unknown_camera
+from wm_sim.envs.task import ArmTask
 
 SUCCESS_DISTANCE = 0.05  # metres between puck and goal centres, in the table plane
 # Pusher-v5's reward weights
@@ -54,6 +54,7 @@ class PusherTask(ArmTask):
     fps = TASK_SPECS["pusher"].fps
     episode_steps = TASK_SPECS["pusher"].episode_steps
     camera_names = tuple(CAMERAS)
+    views = CAMERAS
 
     def __init__(self, image_size: int = 64, cameras: Sequence[str] | None = None):
         self._gym = PusherEnv(render_mode=None)
@@ -65,11 +66,6 @@ class PusherTask(ArmTask):
         self._scratch = mujoco.MjData(m)  # kinematics for the expert's inverse kinematics only
         self._object = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "object")
         self._goal = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "goal")
-
-    def camera_spec(self, name: str) -> CameraSpec:
-        if name not in CAMERAS:
-            raise unknown_camera(self.name, self.camera_names, name)
-        return CAMERAS[name]
 
     def _reset_physics(self, seed: int) -> None:
         self._gym.reset(seed=seed)

@@ -10,7 +10,7 @@ import numpy as np
 from gymnasium.envs.mujoco.reacher_v5 import ReacherEnv
 from wm_sim.envs.catalog import TASK_SPECS
 from wm_sim.envs.rendering import CameraSpec
-from wm_sim.envs.task import ArmTask, unknown_camera
+from wm_sim.envs.task import ArmTask
 
 SUCCESS_DISTANCE = 0.02  # metres between fingertip and target centres (their radii are ~0.01)
 CONTROL_WEIGHT = 1.0  # Reacher-v5's reward_control_weight
@@ -51,6 +51,7 @@ class ReacherTask(ArmTask):
     episode_steps = TASK_SPECS["reacher"].episode_steps
 
     camera_names = tuple(CAMERAS)
+    views = CAMERAS
 
     def __init__(self, image_size: int = 64, cameras: Sequence[str] | None = None):
         # Gymnasium's class gives the model, its start-state distribution and do_simulation;
@@ -63,11 +64,6 @@ class ReacherTask(ArmTask):
         self._tip = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "fingertip")
         self._target = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "target")
         self._base = mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "body0")
-
-    def camera_spec(self, name: str) -> CameraSpec:
-        if name not in CAMERAS:
-            raise unknown_camera(self.name, self.camera_names, name)
-        return CAMERAS[name]
 
     def _reset_physics(self, seed: int) -> None:
         self._gym.reset(seed=seed)

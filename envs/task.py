@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import mujoco
 import numpy as np
@@ -69,9 +69,13 @@ class MujocoTask(ABC):
 
     # --- what a subclass provides -------------------------------------------------------------
 
-    @abstractmethod
+    # Where each camera looks from, and the render-only styling that makes 64x64 frames legible.
+    views: ClassVar[dict[str, CameraSpec]] = {}
+
     def camera_spec(self, name: str) -> CameraSpec:
-        """Where camera `name` looks from, and the render-only styling that makes 64x64 frames legible."""
+        """Camera `name`'s view (one of `views`)."""
+        check_camera(self.name, self.camera_names, name)
+        return self.views[name]
 
     @abstractmethod
     def _reset_physics(self, seed: int) -> None:

@@ -8,6 +8,7 @@ import gymnasium
 PHYSICS_TWIN_IDS: dict[str, str] = {
     "reacher": "wm_sim/Reacher-MuJoCo-v0",
     "pusher": "wm_sim/Pusher-MuJoCo-v0",
+    "push": "wm_sim/Push-MuJoCo-v0",
 }
 
 
