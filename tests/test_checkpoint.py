@@ -394,7 +394,8 @@ def test_a_checkpoint_from_before_the_parts_were_defaults_loads_without_the_part
 
 def test_the_model_defaults_the_size_defaults_and_the_small_config_agree():
     """WorldModelConfig, ModelSize and configs/model/small.yaml describe one architecture: the one
-    that ships (the shipped reacher model's own parts)."""
+    that ships (the shipped reacher model's own parts), but for the anchored decoder, which is
+    tuned onto a trained model (from scratch it learns to copy its anchor)."""
     import yaml
 
     from wm_sim.train import ModelSize
@@ -404,4 +405,6 @@ def test_the_model_defaults_the_size_defaults_and_the_small_config_agree():
     assert small == {k: getattr(ModelSize(), k) for k in ModelSize.__dataclass_fields__}
     assert all(getattr(ModelSize(), k) == getattr(defaults, k) for k in ModelSize.__dataclass_fields__)
     shipped, _ = load_checkpoint("shipped:reacher")
-    assert all(getattr(shipped.config, k) for k in ("residual", "anchored", "transition", "frame_reward", "scene_reward"))
+    parts = ("residual", "transition", "frame_reward", "scene_reward")
+    assert all(getattr(shipped.config, k) and getattr(defaults, k) for k in parts)
+    assert shipped.config.anchored and not defaults.anchored

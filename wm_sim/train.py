@@ -56,7 +56,8 @@ from wm_sim.world_model import WorldModel, WorldModelConfig
 @dataclass
 class ModelSize:
     """The size and parts of the world model (a file of configs/model/); the data fixes the rest of
-    its shape. The defaults are the architecture that ships (WorldModelConfig's)."""
+    its shape. The defaults are WorldModelConfig's: the architecture that ships, its anchored
+    decoder aside (tuned onto a trained model by `wm-sim tune-decoder`)."""
 
     grid: int = field(default=4, metadata={"help": "latent tokens per frame: grid x grid"})
     latent_dim: int = field(default=32, metadata={"help": "numbers per latent token"})
@@ -68,7 +69,8 @@ class ModelSize:
     window: int = field(default=8, metadata={"help": "frames attended to (and trained on)"})
     residual: bool = field(default=True, metadata={"help": "predict the change of each latent"})
     anchored: bool = field(
-        default=True, metadata={"help": "decode over a real anchor frame (see also wm-sim tune-decoder)"}
+        default=False,
+        metadata={"help": "decode over a real anchor frame (from scratch it only copies it: use wm-sim tune-decoder)"},
     )
     transition: bool = field(
         default=True,
