@@ -143,6 +143,7 @@ def test_twin_refuses_bad_cameras(cameras):
         gym.make("wm_sim/Pusher-MuJoCo-v0", cameras=cameras)
 
 
+@pytest.mark.slow
 def test_two_camera_collect_writes_every_camera_with_the_top_frames_unchanged(tmp_path):
     both = collect(
         CollectConfig(
@@ -163,6 +164,7 @@ def test_two_camera_collect_writes_every_camera_with_the_top_frames_unchanged(tm
     assert image_key("side") not in alone.episode(0)
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_cameras_and_continues_the_same(tmp_path):
     out = tmp_path / "both.zarr"
     base = dict(task="reacher", policy="random", workers=1, out=str(out))

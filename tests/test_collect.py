@@ -32,6 +32,7 @@ def tree_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+@pytest.mark.slow
 def test_replaying_stored_actions_from_the_first_physics_state_reproduces_frames_and_rewards(
     reacher_store_path,
 ):
@@ -68,6 +69,7 @@ def test_worker_count_does_not_change_the_data(tmp_path):
     np.testing.assert_array_equal(one.episode_seeds(), two.episode_seeds())
 
 
+@pytest.mark.slow
 def test_policies_differ_and_the_expert_succeeds(tmp_path):
     expert = collect(
         CollectConfig(task="reacher", policy="expert", episodes=2, workers=1, out=str(tmp_path / "e.zarr"))
@@ -79,6 +81,7 @@ def test_policies_differ_and_the_expert_succeeds(tmp_path):
     assert expert.read("next.reward", 0, 2 * L).sum() > rand.read("next.reward", 0, 2 * L).sum() + 20
 
 
+@pytest.mark.slow
 def test_gym_task_collects_with_its_own_reward_and_terminations(tmp_path):
     store = collect(
         CollectConfig(

@@ -20,6 +20,7 @@ def demo_out(tiny_model_path, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_demo_writes_video_plot_and_report(demo_out):
     report = json.loads((demo_out / "report.json").read_text())
     steps = TASK_SPECS["reacher"].episode_steps

@@ -205,6 +205,7 @@ def test_torchrl_wraps_the_single_and_the_vector_env_and_checks_their_specs(tiny
     vector.close()
 
 
+@pytest.mark.slow
 def test_same_step_and_disabled_autoreset_follow_gymnasiums_contract(tiny_model_path):
     """Same-step: the step that ends an episode returns the next one's first observation, the last
     one in info["final_obs"]; it is next-step's pair of steps in one. Disabled: an ended sub-env

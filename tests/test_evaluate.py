@@ -148,6 +148,7 @@ def test_an_evaluation_is_never_overwritten(evaluation, tiny_run, reacher_store_
     assert (evaluation / "metrics.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_dataset_the_model_cannot_read_is_one_clear_error(tiny_run, tmp_path):
     small = collect(
         CollectConfig(task="reacher", episodes=1, workers=1, image_size=32, out=str(tmp_path / "small.zarr"))
@@ -159,6 +160,7 @@ def test_a_dataset_the_model_cannot_read_is_one_clear_error(tiny_run, tmp_path):
     assert not (tmp_path / "e").exists()
 
 
+@pytest.mark.slow
 def test_a_model_with_a_scene_reward_reports_its_error_on_held_out_transitions(
     tiny_planning_model_path, evaluation, reacher_store_path, tmp_path
 ):

@@ -325,6 +325,7 @@ def test_the_score_falls_back_to_random_for_a_task_without_an_expert():
     assert score == pytest.approx(120 / 160) and "no expert" in formula
 
 
+@pytest.mark.slow
 def test_mixed_rest_leaves_the_arm_still_away_from_the_target_and_mixed_never_rests():
     """mixed_rest follows random segments with no-action rests (so a still arm is not always a
     successful one); plain mixed is MixedPolicy without rests, and never rests."""

@@ -94,6 +94,7 @@ def _same_weights(a_dir, b_dir) -> None:
         assert torch.equal(x, y), name
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_identically_to_an_uninterrupted_one(reacher_store_path, tmp_path, monkeypatch):
     straight = train(config(reacher_store_path, tmp_path / "straight", steps=4, val_fraction=0.5))
     _interrupted_after_step_2(reacher_store_path, tmp_path / "resumed", monkeypatch)
@@ -467,6 +468,7 @@ def test_wrapped_entries_are_angles_that_jump_across_pi():
     assert wrapped_entries([]) == ()
 
 
+@pytest.mark.slow
 def test_init_adds_a_transition_fitted_up_front_then_frozen(reacher_store_path, tmp_path):
     from wm_sim.data.store import EpisodeStore
 
@@ -571,6 +573,7 @@ def test_init_adds_a_frame_reward_fitted_on_real_frames(reacher_store_path, tmp_
     assert error < 0.25 * reward.var(), (error, reward.var())
 
 
+@pytest.mark.slow
 def test_refit_transition_fits_inits_transition_again_and_needs_one(reacher_store_path, tmp_path):
     from wm_sim.data.store import EpisodeStore
 

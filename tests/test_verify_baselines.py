@@ -114,6 +114,7 @@ def test_behaviour_cloning_refuses_a_used_run_directory_and_resume(bc_run):
     assert sorted(p.name for p in run.iterdir()) == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["bc", "actor_critic", "latent_actor"])
 def test_a_policy_run_directory_another_process_writes_is_refused_and_leftovers_cleared(
     algo, bc_run, tmp_path
