@@ -162,8 +162,7 @@ class MujocoTask(ABC):
         selected one), (H, W, 3) uint8."""
         name = self.cameras[0] if camera is None else camera
         renderer = self._renderers.get(name)
-        if renderer is None:
-            check_camera(self.name, self.camera_names, name)
+        if renderer is None:  # camera_spec refuses a camera the task does not have
             renderer = OffscreenCamera(self.model, self.image_size, self.camera_spec(name))
             self._renderers[name] = renderer
         return renderer.render(self.data)
@@ -201,12 +200,7 @@ def check_camera(task: str, available: Sequence[str], name: object) -> None:
             f"a camera name must be a non-empty string, got {name!r}; task {task!r} has cameras {list(available)}"
         )
     if name not in available:
-        raise unknown_camera(task, available, name)
-
-
-def unknown_camera(task: str, available: Sequence[str], name: str) -> WmSimError:
-    """The error for a camera that task `task` does not have."""
-    return WmSimError(f"task {task!r} has no camera {name!r}; its cameras are {list(available)}")
+        raise WmSimError(f"task {task!r} has no camera {name!r}; its cameras are {list(available)}")
 
 
 def select_cameras(task: str, available: Sequence[str], cameras: Sequence[str] | None) -> tuple[str, ...]:

@@ -31,7 +31,14 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from wm_sim import run_lifecycle as lifecycle
-from wm_sim.checkpoint import LAST, check_dataset_fits, load_checkpoint, load_train_state, run_contexts
+from wm_sim.checkpoint import (
+    LAST,
+    check_dataset_fits,
+    checkpoint_cameras,
+    load_checkpoint,
+    load_train_state,
+    run_contexts,
+)
 from wm_sim.data.schema import ACTION_KEY, STATE_KEY, image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import episodes_with_frames
@@ -137,7 +144,7 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
         tensors, train_meta = load_train_state(run_dir / LAST)
         lifecycle.restore_training_state(tensors, train_meta, optimiser, rng)
         step = int(train_meta["step"])
-    camera = meta.get("dataset", {}).get("camera", store.info.cameras[0])
+    (camera,) = checkpoint_cameras(meta, store.info.cameras[:1])  # one camera: multi-camera models refused
     data = _own_rollouts(model, store, camera, meta, cfg)
     val_fraction = float(meta.get("train", {}).get("val_fraction", 0.1))
     contexts = run_contexts(store, [camera], val_fraction, model.config.window)

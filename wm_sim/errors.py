@@ -6,3 +6,9 @@ class WmSimError(Exception):
 
     The message names what was wrong and what was expected; the CLI prints it as one line.
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a
+    WmSimError quotes of a library's error."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from wm_sim.data.schema import IMAGE_PREFIX
-from wm_sim.errors import WmSimError
+from wm_sim.errors import WmSimError, first_line
 from wm_sim.optional import require
 
 CODEBASE_VERSION = "v3.0"
@@ -60,10 +60,6 @@ def pyarrow_parquet():
 
     return pq
 
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def read_info(root: Path) -> dict:

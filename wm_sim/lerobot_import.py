@@ -37,7 +37,7 @@ from wm_sim.data.schema import (
     frame_features,
     image_key,
 )
-from wm_sim.errors import WmSimError
+from wm_sim.errors import WmSimError, first_line
 from wm_sim.lerobot_format import (
     DATA_PATH,
     INDEX_KEYS,
@@ -47,7 +47,6 @@ from wm_sim.lerobot_format import (
     WM_SIM_PATH,
     camera_name,
     fill_path,
-    first_line,
     read_episodes,
     read_info,
     read_parquet,

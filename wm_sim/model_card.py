@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from wm_sim.checkpoint import checkpoint_cameras
+
 PARTS = {
     "residual": "latents predicted as changes of the current ones",
     "anchored": "decoder composites over the last real frame (scene kept where nothing moved)",
@@ -90,7 +92,7 @@ def write_model_card(directory: Path, meta: dict, metrics: dict | None, out_name
 
 def _cameras(dataset: dict) -> str:
     """`top`, or `top`, `side` for a model of several cameras."""
-    names = dataset.get("cameras") or [dataset.get("camera", "?")]
+    names = checkpoint_cameras({"dataset": dataset}, ["?"])
     return ("camera " if len(names) == 1 else "cameras ") + ", ".join(f"`{n}`" for n in names)
 
 

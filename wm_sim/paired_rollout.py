@@ -30,8 +30,14 @@ def replay_in_imagination(env, frames: np.ndarray, agent_pos: np.ndarray, action
     env.reset_to(frames, agent_pos, rows=np.arange(k))
     rewards = np.zeros((k, steps))
     for step in range(steps):
-        full = np.zeros((env.num_envs, actions.shape[2]), np.float32)
-        full[:k] = actions[:, step]
-        _, reward, _, _, _ = env.step(full)
+        _, reward, _, _, _ = env.step(padded(actions[:, step], env.num_envs))
         rewards[:, step] = reward[:k]
     return rewards
+
+
+def padded(actions: np.ndarray, rows: int) -> np.ndarray:
+    """Actions (k, A) for the first k of `rows` env rows; the others idle with zero actions (their
+    results are ignored)."""
+    full = np.zeros((rows, actions.shape[1]), np.float32)
+    full[: len(actions)] = actions
+    return full

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from wm_sim.checkpoint import load_checkpoint, write_json
 from wm_sim.errors import WmSimError
 from wm_sim.media import captioned_pair, save_figure, write_video
-from wm_sim.paired_rollout import replay_in_imagination
+from wm_sim.paired_rollout import padded, replay_in_imagination
 
 
 @dataclass
@@ -175,7 +175,7 @@ class Harness:
         obs = self.env.reset_to(first_frames, first_state, rows=np.arange(k))
         imagined = np.zeros((k, t, *starts[0]["pixels"].shape), np.uint8) if keep_frames else None
         for step in range(t):
-            full = self._pad(policy.act({key: v[:k] for key, v in obs.items()}))
+            full = padded(policy.act({key: v[:k] for key, v in obs.items()}), self.batch)
             obs, reward, _, _, _ = self.env.step(full)
             out.imagined_rewards[first : first + k, step] = reward[:k]
             if imagined is not None:
@@ -188,14 +188,8 @@ class Harness:
     def _replay(self, starts, actions: np.ndarray, first: int, out: Rollouts) -> None:
         """3. MuJoCo's actions replayed open-loop in the world model."""
         first_frames, first_state = _first_context(starts)
-        rewards = replay_in_imagination(self.env, first_frames, first_state, actions[:, : self.episode_steps])
+        rewards = replay_in_imagination(self.env, first_frames, first_state, actions)
         out.replayed_rewards[first : first + len(starts)] = rewards
-
-    def _pad(self, actions: np.ndarray) -> np.ndarray:
-        """Rows beyond a short last chunk idle with zero actions (their results are ignored)."""
-        full = np.zeros((self.batch, actions.shape[1]), np.float32)
-        full[: len(actions)] = actions
-        return full
 
     def close(self) -> None:
         self.env.close()

@@ -25,7 +25,7 @@ from wm_sim.data.manifest import (
     rows_per_file,
 )
 from wm_sim.data.schema import DatasetInfo
-from wm_sim.errors import WmSimError
+from wm_sim.errors import WmSimError, first_line
 
 # What zarr raises for a chunk whose bytes do not decode: a shard index's crc32c mismatch
 # (ValueError), a torn zstd frame (RuntimeError), an unreadable file (OSError).
@@ -180,8 +180,3 @@ def episodes_in_rows(name: str, rows: tuple[int, int], ends: np.ndarray) -> tupl
     last = int(np.searchsorted(ends, min(hi, frames) - 1, side="right"))
     return tuple(range(first, last + 1))
 
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type's name when it has none)."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

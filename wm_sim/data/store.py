@@ -49,7 +49,6 @@ from wm_sim.data.integrity import (
     damage_message,
     decode_damages,
     episodes_in_rows,
-    first_line,
     settled_check,
 )
 from wm_sim.data.manifest import (
@@ -68,7 +67,7 @@ from wm_sim.data.manifest import (
     rollback_file,
 )
 from wm_sim.data.schema import IMAGE_PREFIX, DatasetInfo, frames_of, image_key
-from wm_sim.errors import WmSimError
+from wm_sim.errors import WmSimError, first_line
 
 FRAMES_PER_SHARD = 256  # images: one chunk per frame, one file per 256 frames
 ROWS_PER_CHUNK = 4096  # everything else
