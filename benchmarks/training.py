@@ -22,11 +22,11 @@ from wm_sim.checkpoint import read_json
 
 
 def model_size(name: str):
-    """The ModelSize of configs/model/<name>.yaml."""
-    from wm_sim.train import ModelSize
+    """The ModelArchitecture of configs/model/<name>.yaml."""
+    from wm_sim.train import ModelArchitecture
 
     source = files("wm_sim.configs") / "model" / f"{name}.yaml"
-    return ModelSize(**OmegaConf.to_container(OmegaConf.create(source.read_text())))
+    return ModelArchitecture(**OmegaConf.to_container(OmegaConf.create(source.read_text())))
 
 
 def checkpoint_times(run_dir: Path, started: float) -> list[dict]:
@@ -63,7 +63,7 @@ def learning_figures(rows: list[dict], batch: int, target_loss: float) -> dict:
 def run(bench: Bench) -> dict:
     from wm_sim.collect import CollectConfig, collect
     from wm_sim.tracking import WandbConfig
-    from wm_sim.train import TrainConfig, TrainingConfig, train
+    from wm_sim.train import TrainConfig, TrainingRecipe, train
 
     sizes = bench.sizes
     with tempfile.TemporaryDirectory(prefix="wm-sim-bench-train-") as tmp:
@@ -82,7 +82,7 @@ def run(bench: Bench) -> dict:
             TrainConfig(
                 data=str(data), model=model_size(sizes.train_model), out=str(Path(tmp) / "run"),
                 steps=sizes.train_steps, val_fraction=0.25, device=bench.device.type,
-                training=TrainingConfig(batch_size=sizes.train_batch, val_every=every, checkpoint_every=every),
+                training=TrainingRecipe(batch_size=sizes.train_batch, val_every=every, checkpoint_every=every),
                 wandb=WandbConfig(mode="disabled"),
             )
         )  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny import tiny_size
+from tiny import tiny_architecture
 
 import wm_sim  # noqa: F401  (registers the Gymnasium ids, selects offscreen rendering)
 from wm_sim.collect import CollectConfig, collect
@@ -27,13 +27,13 @@ def tiny_model_path(reacher_store_path, tmp_path_factory) -> Path:
     """
     from wm_sim.package import PackageConfig, package
     from wm_sim.tracking import WandbConfig
-    from wm_sim.train import TrainConfig, TrainingConfig, train
+    from wm_sim.train import TrainConfig, TrainingRecipe, train
 
     root = tmp_path_factory.mktemp("tiny-model")
-    tiny = tiny_size()
+    tiny = tiny_architecture()
     run = train(
         TrainConfig(
-            data=str(reacher_store_path), model=tiny, out=str(root / "run"), steps=30, training=TrainingConfig(batch_size=4, lr=3e-3),
+            data=str(reacher_store_path), model=tiny, out=str(root / "run"), steps=30, training=TrainingRecipe(batch_size=4, lr=3e-3),
             val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
         )
     )  # fmt: skip
@@ -50,10 +50,10 @@ def tiny_planning_model_path(reacher_store_path, tmp_path_factory) -> Path:
     """A tiny world model with a state transition and a scene reward: what the latent planner and
     the latent actor imagine with. Briefly fitted: tests check behaviour, not skill."""
     from wm_sim.tracking import WandbConfig
-    from wm_sim.train import TrainConfig, TrainingConfig, train
+    from wm_sim.train import TrainConfig, TrainingRecipe, train
 
-    tiny = tiny_size(transition=True, scene_reward=True)
-    fitting = TrainingConfig(
+    tiny = tiny_architecture(transition=True, scene_reward=True)
+    fitting = TrainingRecipe(
         batch_size=4, lr=3e-3, transition_steps=200, scene_reward_steps=200, scene_goal_steps=20
     )
     return train(

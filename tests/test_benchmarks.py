@@ -28,7 +28,7 @@ from wm_sim.optional import is_available
 from wm_sim.world_model import WorldModel, WorldModelConfig
 
 TINY = WorldModelConfig(
-    latent_dim=8, tokenizer_width=32, dim=32, depth=2, heads=2, mlp_ratio=2, window=3, **BARE_MODEL
+    latent_dim=8, tokenizer_width=32, dim=32, depth=2, n_heads=2, mlp_ratio=2, window=3, **BARE_MODEL
 )
 
 

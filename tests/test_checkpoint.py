@@ -21,7 +21,6 @@ from safetensors.torch import load_file, save_file
 from tiny import BARE_MODEL
 
 from wm_sim.checkpoint import (
-    CHECKPOINT_SCHEMA_VERSION,
     CONTEXTS,
     LAST,
     META,
@@ -40,7 +39,7 @@ from wm_sim.errors import WmSimError
 from wm_sim.world_model import WorldModel, WorldModelConfig
 
 TINY = WorldModelConfig(
-    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, window=2, **BARE_MODEL
+    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, n_heads=2, window=2, **BARE_MODEL
 )
 DATA_META = {"dataset": {"task": "reacher", "fps": 50.0, "image_size": 32}, "step": 3}
 
@@ -189,7 +188,7 @@ def test_a_policy_of_nan_weights_is_refused(tmp_path):
     [
         (lambda m: m["model"].update(depth=-1), "model.depth must be a positive integer, got -1"),
         (lambda m: m["model"].update(latent_dim=0), "model.latent_dim must be a positive integer, got 0"),
-        (lambda m: m["model"].update(heads="2"), 'model.heads must be a positive integer, got "2"'),
+        (lambda m: m["model"].update(n_heads="2"), 'model.n_heads must be a positive integer, got "2"'),
         (lambda m: m["model"].update(window=2.5), "model.window must be a positive integer, got 2.5"),
         (lambda m: m["model"].update(anchored="yes"), 'model.anchored must be true or false, got "yes"'),
         (lambda m: m["model"].update(periodic_state=[-1]), "model.periodic_state must be a list of"),
@@ -346,64 +345,18 @@ def test_loaded_tensors_own_their_memory_and_do_not_follow_the_file(tmp_path):
     assert torch.equal(loaded, frames)
 
 
-def test_a_schema_1_checkpoint_loads_without_its_old_scene_reward_and_keeps_every_other_weight(tmp_path):
-    import warnings
-
-    torch.manual_seed(0)
-    config = WorldModelConfig(**{**TINY.to_dict(), "transition": True, "scene_reward": True})
-    save_checkpoint(tmp_path, "step-000003", WorldModel(config), DATA_META)
-    directory = tmp_path / LAST
-    # what version 1 wrote: its scene reward an MLP over keypoints (other names, other shapes)
-    tensors = {k: v for k, v in load_file(str(directory / WEIGHTS)).items() if not k.startswith("scene_reward.")}
-    kept = dict(tensors)
-    tensors |= {"scene_reward.net.0.weight": torch.zeros(256, 40), "scene_reward.low": torch.tensor(-1.0)}
-    save_file(tensors, str(directory / WEIGHTS))
-    meta = json.loads((directory / META).read_text())
-    (directory / META).write_text(json.dumps({**meta, "schema_version": 1}))
-    with pytest.warns(UserWarning, match="scene reward is of the old form"):
-        model, loaded_meta = load_checkpoint(directory)
-    assert model.scene_reward is None and model.transition is not None
-    assert not loaded_meta["model"]["scene_reward"] and loaded_meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION
-    for name, value in model.state_dict().items():
-        assert torch.equal(value, kept[name]), name
-    # a version-1 checkpoint without a scene reward is read as it was, without a word
-    save_checkpoint(tmp_path / "plain", "step-000003", WorldModel(TINY), DATA_META)
-    plain = tmp_path / "plain" / LAST
-    (plain / META).write_text(json.dumps({**json.loads((plain / META).read_text()), "schema_version": 1}))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        load_checkpoint(plain)
-
-
-def test_a_checkpoint_from_before_the_parts_were_defaults_loads_without_the_parts_it_never_had(tmp_path):
-    """Schema 2 and before: a part the metadata does not name did not exist when it was written,
-    so it is off, whatever today's defaults (the shipped architecture, every part on)."""
-    save_checkpoint(tmp_path, "step-000003", WorldModel(TINY), DATA_META)
-    directory = tmp_path / LAST
-    meta = json.loads((directory / META).read_text())
-    old_model = {k: v for k, v in meta["model"].items() if k not in ("anchored", "frame_reward", "scene_reward")}
-    (directory / META).write_text(json.dumps({**meta, "model": old_model, "schema_version": 2}))
-    model, loaded = load_checkpoint(directory)
-    assert not (model.config.anchored or model.config.frame_reward or model.config.scene_reward)
-    assert loaded["schema_version"] == CHECKPOINT_SCHEMA_VERSION
-    # a schema-3 checkpoint that omits a part gets today's default: on
-    (directory / META).write_text(json.dumps({**meta, "model": {**old_model, "transition": False}}))
-    with pytest.raises(WmSimError, match="weights do not match the model config"):
-        load_checkpoint(directory)  # its weights have no anchored decoder, frame or scene reward
-
-
 def test_the_model_defaults_the_size_defaults_and_the_small_config_agree():
-    """WorldModelConfig, ModelSize and configs/model/small.yaml describe one architecture: the one
+    """WorldModelConfig, ModelArchitecture and configs/model/small.yaml describe one architecture: the one
     that ships (the shipped reacher model's own parts), but for the anchored decoder, which is
     tuned onto a trained model (from scratch it learns to copy its anchor)."""
     import yaml
 
-    from wm_sim.train import ModelSize
+    from wm_sim.train import ModelArchitecture
 
     small = yaml.safe_load((Path(__file__).parents[1] / "configs" / "model" / "small.yaml").read_text())
     defaults = WorldModelConfig()
-    assert small == {k: getattr(ModelSize(), k) for k in ModelSize.__dataclass_fields__}
-    assert all(getattr(ModelSize(), k) == getattr(defaults, k) for k in ModelSize.__dataclass_fields__)
+    assert small == {k: getattr(ModelArchitecture(), k) for k in ModelArchitecture.__dataclass_fields__}
+    assert all(getattr(ModelArchitecture(), k) == getattr(defaults, k) for k in ModelArchitecture.__dataclass_fields__)
     shipped, _ = load_checkpoint("shipped:reacher")
     parts = ("residual", "transition", "frame_reward", "scene_reward")
     assert all(getattr(shipped.config, k) and getattr(defaults, k) for k in parts)

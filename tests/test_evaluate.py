@@ -9,7 +9,7 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_size
+from tiny import tiny_architecture
 
 from wm_sim.collect import CollectConfig, collect
 from wm_sim.data.store import EpisodeStore
@@ -18,9 +18,9 @@ from wm_sim.errors import WmSimError
 from wm_sim.evaluate import HORIZONS, METHODS, METRICS, EvaluateConfig, evaluate
 from wm_sim.metrics import foreground_precision, object_recall, psnr, ssim
 from wm_sim.tracking import WandbConfig
-from wm_sim.train import TrainConfig, TrainingConfig, train
+from wm_sim.train import TrainConfig, TrainingRecipe, train
 
-TINY = tiny_size()
+TINY = tiny_architecture()
 CONTEXT = 4
 
 
@@ -29,7 +29,7 @@ def tiny_run(reacher_store_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
     return train(
         TrainConfig(
-            data=str(reacher_store_path), model=TINY, out=str(out), steps=2, training=TrainingConfig(batch_size=4),
+            data=str(reacher_store_path), model=TINY, out=str(out), steps=2, training=TrainingRecipe(batch_size=4),
             val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
         )
     )  # fmt: skip

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_size
+from tiny import tiny_architecture
 
 from wm_sim.checkpoint import RUN_CONTEXTS, load_checkpoint, load_start_contexts, resolve_checkpoint
 from wm_sim.data.store import EpisodeStore
@@ -17,7 +17,7 @@ from wm_sim.data.windows import is_validation_episode
 from wm_sim.errors import WmSimError
 from wm_sim.package import PackageConfig, package
 
-TINY = tiny_size()
+TINY = tiny_architecture()
 SHIPPED = Path(__file__).resolve().parents[1] / "wm_sim" / "checkpoints" / "reacher"
 
 

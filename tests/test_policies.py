@@ -366,7 +366,7 @@ def test_imagined_rollouts_read_the_frame_shown_for_the_policy_and_a_frame_rewar
 
     torch.manual_seed(0)
     config = WorldModelConfig(
-        grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, heads=2, window=3, residual=True,
+        grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, n_heads=2, window=3, residual=True,
         anchored=True, frame_reward=True, transition=False, scene_reward=False,
     )  # fmt: skip
     model = WorldModel(config).eval().requires_grad_(False)

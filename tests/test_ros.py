@@ -24,7 +24,7 @@ from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float32, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
-from tiny import tiny_size
+from tiny import tiny_architecture
 from wm_sim.ros import topics
 from wm_sim.ros.serve import ServeConfig, read_ros_params, with_params_file
 
@@ -557,7 +557,7 @@ def two_camera_checkpoint(tmp_path_factory) -> Path:
     to be served, not to be right."""
     from wm_sim.collect import CollectConfig, collect
     from wm_sim.tracking import WandbConfig
-    from wm_sim.train import TrainConfig, TrainingConfig, train
+    from wm_sim.train import TrainConfig, TrainingRecipe, train
 
     root = tmp_path_factory.mktemp("two-cameras")
     data = root / "reacher-two.zarr"
@@ -572,10 +572,10 @@ def two_camera_checkpoint(tmp_path_factory) -> Path:
             cameras=["top", "side"],
         )
     )
-    tiny = tiny_size()
+    tiny = tiny_architecture()
     return train(
         TrainConfig(
-            data=str(data), model=tiny, out=str(root / "run"), steps=5, training=TrainingConfig(batch_size=4, lr=3e-3),
+            data=str(data), model=tiny, out=str(root / "run"), steps=5, training=TrainingRecipe(batch_size=4, lr=3e-3),
             val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
         )
     )  # fmt: skip

@@ -17,7 +17,7 @@ pytest.importorskip("rosbags")
 
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
-from tiny import tiny_size
+from tiny import tiny_architecture
 from wm_sim.ros.bag_import import ImportBagConfig, import_bag
 from wm_sim.ros.messages import ENCODINGS, image_to_rgb, rgb_to_image_fields, square_frame
 
@@ -406,12 +406,12 @@ def test_sim_time_header_stamps_against_wall_clock_receive_times_are_refused(tmp
 
 def test_imported_store_trains(imported, tmp_path):
     from wm_sim.tracking import WandbConfig
-    from wm_sim.train import TrainConfig, TrainingConfig, train
+    from wm_sim.train import TrainConfig, TrainingRecipe, train
 
-    tiny = tiny_size()
+    tiny = tiny_architecture()
     run = train(
         TrainConfig(
-            data=str(imported), model=tiny, out=str(tmp_path / "run"), steps=2, training=TrainingConfig(batch_size=4),
+            data=str(imported), model=tiny, out=str(tmp_path / "run"), steps=2, training=TrainingRecipe(batch_size=4),
             val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
         )
     )  # fmt: skip

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_size
+from tiny import tiny_architecture
 
 import wm_sim.distributed as distributed_module
 import wm_sim.objective as objective_module
@@ -22,16 +22,16 @@ from wm_sim.data.angles import episode_states, wrapped_entries
 from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, image_key
 from wm_sim.errors import WmSimError
 from wm_sim.tracking import WandbConfig
-from wm_sim.train import ModelSize, TrainConfig, TrainingConfig, train
+from wm_sim.train import ModelArchitecture, TrainConfig, TrainingRecipe, train
 from wm_sim.world_model import WorldModel
 
-TINY = tiny_size()
+TINY = tiny_architecture()
 
 
 def config(data, out, **overrides) -> TrainConfig:
-    """A tiny run; overrides of TrainingConfig's fields go into the training group."""
-    fitting = {k: overrides.pop(k) for k in list(overrides) if k in TrainingConfig.__dataclass_fields__}
-    training = TrainingConfig(**{"batch_size": 4, "val_every": 2, "checkpoint_every": 2, **fitting})
+    """A tiny run; overrides of TrainingRecipe's fields go into the training group."""
+    fitting = {k: overrides.pop(k) for k in list(overrides) if k in TrainingRecipe.__dataclass_fields__}
+    training = TrainingRecipe(**{"batch_size": 4, "val_every": 2, "checkpoint_every": 2, **fitting})
     base = dict(
         data=str(data),
         model=TINY,
@@ -62,7 +62,7 @@ def test_training_writes_loadable_checkpoints_with_dataset_metadata(reacher_stor
 def test_an_anchored_model_trains_with_another_frame_of_the_window_as_its_anchor(
     reacher_store_path, tmp_path
 ):
-    anchored = ModelSize(**{**TINY.__dict__, "anchored": True})
+    anchored = ModelArchitecture(**{**TINY.__dict__, "anchored": True})
     run = train(config(reacher_store_path, tmp_path / "run", model=anchored, steps=2, val_fraction=0.5))
     model, meta = load_checkpoint(run)
     assert model.config.anchored
@@ -130,7 +130,7 @@ def test_refusals_change_nothing(reacher_store_path, tmp_path):
     with pytest.raises(WmSimError, match="differs from this run"):
         train(
             config(
-                reacher_store_path, run, steps=4, resume="auto", model=ModelSize(**{**vars(TINY), "dim": 64})
+                reacher_store_path, run, steps=4, resume="auto", model=ModelArchitecture(**{**vars(TINY), "dim": 64})
             )
         )
     with pytest.raises(WmSimError, match=r"trained with lr=0\.0005"):
@@ -160,7 +160,7 @@ def _wm_sim_train(data, out, *overrides: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("model.heads=3", "does not fit"),
+        ("model.n_heads=3", "does not fit"),
         ("model.tokenizer_width=100", "multiple of 16"),
         ("training.val_every=0", "must be positive"),
         ("batch_size=4", "did you mean training.batch_size?"),
@@ -354,7 +354,7 @@ def test_config_groups_compose_and_single_options_override_them():
     assert cfg.training.batch_size == 8 and cfg.training.rollout_passes == 1  # configs/training/quick.yaml
     assert cfg.training.lr == 0.01 and cfg.wandb.mode == "disabled" and cfg.model.dim == 32
     default = load_config("train", TrainConfig, [])
-    assert default.training == TrainingConfig() and default.wandb.mode == "offline"  # files match the code
+    assert default.training == TrainingRecipe() and default.wandb.mode == "offline"  # files match the code
     text = verb_help("train")
     assert "training.rollout_passes=3" in text and "wandb.mode=offline" in text
 
@@ -370,7 +370,7 @@ def test_init_starts_from_another_checkpoints_weights(reacher_store_path, tmp_pa
     assert meta["train"]["init"] == str(first)
     for (name, a), b in zip(before.state_dict().items(), after.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
-    bigger = ModelSize(**{**TINY.__dict__, "dim": 64})
+    bigger = ModelArchitecture(**{**TINY.__dict__, "dim": 64})
     with pytest.raises(WmSimError, match=r"cannot start from .*differs"):
         train(config(reacher_store_path, tmp_path / "other", model=bigger, init=str(first)))
     assert not (tmp_path / "other").exists()
@@ -396,7 +396,7 @@ def test_a_zero_tokenizer_rate_trains_the_dynamics_and_leaves_the_tokenizer_bit_
 def test_init_turns_an_absolute_model_into_a_residual_one_that_starts_as_copy_last(
     reacher_store_path, tmp_path
 ):
-    absolute = ModelSize(**{**TINY.__dict__, "residual": False})
+    absolute = ModelArchitecture(**{**TINY.__dict__, "residual": False})
     first = train(config(reacher_store_path, tmp_path / "abs", model=absolute, steps=2))
     tuned = train(
         config(reacher_store_path, tmp_path / "res", steps=2, lr=0.0, tokenizer_lr=0.0, init=str(first))
@@ -411,7 +411,7 @@ def test_init_turns_an_absolute_model_into_a_residual_one_that_starts_as_copy_la
 def test_a_run_from_before_the_own_pass_options_resumes_with_their_old_values(reacher_store_path, tmp_path):
     from wm_sim.checkpoint import META, read_json, write_json
 
-    absolute = ModelSize(**{**TINY.__dict__, "residual": False})
+    absolute = ModelArchitecture(**{**TINY.__dict__, "residual": False})
     old = dict(model=absolute, rollout_passes=1, foreground_weight=0.0)
     run = train(config(reacher_store_path, tmp_path / "run", steps=2, **old))
     for step in run.glob("step-*"):  # what a checkpoint written before these options holds
@@ -433,7 +433,7 @@ def test_a_run_from_before_the_own_pass_options_resumes_with_their_old_values(re
 
 def test_init_never_turns_a_residual_model_into_an_absolute_one(reacher_store_path, tmp_path):
     first = train(config(reacher_store_path, tmp_path / "res", steps=2))
-    absolute = ModelSize(**{**TINY.__dict__, "residual": False})
+    absolute = ModelArchitecture(**{**TINY.__dict__, "residual": False})
     with pytest.raises(WmSimError, match=r"residual \(saved True, this run False"):
         train(config(reacher_store_path, tmp_path / "abs", model=absolute, init=str(first)))
 
@@ -473,7 +473,7 @@ def test_init_adds_a_transition_fitted_up_front_then_frozen(reacher_store_path, 
     from wm_sim.data.store import EpisodeStore
 
     base = train(config(reacher_store_path, tmp_path / "base", steps=2))
-    with_transition = ModelSize(**{**TINY.__dict__, "transition": True})
+    with_transition = ModelArchitecture(**{**TINY.__dict__, "transition": True})
     run = train(
         config(
             reacher_store_path, tmp_path / "tr", model=with_transition, init=str(base), transition_steps=300
@@ -484,7 +484,7 @@ def test_init_adds_a_transition_fitted_up_front_then_frozen(reacher_store_path, 
     before, _ = load_checkpoint(base)
     store = EpisodeStore.open(reacher_store_path)
     assert last.config.transition and last.config.periodic_state == wrapped_entries(episode_states(store))
-    assert before.heads.out_features == before.config.state_dim + 2 and last.heads.out_features == 2
+    assert before.step_out.out_features == before.config.state_dim + 2 and last.step_out.out_features == 2
     for name, value in first.transition.state_dict().items():  # frozen while the world model trains
         assert torch.equal(last.transition.state_dict()[name], value), name
     # fitted: one step ahead it beats "the state does not change" on every transition of the data
@@ -499,7 +499,7 @@ def test_init_adds_a_transition_fitted_up_front_then_frozen(reacher_store_path, 
 
 
 def _fine_tuned(
-    store_path, tmp_path, model: ModelSize, base_model: ModelSize = TINY, base_options=None, **options
+    store_path, tmp_path, model: ModelArchitecture, base_model: ModelArchitecture = TINY, base_options=None, **options
 ):
     """(before, after): a 2-step run of `base_model`, and 2 steps at learning rate 0 of `model`
     started from it (init=), so only what `model` adds or refits up front differs."""
@@ -533,7 +533,7 @@ def _transition_rows(store) -> torch.Tensor:
 
 
 def test_an_added_transition_starts_unread_by_the_transformer(reacher_store_path, tmp_path):
-    with_transition = ModelSize(**{**TINY.__dict__, "transition": True})
+    with_transition = ModelArchitecture(**{**TINY.__dict__, "transition": True})
     before, after = _fine_tuned(reacher_store_path, tmp_path, with_transition, transition_steps=5)
     assert not after.next_state_in.weight.any() and not after.next_state_in.bias.any()
     latents, state, action = _random_inputs(4)
@@ -547,10 +547,10 @@ def test_an_added_transition_starts_unread_by_the_transformer(reacher_store_path
 def test_init_adds_a_frame_reward_fitted_on_real_frames(reacher_store_path, tmp_path):
     from wm_sim.data.store import EpisodeStore
 
-    with_reward = ModelSize(**{**TINY.__dict__, "frame_reward": True})
+    with_reward = ModelArchitecture(**{**TINY.__dict__, "frame_reward": True})
     before, after = _fine_tuned(reacher_store_path, tmp_path, with_reward, reward_fit_steps=300)
     d = before.config.state_dim
-    assert before.heads.out_features == d + 2 and after.heads.out_features == d + 1
+    assert before.step_out.out_features == d + 2 and after.step_out.out_features == d + 1
     latents, state, action = _random_inputs(d)
     with torch.no_grad():
         old, new = before(latents, state, action), after(latents, state, action)
@@ -577,7 +577,7 @@ def test_init_adds_a_frame_reward_fitted_on_real_frames(reacher_store_path, tmp_
 def test_refit_transition_fits_inits_transition_again_and_needs_one(reacher_store_path, tmp_path):
     from wm_sim.data.store import EpisodeStore
 
-    with_transition = ModelSize(**{**TINY.__dict__, "transition": True})
+    with_transition = ModelArchitecture(**{**TINY.__dict__, "transition": True})
     before, after = _fine_tuned(
         reacher_store_path, tmp_path, with_transition, base_model=with_transition,
         base_options={"transition_steps": 20}, transition_steps=300, refit_transition=True,
@@ -620,7 +620,7 @@ def test_a_transition_fitted_on_its_own_rollouts_drifts_less_than_a_one_step_fit
     from wm_sim.train import model_config
 
     store = EpisodeStore.open(reacher_store_path)
-    shape = model_config(ModelSize(**{**TINY.__dict__, "transition": True}), store)
+    shape = model_config(ModelArchitecture(**{**TINY.__dict__, "transition": True}), store)
     episodes = list(range(store.num_episodes))
     fitted = {}
     for horizon in (1, 16):
@@ -647,8 +647,8 @@ def test_init_adds_a_scene_reward_that_reads_the_reward_of_a_state_in_another_fr
 ):
     from wm_sim.data.store import EpisodeStore
 
-    with_scene = ModelSize(**{**TINY.__dict__, "transition": True, "scene_reward": True})
-    with_transition = ModelSize(**{**TINY.__dict__, "transition": True})
+    with_scene = ModelArchitecture(**{**TINY.__dict__, "transition": True, "scene_reward": True})
+    with_transition = ModelArchitecture(**{**TINY.__dict__, "transition": True})
     before, after = _fine_tuned(
         reacher_store_path,
         tmp_path,
@@ -720,4 +720,4 @@ def test_model_size_holds_every_shape_option_the_dataset_does_not_fix():
     from wm_sim.world_model import WorldModelConfig
 
     shape = {f.name for f in fields(WorldModelConfig)}
-    assert set(ModelSize.__dataclass_fields__) == shape - FIXED_BY_DATA
+    assert set(ModelArchitecture.__dataclass_fields__) == shape - FIXED_BY_DATA

@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 import torch
-from tiny import tiny_size
+from tiny import tiny_architecture
 
 from wm_sim.world_model import WorldModel, WorldModelConfig
 
 TWO = WorldModelConfig(
-    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=2, heads=2, window=4,
+    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=2, n_heads=2, window=4,
     cameras=2, anchored=True, residual=True, scene_reward=True, transition=False, frame_reward=False,
 )  # fmt: skip
 
@@ -94,17 +94,17 @@ def two_camera_run(tmp_path_factory):
     """Four reacher episodes seen by the top and the side camera, and a tiny model trained on them."""
     from wm_sim.collect import CollectConfig, collect
     from wm_sim.tracking import WandbConfig
-    from wm_sim.train import TrainConfig, TrainingConfig, train
+    from wm_sim.train import TrainConfig, TrainingRecipe, train
 
     root = tmp_path_factory.mktemp("two-cameras")
     data = root / "reacher.zarr"
     collect(CollectConfig(task="reacher", policy="mixed", episodes=4, workers=1, seed=7, out=str(data),
                           cameras=["top", "side"]))  # fmt: skip
-    tiny = tiny_size(anchored=True, frame_reward=True)
+    tiny = tiny_architecture(anchored=True, frame_reward=True)
     run = train(
         TrainConfig(
             data=str(data), model=tiny, out=str(root / "run"), steps=4, val_fraction=0.5, threads=1,
-            training=TrainingConfig(batch_size=4, lr=3e-3, reward_fit_steps=20), wandb=WandbConfig(mode="disabled"),
+            training=TrainingRecipe(batch_size=4, lr=3e-3, reward_fit_steps=20), wandb=WandbConfig(mode="disabled"),
         )
     )  # fmt: skip
     return data, run

@@ -12,7 +12,7 @@ from wm_sim.model_heads import StateTransition, wrap_angle
 from wm_sim.world_model import WorldModel, WorldModelConfig, attend, rotate, time_rotation
 
 TINY = WorldModelConfig(
-    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=2, heads=2, window=4, **BARE_MODEL
+    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=2, n_heads=2, window=4, **BARE_MODEL
 )
 
 
@@ -186,7 +186,7 @@ def test_config_rejects_shapes_that_cannot_tile():
     with pytest.raises(ValueError, match="power of two"):
         WorldModelConfig(image_size=64, grid=3)
     with pytest.raises(ValueError, match="heads"):
-        WorldModelConfig(dim=30, heads=4)
+        WorldModelConfig(dim=30, n_heads=4)
 
 
 @pytest.mark.skipif(
@@ -247,7 +247,7 @@ def test_a_frame_reward_is_read_off_the_frame_shown_and_the_action():
     model = WorldModel(
         WorldModelConfig(**{**TINY.to_dict(), "residual": True, "anchored": True, "frame_reward": True})
     ).eval()
-    assert model.heads.out_features == TINY.state_dim + 1  # no reward row in the pooled head
+    assert model.step_out.out_features == TINY.state_dim + 1  # no reward row in step_out
     latents, state, action = _inputs(model, 2, 1)
     frames = torch.randint(
         0, 256, (2, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)

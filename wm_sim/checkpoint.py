@@ -13,7 +13,8 @@ points the `last` symlink at it by an atomic rename: a kill at any moment leaves
 checkpoint whole. A run holds `lock_run_directory` while it writes, which also clears what killed
 saves left behind. Loading checks the metadata against what the model and the envs read, and
 every tensor for NaN and inf: a damaged or diverged checkpoint is one error naming the bad key or
-tensor, never a model that steps with NaN. `shipped:<task>` names the checkpoints packaged with
+tensor, never a model that steps with NaN. A checkpoint of an older schema version is migrated
+as it loads (wm_sim.checkpoint_migration). `shipped:<task>` names the checkpoints packaged with
 wm-sim.
 """
 
@@ -27,7 +28,6 @@ import os
 import re
 import shutil
 import uuid
-import warnings
 import weakref
 from collections.abc import Callable, Collection
 from importlib import resources
@@ -39,18 +39,18 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from wm_sim.checkpoint_migration import (
+    CHECKPOINT_SCHEMA_VERSION,
+    migrated_meta,
+    migrated_option_names,
+    migrated_weights,
+)
 from wm_sim.data.schema import ACTION_KEY, STATE_KEY
 from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import episodes_with_frames
 from wm_sim.errors import WmSimError
 from wm_sim.world_model import WorldModel, WorldModelConfig
 
-# 2: the scene reward became a distance between an effector and a goal point (SceneReward);
-# a version-1 checkpoint loads without its scene reward (_migrated), everything else as it was.
-CHECKPOINT_SCHEMA_VERSION = 3
-# A model's optional parts: before schema 3 the model's defaults left them out, and a checkpoint's
-# metadata names only those that existed when it was written, so a missing one was off.
-OPTIONAL_PARTS = ("residual", "anchored", "transition", "frame_reward", "scene_reward")
 WEIGHTS, META = "model.safetensors", "meta.json"
 TRAIN_TENSORS, TRAIN_META = "train_state.safetensors", "train_state.json"
 CONTEXTS = "contexts.safetensors"  # real start contexts: every checkpoint's, so each resets as an env
@@ -256,8 +256,9 @@ def load_checkpoint(
             f"{directory / META}: checkpoint schema version {version!r}; this wm-sim reads versions 1 "
             f"to {CHECKPOINT_SCHEMA_VERSION}"
         )
+    meta = migrated_option_names(meta)
     check_meta(meta, directory / META)
-    meta, old_parts = _migrated(meta, directory)
+    meta, dropped = migrated_meta(meta, directory)
     try:
         model = WorldModel(WorldModelConfig(**meta["model"]))
     except (KeyError, TypeError, ValueError) as exc:
@@ -265,7 +266,7 @@ def load_checkpoint(
     # Bounds a model starts unset (+-inf, e.g. the frame reward's before it is fitted) may stay so.
     unset = {k for k, v in model.state_dict().items() if v.is_floating_point() and torch.isinf(v).any()}
     state = read_tensors(directory / WEIGHTS, map_location, may_be_infinite=unset)
-    state = {k: v for k, v in state.items() if not k.startswith(old_parts)}
+    state = migrated_weights(state, version, dropped)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -273,28 +274,6 @@ def load_checkpoint(
         detail = " ".join(line.strip() for line in first[1:3]) or first[0]
         raise WmSimError(f"{directory / WEIGHTS}: weights do not match the model config ({detail})") from exc
     return model.to(map_location), meta
-
-
-def _migrated(meta: dict[str, Any], directory: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """An older checkpoint's metadata as this version reads it, and the weights to leave out.
-
-    Before version 3 a part the metadata does not name was off (it did not exist yet): it stays
-    off. Version 1's scene reward was an MLP over keypoints and state; version 2's is a distance
-    between points, with other weights. The old head is dropped (with a warning): the model
-    loads and runs as an env as before, and `wm-sim train init=... model.scene_reward=true`
-    fits the new head beside everything else unchanged.
-    """
-    if meta["schema_version"] < 3:
-        meta = {**meta, "model": {**dict.fromkeys(OPTIONAL_PARTS, False), **meta["model"]}}
-    if meta["schema_version"] != 1 or not meta["model"].get("scene_reward"):
-        return {**meta, "schema_version": CHECKPOINT_SCHEMA_VERSION}, ()
-    warnings.warn(
-        f"{directory}: a schema-1 checkpoint; its scene reward is of the old form and is not loaded "
-        f"(add the current one with `wm-sim train init={directory} model.scene_reward=true steps=1 training.lr=0`)",
-        stacklevel=3,
-    )
-    model = {**meta["model"], "scene_reward": False}
-    return {**meta, "model": model, "schema_version": CHECKPOINT_SCHEMA_VERSION}, ("scene_reward.",)
 
 
 def check_meta(meta: dict[str, Any], file: Path) -> None:

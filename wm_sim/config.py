@@ -34,14 +34,22 @@ def load_config(verb: str, schema: type[T], overrides: list[str]) -> T:
     """Compose `configs/<verb>.yaml` over `schema` with `overrides`; returns a `schema` instance.
 
     A two-word verb's file joins its words with a dash: `ros serve` reads `configs/ros-serve.yaml`.
+    An option `schema.RENAMED_OPTIONS` maps to its new name is one error naming the new name.
     """
     file_name = verb.replace(" ", "-")
     ConfigStore.instance().store(name=f"{file_name}_schema", node=schema)
     known = [f.name for f in dataclasses.fields(schema)]
+    renamed = getattr(schema, "RENAMED_OPTIONS", {})
     for override in overrides:
         if "=" not in override:
             raise WmSimError(f"expected key=value, got {override!r}; see `wm-sim {verb} --help`")
-        key = override.split("=", 1)[0].lstrip("+~").split(".", 1)[0]
+        path = override.split("=", 1)[0].lstrip("+~")
+        if path in renamed:
+            raise WmSimError(
+                f"option {path} of `wm-sim {verb}` is now called {renamed[path]}: pass {renamed[path]}="
+                f"{override.split('=', 1)[1]}"
+            )
+        key = path.split(".", 1)[0]
         if key not in known:
             hint = "".join(f" (did you mean {group}.{key}?)" for group in _groups_with(schema, key))
             raise WmSimError(

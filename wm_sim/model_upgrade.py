@@ -20,7 +20,7 @@ from wm_sim.data.store import EpisodeStore
 from wm_sim.errors import WmSimError
 from wm_sim.world_model import WorldModel, WorldModelConfig
 
-# What the dataset fixes of a model's shape; the rest is chosen with model.<option>= (ModelSize).
+# What the dataset fixes of a model's shape; the rest is chosen with model.<option>= (ModelArchitecture).
 FIXED_BY_DATA = {"image_size", "action_dim", "state_dim", "periodic_state", "cameras"}
 
 
@@ -59,7 +59,7 @@ def upgraded(model: WorldModel, config: WorldModelConfig, init: str) -> WorldMod
     the copy-last baseline, and learns from there. transition: a new state-transition MLP (fitted
     before training), read through an input that starts at zero, so the transformer starts as it
     was; the old state head goes. frame_reward: a new FrameReward head (fitted before training);
-    the old reward row of the pooled head goes.
+    the old reward row of the pooled output (`step_out`) goes.
     """
     saved = model.config
     adds = {}
@@ -79,16 +79,16 @@ def upgraded(model: WorldModel, config: WorldModelConfig, init: str) -> WorldMod
         return model
     converted = WorldModel(config)
     weights = model.state_dict()
-    # The rows of the pooled head: [state (without a transition), reward (without a frame
+    # The rows of the pooled output step_out: [state (without a transition), reward (without a frame
     # reward), continue]; drop those a new part takes over.
     rows = ["state"] * (0 if saved.transition else saved.state_dim)
     rows += ([] if saved.frame_reward else ["reward"]) + ["continue"]
     dropped = {"state"} if "transition" in adds else set()
     dropped |= {"reward"} if "frame_reward" in adds else set()
     keep = [i for i, row in enumerate(rows) if row not in dropped]
-    weights["heads.weight"], weights["heads.bias"] = (
-        weights["heads.weight"][keep],
-        weights["heads.bias"][keep],
+    weights["step_out.weight"], weights["step_out.bias"] = (
+        weights["step_out.weight"][keep],
+        weights["step_out.bias"][keep],
     )
     missing, unexpected = converted.load_state_dict(weights, strict=False)
     new_parts = ("transition.", "next_state_in.", "reward_head.", "scene_reward.")

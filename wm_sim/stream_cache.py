@@ -26,7 +26,7 @@ class StreamCache:
     def __init__(self, config: WorldModelConfig, batch: int, device, dtype):
         self.config = config
         n, w = config.tokens, config.window
-        shape = (config.depth, batch, config.heads, w * n, config.dim // config.heads)
+        shape = (config.depth, batch, config.n_heads, w * n, config.dim // config.n_heads)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, W*N, Dh)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.time = torch.zeros(batch, dtype=torch.long, device=device)  # frames seen per row

@@ -1,6 +1,6 @@
 """`wm-sim train`: fit the world model to a collected dataset, with checkpoints and resume.
 
-The configs (model size, fitting options, the run's options), then the run: the dataset split
+The configs (model architecture, training recipe, the run's options), then the run: the dataset split
 into windows, the model started fresh, from `init=` (upgraded to this run's shape) or resumed,
 its small parts fitted up front (wm_sim.head_fitting), then steps of the objective
 (wm_sim.objective) under the run lifecycle every trainer shares (wm_sim.run_lifecycle), on one
@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ from wm_sim.world_model import WorldModel, WorldModelConfig
 
 
 @dataclass
-class ModelSize:
+class ModelArchitecture:
     """The size and parts of the world model (a file of configs/model/); the data fixes the rest of
     its shape. The defaults are WorldModelConfig's: the architecture that ships, its anchored
     decoder aside (tuned onto a trained model by `wm-sim tune-decoder`)."""
@@ -64,7 +65,7 @@ class ModelSize:
     tokenizer_width: int = field(default=128, metadata={"help": "encoder/decoder channels (x16)"})
     dim: int = field(default=128, metadata={"help": "transformer width"})
     depth: int = field(default=4, metadata={"help": "transformer blocks"})
-    heads: int = field(default=4, metadata={"help": "attention heads"})
+    n_heads: int = field(default=4, metadata={"help": "attention heads"})
     mlp_ratio: int = field(default=4, metadata={"help": "MLP hidden size / dim"})
     window: int = field(default=8, metadata={"help": "frames attended to (and trained on)"})
     residual: bool = field(default=True, metadata={"help": "predict the change of each latent"})
@@ -87,14 +88,15 @@ class ModelSize:
 
     def __post_init__(self) -> None:
         # refused where the option is read (model.depth=0), not as a shape error deep in the model
-        for name in ("grid", "latent_dim", "tokenizer_width", "dim", "depth", "heads", "mlp_ratio", "window"):
+        sizes = ("grid", "latent_dim", "tokenizer_width", "dim", "depth", "n_heads", "mlp_ratio", "window")
+        for name in sizes:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise WmSimError(f"model.{name} must be a positive integer, got {value!r}")
 
 
 @dataclass
-class TrainingConfig:
+class TrainingRecipe:
     """How the model is fitted (a file of configs/training/): batch, optimiser, losses, cadence."""
 
     batch_size: int = field(default=32, metadata={"help": "windows per step"})
@@ -166,8 +168,13 @@ class TrainingConfig:
 class TrainConfig:
     """Options of `wm-sim train`. Groups: model=, training=, wandb= (files under configs/)."""
 
+    # Options since renamed (config.load_config refuses the old spelling, naming the new one).
+    RENAMED_OPTIONS: ClassVar[dict[str, str]] = {"model.heads": "model.n_heads"}
+
     data: str = field(default="datasets/reacher.zarr", metadata={"help": "the zarr dataset to train on"})
-    model: ModelSize = field(default_factory=ModelSize, metadata={"help": "model size: model=small|tiny"})
+    model: ModelArchitecture = field(
+        default_factory=ModelArchitecture, metadata={"help": "model architecture: model=small|tiny"}
+    )
     out: str = field(default="outputs/reacher", metadata={"help": "run directory: checkpoints and logs"})
     steps: int = field(
         default=20000, metadata={"help": "optimiser steps in all (a resumed run counts from its start)"}
@@ -175,8 +182,8 @@ class TrainConfig:
     resume: str = field(
         default="false", metadata={"help": "false: new run; auto: continue out/last if present"}
     )
-    training: TrainingConfig = field(
-        default_factory=TrainingConfig,
+    training: TrainingRecipe = field(
+        default_factory=TrainingRecipe,
         metadata={"help": "training=default|quick; training.lr=... and the rest one by one"},
     )
     init: str = field(
@@ -204,16 +211,16 @@ class TrainConfig:
             raise WmSimError(f"seed must be a non-negative integer, got {self.seed}")
 
 
-def model_config(size: ModelSize, store: EpisodeStore) -> WorldModelConfig:
-    """The full model shape: the chosen size, plus what the dataset fixes."""
+def model_config(arch: ModelArchitecture, store: EpisodeStore) -> WorldModelConfig:
+    """The full model shape: the chosen architecture, plus what the dataset fixes."""
     info = store.info
     return WorldModelConfig(
         image_size=info.image_size,
         action_dim=info.features[ACTION_KEY].shape[0],
         state_dim=info.features[STATE_KEY].shape[0],
-        periodic_state=wrapped_entries(episode_states(store)) if size.transition else (),
+        periodic_state=wrapped_entries(episode_states(store)) if arch.transition else (),
         cameras=len(info.cameras),
-        **{k: getattr(size, k) for k in ModelSize.__dataclass_fields__},
+        **{k: getattr(arch, k) for k in ModelArchitecture.__dataclass_fields__},
     )
 
 
@@ -250,7 +257,7 @@ def train(cfg: TrainConfig) -> Path:
     try:
         config = model_config(cfg.model, store)
     except ValueError as exc:
-        raise WmSimError(f"model size {cfg.model} does not fit {cfg.data}: {exc}") from exc
+        raise WmSimError(f"model architecture {cfg.model} does not fit {cfg.data}: {exc}") from exc
     train_set, val_set = _windows(cfg, store, config.window + 1, job.is_main)
     model, optimiser, step, rng, run_meta = _start(
         cfg, config, store, train_set.episodes, _run_meta(cfg, store, job.world_size),
@@ -344,7 +351,7 @@ def _windows(
 
 
 def _objective(
-    model: WorldModel, train_set: EpisodeWindows, cameras: list[str], fit: TrainingConfig
+    model: WorldModel, train_set: EpisodeWindows, cameras: list[str], fit: TrainingRecipe
 ) -> Objective:
     """The losses of this run, with the scene's background from training frames only (the same
     sample on every resumed run)."""
@@ -508,7 +515,7 @@ def _start(
     return model, optimiser, int(train_meta["step"]), rng, {**run_meta, **kept}
 
 
-def _freeze(model: WorldModel, fit: TrainingConfig) -> None:
+def _freeze(model: WorldModel, fit: TrainingRecipe) -> None:
     """Turn off gradients of what this run does not train.
 
     The state transition is fitted once, up front (fit_transition), and not trained after. With
@@ -561,7 +568,7 @@ def _check_same_run(run_dir: Path, saved: dict, now: dict) -> None:
             )
 
 
-def _optimiser(model: WorldModel, fit: TrainingConfig) -> torch.optim.Optimizer:
+def _optimiser(model: WorldModel, fit: TrainingRecipe) -> torch.optim.Optimizer:
     # The tokenizer is a plain autoencoder and learns faster at a higher rate than the transformer
     # tolerates: the small moving arm only appears in its reconstructions after ~1000 steps at 2e-3.
     tokenizer = [*model.encoder.parameters(), *model.decoder.parameters()]

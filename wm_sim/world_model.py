@@ -8,14 +8,14 @@ real "anchor" frame (the last real frame before imagination began) and blends, p
 colour with the anchor's: what has not moved since (the background, a target) is copied exactly
 however far a rollout has drifted. The dynamics transformer sees, for each time step t, the
 tokens of frame t plus embeddings of the proprioceptive state s_t and the action a_t, attends to
-every token of frames <= t (block-causal), and predicts all tokens of frame t+1 at once, with
-heads for the reward r_t+1, the continue probability and s_t+1. With a state transition, s_t+1
-comes instead from a small MLP of (s_t, a_t), fitted on every transition of the data, and the
-transformer reads it too: the joints' own dynamics are smooth and far easier to predict than
-pixels, and a transformer told where the arm goes next only has to draw it there. With a frame
-reward, r_t+1 comes from a head on the predicted frame t+1 and a_t alone (FrameReward). Streaming
-keeps the keys and values of the last `window` frames in a ring buffer (wm_sim.stream_cache), so a step costs the same
-at step 10 and at step 100,000.
+every token of frames <= t (block-causal), and predicts all tokens of frame t+1 at once and,
+from their pooled features (`step_out`), the reward r_t+1, the continue probability and s_t+1.
+With a state transition, s_t+1 comes instead from a small MLP of (s_t, a_t), fitted on every
+transition of the data, and the transformer reads it too: the joints' own dynamics are smooth
+and far easier to predict than pixels, and a transformer told where the arm goes next only has
+to draw it there. With a frame reward, r_t+1 comes from a head on the predicted frame t+1 and
+a_t alone (FrameReward). Streaming keeps the keys and values of the last `window` frames in a
+ring buffer (wm_sim.stream_cache), so a step costs the same at step 10 and at step 100,000.
 """
 
 from __future__ import annotations
@@ -201,16 +201,16 @@ class Decoder(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, n_heads: int):
         super().__init__()
-        self.heads = heads
+        self.n_heads = n_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def project(self, x: torch.Tensor, rotation: Rotation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, S, dim), the tokens' time rotation -> q, k, v (B, H, S, dim/H) with time rotated in."""
         b, s, d = x.shape
-        qkv = self.qkv(x).view(b, s, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).view(b, s, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         q, k = rotate(qkv[:2], rotation)  # queries and keys in one pass
         return q, k, qkv[2]
 
@@ -222,10 +222,10 @@ class SelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block whose attention can read keys and values from a cache."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int):
+    def __init__(self, dim: int, n_heads: int, mlp_ratio: int):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads)
+        self.attn = SelfAttention(dim, n_heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), InplaceGELU(), nn.Linear(mlp_ratio * dim, dim))
 
@@ -261,7 +261,7 @@ class WorldModelConfig:
     tokenizer_width: int = 128
     dim: int = 128
     depth: int = 4
-    heads: int = 4
+    n_heads: int = 4  # attention heads
     mlp_ratio: int = 4
     window: int = 8  # frames the dynamics attends to (and trains on)
     # Predict the next latents as a change of the current ones (in atanh space), so what does not
@@ -303,9 +303,9 @@ class WorldModelConfig:
             raise ValueError(f"tokenizer_width must be a multiple of 16, got {self.tokenizer_width}")
         if self.image_size % self.grid or (self.image_size // self.grid) & (self.image_size // self.grid - 1):
             raise ValueError(f"image_size / grid must be a power of two, got {self.image_size} / {self.grid}")
-        if self.dim % self.heads or (self.dim // self.heads) % 2:
+        if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
             raise ValueError(
-                f"dim must split into heads of even size, got dim={self.dim}, heads={self.heads}"
+                f"dim must split into n_heads heads of even size, got dim={self.dim}, n_heads={self.n_heads}"
             )
 
     @property
@@ -349,7 +349,7 @@ class Prediction:
 
 
 class WorldModel(nn.Module):
-    """Tokenizer + dynamics transformer + heads."""
+    """Tokenizer + dynamics transformer + output heads."""
 
     def __init__(self, config: WorldModelConfig):
         super().__init__()
@@ -365,12 +365,12 @@ class WorldModel(nn.Module):
         )
         self.next_state_in = nn.Linear(self.transition.features, c.dim) if self.transition else None
         self.position = nn.Parameter(torch.randn(c.tokens, c.dim) * 0.02)
-        self.blocks = nn.ModuleList(Block(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth))
+        self.blocks = nn.ModuleList(Block(c.dim, c.n_heads, c.mlp_ratio) for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.dim)
         self.latent_out = nn.Linear(c.dim, c.latent_dim)
-        # next state (unless the transition predicts it), reward (unless a FrameReward predicts
-        # it), continue logit
-        self.heads = nn.Linear(c.dim, (0 if c.transition else c.state_dim) + (1 if c.frame_reward else 2))
+        # read off the pooled tokens of each step: next state (unless the transition predicts it),
+        # reward (unless a FrameReward predicts it), continue logit
+        self.step_out = nn.Linear(c.dim, (0 if c.transition else c.state_dim) + (1 if c.frame_reward else 2))
         self.reward_head = FrameReward(c.tokens, c.latent_dim, c.action_dim) if c.frame_reward else None
         self.scene_reward = (
             SceneReward(c.image_size, c.state_dim, c.action_dim, c.periodic_state, c.cameras > 1)
@@ -476,7 +476,7 @@ class WorldModel(nn.Module):
         x = self.latent_in(latents) + self.position + frame[:, :, None, :]  # (B, T, N, dim)
         return x.reshape(b, t * n, -1), next_state
 
-    def _heads(self, x: torch.Tensor, inputs: torch.Tensor, next_state: torch.Tensor | None) -> Prediction:
+    def _prediction(self, x: torch.Tensor, inputs: torch.Tensor, next_state: torch.Tensor | None) -> Prediction:
         """Transformer outputs x (B, T*N, dim), the input latents (B, T, N, C) and the transition's
         next state -> Prediction."""
         b, t = inputs.shape[:2]
@@ -486,7 +486,7 @@ class WorldModel(nn.Module):
             latents = torch.tanh(current + self.latent_out(x))  # (B, T, N, C)
         else:
             latents = torch.tanh(self.latent_out(x))
-        pooled = self.heads(x.mean(dim=2))  # (B, T, [D] + [1] + 1)
+        pooled = self.step_out(x.mean(dim=2))  # (B, T, [D] + [1] + 1)
         if self.reward_head is None:
             reward, rest = pooled[..., -2], pooled[..., :-2]
         else:  # the reward is read off frames (imagined_reward), not predicted here
@@ -509,10 +509,10 @@ class WorldModel(nn.Module):
         rotation = self._rotation(frame.expand(b, -1), x.dtype)
         for block in self.blocks:
             x = block(x, rotation, mask)
-        return self._heads(x, latents, next_state)
+        return self._prediction(x, latents, next_state)
 
     def _rotation(self, times: torch.Tensor, dtype: torch.dtype) -> Rotation:
-        return time_rotation(times, self.config.dim // self.config.heads, dtype)
+        return time_rotation(times, self.config.dim // self.config.n_heads, dtype)
 
     # -- streaming --
 
@@ -534,7 +534,7 @@ class WorldModel(nn.Module):
         for layer, block in enumerate(self.blocks):
             x = block(x, rotation, None, cache=cache.layer(layer))
         cache.advance()
-        return self._heads(x, latents[:, None], next_state)
+        return self._prediction(x, latents[:, None], next_state)
 
 
 def _per_frame(row_values: torch.Tensor, lead: torch.Size) -> torch.Tensor:

@@ -1,0 +1,126 @@
+"""Checkpoints of older schema versions (wm_sim.checkpoint_migration), through load_checkpoint:
+what each version changed is read as this version writes it, and nothing else changes."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tiny import BARE_MODEL
+
+from wm_sim.checkpoint import LAST, META, WEIGHTS, load_checkpoint, resolve_checkpoint, save_checkpoint
+from wm_sim.checkpoint_migration import CHECKPOINT_SCHEMA_VERSION
+from wm_sim.errors import WmSimError
+from wm_sim.world_model import WorldModel, WorldModelConfig
+
+TINY = WorldModelConfig(
+    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, n_heads=2, window=2, **BARE_MODEL
+)
+DATA_META = {"dataset": {"task": "reacher", "fps": 50.0, "image_size": 32}, "step": 3}
+
+
+def test_a_schema_1_checkpoint_loads_without_its_old_scene_reward_and_keeps_every_other_weight(tmp_path):
+    torch.manual_seed(0)
+    config = WorldModelConfig(**{**TINY.to_dict(), "transition": True, "scene_reward": True})
+    save_checkpoint(tmp_path, "step-000003", WorldModel(config), DATA_META)
+    directory = tmp_path / LAST
+    # what version 1 wrote: its scene reward an MLP over keypoints (other names, other shapes)
+    tensors = {k: v for k, v in load_file(str(directory / WEIGHTS)).items() if not k.startswith("scene_reward.")}
+    kept = dict(tensors)
+    tensors |= {"scene_reward.net.0.weight": torch.zeros(256, 40), "scene_reward.low": torch.tensor(-1.0)}
+    save_file(tensors, str(directory / WEIGHTS))
+    meta = json.loads((directory / META).read_text())
+    (directory / META).write_text(json.dumps({**meta, "schema_version": 1}))
+    with pytest.warns(UserWarning, match="scene reward is of the old form"):
+        model, loaded_meta = load_checkpoint(directory)
+    assert model.scene_reward is None and model.transition is not None
+    assert not loaded_meta["model"]["scene_reward"] and loaded_meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, kept[name]), name
+    # a version-1 checkpoint without a scene reward is read as it was, without a word
+    save_checkpoint(tmp_path / "plain", "step-000003", WorldModel(TINY), DATA_META)
+    plain = tmp_path / "plain" / LAST
+    (plain / META).write_text(json.dumps({**json.loads((plain / META).read_text()), "schema_version": 1}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_checkpoint(plain)
+
+
+def test_a_checkpoint_from_before_the_parts_were_defaults_loads_without_the_parts_it_never_had(tmp_path):
+    """Schema 2 and before: a part the metadata does not name did not exist when it was written,
+    so it is off, whatever today's defaults (the shipped architecture, every part on)."""
+    save_checkpoint(tmp_path, "step-000003", WorldModel(TINY), DATA_META)
+    directory = tmp_path / LAST
+    meta = json.loads((directory / META).read_text())
+    old_model = {k: v for k, v in meta["model"].items() if k not in ("anchored", "frame_reward", "scene_reward")}
+    (directory / META).write_text(json.dumps({**meta, "model": old_model, "schema_version": 2}))
+    model, loaded = load_checkpoint(directory)
+    assert not (model.config.anchored or model.config.frame_reward or model.config.scene_reward)
+    assert loaded["schema_version"] == CHECKPOINT_SCHEMA_VERSION
+    # a schema-3 (or later) checkpoint that omits a part gets today's default: on
+    (directory / META).write_text(json.dumps({**meta, "model": {**old_model, "transition": False}}))
+    with pytest.raises(WmSimError, match="weights do not match the model config"):
+        load_checkpoint(directory)  # its weights have no anchored decoder, frame or scene reward
+
+
+def _as_schema_3(directory):
+    """Rewrite a checkpoint as schema 3 wrote it: the head count `heads`, the pooled output's
+    weights `heads.weight` and `heads.bias` (now n_heads and step_out)."""
+    tensors = load_file(str(directory / WEIGHTS))
+    assert {"step_out.weight", "step_out.bias"} <= set(tensors) and not any(k.startswith("heads.") for k in tensors)
+    old = {("heads." + k.removeprefix("step_out.") if k.startswith("step_out.") else k): v for k, v in tensors.items()}
+    save_file(old, str(directory / WEIGHTS))
+    meta = json.loads((directory / META).read_text())
+    assert meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION == 4 and "heads" not in meta["model"]
+    model = {("heads" if k == "n_heads" else k): v for k, v in meta["model"].items()}
+    (directory / META).write_text(json.dumps({**meta, "model": model, "schema_version": 3}))
+
+
+def test_a_schema_3_checkpoint_loads_under_the_new_names_and_equals_the_model_it_was_saved_from(tmp_path):
+    torch.manual_seed(0)
+    config = WorldModelConfig(**{**TINY.to_dict(), "transition": False, "frame_reward": False})
+    model = WorldModel(config).eval()
+    save_checkpoint(tmp_path, "step-000003", model, DATA_META)
+    _as_schema_3(tmp_path / LAST)
+    loaded, meta = load_checkpoint(tmp_path / LAST)
+    assert meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION and meta["model"] == config.to_dict()
+    assert loaded.config == config and loaded.config.n_heads == 2
+    before, after = model.state_dict(), loaded.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    latents, state, action = torch.rand(2, 2, 16, 8) * 2 - 1, torch.randn(2, 2, 4), torch.rand(2, 2, 2)
+    with torch.no_grad():
+        want, got = model(latents, state, action), loaded.eval()(latents, state, action)
+    assert all(torch.equal(getattr(got, k), getattr(want, k)) for k in ("latents", "state", "reward", "continue_logit"))
+    # saved again, it is written in the current version, under the new names
+    save_checkpoint(tmp_path / "again", "step-000003", loaded, DATA_META)
+    again = json.loads((tmp_path / "again" / LAST / META).read_text())
+    assert again["schema_version"] == CHECKPOINT_SCHEMA_VERSION and again["model"]["n_heads"] == 2
+    assert "step_out.weight" in load_file(str(tmp_path / "again" / LAST / WEIGHTS))
+
+
+def test_a_schema_4_checkpoint_with_the_old_head_count_name_is_refused_naming_it(tmp_path):
+    save_checkpoint(tmp_path, "step-000003", WorldModel(TINY), DATA_META)
+    meta = json.loads((tmp_path / LAST / META).read_text())
+    (tmp_path / LAST / META).write_text(json.dumps({**meta, "model": {**meta["model"], "heads": 2}}))
+    with pytest.raises(WmSimError, match="unknown option 'heads'"):
+        load_checkpoint(tmp_path / LAST)
+
+
+def test_the_shipped_checkpoint_is_stored_under_the_old_names_and_loads_under_the_new_ones():
+    """The shipped model's files are schema 2 (they are not rewritten): its `heads` count and
+    `heads.*` weights load as n_heads and step_out, tensor for tensor."""
+    directory = resolve_checkpoint("shipped:reacher")
+    stored_meta = json.loads((directory / META).read_text())
+    stored = load_file(str(directory / WEIGHTS))
+    assert stored_meta["schema_version"] < 4 and stored_meta["model"]["heads"] == 4
+    model, meta = load_checkpoint("shipped:reacher")
+    assert meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION and model.config.n_heads == 4
+    assert "heads" not in meta["model"]
+    assert torch.equal(model.step_out.weight, stored["heads.weight"])
+    assert torch.equal(model.step_out.bias, stored["heads.bias"])
+    state = model.state_dict()
+    assert len(state) == len(stored)
+    assert all(torch.equal(v, stored[k]) for k, v in state.items() if not k.startswith("step_out."))
