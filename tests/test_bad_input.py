@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from wm_sim.checkpoint import META, WEIGHTS
-from wm_sim.cli import VERBS, _resolve, main
+from wm_sim.cli import VERBS, main, resolve
 
 
 def tree_digest(path: Path) -> str:
@@ -100,7 +100,7 @@ def _verbs_with(option: str) -> list[str]:
     return [
         name
         for name, verb in VERBS.items()
-        if option in {f.name for f in dataclasses.fields(_resolve(verb.schema))}
+        if option in {f.name for f in dataclasses.fields(resolve(verb.schema))}
     ]
 
 

@@ -14,11 +14,11 @@ from wm_sim.checkpoint import LAST, load_checkpoint
 from wm_sim.data.store import EpisodeStore
 from wm_sim.decoder_tuning import (
     DecoderTuningConfig,
-    _batch,
-    _own_rollouts,
     anchored,
+    own_rollouts,
     still_foreground,
     tune_decoder,
+    tuning_batch,
 )
 from wm_sim.errors import WmSimError
 from wm_sim.evaluate import EvaluateConfig, evaluate
@@ -170,9 +170,9 @@ def test_far_predictions_are_trained_only_on_what_stood_still_in_the_anchors_for
     model = anchored(source).eval()
     store = EpisodeStore.open(reacher_store_path)
     cfg = _tuning(tiny_model_path, reacher_store_path, "unused", real_fraction=0.0, batch_size=64, episodes=1)
-    data = _own_rollouts(model, store, store.info.cameras[0], meta, cfg)
+    data = own_rollouts(model, store, store.info.cameras[0], meta, cfg)
     assert data.own.shape[:2] == (1, 6)  # the rollout runs out to far_horizon
-    _, target, weight = _batch(model, data, cfg, np.random.default_rng(0))
+    _, target, weight = tuning_batch(model, data, cfg, np.random.default_rng(0))
     ones = (weight == 1).flatten(1).all(1)  # rows trained on the whole frame: the near ones
     assert 0 < int(ones.sum()) < 64
     expected = still_foreground(target, data.anchors.pixels[0].permute(1, 2, 0), data.background)

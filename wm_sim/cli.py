@@ -109,7 +109,8 @@ VERBS: dict[str, Verb] = {
 }
 
 
-def _resolve(target: str):
+def resolve(target: str):
+    """The object a verb names as "module:name" (its schema, run or expand), imported only when used."""
     module, name = target.split(":")
     return getattr(importlib.import_module(module), name)
 
@@ -124,7 +125,7 @@ def usage() -> str:
 def verb_help(name: str) -> str:
     verb = VERBS[name]
     lines = [f"usage: wm-sim {name} key=value ...", "", verb.summary, "", "options:"]
-    for option, type_name, default, text in describe_options(_resolve(verb.schema)):
+    for option, type_name, default, text in describe_options(resolve(verb.schema)):
         lines.append(f"  {f'{option}={default}':<32} {type_name:<5} {text}")
     return "\n".join(lines)
 
@@ -146,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     verb = VERBS[name]
     try:
         if verb.expand is not None:
-            overrides = _resolve(verb.expand)(overrides)
-        cfg = load_config(name, _resolve(verb.schema), overrides)
-        _resolve(verb.run)(cfg)
+            overrides = resolve(verb.expand)(overrides)
+        cfg = load_config(name, resolve(verb.schema), overrides)
+        resolve(verb.run)(cfg)
     except WmSimError as exc:
         print(f"wm-sim {name}: error: {exc}", file=sys.stderr)
         return 2

@@ -145,14 +145,14 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
         lifecycle.restore_training_state(tensors, train_meta, optimiser, rng)
         step = int(train_meta["step"])
     (camera,) = checkpoint_cameras(meta, store.info.cameras[:1])  # one camera: multi-camera models refused
-    data = _own_rollouts(model, store, camera, meta, cfg)
+    data = own_rollouts(model, store, camera, meta, cfg)
     val_fraction = float(meta.get("train", {}).get("val_fraction", 0.1))
     contexts = run_contexts(store, [camera], val_fraction, model.config.window)
     bar = tqdm(total=cfg.steps, initial=step, desc="tune-decoder", unit="step")
     try:
         while step < cfg.steps:
             lifecycle.set_lr(optimiser, step, cfg.steps)
-            decoded, target, weight = _batch(model, data, cfg, rng)
+            decoded, target, weight = tuning_batch(model, data, cfg, rng)
             error = decoded - target
             loss = ((error.pow(2) + 0.5 * error.abs()) * weight).sum() / (3 * weight.sum()).clamp(min=1.0)
             lifecycle.check_finite(loss, step, run_dir)
@@ -218,7 +218,7 @@ class TuningData:
 
 
 @torch.no_grad()
-def _own_rollouts(
+def own_rollouts(
     model: WorldModel, store: EpisodeStore, camera: str, meta: dict, cfg: DecoderTuningConfig
 ) -> TuningData:
     """Every chosen training episode's frames and the model's own rollout from its start."""
@@ -253,7 +253,7 @@ def still_foreground(frames: torch.Tensor, anchor: torch.Tensor, background: tor
     return unchanged & ((anchor - background).abs().amax(-1, keepdim=True) >= 0.1)
 
 
-def _batch(
+def tuning_batch(
     model: WorldModel, data: TuningData, cfg: DecoderTuningConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch decoded (with gradients into the decoder), its recorded frames (B, S, S, 3) and
