@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from pathlib import Path
 
 import pytest
 import torch
@@ -343,21 +342,3 @@ def test_loaded_tensors_own_their_memory_and_do_not_follow_the_file(tmp_path):
     with open(file, "r+b") as f:
         f.write(data)
     assert torch.equal(loaded, frames)
-
-
-def test_the_model_defaults_the_size_defaults_and_the_small_config_agree():
-    """WorldModelConfig, ModelArchitecture and configs/model/small.yaml describe one architecture: the one
-    that ships (the shipped reacher model's own parts), but for the anchored decoder, which is
-    tuned onto a trained model (from scratch it learns to copy its anchor)."""
-    import yaml
-
-    from wm_sim.train import ModelArchitecture
-
-    small = yaml.safe_load((Path(__file__).parents[1] / "configs" / "model" / "small.yaml").read_text())
-    defaults = WorldModelConfig()
-    assert small == {k: getattr(ModelArchitecture(), k) for k in ModelArchitecture.__dataclass_fields__}
-    assert all(getattr(ModelArchitecture(), k) == getattr(defaults, k) for k in ModelArchitecture.__dataclass_fields__)
-    shipped, _ = load_checkpoint("shipped:reacher")
-    parts = ("residual", "transition", "frame_reward", "scene_reward")
-    assert all(getattr(shipped.config, k) and getattr(defaults, k) for k in parts)
-    assert shipped.config.anchored and not defaults.anchored

@@ -11,6 +11,7 @@ import pytest
 import torch
 from gymnasium.utils.env_checker import check_env
 from safetensors.torch import load_file, save_file
+from tiny import random_obs
 
 import wm_sim  # noqa: F401
 from wm_sim.checkpoint import CONTEXTS, WEIGHTS
@@ -288,3 +289,22 @@ def test_a_stream_never_truncates_and_episode_steps_sets_the_length(tiny_model_p
 def test_a_stream_with_an_episode_length_is_one_clear_error(tiny_model_path, kwargs):
     with pytest.raises(ValueError, match=r"stream=True never truncates|episode_steps must be"):
         gym.make("wm_sim/WorldModel-v0", checkpoint=str(tiny_model_path), **kwargs)
+
+
+def test_reset_to_starts_each_sub_env_from_its_own_context(tiny_model_path):
+    from wm_sim.envs.world_model_env import WorldModelVectorEnv
+
+    env = WorldModelVectorEnv(num_envs=2, checkpoint=str(tiny_model_path))
+    obs = random_obs(2)
+    frames, state = obs["pixels"][:, None], obs["agent_pos"][:, None]
+    started = env.reset_to(frames, state)
+    np.testing.assert_array_equal(started["pixels"], obs["pixels"])
+    single = WorldModelVectorEnv(num_envs=1, checkpoint=str(tiny_model_path))
+    single.reset(options={"frames": obs["pixels"][1], "agent_pos": obs["agent_pos"][1]})
+    action = np.array([[0.3, -0.2]], np.float32)
+    both = env.step(np.repeat(action, 2, axis=0))[0]["pixels"]
+    np.testing.assert_array_equal(both[1], single.step(action)[0]["pixels"][0])
+    with pytest.raises(ValueError, match="frames must be uint8"):
+        env.reset_to(frames.astype(np.float32), state)
+    with pytest.raises(ValueError, match="agent_pos must have shape"):
+        env.reset_to(frames, state[:, :, :2])

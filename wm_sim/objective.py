@@ -47,7 +47,7 @@ def losses(
     anchor = Anchor(latents[rows, pick].detach(), target[rows, pick].movedim(-1, -3))
     # Reconstruct two random frames of each window: decoding all T+1 costs more than it teaches.
     frames = torch.randint(0, pixels.shape[1], (2,))
-    recon = _weighted_mse(model.decode(latents[:, frames], anchor), target[:, frames], weight[:, frames])
+    recon = weighted_mse(model.decode(latents[:, frames], anchor), target[:, frames], weight[:, frames])
     state = model.normalise_state(batch["state"])  # (B, T+1, D)
     action, reward, cont = batch["action"][:, :-1], batch["reward"][:, :-1], 1.0 - batch["terminated"][:, :-1]
     # The encoder learns from reconstruction only: were the dynamics losses to reach it, the
@@ -79,7 +79,7 @@ def losses(
     # Pixels of predicted frames, at one random time step: the decoder learns predicted latents too.
     t = int(torch.randint(0, first.latents.shape[1], (1,)))
     last = previous.latents[:, t]
-    pixel_error = _weighted_mse(model.decode(last, anchor), target[:, t + 1], weight[:, t + 1], per_row=True)
+    pixel_error = weighted_mse(model.decode(last, anchor), target[:, t + 1], weight[:, t + 1], per_row=True)
     terms["predicted_pixels"] = (pixel_error * has_next[:, t]).sum() / has_next[:, t].sum().clamp(min=1)
     weights = {
         "recon": 1.0,
@@ -126,7 +126,7 @@ def pixel_weights(
     return 1.0 + foreground_weight * (distance / 0.1).clamp(max=1.0)
 
 
-def _weighted_mse(
+def weighted_mse(
     pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, per_row: bool = False
 ) -> torch.Tensor:
     """Weighted mean squared error of frames (..., S, S, 3), normalised by the weights' sum."""

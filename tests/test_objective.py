@@ -1,0 +1,69 @@
+"""The training objective (wm_sim.objective): the losses, their weights and the pixel weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny import tiny_architecture
+
+import wm_sim.objective as objective_module
+from wm_sim.collect import CollectConfig, collect
+from wm_sim.data.store import EpisodeStore
+from wm_sim.data.windows import EpisodeWindows
+from wm_sim.metrics import background_frame
+from wm_sim.train import model_config
+from wm_sim.world_model import WorldModel
+
+TINY = tiny_architecture()
+
+
+@pytest.mark.slow
+def test_the_continue_head_is_trained_on_terminations(tmp_path):
+    store = collect(
+        CollectConfig(
+            task="gym:Hopper-v5", policy="random", episodes=3, workers=1, out=str(tmp_path / "h.zarr")
+        )
+    )
+    windows = EpisodeWindows(store, TINY.window + 1, 0, "all", 0.0, pad_end=True)
+    batch = objective_module.to_batch([windows[i] for i in range(len(windows))], ["default"], torch.device("cpu"))
+    assert batch["terminated"][:, :-1].sum() == 3  # each episode's fall is a transition the loss sees
+    model = WorldModel(model_config(TINY, store))
+    background = torch.from_numpy(background_frame(batch["pixels"][:, 0].numpy()))
+    terms = objective_module.losses(model, batch, 0.1, 3, background, 2.0)  # the default recipe
+    assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_reward_weight_scales_the_reward_terms_in_the_total(reacher_store_path):
+    store = EpisodeStore.open(reacher_store_path)
+    windows = EpisodeWindows(store, TINY.window + 1, 0, "all", 0.0, pad_end=True)
+    batch = objective_module.to_batch([windows[i] for i in range(4)], ["top"], torch.device("cpu"))
+    model = WorldModel(model_config(TINY, store))
+    background = torch.from_numpy(background_frame(batch["pixels"][:, 0].numpy()))
+    totals = {}
+    for weight in (0.1, 10.0):
+        torch.manual_seed(0)  # the same noise, anchors and frames for both
+        terms = objective_module.losses(model, batch, 0.1, 2, background, 2.0, weight)
+        totals[weight] = terms
+    rewards = totals[0.1]["teacher_reward"] + totals[0.1]["own_reward"]
+    assert rewards > 0
+    gap = totals[10.0]["total"] - totals[0.1]["total"]
+    assert torch.allclose(gap, 9.9 * rewards, rtol=1e-4)
+
+
+def test_pixel_weights_weigh_what_differs_from_the_background():
+    background = torch.zeros(2, 2, 3)
+    frame = torch.zeros(1, 2, 2, 3)
+    frame[0, 0, 0] = torch.tensor([1.0, 0.0, 0.0])  # a red pixel on black: foreground
+    frame[0, 1, 1] = 0.02  # a faint difference: mostly background
+    weight = objective_module.pixel_weights(frame, background, 8.0)[0, ..., 0]
+    assert weight[0, 0] == 9.0 and weight[0, 1] == 1.0 and weight[1, 1] == pytest.approx(1.0 + 8.0 * 0.2)
+    assert torch.equal(objective_module.pixel_weights(frame, background, 0.0), torch.ones(1, 2, 2, 1))
+    # the weighted error is normalised by the weights: a uniform error stays itself
+    uniform = objective_module.weighted_mse(
+        frame + 0.1, frame, objective_module.pixel_weights(frame, background, 8.0)
+    )
+    assert uniform == pytest.approx(0.01)
+    frames = np.zeros((5, 2, 2, 3), np.uint8)
+    frames[:2, 0, 0] = 255  # something passing through two of five frames is not background
+    assert float(background_frame(frames).max()) == 0.0
