@@ -1,7 +1,8 @@
 """The physics twin: a MuJoCo task as a Gymnasium env with the observation a world model predicts.
 
-`wm_sim/Reacher-MuJoCo-v0` and `wm_sim/Pusher-MuJoCo-v0` share their spaces with the world-model
-envs of the same task, so a policy moves between imagination and physics unchanged.
+One per task (`wm_sim.registration.PHYSICS_TWIN_IDS`): `wm_sim/Reacher-MuJoCo-v0`,
+`wm_sim/Pusher-MuJoCo-v0` and `wm_sim/Push-MuJoCo-v0`. Each shares its spaces with the
+world-model envs of the same task, so a policy moves between imagination and physics unchanged.
 """
 
 from __future__ import annotations
