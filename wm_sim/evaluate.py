@@ -7,7 +7,10 @@ predicted frame is compared with the recorded one (MuJoCo's, under the same acti
 held still (`copy_last`) and the training set's mean frame (`mean_frame`). Besides PSNR and SSIM,
 whether the frame keeps the scene: the recall of the task object's pixels (reacher's target,
 read by its colour; where the arm covers it in the real frame it is not counted) and the
-precision of the foreground drawn (no ghost of the arm where it no longer is). Writes:
+precision of the foreground drawn (no ghost of the arm where it no longer is); and where the
+task's top camera looks straight down, the task object's position (wm_sim.contact): its distance
+to MuJoCo's in cm at each horizon, and per episode whether it moves when MuJoCo's moves (pushed)
+and stays when MuJoCo's stays. Writes:
 
     metrics.json      every metric, for each method, at each horizon, plus the full curves
     errors.png        PSNR, SSIM, state and reward error against horizon (the drift, as a picture)
@@ -29,6 +32,15 @@ from tqdm import tqdm
 
 from wm_sim.checkpoint import check_dataset_fits, checkpoint_cameras, load_checkpoint
 from wm_sim.config import check_output_path
+from wm_sim.contact import (
+    POSITION_HORIZON,
+    TaskObject,
+    motion_summary,
+    moved,
+    position_curves,
+    top_camera_scale,
+    whole,
+)
 from wm_sim.data.angles import episode_states, wrapped_entries
 from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY
 from wm_sim.data.store import EpisodeStore
@@ -68,6 +80,8 @@ METRICS = {
     "termination_accuracy": True,
     "object_recall": True,
     "foreground_precision": True,
+    "object_error_cm": False,
+    "object_within_2cm": True,
 }
 
 
@@ -126,19 +140,22 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     # Wrapped angles from the data, not the model: every model's state error, and the baselines',
     # takes a full turn as no error, so models with and without a state transition compare.
     periodic = wrapped_entries(episode_states(store))
-    object_rgb = _object_rgb(cfg, meta)
+    task_object = _task_object(cfg, meta, cameras[0], store.info.image_size)
 
     results: dict[str, dict[str, list[np.ndarray]]] = {m: {k: [] for k in METRICS} for m in METHODS}
     shown = set(episodes[:: max(1, len(episodes) // max(cfg.video_episodes, 1))][: cfg.video_episodes])
     videos: list[tuple[np.ndarray, np.ndarray]] = []  # (true, predicted) uint8 frames per shown episode
     scene_errors: list[np.ndarray] = []  # the scene reward's |error| per transition, per episode
+    motion: dict[str, list[np.ndarray]] = {m: [] for m in ("truth", *METHODS)}  # per episode: moved?
     batches = [episodes[i : i + cfg.batch_size] for i in range(0, len(episodes), cfg.batch_size)]
     for chunk in tqdm(batches, desc="evaluate", unit="batch"):
         data = [_episode(store, e, cameras) for e in chunk]
-        scores, predicted = _score_batch(model, data, keys, cfg.context, baseline, periodic, object_rgb)
+        scores, predicted, moves = _score_batch(model, data, keys, cfg.context, baseline, periodic, task_object)
         for method in METHODS:
             for name in METRICS:
                 results[method][name].extend(scores[method][name])
+        for who, flags in moves.items():
+            motion[who].append(flags)
         if model.scene_reward is not None:
             scene_errors += [_scene_reward_error(model, episode, keys, cfg.context) for episode in data]
         for row, e in enumerate(chunk):
@@ -149,6 +166,8 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     report = _report(results, cfg, meta, len(episodes), store.info.fps)
     if scene_errors:
         report["scene_reward"] = _scene_reward_summary(np.concatenate(scene_errors), cfg.context)
+    if motion["truth"]:
+        report["object_motion"] = _motion_report(results, motion)
     out.mkdir(parents=True, exist_ok=True)
     _plot(report, out / "errors.png")
     if videos:
@@ -172,6 +191,13 @@ def _scene_reward_summary(errors: np.ndarray, context: int) -> dict:
 
 
 def _print_summary(report: dict, out: Path) -> None:
+    if "object_motion" in report:
+        m = report["object_motion"]["model"]
+        print(
+            f"task object: moves when MuJoCo's moves {m['agreement_when_moved']} ({m['episodes_moved']} episodes), "
+            f"stays when it stays {m['agreement_when_still']} ({m['episodes_still']}); within 2 cm at "
+            f"h=16: {report['metrics']['object_within_2cm']['model']['16']}"
+        )
     summary = report["metrics"]["psnr"]
     print(
         "PSNR (dB) model / copy_last / mean_frame: "
@@ -198,14 +224,17 @@ def _scene_reward_error(model, episode: dict[str, np.ndarray], keys: list[str], 
     return np.abs(read.cpu().numpy() - reward[:-1])
 
 
-def _object_rgb(cfg: EvaluateConfig, meta: dict) -> tuple[int, int, int] | None:
-    """The task object's colour: object_rgb=, else the task's own; None: recall is not measured."""
+def _task_object(cfg: EvaluateConfig, meta: dict, camera: str, image_size: int) -> TaskObject | None:
+    """The task object: its colour (object_rgb=, else the task's own) and, where the task's camera
+    looks straight down, its scale; None: recall and position are not measured."""
     from wm_sim.envs.catalog import TASK_SPECS
 
-    if cfg.object_rgb:
-        return tuple(int(c) for c in cfg.object_rgb)
-    spec = TASK_SPECS.get(meta.get("dataset", {}).get("task", ""))
-    return spec.object_rgb if spec else None
+    task = meta.get("dataset", {}).get("task", "")
+    spec = TASK_SPECS.get(task)
+    rgb = tuple(int(c) for c in cfg.object_rgb) if cfg.object_rgb else (spec.object_rgb if spec else None)
+    if rgb is None:
+        return None
+    return TaskObject(rgb, top_camera_scale(task, camera, image_size) if spec else None)
 
 
 def _pick_episodes(store: EpisodeStore, cfg: EvaluateConfig, val_fraction: float) -> list[int]:
@@ -262,9 +291,10 @@ def _score_batch(
     context: int,
     baseline: dict[str, np.ndarray],
     periodic: tuple[int, ...],
-    object_rgb: tuple[int, int, int] | None = None,
-) -> tuple[dict[str, dict[str, list[np.ndarray]]], list[np.ndarray]]:
-    """Per-episode metric curves (NaN past an episode's end) and the predicted frames (uint8)."""
+    task_object: TaskObject | None = None,
+) -> tuple[dict[str, dict[str, list[np.ndarray]]], list[np.ndarray], dict[str, np.ndarray]]:
+    """Per-episode metric curves (NaN past an episode's end), the predicted frames (uint8), and
+    per episode whether the task object moved (in MuJoCo's frames: `truth`, and each method's)."""
     image, state_key, action_key, reward_key, term_key = keys
     lengths = [len(d[action_key]) for d in data]
     longest = max(lengths)
@@ -318,15 +348,32 @@ def _score_batch(
     cameras = model.config.cameras
     truth = (tiled(true_frames, cameras), true_state, true_reward, true_term)
     background = tiled(background, cameras)
+    rgb = task_object.rgb if task_object else None
+    scale = task_object.cm_per_pixel if task_object else None
+    first = (lambda x: x) if cameras == 1 else (lambda x: x.select(-4, 0))  # positions: the top camera
     scores: dict[str, dict[str, list[np.ndarray]]] = {}
+    moves: dict[str, np.ndarray] = {}
+    if scale:
+        start = first(last[:, 0])
+        judged, start_whole = whole(first(true_frames), start, frame_ok, rgb)
+        moves["truth"] = moved(first(true_frames), start, judged, start_whole, rgb, scale)
     for method, (frame, state, reward, term) in guesses.items():
         guess = (tiled(frame, cameras), state, reward, term)
-        curves = _curves(guess, truth, background, periodic, object_rgb, frame_ok, step_ok)
+        curves = _curves(guess, truth, background, periodic, rgb, frame_ok, step_ok)
+        nothing = torch.full(frame_ok.shape, torch.nan)
+        if scale:
+            frame = first(frame).expand_as(first(true_frames))
+            error, within = position_curves(frame, first(true_frames), judged, rgb, scale)
+            moves[method] = moved(frame, start, judged, start_whole, rgb, scale)
+        curves |= {
+            "object_error_cm": (error if scale else nothing, frame_ok),
+            "object_within_2cm": (within if scale else nothing, frame_ok),
+        }
         scores[method] = {
             name: [np.where(ok[b].numpy(), value[b].numpy(), np.nan) for b in range(len(data))]
             for name, (value, ok) in curves.items()
         }
-    return scores, list(to_uint8(predicted.numpy()))
+    return scores, list(to_uint8(predicted.numpy())), moves
 
 
 def _curves(
@@ -353,6 +400,17 @@ def _curves(
         "object_recall": (recall, frame_ok),
         "foreground_precision": (foreground_precision(frame, true_frames, background), frame_ok),
     }
+
+
+def _motion_report(results: dict, motion: dict[str, list[np.ndarray]]) -> dict:
+    """metrics.json's `object_motion`, for each method: moves when MuJoCo's moves, stays when it stays."""
+    truth = np.concatenate(motion["truth"])
+    report = {}
+    for method in METHODS:
+        per_episode = results[method]["object_within_2cm"]
+        at = np.array([c[POSITION_HORIZON - 1] if len(c) >= POSITION_HORIZON else np.nan for c in per_episode])
+        report[method] = motion_summary(truth, np.concatenate(motion[method]), at)
+    return report
 
 
 def _report(results, cfg: EvaluateConfig, meta: dict, episodes: int, fps: float) -> dict:
@@ -410,9 +468,14 @@ def _plot(report: dict, path: Path) -> None:
         "reward_abs_error": "reward absolute error",
         "object_recall": "task object's pixels recalled (higher is better)",
         "foreground_precision": "foreground drawn that is real (higher is better)",
+        "object_error_cm": "task object's distance to MuJoCo's (cm)",
+        "object_within_2cm": "task object within 2 cm of MuJoCo's (higher is better)",
     }
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 7))
     for ax, (name, label) in zip(axes.flat, labels.items(), strict=True):
+        if all(v is None for v in report["curves"][name]["model"]):  # not measured for this task
+            ax.set_visible(False)
+            continue
         for method, style in zip(METHODS, ("-", "--", ":"), strict=True):
             curve = np.array([np.nan if v is None else v for v in report["curves"][name][method]])
             ax.plot(np.arange(1, len(curve) + 1), curve, style, label=method)

@@ -1,6 +1,7 @@
-"""Image fidelity metrics on batches of frames, computed in torch: PSNR and SSIM, and whether a
+"""Image fidelity metrics on batches of frames, computed in torch: PSNR and SSIM, whether a
 predicted frame keeps the scene (the task object's pixels recalled, no foreground drawn where
-the real frame has none).
+the real frame has none), and where it puts the task object (its centre, read by its colour), so
+that an object that moves when pushed can be followed.
 
 Frames are float tensors in [0, 1] shaped (..., S, S, 3); every metric returns one value per frame
 (the leading shape), NaN where a frame gives it nothing to measure, so callers can average over
@@ -74,6 +75,19 @@ def object_mask(frames: torch.Tensor, rgb: tuple[int, int, int]) -> torch.Tensor
     """(..., S, S) bool: the pixels of an object rendered in colour `rgb` (0-255)."""
     colour = torch.tensor(rgb, dtype=frames.dtype) / 255.0
     return (frames - colour).norm(dim=-1) < OBJECT_COLOUR_TOLERANCE
+
+
+def object_centre(frames: torch.Tensor, rgb: tuple[int, int, int]) -> torch.Tensor:
+    """(..., 2) float: the (row, column) centre of an object rendered in colour `rgb`, in pixels;
+    NaN where the frame shows fewer than MIN_OBJECT_PIXELS of it."""
+    mask = object_mask(frames, rgb).float()  # (..., S, S)
+    rows = torch.arange(mask.shape[-2], dtype=mask.dtype)
+    cols = torch.arange(mask.shape[-1], dtype=mask.dtype)
+    count = mask.sum((-1, -2))
+    centre = torch.stack(
+        [(mask.sum(-1) * rows).sum(-1), (mask.sum(-2) * cols).sum(-1)], dim=-1
+    ) / count.clamp(min=1)[..., None]
+    return torch.where((count >= MIN_OBJECT_PIXELS)[..., None], centre, torch.nan)
 
 
 def foreground_mask(frames: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
