@@ -42,6 +42,7 @@ class _Simulator:
         stream: bool = False,
         episode_steps: int | None = None,
         cameras: Sequence[str] | None = None,
+        task: str | None = None,
     ):
         if stream and episode_steps is not None:
             raise ValueError(
@@ -55,6 +56,11 @@ class _Simulator:
         model, meta = load_checkpoint(checkpoint, map_location=device)
         dataset = meta.get("dataset", {})
         self.task = dataset.get("task", "reacher")
+        if task is not None and self.task != task:  # a task's own id (wm_sim/Reacher-v0) took another's model
+            raise ValueError(
+                f"{checkpoint} simulates the {self.task!r} task, not {task!r}: make this id with a "
+                f"{task} checkpoint, or any checkpoint with gym.make('wm_sim/WorldModel-v0', checkpoint=...)"
+            )
         self.fps = float(dataset.get("fps", 50.0))
         spec = TASK_SPECS.get(self.task)
         if not stream and episode_steps is None:  # the recorded episodes' length
@@ -253,10 +259,11 @@ class WorldModelEnv(gymnasium.Env):
         stream: bool = False,
         episode_steps: int | None = None,
         cameras: Sequence[str] | None = None,
+        task: str | None = None,
     ):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.sim = _Simulator(checkpoint, 1, device, stream, episode_steps, cameras)
+        self.sim = _Simulator(checkpoint, 1, device, stream, episode_steps, cameras, task)
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.sim.fps}
         self.observation_space = self.sim.observation_space
@@ -353,6 +360,7 @@ class WorldModelVectorEnv(VectorEnv):
         episode_steps: int | None = None,
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         cameras: Sequence[str] | None = None,
+        task: str | None = None,
     ):
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
@@ -360,7 +368,7 @@ class WorldModelVectorEnv(VectorEnv):
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
         if array_type not in ("numpy", "torch"):
             raise ValueError(f"array_type must be 'numpy' or 'torch', got {array_type!r}")
-        self.sim = _Simulator(checkpoint, num_envs, device, stream, episode_steps, cameras)
+        self.sim = _Simulator(checkpoint, num_envs, device, stream, episode_steps, cameras, task)
         self.cameras = self.sim.cameras  # the images in "pixels" (a dict of them when several)
         self.num_envs = num_envs
         self.render_mode = render_mode

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 
@@ -254,6 +255,18 @@ def test_start_contexts_of_another_image_size_are_one_clear_error(tiny_model_pat
     with pytest.raises(WmSimError, match=r"frames are uint8 of shape \(8, 3, 32, 32, 3\); the model expects"):
         env.reset(seed=0)
     env.close()
+
+
+def test_a_task_id_refuses_a_checkpoint_of_another_task(tiny_model_path, tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_path, copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["dataset"]["task"] = "push"  # as a push model's metadata names its task
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="simulates the 'push' task, not 'reacher'"):
+        gym.make("wm_sim/Reacher-v0", checkpoint=str(copy))
+    with pytest.raises(ValueError, match="simulates the 'push' task, not 'reacher'"):
+        gym.make_vec("wm_sim/Reacher-v0", num_envs=2, checkpoint=str(copy))
 
 
 def test_a_checkpoint_of_nan_weights_does_not_make_an_env(tiny_model_path, tmp_path):

@@ -12,10 +12,11 @@ PHYSICS_TWIN_IDS: dict[str, str] = {
 }
 
 
-# World-model envs: the shipped model per task, and any checkpoint (checkpoint=PATH).
-WORLD_MODEL_IDS: dict[str, str] = {
-    "wm_sim/Reacher-v0": "shipped:reacher",
-    "wm_sim/WorldModel-v0": "shipped:reacher",
+# World-model envs: id -> (default checkpoint, the task its checkpoint must simulate). A task's
+# id refuses another task's checkpoint; WorldModel-v0 takes any (checkpoint=PATH).
+WORLD_MODEL_IDS: dict[str, tuple[str, str | None]] = {
+    "wm_sim/Reacher-v0": ("shipped:reacher", "reacher"),
+    "wm_sim/WorldModel-v0": ("shipped:reacher", None),
 }
 
 
@@ -36,14 +37,14 @@ def register_envs() -> None:
             kwargs={"task": task},
             max_episode_steps=TASK_SPECS[task].episode_steps,
         )
-    for env_id, checkpoint in WORLD_MODEL_IDS.items():
+    for env_id, (checkpoint, task) in WORLD_MODEL_IDS.items():
         if env_id in gymnasium.registry:
             continue
         gymnasium.register(
             id=env_id,
             entry_point="wm_sim.envs.world_model_env:WorldModelEnv",
             vector_entry_point="wm_sim.envs.world_model_env:WorldModelVectorEnv",
-            kwargs={"checkpoint": checkpoint},
+            kwargs={"checkpoint": checkpoint, "task": task},
             disable_env_checker=False,
         )
     if ROS_ENV_ID not in gymnasium.registry:
