@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from wm_sim.errors import WmSimError
 
@@ -28,6 +28,8 @@ class TaskSpec:
     # the task object's colour in rendered frames (0-255): `wm-sim evaluate` reads its pixels to
     # measure whether imagined frames keep it (None: not measured)
     object_rgb: tuple[int, int, int] | None = None
+    # keyword options its class takes beyond image_size and cameras (make_task(..., **options))
+    options: tuple[str, ...] = ()
 
 
 TASK_SPECS: dict[str, TaskSpec] = {
@@ -58,6 +60,7 @@ TASK_SPECS: dict[str, TaskSpec] = {
         has_expert=True,
         description="two-link planar arm pushes a free puck onto a goal disc on a table",
         object_rgb=(83, 255, 108),  # the green puck, as the top camera renders it (median pixel)
+        options=("puck_mass", "goal_radius"),
     ),
 }
 
@@ -82,18 +85,27 @@ def task_has_expert(name: str) -> bool:
     return name in TASK_SPECS and TASK_SPECS[name].has_expert
 
 
-def make_task(name: str, image_size: int = 64, cameras: Sequence[str] | None = None) -> MujocoTask:
+def make_task(
+    name: str, image_size: int = 64, cameras: Sequence[str] | None = None, **options: Any
+) -> MujocoTask:
     """Build the physics task `name` rendering square frames of `image_size` pixels.
 
     `cameras`: the task's cameras its observations carry, in this order (None: its first alone).
+    `options`: the task's own (TaskSpec.options), e.g. push's puck_mass and goal_radius.
     """
     check_task_name(name)
     if not isinstance(image_size, int) or not 16 <= image_size <= 512:
         raise WmSimError(f"image_size must be an integer in [16, 512], got {image_size!r}")
+    known = TASK_SPECS[name].options if name in TASK_SPECS else ()
+    if set(options) - set(known):
+        raise WmSimError(
+            f"task {name!r} has no option {sorted(set(options) - set(known))[0]!r}; "
+            f"its options: {', '.join(known) if known else 'none'}"
+        )
     if name.startswith(GYM_PREFIX):
         from wm_sim.envs.gym_task import GymTask
 
         return GymTask(name[len(GYM_PREFIX) :], image_size=image_size, cameras=cameras)
     module_name, class_name = TASK_SPECS[name].entry_point.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(image_size=image_size, cameras=cameras)
+    return cls(image_size=image_size, cameras=cameras, **options)

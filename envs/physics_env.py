@@ -37,10 +37,11 @@ class PhysicsTwinEnv(gymnasium.Env):
         image_size: int = 64,
         render_mode: str | None = None,
         cameras: Sequence[str] | None = None,
+        **task_options: Any,
     ):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.task = make_task(task, image_size=image_size, cameras=cameras)
+        self.task = make_task(task, image_size=image_size, cameras=cameras, **task_options)
         self.cameras: tuple[str, ...] = self.task.cameras  # the cameras `pixels` holds, in order
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.task.fps}

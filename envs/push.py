@@ -17,6 +17,8 @@ from wm_sim.envs.catalog import TASK_SPECS
 from wm_sim.envs.rendering import CameraSpec
 from wm_sim.envs.task import ArmTask
 
+from wm_sim.errors import WmSimError
+
 # --- geometry (metres) ------------------------------------------------------------------------
 LINK_LENGTHS = (0.1, 0.11)  # shoulder -> elbow, elbow -> finger axis: reacher's arm
 LINK_RADIUS, LINK_DRAWN = 0.01, 1.4  # the links' radius, and how much thicker the cameras draw them
@@ -25,6 +27,10 @@ ARM_HEIGHT = 0.05  # the links pass over the puck (0.02 tall); only the finger r
 PUCK_RADIUS, PUCK_HALF_HEIGHT, PUCK_MASS = 0.025, 0.01, 0.1  # a 5 cm, 100 g plastic puck
 FINGER_RADIUS = 0.015  # thicker than the drawn links, so that it shows from above
 GOAL_RADIUS = 0.025  # drawn as large as the success tolerance: the puck's centre inside it succeeds
+# the task's options (PushTask(puck_mass=, goal_radius=)): a puck the two motors can still push,
+# a goal the start states can still keep clear of the arm
+PUCK_MASS_RANGE = (0.01, 1.0)  # kg
+GOAL_RADIUS_RANGE = (0.005, 0.05)  # m
 FRICTION = 0.3  # sliding friction of puck on table: plastic on laminate
 FINGER_FRICTION = 0.1  # finger on puck (the finger's geom has priority): a smooth rod slides along it
 WALL = 0.25  # half-width of the walled arena
@@ -37,13 +43,15 @@ MIN_PATH_CLEARANCE = 0.07  # the straight push keeps this far from the shoulder,
 ARM_CLEARANCE = 0.02  # between the drawn arm and puck or goal at the start: both are seen whole
 
 # --- reward and success -----------------------------------------------------------------------
-SUCCESS_DISTANCE = 0.025  # puck centre to goal centre, in the table plane
+SUCCESS_DISTANCE = GOAL_RADIUS  # puck centre to goal centre, in the table plane: inside the disc
 REACH_WEIGHT = 0.2  # the finger's distance to the puck's rim, a shaping term
 CONTROL_WEIGHT = 0.01  # per unit of normalised action squared
 
 STEPS_PER_FRAME = 4  # x timestep 0.005 s: 50 control steps per second
 
-_XML = f"""
+
+def _xml(puck_mass: float, goal_radius: float) -> str:
+    return f"""
 <mujoco model="push">
   <compiler angle="radian" autolimits="true"/>
   <option timestep="0.005" integrator="implicitfast" gravity="0 0 -9.81"/>
@@ -77,11 +85,11 @@ _XML = f"""
     </body>
     <body name="puck" pos="0.1 0 {PUCK_HALF_HEIGHT}">
       <freejoint name="puck"/>
-      <geom name="puck" type="cylinder" size="{PUCK_RADIUS} {PUCK_HALF_HEIGHT}" mass="{PUCK_MASS}"
+      <geom name="puck" type="cylinder" size="{PUCK_RADIUS} {PUCK_HALF_HEIGHT}" mass="{puck_mass}"
             conaffinity="3"/>
     </body>
     <body name="goal" mocap="true" pos="-0.1 0 0">
-      <geom name="goal" type="cylinder" size="{GOAL_RADIUS} 0.0005" pos="0 0 0.0006"/>
+      <geom name="goal" type="cylinder" size="{goal_radius} 0.0005" pos="0 0 0.0006"/>
     </body>
   </worldbody>
   <actuator>
@@ -90,6 +98,7 @@ _XML = f"""
   </actuator>
 </mujoco>
 """
+
 
 WALL_COLOUR = (0.45, 0.45, 0.50, 1.0)
 # Straight down on the arena, styled as reacher's top view (orange and blue links, white finger)
@@ -125,8 +134,21 @@ class PushTask(ArmTask):
     camera_names = tuple(CAMERAS)
     views = CAMERAS
 
-    def __init__(self, image_size: int = 64, cameras: Sequence[str] | None = None):
-        model = mujoco.MjModel.from_xml_string(_XML)
+    def __init__(
+        self,
+        image_size: int = 64,
+        cameras: Sequence[str] | None = None,
+        puck_mass: float = PUCK_MASS,
+        goal_radius: float = GOAL_RADIUS,
+    ):
+        for name, value, (low, high), unit in (
+            ("puck_mass", puck_mass, PUCK_MASS_RANGE, "kg"),
+            ("goal_radius", goal_radius, GOAL_RADIUS_RANGE, "m"),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise WmSimError(f"push: {name} must be a number in [{low}, {high}] {unit}, got {value!r}")
+        self.goal_radius = float(goal_radius)  # the success tolerance too: the puck's centre inside it
+        model = mujoco.MjModel.from_xml_string(_xml(float(puck_mass), self.goal_radius))
         super().__init__(
             model, mujoco.MjData(model), image_size, arm_joints=("joint0", "joint1"), cameras=cameras
         )
@@ -138,7 +160,7 @@ class PushTask(ArmTask):
         self._goal_mocap = int(m.body_mocapid[mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_BODY, "goal")])
 
     def _reset_physics(self, seed: int) -> None:
-        q, puck, goal = sample_start(np.random.default_rng(seed))
+        q, puck, goal = sample_start(np.random.default_rng(seed), self.goal_radius)
         mujoco.mj_resetData(self.model, self.data)
         self.data.qpos[self._arm_qpos] = q
         self.data.qpos[self._puck_qpos : self._puck_qpos + 7] = [*puck, PUCK_HALF_HEIGHT, 1.0, 0.0, 0.0, 0.0]
@@ -169,7 +191,7 @@ class PushTask(ArmTask):
         gap = max(0.0, float(np.linalg.norm(self.puck() - self.finger())) - PUCK_RADIUS - FINGER_RADIUS)
         action = self.from_ctrl(ctrl)
         reward = -distance - REACH_WEIGHT * gap - CONTROL_WEIGHT * float(np.square(action).sum())
-        return reward, distance < SUCCESS_DISTANCE, False
+        return reward, distance < self.goal_radius, False
 
     def expert_action(self) -> np.ndarray:
         """Behind the puck on the line to the goal, then push along it (see push_expert)."""
@@ -178,7 +200,9 @@ class PushTask(ArmTask):
         )
 
 
-def sample_start(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def sample_start(
+    rng: np.random.Generator, goal_radius: float = GOAL_RADIUS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(arm angles (2,), puck (2,), goal (2,)) of a start state, drawn until it is a fair one.
 
     Fair: puck and goal within reach and apart, the straight push clear of the shoulder, and the
@@ -197,7 +221,7 @@ def sample_start(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.n
             min(_distance_to_segment(p, np.zeros(2), elbow), _distance_to_segment(p, elbow, tip))
             - radius
             - LINK_RADIUS * LINK_DRAWN
-            for p, radius in ((puck, PUCK_RADIUS), (goal, GOAL_RADIUS))
+            for p, radius in ((puck, PUCK_RADIUS), (goal, goal_radius))
         )
         if arm_gap >= ARM_CLEARANCE:
             return q, puck, goal

@@ -14,6 +14,8 @@ from gymnasium.utils.env_checker import check_env
 from wm_sim.envs import make_task
 from wm_sim.envs.push import MIN_SEPARATION, PUCK_REACH, SUCCESS_DISTANCE
 
+from wm_sim.errors import WmSimError
+
 ENV_ID = "wm_sim/Push-MuJoCo-v0"
 
 
@@ -169,3 +171,48 @@ def test_expert_gets_the_puck_onto_the_goal_in_nine_episodes_of_ten():
         successes.append(result.success)
     task.close()
     assert np.mean(successes) >= 0.9
+
+
+def test_a_heavier_puck_slides_less_from_the_same_kick():
+    """puck_mass is physics, not a label: the same impulse moves a puck five times as heavy about a
+    fifth as fast, so it stops sooner."""
+    slid = []
+    for mass in (0.1, 0.5):
+        env = gym.make(ENV_ID, puck_mass=mass)
+        env.reset(seed=0)
+        task = env.unwrapped.task
+        assert task.model.body_mass[task.model.body("puck").id] == pytest.approx(mass)
+        start = task.puck()
+        dof = _puck_dof(task)
+        task.data.qvel[dof] = 0.03 / mass  # an impulse of 3 g m/s along x
+        mujoco.mj_forward(task.model, task.data)
+        for _ in range(50):
+            task.step(np.zeros(2))
+        slid.append(float(np.linalg.norm(task.puck() - start)))
+        env.close()
+    assert slid[1] < 0.5 * slid[0]
+
+
+def test_a_larger_goal_counts_a_puck_further_out_as_success():
+    task = make_task("push", goal_radius=0.04)
+    try:
+        task.reset(2)
+        _place_puck(task, task.goal() + np.array([0.035, 0.0]))
+        _, success, _ = task.reward_and_success(np.zeros(2))
+        assert success
+    finally:
+        task.close()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: make_task("push", puck_mass=5.0), r"puck_mass must be a number in \[0.01, 1.0\] kg, got 5.0"),
+        (lambda: gym.make(ENV_ID, goal_radius=0.0), r"goal_radius must be a number in \[0.005, 0.05\] m, got 0.0"),
+        (lambda: make_task("reacher", puck_mass=0.2), "task 'reacher' has no option 'puck_mass'; its options: none"),
+        (lambda: make_task("push", puck_size=0.2), "has no option 'puck_size'; its options: puck_mass, goal_radius"),
+    ],
+)
+def test_a_push_option_out_of_range_or_unknown_is_one_clear_error(make, message):
+    with pytest.raises(WmSimError, match=message):
+        make()
