@@ -82,7 +82,9 @@ def run(bench: Bench) -> dict:
             TrainConfig(
                 data=str(data), model=model_size(sizes.train_model), out=str(Path(tmp) / "run"),
                 steps=sizes.train_steps, val_fraction=0.25, device=bench.device.type,
-                training=TrainingRecipe(batch_size=sizes.train_batch, val_every=every, checkpoint_every=every),
+                training=TrainingRecipe(
+                    batch_size=sizes.train_batch, val_every=every, checkpoint_every=every, decoder_steps=0
+                ),  # the learning curve of the steps; no decoder phase after
                 wandb=WandbConfig(mode="disabled"),
             )
         )  # fmt: skip

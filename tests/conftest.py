@@ -34,7 +34,7 @@ def tiny_model_path(reacher_store_path, tmp_path_factory) -> Path:
     tiny = tiny_architecture()
     run = train(
         TrainConfig(
-            data=str(reacher_store_path), model=tiny, out=str(root / "run"), steps=30, training=TrainingRecipe(batch_size=4, lr=3e-3),
+            data=str(reacher_store_path), model=tiny, out=str(root / "run"), steps=30, training=TrainingRecipe(decoder_steps=0, transition_rollout_steps=0, batch_size=4, lr=3e-3),
             val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
         )
     )  # fmt: skip
@@ -55,8 +55,9 @@ def tiny_planning_model_path(reacher_store_path, tmp_path_factory) -> Path:
 
     tiny = tiny_architecture(transition=True, scene_reward=True)
     fitting = TrainingRecipe(
-        batch_size=4, lr=3e-3, transition_steps=200, scene_reward_steps=200, scene_goal_steps=20
-    )
+        batch_size=4, lr=3e-3, transition_steps=200, scene_reward_steps=200, scene_goal_steps=20,
+        transition_rollout_steps=0, decoder_steps=0,
+    )  # fmt: skip
     return train(
         TrainConfig(
             data=str(reacher_store_path), model=tiny, out=str(tmp_path_factory.mktemp("tiny-planning") / "run"),

@@ -30,7 +30,7 @@ def tiny_run(reacher_store_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
     return train(
         TrainConfig(
-            data=str(reacher_store_path), model=TINY, out=str(out), steps=2, training=TrainingRecipe(batch_size=4),
+            data=str(reacher_store_path), model=TINY, out=str(out), steps=2, training=TrainingRecipe(decoder_steps=0, transition_rollout_steps=0, batch_size=4),
             val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
         )
     )  # fmt: skip

@@ -115,5 +115,10 @@ def test_a_package_carries_a_model_card_naming_its_data_and_training_command(pac
     card = (packaged / "MODEL_CARD.md").read_text()
     _, meta = load_checkpoint(packaged)
     assert f"`{meta['dataset']['path']}`" in card and f"{meta['dataset']['num_episodes']} episodes" in card
-    assert f"wm-sim train batch_size={meta['train']['batch_size']}" in card  # the run's own options
-    assert f"steps={meta['train']['steps']}" in card and "Not evaluated when packaged" in card
+    train = meta["train"]
+    assert f"wm-sim train data={train['data']} out={train['out']} steps={train['steps']}" in card
+    assert f"training.batch_size={train['batch_size']}" in card  # the run's own options, away from the defaults
+    assert "training.lr=" not in card or train["lr"] != 5e-4  # a default is not repeated
+    collection = meta["dataset"]["collection"]
+    assert f"wm-sim collect task=reacher policy={collection['policy']} episodes={meta['dataset']['num_episodes']}" in card
+    assert "It took " in card and "Not evaluated when packaged" in card

@@ -575,7 +575,7 @@ def two_camera_checkpoint(tmp_path_factory) -> Path:
     tiny = tiny_architecture()
     return train(
         TrainConfig(
-            data=str(data), model=tiny, out=str(root / "run"), steps=5, training=TrainingRecipe(batch_size=4, lr=3e-3),
+            data=str(data), model=tiny, out=str(root / "run"), steps=5, training=TrainingRecipe(decoder_steps=0, transition_rollout_steps=0, batch_size=4, lr=3e-3),
             val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
         )
     )  # fmt: skip

@@ -411,7 +411,7 @@ def test_imported_store_trains(imported, tmp_path):
     tiny = tiny_architecture()
     run = train(
         TrainConfig(
-            data=str(imported), model=tiny, out=str(tmp_path / "run"), steps=2, training=TrainingRecipe(batch_size=4),
+            data=str(imported), model=tiny, out=str(tmp_path / "run"), steps=2, training=TrainingRecipe(decoder_steps=0, transition_rollout_steps=0, batch_size=4),
             val_fraction=0.5, threads=1, wandb=WandbConfig(mode="disabled"),
         )
     )  # fmt: skip

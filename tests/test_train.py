@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,48 @@ def test_an_anchored_model_trains_with_another_frame_of_the_window_as_its_anchor
     torch.manual_seed(0)  # the run's seed: the weights it started from
     start = WorldModel(model.config)
     assert not torch.equal(start.decoder.net[0].weight, model.decoder.net[0].weight)  # the decoder learned
+
+
+def test_one_command_ends_with_an_anchored_decoder_tuned_onto_the_trained_model(reacher_store_path, tmp_path):
+    """The whole recipe: the steps train a plain decoder (an anchored one trained from scratch only
+    copies its anchor), then the last phase tunes an anchored one onto the frozen model."""
+    out = tmp_path / "run"
+    anchored = tiny_architecture(anchored=True)
+    final = train(run_config(reacher_store_path, out, model=anchored, steps=2, decoder_steps=2, val_fraction=0.5))
+    assert final == out / train_module.DECODER_DIR
+    tuned, meta = load_checkpoint(final)
+    trained, _ = load_checkpoint(out / "step-0000002")
+    assert tuned.config.anchored and not trained.config.anchored
+    assert meta["decoder_tuning"]["checkpoint"] == str(out / "step-0000002") and meta["step"] == 2
+    frozen = {k: v for k, v in trained.state_dict().items() if not k.startswith("decoder.")}
+    assert all(torch.equal(tuned.state_dict()[k], v) for k, v in frozen.items())
+    again = train(
+        run_config(reacher_store_path, out, model=anchored, steps=2, decoder_steps=2, val_fraction=0.5, resume="auto")
+    )
+    assert again == final and load_checkpoint(final)[1]["step"] == 2  # done: nothing more to do
+
+
+def test_a_finished_run_resumed_with_decoder_steps_gets_its_decoder_phase(reacher_store_path, tmp_path):
+    """A run's checkpoints do not depend on decoder_steps: a finished run gets its decoder phase."""
+    out, anchored = tmp_path / "run", tiny_architecture(anchored=True)
+    plain = run_config(reacher_store_path, out, model=anchored, steps=2, decoder_steps=1, val_fraction=0.5)
+    steps_only = replace(plain, training=replace(plain.training, decoder_steps=0), model=tiny_architecture())
+    assert train(steps_only) == out  # the steps alone, with the plain decoder the phase starts from
+    final = train(replace(plain, resume="auto"))
+    assert final == out / train_module.DECODER_DIR and load_checkpoint(final)[0].config.anchored
+
+
+def test_the_state_transition_is_fitted_again_on_its_own_rollouts_up_front(reacher_store_path, tmp_path):
+    model = tiny_architecture(transition=True)
+    common = dict(model=model, steps=1, transition_steps=30, val_fraction=0.5)
+    once = train(run_config(reacher_store_path, tmp_path / "once", **common))
+    twice = train(
+        run_config(
+            reacher_store_path, tmp_path / "twice", transition_rollout_steps=10, transition_rollout_horizon=4, **common
+        )
+    )
+    first, second = (load_checkpoint(run)[0].transition.state_dict() for run in (once, twice))
+    assert any(not torch.equal(first[k], second[k]) for k in first)
 
 
 def _interrupted_after_step_2(data, out, monkeypatch) -> None:
@@ -308,8 +351,7 @@ def test_model_architecture_holds_every_shape_option_the_dataset_does_not_fix():
 
 def test_the_model_defaults_the_architecture_defaults_and_the_small_config_agree():
     """WorldModelConfig, ModelArchitecture and configs/model/small.yaml describe one architecture:
-    the one that ships (the shipped reacher model's own parts), but for the anchored decoder,
-    which is tuned onto a trained model (from scratch it learns to copy its anchor)."""
+    the one that ships (the shipped reacher model's own parts, its anchored decoder included)."""
     import yaml
 
     from wm_sim.world_model import WorldModelConfig
@@ -320,6 +362,5 @@ def test_the_model_defaults_the_architecture_defaults_and_the_small_config_agree
     assert small == {k: getattr(ModelArchitecture(), k) for k in options}
     assert all(getattr(ModelArchitecture(), k) == getattr(defaults, k) for k in options)
     shipped, _ = load_checkpoint("shipped:reacher")
-    parts = ("residual", "transition", "frame_reward", "scene_reward")
+    parts = ("residual", "anchored", "transition", "frame_reward", "scene_reward")
     assert all(getattr(shipped.config, k) and getattr(defaults, k) for k in parts)
-    assert shipped.config.anchored and not defaults.anchored

@@ -104,7 +104,7 @@ def two_camera_run(tmp_path_factory):
     run = train(
         TrainConfig(
             data=str(data), model=tiny, out=str(root / "run"), steps=4, val_fraction=0.5, threads=1,
-            training=TrainingRecipe(batch_size=4, lr=3e-3, reward_fit_steps=20), wandb=WandbConfig(mode="disabled"),
+            training=TrainingRecipe(decoder_steps=0, transition_rollout_steps=0, batch_size=4, lr=3e-3, reward_fit_steps=20), wandb=WandbConfig(mode="disabled"),
         )
     )  # fmt: skip
     return data, run

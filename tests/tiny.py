@@ -29,7 +29,9 @@ def run_config(data, out, **overrides) -> TrainConfig:
     """A tiny run of 4 steps (tiny_architecture() unless model= says); overrides of
     TrainingRecipe's fields go into the training group."""
     fitting = {k: overrides.pop(k) for k in list(overrides) if k in TrainingRecipe.__dataclass_fields__}
-    training = TrainingRecipe(**{"batch_size": 4, "val_every": 2, "checkpoint_every": 2, **fitting})
+    # no decoder phase and no rollout refit of a transition unless a test asks: they cost seconds
+    defaults = {"batch_size": 4, "val_every": 2, "checkpoint_every": 2, "decoder_steps": 0, "transition_rollout_steps": 0}
+    training = TrainingRecipe(**{**defaults, **fitting})
     base = dict(
         data=str(data),
         model=tiny_architecture(),

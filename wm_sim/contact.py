@@ -128,3 +128,35 @@ def motion_summary(true_moved: np.ndarray, model_moved: np.ndarray, within_at: n
         f"within_at_{POSITION_HORIZON}_when_moved": share(within_at[went]),
         f"within_at_{POSITION_HORIZON}_when_still": share(within_at[stayed]),
     }
+
+
+@dataclass
+class ObjectJudge:
+    """One batch's real task object (frames (B, H, S, S, 3) of the top camera, and the last real
+    frame before them), against which each method's frames are judged."""
+
+    task_object: TaskObject
+    truth: torch.Tensor
+    start: torch.Tensor
+    judged: torch.Tensor  # (B, H): the real frames showing the object whole
+    start_whole: torch.Tensor  # (B,)
+
+    @classmethod
+    def of(
+        cls, task_object: TaskObject, truth: torch.Tensor, start: torch.Tensor, ok: torch.Tensor
+    ) -> ObjectJudge:
+        judged, start_whole = whole(truth, start, ok, task_object.rgb)
+        return cls(task_object, truth, start, judged, start_whole)
+
+    def curves(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """position_curves of frames (B, H, S, S, 3), or one frame per row held still (B, 1, ...)."""
+        frames = frames.expand_as(self.truth)
+        return position_curves(
+            frames, self.truth, self.judged, self.task_object.rgb, self.task_object.cm_per_pixel
+        )
+
+    def moved(self, frames: torch.Tensor) -> np.ndarray:
+        """moved() of frames (B, H, S, S, 3) (or (B, 1, ...)) from the real start."""
+        frames = frames.expand_as(self.truth)
+        rgb, scale = self.task_object.rgb, self.task_object.cm_per_pixel
+        return moved(frames, self.start, self.judged, self.start_whole, rgb, scale)

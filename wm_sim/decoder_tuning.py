@@ -22,6 +22,7 @@ than a misplaced arm). That flatters SSIM and shows the user nothing.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -121,12 +122,14 @@ def anchored(model: WorldModel) -> WorldModel:
 
 def tune_decoder(cfg: DecoderTuningConfig) -> Path:
     """Train an anchored decoder on a frozen world model; returns the run directory."""
+    began = time.perf_counter()  # its seconds, summed over resumes (the model card's time)
     _check_options(cfg)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.out)
     resuming = lifecycle.resumes(cfg.resume, run_dir)
     model, meta = _source(cfg, run_dir, resuming)
+    spent = float(meta.get("decoder_seconds", 0.0)) if resuming else 0.0
     store = EpisodeStore.open(cfg.data)
     check_dataset_fits(model.config, meta, store.info, cfg.data)
     torch.manual_seed(cfg.seed)
@@ -164,6 +167,7 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.5f}")
             if lifecycle.checkpoint_due(step, cfg.checkpoint_every, cfg.steps):
+                meta["decoder_seconds"] = round(spent + time.perf_counter() - began, 1)
                 lifecycle.save_model_checkpoint(run_dir, step, model, optimiser, rng, meta, contexts)
     finally:
         bar.close()

@@ -32,15 +32,7 @@ from tqdm import tqdm
 
 from wm_sim.checkpoint import check_dataset_fits, checkpoint_cameras, load_checkpoint
 from wm_sim.config import check_output_path
-from wm_sim.contact import (
-    POSITION_HORIZON,
-    TaskObject,
-    motion_summary,
-    moved,
-    position_curves,
-    top_camera_scale,
-    whole,
-)
+from wm_sim.contact import POSITION_HORIZON, ObjectJudge, TaskObject, motion_summary, top_camera_scale
 from wm_sim.data.angles import episode_states, wrapped_entries
 from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY
 from wm_sim.data.store import EpisodeStore
@@ -284,6 +276,12 @@ def tiled(frames: torch.Tensor, cameras: int) -> torch.Tensor:
     return frames if cameras == 1 else torch.cat(frames.unbind(-4), dim=-2)
 
 
+def _padded(data: list[dict[str, np.ndarray]], key: str, longest: int) -> torch.Tensor:
+    """(B, longest, ...): each episode's `key`, padded with its last row."""
+    rows = [np.concatenate([d[key], np.repeat(d[key][-1:], longest - len(d[key]), 0)]) for d in data]
+    return torch.from_numpy(np.stack(rows))
+
+
 def _score_batch(
     model,
     data: list[dict[str, np.ndarray]],
@@ -299,15 +297,8 @@ def _score_batch(
     lengths = [len(d[action_key]) for d in data]
     longest = max(lengths)
 
-    def stacked(key: str) -> torch.Tensor:  # (B, longest, ...), padded with each episode's last row
-        return torch.from_numpy(
-            np.stack(
-                [np.concatenate([d[key], np.repeat(d[key][-1:], longest - len(d[key]), 0)]) for d in data]
-            )
-        )
-
-    frames, states, actions = stacked(image), stacked(state_key), stacked(action_key)
-    rewards, terminated = stacked(reward_key), stacked(term_key).bool()
+    frames, states, actions, rewards, terminated = (_padded(data, key, longest) for key in keys)
+    terminated = terminated.bool()
     # Prediction h (1-based) is frame context-1+h, after the transition in row context-2+h: so H =
     # length - context frames can be compared, and one more reward and termination (the last row's).
     rollout = open_loop(model, frames, states, actions, context)
@@ -348,27 +339,20 @@ def _score_batch(
     cameras = model.config.cameras
     truth = (tiled(true_frames, cameras), true_state, true_reward, true_term)
     background = tiled(background, cameras)
-    rgb = task_object.rgb if task_object else None
-    scale = task_object.cm_per_pixel if task_object else None
     first = (lambda x: x) if cameras == 1 else (lambda x: x.select(-4, 0))  # positions: the top camera
+    judge = None
+    if task_object and task_object.cm_per_pixel:
+        judge = ObjectJudge.of(task_object, first(true_frames), first(last[:, 0]), frame_ok)
+    moves = {"truth": judge.moved(first(true_frames))} if judge else {}
+    nothing = torch.full(frame_ok.shape, torch.nan)
     scores: dict[str, dict[str, list[np.ndarray]]] = {}
-    moves: dict[str, np.ndarray] = {}
-    if scale:
-        start = first(last[:, 0])
-        judged, start_whole = whole(first(true_frames), start, frame_ok, rgb)
-        moves["truth"] = moved(first(true_frames), start, judged, start_whole, rgb, scale)
     for method, (frame, state, reward, term) in guesses.items():
         guess = (tiled(frame, cameras), state, reward, term)
-        curves = _curves(guess, truth, background, periodic, rgb, frame_ok, step_ok)
-        nothing = torch.full(frame_ok.shape, torch.nan)
-        if scale:
-            frame = first(frame).expand_as(first(true_frames))
-            error, within = position_curves(frame, first(true_frames), judged, rgb, scale)
-            moves[method] = moved(frame, start, judged, start_whole, rgb, scale)
-        curves |= {
-            "object_error_cm": (error if scale else nothing, frame_ok),
-            "object_within_2cm": (within if scale else nothing, frame_ok),
-        }
+        curves = _curves(guess, truth, background, periodic, task_object and task_object.rgb, frame_ok, step_ok)
+        error, within = judge.curves(first(frame)) if judge else (nothing, nothing)
+        curves |= {"object_error_cm": (error, frame_ok), "object_within_2cm": (within, frame_ok)}
+        if judge:
+            moves[method] = judge.moved(first(frame))
         scores[method] = {
             name: [np.where(ok[b].numpy(), value[b].numpy(), np.nan) for b in range(len(data))]
             for name, (value, ok) in curves.items()

@@ -6,6 +6,7 @@ says what the files say; a user reads it instead of the project's history.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from wm_sim.checkpoint import checkpoint_cameras
@@ -39,8 +40,8 @@ def model_card(meta: dict, metrics: dict | None, out_name: str) -> str:
         f"frames at {data.get('fps', '?')} fps, {_cameras(data)}; {held_out} held out "
         "(start contexts and evaluation come from those)."
     )
-    lines += ["", "## How it was made", "", "The last training run, as its checkpoint recorded it:", ""]
-    lines += ["```bash", _train_command(train), "```", ""]
+    lines += ["", "## How it was made", ""]
+    lines += _recipe(meta)
     if train.get("init"):
         lines.append(
             f"It started from `{train['init']}` (`init=`): that checkpoint's own card or recipe says how it "
@@ -54,11 +55,49 @@ def model_card(meta: dict, metrics: dict | None, out_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _train_command(train: dict) -> str:
-    """The `wm-sim train` options a run was made with, as a command line (defaults included)."""
-    skip = {"resume", "threads", "device", "dist_timeout_s"}
-    options = " ".join(f"{k}={v}" for k, v in sorted(train.items()) if k not in skip and v != "")
-    return f"wm-sim train {options}"
+def _recipe(meta: dict) -> list[str]:
+    """The commands that made a checkpoint (its data's and its training run's, as the metadata
+    recorded them) and the time the run took."""
+    data, train = meta.get("dataset", {}), meta.get("train", {})
+    lines = []
+    collection = data.get("collection")
+    if collection:
+        lines += ["The data:", "", "```bash"]
+        lines.append(
+            f"wm-sim collect task={data.get('task')} policy={collection.get('policy')} "
+            f"episodes={data.get('num_episodes')} seed={collection.get('seed')} out={data.get('path')}"
+        )
+        lines += ["```", ""]
+    lines += ["The model, by the last training run, as its checkpoint recorded it:", ""]
+    lines += ["```bash", _train_command(train, meta.get("architecture")), "```", ""]
+    seconds, decoder = meta.get("seconds"), meta.get("decoder_seconds")
+    if seconds:
+        took = f"{seconds / 60:.0f} min: up-front fits and {train.get('steps', '?')} steps"
+        if decoder:
+            took += f", then {decoder / 60:.0f} min tuning its anchored decoder ({meta['decoder_tuning']['steps']} steps)"
+        lines += [f"It took {took}.", ""]
+    return lines
+
+
+def _train_command(train: dict, architecture: dict | None) -> str:
+    """The `wm-sim train` command of a run: its data, out and steps, and the options it set away
+    from the defaults (the model's as model.*, the recipe's as training.*)."""
+    from wm_sim.recipe import ModelArchitecture, TrainingRecipe
+    from wm_sim.train import TrainConfig
+
+    recipe, run = asdict(TrainingRecipe()), asdict(TrainConfig())
+    always, skip = ("data", "out", "steps"), {"resume", "threads", "device", "dist_timeout_s", "model", "training", "wandb"}
+    options = [f"{k}={train[k]}" for k in always if k in train]
+    for key, value in sorted(train.items()):
+        if key in always or key in skip:
+            continue
+        if key in recipe and value != recipe[key]:
+            options.append(f"training.{key}={value}")
+        elif key in run and key not in recipe and value != run[key]:
+            options.append(f"{key}={value}")
+    shipped = asdict(ModelArchitecture())
+    options += [f"model.{k}={str(v).lower()}" for k, v in (architecture or {}).items() if shipped.get(k) != v]
+    return "wm-sim train " + " ".join(options)
 
 
 def _metrics_table(metrics: dict) -> list[str]:

@@ -10,10 +10,9 @@ process or several under `torchrun` (wm_sim.distributed).
 from __future__ import annotations
 
 import faulthandler
-import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar
@@ -33,13 +32,15 @@ from wm_sim.checkpoint import (
 from wm_sim.data.angles import episode_states, wrapped_entries
 from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY, frames_of, image_key
 from wm_sim.data.store import EpisodeStore
-from wm_sim.data.windows import EpisodeWindows
+from wm_sim.data.windows import EpisodeWindows, episodes_with_frames
+from wm_sim.decoder_tuning import DecoderTuningConfig, tune_decoder
 from wm_sim.distributed import Distributed, average_gradients
 from wm_sim.errors import WmSimError
 from wm_sim.head_fitting import fit_frame_reward, fit_scene_reward, fit_transition
 from wm_sim.metrics import background_frame
 from wm_sim.model_upgrade import differences, initial_model
 from wm_sim.objective import Objective, to_batch, validate
+from wm_sim.recipe import ModelArchitecture, TrainingRecipe
 from wm_sim.rollout import rollout_video
 from wm_sim.run_lifecycle import (
     check_finite,
@@ -52,116 +53,6 @@ from wm_sim.run_lifecycle import (
 )
 from wm_sim.tracking import Tracker, WandbConfig, new_run_id
 from wm_sim.world_model import WorldModel, WorldModelConfig
-
-
-@dataclass
-class ModelArchitecture:
-    """The size and parts of the world model (a file of configs/model/); the data fixes the rest of
-    its shape. The defaults are WorldModelConfig's: the architecture that ships, its anchored
-    decoder aside (tuned onto a trained model by `wm-sim tune-decoder`)."""
-
-    grid: int = field(default=4, metadata={"help": "latent tokens per frame: grid x grid"})
-    latent_dim: int = field(default=32, metadata={"help": "numbers per latent token"})
-    tokenizer_width: int = field(default=128, metadata={"help": "encoder/decoder channels (x16)"})
-    dim: int = field(default=128, metadata={"help": "transformer width"})
-    depth: int = field(default=4, metadata={"help": "transformer blocks"})
-    n_heads: int = field(default=4, metadata={"help": "attention heads"})
-    mlp_ratio: int = field(default=4, metadata={"help": "MLP hidden size / dim"})
-    window: int = field(default=8, metadata={"help": "frames attended to (and trained on)"})
-    residual: bool = field(default=True, metadata={"help": "predict the change of each latent"})
-    anchored: bool = field(
-        default=False,
-        metadata={"help": "decode over a real anchor frame (from scratch it only copies it: use wm-sim tune-decoder)"},
-    )
-    transition: bool = field(
-        default=True,
-        metadata={"help": "predict agent_pos with a state-transition MLP the transformer reads"},
-    )
-    frame_reward: bool = field(
-        default=True,
-        metadata={"help": "read the reward off the next frame (re-encoded in rollouts) and the action"},
-    )
-    scene_reward: bool = field(
-        default=True,
-        metadata={"help": "a reward of (real frame, state, action) for the latent planner and actor"},
-    )
-
-    def __post_init__(self) -> None:
-        # refused where the option is read (model.depth=0), not as a shape error deep in the model
-        sizes = ("grid", "latent_dim", "tokenizer_width", "dim", "depth", "n_heads", "mlp_ratio", "window")
-        for name in sizes:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise WmSimError(f"model.{name} must be a positive integer, got {value!r}")
-
-
-@dataclass
-class TrainingRecipe:
-    """How the model is fitted (a file of configs/training/): batch, optimiser, losses, cadence."""
-
-    batch_size: int = field(default=32, metadata={"help": "windows per step"})
-    lr: float = field(
-        default=5e-4, metadata={"help": "peak learning rate of the dynamics (warm-up, then cosine decay)"}
-    )
-    tokenizer_lr: float = field(
-        default=2e-3, metadata={"help": "peak learning rate of the encoder and decoder (same schedule)"}
-    )
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    context_noise: float = field(
-        default=0.1, metadata={"help": "max std of the noise added to input latents"}
-    )
-    rollout_passes: int = field(
-        default=3, metadata={"help": "passes over the model's own predictions per step (0: teacher forcing)"}
-    )
-    foreground_weight: float = field(
-        default=2.0, metadata={"help": "extra pixel-loss weight where a frame differs from the background"}
-    )
-    reward_weight: float = field(
-        default=0.1, metadata={"help": "weight of the reward loss (latent terms weigh 1, pixels 1)"}
-    )
-    transition_steps: int = field(
-        default=20000,
-        metadata={"help": "steps fitting a new state transition on every training transition, up front"},
-    )
-    refit_transition: bool = field(
-        default=False,
-        metadata={"help": "fit init's state transition again up front (transition_steps more steps)"},
-    )
-    transition_lr: float = field(
-        default=1e-3, metadata={"help": "peak learning rate of the up-front state-transition fit"}
-    )
-    transition_horizon: int = field(
-        default=1,
-        metadata={"help": "steps the state transition is rolled out on its own predictions when fitted"},
-    )
-    reward_fit_steps: int = field(
-        default=3000,
-        metadata={"help": "steps fitting a new frame-reward head on every real frame of the data, up front"},
-    )
-    scene_reward_steps: int = field(
-        default=20000,
-        metadata={"help": "steps fitting a new scene reward's effector and per-episode goals, up front"},
-    )
-    scene_goal_steps: int = field(
-        default=2000,
-        metadata={"help": "steps then fitting its goal net to find each episode's goal in every frame"},
-    )
-    val_every: int = field(default=500, metadata={"help": "steps between validations"})
-    checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
-
-    def __post_init__(self) -> None:
-        # 0 is a valid rate: it freezes that part (the shipped stage 10 refit only its transition)
-        rates = ("lr", "tokenizer_lr", "weight_decay", "context_noise")
-        for name in (
-            *rates,
-            "transition_steps",
-            "reward_fit_steps",
-            "scene_reward_steps",
-            "scene_goal_steps",
-        ):
-            value = getattr(self, name)
-            if not 0 <= value < math.inf:  # NaN fails this too
-                raise WmSimError(f"training.{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass
@@ -241,6 +132,7 @@ def train(cfg: TrainConfig) -> Path:
     draw the same batch indices, so a run's data order does not depend on N. Only rank 0
     validates, writes checkpoints and logs.
     """
+    began = time.perf_counter()  # a run's seconds, up-front fits included, summed over its resumes
     _check_options(cfg)
     fit, job, run_dir = cfg.training, Distributed.from_environment(), Path(cfg.out)
     if job.is_main:  # before any work: refuses an out= another process writes, or that cannot be made
@@ -254,8 +146,10 @@ def train(cfg: TrainConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg, job)
     store = EpisodeStore.open(cfg.data)
-    try:
-        config = model_config(cfg.model, store)
+    if _tunes_decoder(cfg):
+        _check_decoder_phase(cfg, store)
+    try:  # with a decoder phase, the steps train the model with a plain decoder
+        config = model_config(replace(cfg.model, anchored=False) if _tunes_decoder(cfg) else cfg.model, store)
     except ValueError as exc:
         raise WmSimError(f"model architecture {cfg.model} does not fit {cfg.data}: {exc}") from exc
     train_set, val_set = _windows(cfg, store, config.window + 1, job.is_main)
@@ -263,6 +157,7 @@ def train(cfg: TrainConfig) -> Path:
         cfg, config, store, train_set.episodes, _run_meta(cfg, store, job.world_size),
         run_dir if resuming else None, device,
     )  # fmt: skip
+    spent = float(run_meta.get("seconds", 0.0))
     objective = _objective(model, train_set, store.info.cameras, fit).to(device)
     joined = _join(job, device, cfg.dist_timeout_s, model)
     contexts = (
@@ -290,6 +185,7 @@ def train(cfg: TrainConfig) -> Path:
             if step % fit.val_every == 0 or step == cfg.steps:
                 _validate_and_log(objective, val_set, store, run_meta, step, cfg, tracker, bar)
             if checkpoint_due(step, fit.checkpoint_every, cfg.steps):
+                run_meta["seconds"] = round(spent + time.perf_counter() - began, 1)
                 save_model_checkpoint(run_dir, step, model, optimiser, rng, run_meta, contexts)
     finally:
         bar.close()
@@ -299,7 +195,49 @@ def train(cfg: TrainConfig) -> Path:
             faulthandler.unregister(signal.SIGTERM)
         if run_lock is not None:
             run_lock.release()
+    if job.is_main and _tunes_decoder(cfg):
+        return _tune_decoder(cfg, run_dir)
     return run_dir
+
+
+DECODER_DIR = "decoder"  # the run's last phase: the final, anchored model (its own checkpoints)
+
+
+def _tunes_decoder(cfg: TrainConfig) -> bool:
+    """Whether the anchored decoder is tuned on last (its steps train a plain one)."""
+    return cfg.model.anchored and cfg.training.decoder_steps > 0
+
+
+def _check_decoder_phase(cfg: TrainConfig, store: EpisodeStore) -> None:
+    """Refuse, before any training, a decoder phase the data cannot feed."""
+    if len(store.info.cameras) > 1:
+        raise WmSimError(
+            f"training.decoder_steps tunes an anchored decoder onto one-camera models; {cfg.data} has "
+            f"{len(store.info.cameras)} cameras: pass training.decoder_steps=0 (trains it anchored from the start)"
+        )
+    tuning = DecoderTuningConfig()
+    length = tuning.context + max(tuning.horizon, tuning.far_horizon)
+    if not episodes_with_frames(store, "train", cfg.val_fraction, length):
+        raise WmSimError(
+            f"training.decoder_steps tunes the decoder on the model's own {length - tuning.context}-frame "
+            f"rollouts after {tuning.context} real frames; no training episode of {cfg.data} has {length} "
+            "frames: pass training.decoder_steps=0, or collect longer episodes"
+        )
+
+
+def _tune_decoder(cfg: TrainConfig, run_dir: Path) -> Path:
+    """The recipe's last phase: an anchored decoder tuned onto the frozen model of the last step, in
+    out/decoder (what `wm-sim tune-decoder` does; resumable as the steps were). Returns it."""
+    out = run_dir / DECODER_DIR
+    tuned = tune_decoder(
+        DecoderTuningConfig(
+            checkpoint=str(run_dir / f"step-{cfg.steps:07d}"), data=cfg.data, out=str(out),
+            steps=cfg.training.decoder_steps, resume="auto" if (out / LAST).exists() else "false",
+            seed=cfg.seed, threads=cfg.threads,
+        )
+    )  # fmt: skip
+    print(f"the trained model, with its anchored decoder: {tuned}")
+    return tuned
 
 
 def _check_options(cfg: TrainConfig) -> None:
@@ -319,6 +257,11 @@ def _check_options(cfg: TrainConfig) -> None:
         raise WmSimError(
             "training.rollout_passes, training.foreground_weight and training.reward_weight must be >= 0, got "
             f"{fit.rollout_passes}, {fit.foreground_weight}, {fit.reward_weight}"
+        )
+    if fit.transition_rollout_horizon < 1 or fit.transition_rollout_lr <= 0:
+        raise WmSimError(
+            "training.transition_rollout_horizon must be at least 1 and training.transition_rollout_lr "
+            f"positive, got {fit.transition_rollout_horizon}, {fit.transition_rollout_lr}"
         )
     if fit.transition_horizon < 1 or fit.transition_lr <= 0:
         raise WmSimError(
@@ -451,7 +394,9 @@ def _run_meta(cfg: TrainConfig, store: EpisodeStore, world_size: int) -> dict:
             "episode_steps": info.episode_steps,
             "num_episodes": store.num_episodes,
             "num_frames": store.num_frames,
+            "collection": dict(info.collection),  # how the episodes were made (collect's policy, seed)
         },
+        "architecture": options["model"],  # the model= options asked for (the model card's command)
         # flat: the run's options with the training group's inlined (what resume compares)
         "train": {k: v for k, v in options.items() if k not in ("model", "wandb", "training")}
         | options["training"],
@@ -479,16 +424,7 @@ def _start(
         if model.transition is not None and (
             cfg.training.refit_transition or not (saved and saved.transition)
         ):
-            fit = cfg.training
-            fit_transition(
-                model,
-                store,
-                train_episodes,
-                fit.transition_steps,
-                cfg.seed,
-                fit.transition_horizon,
-                fit.transition_lr,
-            )
+            _fit_transition(model, store, train_episodes, cfg)
         if model.reward_head is not None and not (saved and saved.frame_reward):
             fit_frame_reward(model, store, train_episodes, cfg.training.reward_fit_steps, cfg.seed)
         if model.scene_reward is not None and not (saved and saved.scene_reward):
@@ -511,8 +447,21 @@ def _start(
     tensors, train_meta = load_train_state(resume_from / LAST)
     restore_training_state(tensors, train_meta, optimiser, rng)
     # the same wandb run continues; the last validation stays on record until the next one
-    kept = {k: meta[k] for k in ("wandb_run_id", "val", "val_step") if k in meta}
+    kept = {k: meta[k] for k in ("wandb_run_id", "val", "val_step", "seconds") if k in meta}
     return model, optimiser, int(train_meta["step"]), rng, {**run_meta, **kept}
+
+
+def _fit_transition(model: WorldModel, store: EpisodeStore, episodes: list[int], cfg: TrainConfig) -> None:
+    """The state transition, fitted up front: on single steps, then on its own rollouts."""
+    fit = cfg.training
+    fit_transition(
+        model, store, episodes, fit.transition_steps, cfg.seed, fit.transition_horizon, fit.transition_lr
+    )
+    if fit.transition_rollout_steps:
+        fit_transition(
+            model, store, episodes, fit.transition_rollout_steps, cfg.seed,
+            fit.transition_rollout_horizon, fit.transition_rollout_lr,
+        )  # fmt: skip
 
 
 def _freeze(model: WorldModel, fit: TrainingRecipe) -> None:

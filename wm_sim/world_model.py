@@ -248,8 +248,8 @@ LATENT_LIMIT = 0.999  # |latent| kept below 1 before atanh: atanh(0.999) = 3.8
 @dataclass(frozen=True)
 class WorldModelConfig:
     """Shapes of the world model; saved in every checkpoint's metadata. The defaults are the
-    architecture that ships, but for the anchored decoder, which is tuned onto a trained model
-    (the data sets image, state and action sizes, wrapped angles and cameras); a checkpoint
+    architecture that ships (the data sets image, state and action sizes, wrapped angles and
+    cameras); a checkpoint
     written before a part existed loads without it (wm_sim.checkpoint migrates its metadata by
     schema version)."""
 
@@ -267,11 +267,11 @@ class WorldModelConfig:
     # Predict the next latents as a change of the current ones (in atanh space), so what does not
     # move (the background, a target) is copied for free and only motion must be learned.
     residual: bool = True
-    # Composite decoded frames over a real anchor frame (see Decoder). Off by default: trained
-    # from scratch, an anchored decoder learns to copy its anchor and never draws the arm move (a
-    # 750-step run matched copy-last at every horizon); `wm-sim tune-decoder` turns a trained
-    # model's decoder into an anchored one, which is how the shipped model got its own.
-    anchored: bool = False
+    # Composite decoded frames over a real anchor frame (see Decoder). Trained from scratch, an
+    # anchored decoder learns to copy its anchor and never draws the arm move (a 750-step run
+    # matched copy-last at every horizon), so `wm-sim train` trains a plain one and tunes the
+    # anchored one onto the trained model last (wm_sim.decoder_tuning), as the shipped model's was.
+    anchored: bool = True
     # Predict the next state with a StateTransition MLP, which the transformer also reads
     # (without one, the transformer predicts the state itself).
     transition: bool = True
