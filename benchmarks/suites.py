@@ -55,6 +55,9 @@ class BenchConfig:
 
     suite: str = field(default="all", metadata={"help": "all, or suites joined by +: " + ", ".join(SUITES)})
     checkpoint: str = field(default="shipped:reacher", metadata={"help": "the world model to measure"})
+    task: str = field(
+        default="", metadata={"help": "measure shipped:<task> (task=push); a checkpoint= given must be of it"}
+    )
     device: str = field(default="auto", metadata={"help": "auto (CUDA if available), cpu, cuda"})
     accelerate: str = field(
         default="auto",
@@ -97,6 +100,13 @@ def chosen_suites(spec: str) -> list[str]:
     return names
 
 
+def _checkpoint(cfg: BenchConfig) -> str:
+    """checkpoint=, or shipped:<task> for task= when checkpoint= is left at its default."""
+    if not cfg.task or cfg.checkpoint != BenchConfig.checkpoint:
+        return cfg.checkpoint
+    return f"shipped:{cfg.task}"
+
+
 def acceleration_for(choice: str, device: torch.device) -> Acceleration:
     if choice not in ("auto", "off"):
         raise WmSimError(f"accelerate must be auto or off, got {choice!r}")
@@ -119,10 +129,13 @@ def bench(cfg: BenchConfig) -> dict:
     results_dir = Path(cfg.out) if cfg.out else PACKAGE_DIR / "results"
     path = results_path(results_dir, machine["name"], now.date().isoformat())
     acceleration = acceleration_for(cfg.accelerate, device)
+    checkpoint = _checkpoint(cfg)
     run = Bench(
-        cfg.checkpoint, device, sizes, cfg.repeats, acceleration, cfg.smoke, tuple(cfg.policies),
+        checkpoint, device, sizes, cfg.repeats, acceleration, cfg.smoke, tuple(cfg.policies),
         artifact_prefix=path.with_suffix(""),
     )  # fmt: skip
+    if cfg.task and run.task != cfg.task:
+        raise WmSimError(f"task={cfg.task}, but checkpoint={checkpoint} is a model of {run.task!r}")
     existing = existing_results(path)
     suites: dict[str, dict] = {}
     results = {
@@ -130,7 +143,7 @@ def bench(cfg: BenchConfig) -> dict:
         "machine": machine,
         "date": now.date().isoformat(),
         "updated": now.isoformat(timespec="seconds"),
-        "checkpoint": cfg.checkpoint,
+        "checkpoint": checkpoint,
         "task": run.task,
         "acceleration": acceleration.describe(),
         "repeats": cfg.repeats,
@@ -139,7 +152,7 @@ def bench(cfg: BenchConfig) -> dict:
     replaced: list[str] = []
     try:
         for name in names:
-            print(f"bench: {name} on {device} ({acceleration.describe()}), {cfg.checkpoint}", flush=True)
+            print(f"bench: {name} on {device} ({acceleration.describe()}), {checkpoint}", flush=True)
             started = time.perf_counter()
             module = importlib.import_module(f"wm_sim.benchmarks.{SUITES[name]}")
             result = module.run(run)

@@ -356,3 +356,9 @@ def test_smoke_bench_runs_every_suite_and_writes_results_and_table(tiny_model_pa
     text = readme.read_text()
     for name in results["suites"]:
         assert f"| {name} |" in text
+
+
+def test_bench_task_measures_that_tasks_shipped_model_and_refuses_another_tasks_checkpoint(tiny_model_path, tmp_path):
+    with pytest.raises(WmSimError, match=r"task=push, but checkpoint=.* is a model of 'reacher'"):
+        bench(BenchConfig(task="push", checkpoint=str(tiny_model_path), suite="latency", smoke=True, out=str(tmp_path)))
+    assert not list(tmp_path.iterdir())  # refused before anything was measured or written
