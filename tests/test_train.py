@@ -82,6 +82,18 @@ def test_a_finished_run_resumed_with_decoder_steps_gets_its_decoder_phase(reache
     assert final == out / train_module.DECODER_DIR and load_checkpoint(final)[0].config.anchored
 
 
+def test_a_fine_tuning_run_keeps_its_decoder_as_init_has_it_and_has_no_decoder_phase(reacher_store_path, tmp_path):
+    anchored = tiny_architecture(anchored=True)
+    base = train(run_config(reacher_store_path, tmp_path / "base", model=anchored, steps=1, decoder_steps=1, val_fraction=0.5))
+    tuned = train(
+        run_config(
+            reacher_store_path, tmp_path / "tuned", model=anchored, steps=1, decoder_steps=1, val_fraction=0.5, init=str(base)
+        )
+    )
+    assert tuned == tmp_path / "tuned" and not (tuned / train_module.DECODER_DIR).exists()
+    assert load_checkpoint(tuned)[0].config.anchored
+
+
 def test_the_state_transition_is_fitted_again_on_its_own_rollouts_up_front(reacher_store_path, tmp_path):
     model = tiny_architecture(transition=True)
     common = dict(model=model, steps=1, transition_steps=30, val_fraction=0.5)

@@ -54,7 +54,9 @@ def top_camera_scale(task: str, camera: str, image_size: int) -> float | None:
         built.close()
 
 
-def whole(true_frames: torch.Tensor, start: torch.Tensor, ok: torch.Tensor, rgb: tuple[int, int, int]):
+def whole(
+    true_frames: torch.Tensor, start: torch.Tensor, ok: torch.Tensor, rgb: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Where the real frames show the object whole, so that its centre is where it is: (B, H) for
     true_frames (B, H, S, S, 3) within ok (B, H), and (B,) for the real frame `start` (B, S, S, 3).
     Whole: at least WHOLE_FRACTION of the most pixels the episode's real frames show of it (the arm

@@ -119,8 +119,8 @@ class TrainingRecipe:
     decoder_steps: int = field(
         default=2500,
         metadata={
-            "help": "a model.anchored=true run trains a plain decoder, then tunes an anchored one onto the "
-            "frozen model for these steps after the last (out/decoder, as wm-sim tune-decoder; 0: anchored from the start)"
+            "help": "a model.anchored=true run from scratch trains a plain decoder, then tunes an anchored one onto "
+            "the frozen model for these steps after the last (out/decoder, as wm-sim tune-decoder; 0: anchored from the start)"
         },
     )
     val_every: int = field(default=500, metadata={"help": "steps between validations"})

@@ -204,8 +204,9 @@ DECODER_DIR = "decoder"  # the run's last phase: the final, anchored model (its 
 
 
 def _tunes_decoder(cfg: TrainConfig) -> bool:
-    """Whether the anchored decoder is tuned on last (its steps train a plain one)."""
-    return cfg.model.anchored and cfg.training.decoder_steps > 0
+    """Whether the anchored decoder is tuned on last (the steps train a plain one). Not in a
+    fine-tuning run (init=): its decoder is init's, anchored as model.anchored says."""
+    return cfg.model.anchored and cfg.training.decoder_steps > 0 and not cfg.init
 
 
 def _check_decoder_phase(cfg: TrainConfig, store: EpisodeStore) -> None:
