@@ -207,7 +207,7 @@ def test_a_larger_goal_counts_a_puck_further_out_as_success():
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: make_task("push", puck_mass=5.0), r"puck_mass must be a number in \[0.01, 1.0\] kg, got 5.0"),
+        (lambda: make_task("push", puck_mass=5.0), r"puck_mass must be a number in \[0.01, 0.5\] kg, got 5.0"),
         (lambda: gym.make(ENV_ID, goal_radius=0.0), r"goal_radius must be a number in \[0.005, 0.05\] m, got 0.0"),
         (lambda: make_task("reacher", puck_mass=0.2), "task 'reacher' has no option 'puck_mass'; its options: none"),
         (lambda: make_task("push", puck_size=0.2), "has no option 'puck_size'; its options: puck_mass, goal_radius"),
