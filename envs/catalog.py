@@ -97,10 +97,10 @@ def make_task(
     if not isinstance(image_size, int) or not 16 <= image_size <= 512:
         raise WmSimError(f"image_size must be an integer in [16, 512], got {image_size!r}")
     known = TASK_SPECS[name].options if name in TASK_SPECS else ()
-    if set(options) - set(known):
+    unknown = sorted(set(options) - set(known))
+    if unknown:
         raise WmSimError(
-            f"task {name!r} has no option {sorted(set(options) - set(known))[0]!r}; "
-            f"its options: {', '.join(known) if known else 'none'}"
+            f"task {name!r} has no option {unknown[0]!r}; its options: {', '.join(known) if known else 'none'}"
         )
     if name.startswith(GYM_PREFIX):
         from wm_sim.envs.gym_task import GymTask

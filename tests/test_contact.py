@@ -11,7 +11,7 @@ import pytest
 import torch
 from wm_sim.envs.catalog import TASK_SPECS, make_task
 
-from wm_sim.contact import motion_summary, moved, position_curves, top_camera_scale, whole
+from wm_sim.contact import ObjectJudge, TaskObject, motion_summary, top_camera_scale
 from wm_sim.metrics import object_centre
 
 PUCK = TASK_SPECS["push"].object_rgb
@@ -71,13 +71,13 @@ def test_a_pushed_object_moved_a_still_one_stayed_and_a_lost_one_did_not_stay():
         ]
     )
     ok = torch.ones(3, 4, dtype=torch.bool)
-    judged, start_whole = whole(truth, start, ok, PUCK)
-    assert judged.all() and start_whole.all()
+    judge = ObjectJudge.of(TaskObject(PUCK, 1.0), truth, start, ok)
+    assert judge.judged.all() and judge.start_whole.all()
     lost = disc([(30.0, 30.0), None, None, None])
     guess = torch.stack([disc([(30.0, 30.0)] * 4), disc([(30.0, 30.0)] * 4), lost])
-    assert moved(truth, start, judged, start_whole, PUCK, 1.0).tolist() == [0.0, 1.0, 0.0]
-    assert moved(guess, start, judged, start_whole, PUCK, 1.0).tolist() == [0.0, 0.0, 1.0]
-    error, within = position_curves(guess, truth, judged, PUCK, 1.0)
+    assert judge.moved().tolist() == [0.0, 1.0, 0.0]
+    assert judge.moved(guess).tolist() == [0.0, 0.0, 1.0]
+    error, within = judge.curves(guess)
     assert error[1].tolist() == pytest.approx([1.0, 3.0, 6.0, 10.0], abs=1e-4)
     assert within[1].tolist() == [1.0, 0.0, 0.0, 0.0]
     assert within[2].tolist() == [1.0, 0.0, 0.0, 0.0]  # the lost object is a miss, not left out
@@ -89,11 +89,22 @@ def test_an_object_the_arm_partly_covers_is_not_judged_there():
     truth = disc([(30.0, 30.0)] * 3)[None].clone()
     truth[0, 1, :, 30:] = 0.3  # the arm covers the right half in the second frame
     ok = torch.ones(1, 3, dtype=torch.bool)
-    judged, start_whole = whole(truth, start, ok, PUCK)
-    assert judged.tolist() == [[True, False, True]] and start_whole.tolist() == [True]
-    assert moved(truth, start, judged, start_whole, PUCK, 1.0).tolist() == [0.0]
-    error, _ = position_curves(truth, truth, judged, PUCK, 1.0)
+    judge = ObjectJudge.of(TaskObject(PUCK, 1.0), truth, start, ok)
+    assert judge.judged.tolist() == [[True, False, True]] and judge.start_whole.tolist() == [True]
+    assert judge.moved(truth).tolist() == [0.0]
+    error, _ = judge.curves(truth)
     assert error[0, 1].isnan() and error[0, 0] == 0.0
+
+
+def test_one_frame_held_still_is_judged_as_every_frame():
+    """copy-last's one frame per row scores as that frame repeated over the horizon."""
+    start = disc([(30.0, 30.0)] * 2)
+    truth = torch.stack([disc([(30.0, 30.0), (30.0, 34.0)]), disc([(30.0, 30.0)] * 2)])
+    judge = ObjectJudge.of(TaskObject(PUCK, 1.0), truth, start, torch.ones(2, 2, dtype=torch.bool))
+    held = start[:, None]
+    repeated = held.expand(-1, 2, -1, -1, -1)
+    assert torch.equal(judge.curves(held)[0], judge.curves(repeated)[0])
+    assert judge.moved(held).tolist() == judge.moved(repeated).tolist() == [0.0, 0.0]
 
 
 def test_motion_summary_counts_agreement_per_group_and_leaves_unjudged_episodes_out():

@@ -54,56 +54,6 @@ def top_camera_scale(task: str, camera: str, image_size: int) -> float | None:
         built.close()
 
 
-def whole(
-    true_frames: torch.Tensor, start: torch.Tensor, ok: torch.Tensor, rgb: tuple[int, int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where the real frames show the object whole, so that its centre is where it is: (B, H) for
-    true_frames (B, H, S, S, 3) within ok (B, H), and (B,) for the real frame `start` (B, S, S, 3).
-    Whole: at least WHOLE_FRACTION of the most pixels the episode's real frames show of it (the arm
-    passing over a part of it moves the centre of what is left)."""
-    shown, shown_start = object_mask(true_frames, rgb).sum((-1, -2)), object_mask(start, rgb).sum((-1, -2))
-    largest = torch.maximum(shown.masked_fill(~ok, 0).amax(1), shown_start).clamp(min=MIN_OBJECT_PIXELS)
-    return ok & (shown >= WHOLE_FRACTION * largest[:, None]), shown_start >= WHOLE_FRACTION * largest
-
-
-def position_curves(
-    frames: torch.Tensor,
-    true_frames: torch.Tensor,
-    judged: torch.Tensor,
-    rgb: tuple[int, int, int],
-    cm_per_pixel: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per frame (B, H): the imagined object's distance to the real one in cm, and 1.0 if within
-    WITHIN_CM, 0.0 if not or if the imagined frame lost it; both NaN where the real frame does not
-    show it whole (`judged`, from `whole`), the distance NaN also where the imagined one is lost."""
-    error = (object_centre(frames, rgb) - object_centre(true_frames, rgb)).norm(dim=-1) * cm_per_pixel
-    within = (error < WITHIN_CM).float()  # NaN < x is False: a lost object is a miss
-    return error.masked_fill(~judged, torch.nan), within.masked_fill(~judged, torch.nan)
-
-
-def moved(
-    frames: torch.Tensor,
-    start: torch.Tensor,
-    judged: torch.Tensor,
-    start_whole: torch.Tensor,
-    rgb: tuple[int, int, int],
-    cm_per_pixel: float,
-) -> np.ndarray:
-    """(B,) 1.0 where the object in frames (B, H, S, S, 3) went further than MOVE_THRESHOLD_CM,
-    within MOTION_HORIZON frames, from where the real frame `start` (B, S, S, 3) shows it, 0.0
-    where it stayed; read on the frames `judged` (B, H) where the real object shows whole. NaN: not
-    judged (the start frame shows it in part, or no frame is judged). An object the frames lose
-    altogether did not stay."""
-    h = min(MOTION_HORIZON, frames.shape[1])
-    judged = judged[:, :h]
-    centre = object_centre(frames[:, :h], rgb)  # (B, h, 2)
-    origin = object_centre(start, rgb)[:, None]  # (B, 1, 2)
-    distance = (centre - origin).norm(dim=-1) * cm_per_pixel  # NaN where the frame lost it
-    went = ((distance > MOVE_THRESHOLD_CM) | distance.isnan()) & judged
-    flags = went.any(1).float()
-    return flags.masked_fill(~(start_whole & judged.any(1)), torch.nan).numpy()
-
-
 def motion_summary(true_moved: np.ndarray, model_moved: np.ndarray, within_at: np.ndarray) -> dict:
     """metrics.json's `object_motion`: how often the model's object moves when MuJoCo's does and
     stays when it stays (over the episodes judged: NaN flags are left out), and its position at
@@ -134,31 +84,50 @@ def motion_summary(true_moved: np.ndarray, model_moved: np.ndarray, within_at: n
 
 @dataclass
 class ObjectJudge:
-    """One batch's real task object (frames (B, H, S, S, 3) of the top camera, and the last real
-    frame before them), against which each method's frames are judged."""
+    """One batch's real task object, read once, against which each method's frames are judged:
+    the object's centre in the real frames (B, H, S, S, 3) of the top camera and in the last real
+    frame before them (B, S, S, 3), and where the real frames show it whole, so that its centre is
+    where it is. Whole: at least WHOLE_FRACTION of the most pixels the episode's real frames show
+    of it (the arm passing over a part of it moves the centre of what is left)."""
 
     task_object: TaskObject
-    truth: torch.Tensor
-    start: torch.Tensor
-    judged: torch.Tensor  # (B, H): the real frames showing the object whole
-    start_whole: torch.Tensor  # (B,)
+    truth: torch.Tensor  # (B, H, 2): the real object's centre, in pixels
+    origin: torch.Tensor  # (B, 2): its centre in the last real frame
+    judged: torch.Tensor  # (B, H): the real frames showing it whole (within the episode)
+    start_whole: torch.Tensor  # (B,): the last real frame shows it whole
 
     @classmethod
     def of(
         cls, task_object: TaskObject, truth: torch.Tensor, start: torch.Tensor, ok: torch.Tensor
     ) -> ObjectJudge:
-        judged, start_whole = whole(truth, start, ok, task_object.rgb)
-        return cls(task_object, truth, start, judged, start_whole)
+        """truth (B, H, S, S, 3) and start (B, S, S, 3) frames; ok (B, H): the frames an episode reaches."""
+        rgb = task_object.rgb
+        shown, shown_start = object_mask(truth, rgb).sum((-1, -2)), object_mask(start, rgb).sum((-1, -2))
+        largest = torch.maximum(shown.masked_fill(~ok, 0).amax(1), shown_start).clamp(min=MIN_OBJECT_PIXELS)
+        judged = ok & (shown >= WHOLE_FRACTION * largest[:, None])
+        start_whole = shown_start >= WHOLE_FRACTION * largest
+        return cls(task_object, object_centre(truth, rgb), object_centre(start, rgb), judged, start_whole)
 
     def curves(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """position_curves of frames (B, H, S, S, 3), or one frame per row held still (B, 1, ...)."""
-        frames = frames.expand_as(self.truth)
-        return position_curves(
-            frames, self.truth, self.judged, self.task_object.rgb, self.task_object.cm_per_pixel
-        )
+        """Per frame (B, H) of frames (B, H, S, S, 3), or of one frame per row held still
+        (B, 1, ...): the imagined object's distance to the real one in cm, and 1.0 if within
+        WITHIN_CM, 0.0 if not or if the imagined frame lost it; both NaN where the real frame does
+        not show it whole, the distance NaN also where the imagined one is lost."""
+        guess = object_centre(frames, self.task_object.rgb)
+        error = (guess - self.truth).norm(dim=-1) * self.task_object.cm_per_pixel
+        within = (error < WITHIN_CM).float()  # NaN < x is False: a lost object is a miss
+        return error.masked_fill(~self.judged, torch.nan), within.masked_fill(~self.judged, torch.nan)
 
-    def moved(self, frames: torch.Tensor) -> np.ndarray:
-        """moved() of frames (B, H, S, S, 3) (or (B, 1, ...)) from the real start."""
-        frames = frames.expand_as(self.truth)
-        rgb, scale = self.task_object.rgb, self.task_object.cm_per_pixel
-        return moved(frames, self.start, self.judged, self.start_whole, rgb, scale)
+    def moved(self, frames: torch.Tensor | None = None) -> np.ndarray:
+        """(B,) 1.0 where the object in frames (B, H, S, S, 3) (or (B, 1, ...); None: the real
+        frames) went further than MOVE_THRESHOLD_CM, within MOTION_HORIZON frames, from where the
+        last real frame shows it, 0.0 where it stayed; read on the frames where the real object
+        shows whole. NaN: not judged (the last real frame shows it in part, or no frame is
+        judged). An object the frames lose altogether did not stay."""
+        h = min(MOTION_HORIZON, self.truth.shape[1])
+        judged = self.judged[:, :h]
+        centre = self.truth if frames is None else object_centre(frames[:, :h], self.task_object.rgb)
+        distance = (centre[:, :h] - self.origin[:, None]).norm(dim=-1) * self.task_object.cm_per_pixel
+        went = ((distance > MOVE_THRESHOLD_CM) | distance.isnan()) & judged  # NaN: the frame lost it
+        flags = went.any(1).float()
+        return flags.masked_fill(~(self.start_whole & judged.any(1)), torch.nan).numpy()

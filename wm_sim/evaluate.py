@@ -226,7 +226,7 @@ def _task_object(cfg: EvaluateConfig, meta: dict, camera: str, image_size: int) 
     rgb = tuple(int(c) for c in cfg.object_rgb) if cfg.object_rgb else (spec.object_rgb if spec else None)
     if rgb is None:
         return None
-    return TaskObject(rgb, top_camera_scale(task, camera, image_size) if spec else None)
+    return TaskObject(rgb, top_camera_scale(task, camera, image_size))
 
 
 def _pick_episodes(store: EpisodeStore, cfg: EvaluateConfig, val_fraction: float) -> list[int]:
@@ -343,7 +343,7 @@ def _score_batch(
     judge = None
     if task_object and task_object.cm_per_pixel:
         judge = ObjectJudge.of(task_object, first(true_frames), first(last[:, 0]), frame_ok)
-    moves = {"truth": judge.moved(first(true_frames))} if judge else {}
+    moves = {"truth": judge.moved()} if judge else {}
     nothing = torch.full(frame_ok.shape, torch.nan)
     scores: dict[str, dict[str, list[np.ndarray]]] = {}
     for method, (frame, state, reward, term) in guesses.items():
