@@ -5,11 +5,12 @@
     wm-sim bench suite=all smoke=true     # tiny sizes: proves the pipeline in a minute
     python -m wm_sim.benchmarks suite=memory
 
-Suites: throughput, latency, roofline, memory, stability, train, ros (each a module of this package).
+Suites: throughput, precision, latency, roofline, memory, stability, train, ros (each a module of this package).
 Results go to `benchmarks/results/<machine>-<date>.json` (a same-day rerun merges into it, see
 results.py) and the table between the markers of `benchmarks/README.md` is regenerated from the
 newest results file. On a GPU the streaming step runs in bf16, compiled and replayed from a CUDA
-graph (wm_sim.envs.acceleration); `accelerate=off` measures the eager float32 step instead.
+graph, on a CPU with native bf16 (AVX512-BF16, AMX) in eager bf16 (wm_sim.envs.acceleration);
+`accelerate=off` measures the eager float32 step instead.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from wm_sim.errors import WmSimError
 # suite name -> module of this package with `run(bench) -> dict`
 SUITES = {
     "throughput": "throughput",
+    "precision": "precision",
     "latency": "latency",
     "roofline": "roofline",
     "memory": "memory",
@@ -61,7 +63,9 @@ class BenchConfig:
     device: str = field(default="auto", metadata={"help": "auto (CUDA if available), cpu, cuda"})
     accelerate: str = field(
         default="auto",
-        metadata={"help": "auto: bf16 + torch.compile + CUDA graphs on CUDA; off: eager float32"},
+        metadata={
+            "help": "auto: bf16 + torch.compile + CUDA graphs on CUDA, bf16 on a CPU with native bf16; off: eager float32"
+        },
     )
     repeats: int = field(default=3, metadata={"help": "repeats of each timed measurement (median, spread)"})
     smoke: bool = field(default=False, metadata={"help": "tiny sizes: checks the computation, not the speed"})

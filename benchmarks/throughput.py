@@ -32,20 +32,36 @@ def bound_of(split: dict[str, float]) -> str:
     return f"{stage} ({split[stage]:.0%} of the step time)"
 
 
+def _started(make_vec, counts, actions: dict, warm_steps: int, desc: str) -> dict:
+    """Vector envs of each count, reset and stepped through the window (and any compile)."""
+    envs = {}
+    for n in tqdm(counts, desc=desc, unit="env"):
+        envs[n] = make_vec(n)
+        envs[n].reset(seed=0)
+        for i in range(warm_steps):  # fill the window (and compile): steady state
+            envs[n].step(actions[n][i % len(actions[n])])
+    return envs
+
+
 def run(bench: Bench) -> dict:
     sizes, device = bench.sizes, bench.device
     rng = np.random.default_rng(0)
-    envs, actions = {}, {}
-    for n in tqdm(sizes.num_envs, desc="throughput: start envs", unit="env"):
-        envs[n] = bench.make_vec(n)
-        envs[n].reset(seed=0)
-        actions[n] = rng.uniform(-1, 1, (16, n, envs[n].single_action_space.shape[0])).astype(np.float32)
-        for i in range(bench.model.config.window + 2):  # fill the window (and compile): steady state
-            envs[n].step(actions[n][i % 16])
+    dim = bench.model.config.action_dim
+    actions = {n: rng.uniform(-1, 1, (16, n, dim)).astype(np.float32) for n in sizes.num_envs}
+    warm = bench.model.config.window + 2
+    envs = _started(bench.make_vec, sizes.num_envs, actions, warm, "throughput: start envs")
+    # an accelerated run measures the eager float32 step beside it: the change, in the same run
+    eager = bench.eager()
+    before = (
+        _started(eager.make_vec, sizes.num_envs, actions, warm, "throughput: start float32 envs")
+        if bench.acceleration.active
+        else {}
+    )
     physics = bench.physics()
     # the fair rival: a simulator per core (smoke runs and one-core machines: one process)
     processes = bench.cores if sizes.all_cores else 1
-    render, step_only, parallel, rates = [], [], [], {n: [] for n in envs}
+    render, step_only, parallel = [], [], []
+    rates, eager_rates = {n: [] for n in envs}, {n: [] for n in before}
     for _ in tqdm(range(bench.repeats), desc="throughput", unit="repeat"):
         render.append(physics.render_frames_per_s(sizes.seconds))
         step_only.append(physics.step_frames_per_s(sizes.seconds))
@@ -54,16 +70,25 @@ def run(bench: Bench) -> dict:
             if processes > 1
             else render[-1]
         )
-        for n, env in envs.items():
-            rates[n].append(vector_env_rate(env, actions[n], sizes.seconds, device))
+        for measured, started in ((rates, envs), (eager_rates, before)):
+            for n, env in started.items():
+                measured[n].append(vector_env_rate(env, actions[n], sizes.seconds, device))
     best = max(rates, key=lambda n: float(np.median(rates[n])))
-    for env in envs.values():
+    for env in (*envs.values(), *before.values()):
         env.close()
-    split_env = bench.eager().make_vec(best)
+    split_env = eager.make_vec(best)
     split_env.reset(seed=0)
     split = split_of(split_env, actions[best][np.arange(20) % 16], device)
     split_env.close()
+    result = _report(best, rates, render, parallel, processes, split)
+    _add_step_only(result, rates[best], step_only)
+    if before:
+        _add_before(result, best, rates, eager_rates, bench.acceleration.describe())
+    return result
 
+
+def _report(best: int, rates: dict, render: list, parallel: list, processes: int, split: dict) -> dict:
+    """Figures, target and table of the vector env against MuJoCo on every core and in one process."""
     vs_render = {n: summarize(ratios(r, render)) for n, r in rates.items()}
     vs_cores = summarize(ratios(rates[best], parallel))
     figures = {
@@ -89,24 +114,35 @@ def run(bench: Bench) -> dict:
         ],
         [f"best ({best} envs) vs MuJoCo step + render in 1 process", vs_render[best].text("{:.2f}") + "x"],
     ]
-    if step_only[0] is not None:
-        vs_step = summarize(ratios(rates[best], step_only))
-        figures["mujoco_step_frames_per_s"] = summarize(step_only).to_dict()
-        figures["best_vs_mujoco_step"] = vs_step.to_dict()
-        table.append(
-            [f"best ({best} envs) vs MuJoCo stepping without rendering", vs_step.text("{:.2f}") + "x"]
-        )
+    measure = "best vector env vs MuJoCo step + render on every core"
     return {
         "figures": figures,
-        "targets": [
-            target(
-                "best vector env vs MuJoCo step + render on every core",
-                vs_cores.median,
-                ">=",
-                RATIO_BOUND,
-                "x",
-            )
-        ],
+        "targets": [target(measure, vs_cores.median, ">=", RATIO_BOUND, "x")],
         "table": table,
         "bound": bound_of(split),
     }
+
+
+def _add_step_only(result: dict, best_rates: list, step_only: list) -> None:
+    if step_only[0] is None:
+        return
+    vs_step = summarize(ratios(best_rates, step_only))
+    result["figures"]["mujoco_step_frames_per_s"] = summarize(step_only).to_dict()
+    result["figures"]["best_vs_mujoco_step"] = vs_step.to_dict()
+    result["table"].append(["best vs MuJoCo stepping without rendering", vs_step.text("{:.2f}") + "x"])
+
+
+def _add_before(result: dict, best: int, rates: dict, eager_rates: dict, accelerated: str) -> None:
+    """The eager float32 step's frames/s, measured in the same repeats, and the speed-up over it."""
+    speedup = summarize(ratios(rates[best], eager_rates[best]))
+    result["figures"]["eager_float32_frames_per_s"] = {
+        str(n): summarize(r).to_dict() for n, r in eager_rates.items()
+    }
+    result["figures"]["best_vs_eager_float32"] = speedup.to_dict()
+    result["table"] += [
+        [
+            "eager float32 frames/s at " + " / ".join(str(n) for n in eager_rates) + " envs",
+            " / ".join(summarize(r).text("{:.0f}") for r in eager_rates.values()),
+        ],
+        [f"{accelerated} vs eager float32 at {best} envs", speedup.text("{:.2f}") + "x"],
+    ]

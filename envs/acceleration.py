@@ -1,11 +1,14 @@
-"""The GPU path of the streaming step: bf16 autocast, torch.compile and CUDA-graph replay.
+"""Faster streaming steps: bf16 autocast (on CPUs with native bf16 too), torch.compile and CUDA-graph replay.
 
 `accelerate(engine, Acceleration.for_device(device))` replaces an `ImaginationEngine`'s `step` with a
 faster one that computes the same frames (within bf16 rounding), so both world-model envs and
-the benchmarks use it unchanged: `env.unwrapped.sim.engine` is the engine to pass.
+the benchmarks use it unchanged: `env.unwrapped.sim.engine` is the engine to pass. The envs install
+one themselves for `precision="bfloat16"` or `"auto"` (`gym.make(..., precision=...)`).
 
 - bf16: matmuls and convolutions under autocast; the engine's state (latents, proprioception)
   stays float32 between steps, so precision is lost within a step, never accumulated across.
+  The state transition runs in float32 inside it: agent_pos is the same to the bit, and the
+  frames stay within a few grey levels of float32's over 60 steps (benchmarks' `precision` suite).
 - torch.compile: the whole step as one graph (`fullgraph=True`). The cache builds its attention
   mask even in steady state (`StreamCache.always_mask`), which removes the one host sync in the
   step, and with it the flash-attn path: at N=16 queries per frame, attention is a sliver of it.
@@ -17,8 +20,10 @@ the benchmarks use it unchanged: `env.unwrapped.sim.engine` is the engine to pas
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from wm_sim.envs.imagination import ImaginationEngine, StepOutput
@@ -26,6 +31,11 @@ from wm_sim.envs.imagination import ImaginationEngine, StepOutput
 from wm_sim.errors import WmSimError
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# What an env's `precision=` takes: a precision, or "auto" (native_bf16 decides).
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+# CPU flags of native bf16 matmuls (Zen 4 and Cooper Lake's AVX512-BF16, Sapphire Rapids' AMX);
+# without them oneDNN emulates bf16 and it is slower than float32.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 # What a step reads from the engine between steps (copied into the graph's inputs before a replay)
 # and what it leaves there (pointed at the graph's outputs after).
 STEP_INPUTS = ("latents", "norm_state", "steps")
@@ -47,10 +57,11 @@ class Acceleration:
 
     @classmethod
     def for_device(cls, device: torch.device | str) -> Acceleration:
-        """Everything on CUDA, nothing on CPU (where eager float32 is the fastest this model gets)."""
+        """Everything on CUDA; on CPU bf16 where it is native (eager: torch.compile made the
+        step slower on CPU, 1.2x at batch 256), else nothing."""
         if torch.device(device).type == "cuda":
             return cls(precision="bfloat16", compile=True, cuda_graph=True)
-        return cls()
+        return cls(precision=resolve_precision("auto", device))
 
     @property
     def active(self) -> bool:
@@ -63,6 +74,36 @@ class Acceleration:
         if self.cuda_graph:
             parts.append("CUDA graph")
         return " + ".join(parts)
+
+
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no flags known, so no native bf16 assumed
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether `device` multiplies bf16 natively (detected once per process): a CUDA card that
+    supports it, or a CPU with AVX512-BF16 or AMX."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and bool(BF16_CPU_FLAGS & _cpu_flags())
+
+
+def resolve_precision(choice: str, device: torch.device | str) -> str:
+    """An env's `precision=` as a precision: "auto" is bfloat16 where native_bf16, else float32."""
+    if choice not in PRECISION_CHOICES:
+        raise WmSimError(f"precision must be one of {list(PRECISION_CHOICES)}, got {choice!r}")
+    if choice == "auto":
+        return "bfloat16" if native_bf16(device) else "float32"
+    return choice
 
 
 def _plain_step(engine: ImaginationEngine, actions: torch.Tensor) -> StepOutput:

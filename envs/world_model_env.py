@@ -5,7 +5,9 @@
 between imagination and MuJoCo unchanged. Reward and termination come from the model's heads,
 truncation from the task's episode length (`episode_steps=N` sets another; `stream=True` never
 truncates: a stream runs until reset); `info["uncertainty"]` says how far each prediction sits
-off what the tokenizer can produce.
+off what the tokenizer can produce. `precision="bfloat16"` steps under bf16 autocast (1.5x the
+frames/s on a CPU with AVX512-BF16; agent_pos identical, frames within a few grey levels);
+`"auto"` picks it where the CPU or GPU multiplies bf16 natively (wm_sim.envs.acceleration).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
+from wm_sim.envs.acceleration import Acceleration, accelerate, resolve_precision
 from wm_sim.envs.catalog import TASK_SPECS, make_task
 from wm_sim.envs.imagination import ImaginationEngine, StepOutput, stack_contexts
 from wm_sim.envs.start_frames import as_frames, camera_images, observed_cameras
@@ -43,6 +46,7 @@ class _Simulator:
         episode_steps: int | None = None,
         cameras: Sequence[str] | None = None,
         task: str | None = None,
+        precision: str = "float32",
     ):
         if stream and episode_steps is not None:
             raise ValueError(
@@ -67,6 +71,8 @@ class _Simulator:
             episode_steps = int(dataset.get("episode_steps") or (spec.episode_steps if spec else 1000))
         self.config = model.config
         self.engine = ImaginationEngine(model, batch, None if stream else int(episode_steps), device)
+        self.precision = resolve_precision(precision, device)
+        accelerate(self.engine, Acceleration(precision=self.precision))
         self._checkpoint = checkpoint
         self._contexts: dict[str, torch.Tensor] | None = None  # read on the first bundled reset
         # the names of agent_pos's entries (joint names on ROS), as the dataset recorded them
@@ -167,7 +173,9 @@ class _Simulator:
             return pixels
         if len(self.cameras) == 1:
             return pixels[..., self._observed[0], :, :, :]
-        return {camera: pixels[..., i, :, :, :] for camera, i in zip(self.cameras, self._observed, strict=True)}
+        return {
+            camera: pixels[..., i, :, :, :] for camera, i in zip(self.cameras, self._observed, strict=True)
+        }
 
     def observation(self, rows: int | slice = slice(None), as_torch: bool = False) -> dict[str, Any]:
         """The observation of the engine's rows `rows` (one row, or a batch), copied: the engine's
@@ -260,10 +268,11 @@ class WorldModelEnv(gymnasium.Env):
         episode_steps: int | None = None,
         cameras: Sequence[str] | None = None,
         task: str | None = None,
+        precision: str = "float32",
     ):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
-        self.sim = _Simulator(checkpoint, 1, device, stream, episode_steps, cameras, task)
+        self.sim = _Simulator(checkpoint, 1, device, stream, episode_steps, cameras, task, precision)
         self.render_mode = render_mode
         self.metadata = {**self.metadata, "render_fps": self.sim.fps}
         self.observation_space = self.sim.observation_space
@@ -361,6 +370,7 @@ class WorldModelVectorEnv(VectorEnv):
         autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
         cameras: Sequence[str] | None = None,
         task: str | None = None,
+        precision: str = "float32",
     ):
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
@@ -368,7 +378,7 @@ class WorldModelVectorEnv(VectorEnv):
         self.autoreset_mode = _autoreset_mode(autoreset_mode)
         if array_type not in ("numpy", "torch"):
             raise ValueError(f"array_type must be 'numpy' or 'torch', got {array_type!r}")
-        self.sim = _Simulator(checkpoint, num_envs, device, stream, episode_steps, cameras, task)
+        self.sim = _Simulator(checkpoint, num_envs, device, stream, episode_steps, cameras, task, precision)
         self.cameras = self.sim.cameras  # the images in "pixels" (a dict of them when several)
         self.num_envs = num_envs
         self.render_mode = render_mode

@@ -20,7 +20,7 @@ from wm_sim.benchmarks.stability import STAT_NAMES, Reference, frame_statistics,
 from wm_sim.benchmarks.stats import percentiles, ratios, summarize, target
 from wm_sim.benchmarks.suites import BenchConfig, bench, chosen_suites
 from wm_sim.benchmarks.training import learning_figures
-from wm_sim.envs.acceleration import Acceleration, accelerate
+from wm_sim.envs.acceleration import Acceleration, accelerate, native_bf16, resolve_precision
 from wm_sim.envs.imagination import ImaginationEngine
 
 from wm_sim.errors import WmSimError
@@ -164,7 +164,7 @@ def test_unknown_suite_names_the_valid_ones():
         "latency",
         "memory",
     ]
-    with pytest.raises(WmSimError, match="expected all or one of: throughput, latency"):
+    with pytest.raises(WmSimError, match="expected all or one of: throughput, precision, latency"):
         chosen_suites("speed")
 
 
@@ -283,12 +283,43 @@ def test_bf16_step_stays_within_bf16_rounding_of_float32_and_keeps_float32_state
     assert fast.latents.dtype == torch.float32 and fast.norm_state.dtype == torch.float32
 
 
+def test_bf16_step_keeps_the_state_transition_and_frame_reward_in_float32():
+    # agent_pos integrates the transition step after step: under bf16 it must not drift at all
+    plain, fast = _engines(Acceleration(precision="bfloat16"), variant="frame_reward")
+    for _ in range(8):
+        actions = torch.rand(3, 2) * 2 - 1
+        a, b = plain.step(actions), fast.step(actions)
+        assert torch.equal(a.agent_pos, b.agent_pos)
+        assert torch.allclose(a.reward, b.reward, atol=0.05)  # the head reads bf16-made latents
+
+
+def test_native_bf16_follows_the_cpu_flags(monkeypatch):
+    from wm_sim.envs import acceleration
+
+    for flags, native in ((frozenset({"avx2", "avx512f"}), False), (frozenset({"avx512_bf16"}), True)):
+        monkeypatch.setattr(acceleration, "_cpu_flags", lambda flags=flags: flags)
+        assert native_bf16("cpu") is native
+        assert Acceleration.for_device("cpu").precision == ("bfloat16" if native else "float32")
+    assert native_bf16("meta") is False
+
+
 def test_cuda_graphs_are_refused_off_cuda_and_unknown_precisions_are_errors():
     with pytest.raises(WmSimError, match="CUDA graphs need a CUDA device"):
         _engines(Acceleration(cuda_graph=True))
     with pytest.raises(WmSimError, match="precision"):
         Acceleration(precision="float16")
-    assert Acceleration.for_device("cpu") == Acceleration() and not Acceleration().active
+    assert Acceleration.for_device("cpu") == Acceleration(
+        precision="bfloat16" if native_bf16("cpu") else "float32"
+    )
+    assert not Acceleration().active
+    with pytest.raises(
+        WmSimError, match=r"precision must be one of \['auto', 'float32', 'bfloat16'\], got 'fp16'"
+    ):
+        resolve_precision("fp16", "cpu")
+    assert (
+        resolve_precision("float32", "cpu") == "float32"
+        and resolve_precision("bfloat16", "cpu") == "bfloat16"
+    )
     assert Acceleration.for_device("cuda").cuda_graph
 
 
@@ -317,6 +348,7 @@ def test_smoke_bench_runs_every_suite_and_writes_results_and_table(tiny_model_pa
     assert "superseded" not in written  # a first run of the day replaced nothing, its own suites least
     assert list(results["suites"]) == [
         "throughput",
+        "precision",
         "latency",
         "roofline",
         "memory",
@@ -333,6 +365,14 @@ def test_smoke_bench_runs_every_suite_and_writes_results_and_table(tiny_model_pa
     figures = {name: suite["figures"] for name, suite in results["suites"].items()}
     assert set(figures["throughput"]["vector_env_frames_per_s"]) == {"1", "4"}
     assert figures["throughput"]["vector_env_frames_per_s"]["4"]["n"] == 2
+    # an accelerated run (bf16 where this CPU has it natively) measures float32 beside itself
+    accelerated = Acceleration.for_device("cpu").active
+    assert ("best_vs_eager_float32" in figures["throughput"]) == accelerated
+    precision = figures["precision"]
+    assert len(precision["worst_psnr_db"]) == precision["steps"] == 8
+    assert precision["identical"] == (not accelerated)
+    if not accelerated:  # the tiny model predicts agent_pos with the transformer, so only here
+        assert max(precision["state_max"]) == 0.0
     split = figures["latency"]["split"]
     assert set(split) == {"dynamics", "decode", "uncertainty", "conversion"}
     assert sum(split.values()) == pytest.approx(1.0, abs=1e-3)
@@ -358,7 +398,13 @@ def test_smoke_bench_runs_every_suite_and_writes_results_and_table(tiny_model_pa
         assert f"| {name} |" in text
 
 
-def test_bench_task_measures_that_tasks_shipped_model_and_refuses_another_tasks_checkpoint(tiny_model_path, tmp_path):
+def test_bench_task_measures_that_tasks_shipped_model_and_refuses_another_tasks_checkpoint(
+    tiny_model_path, tmp_path
+):
     with pytest.raises(WmSimError, match=r"task=push, but checkpoint=.* is a model of 'reacher'"):
-        bench(BenchConfig(task="push", checkpoint=str(tiny_model_path), suite="latency", smoke=True, out=str(tmp_path)))
+        bench(
+            BenchConfig(
+                task="push", checkpoint=str(tiny_model_path), suite="latency", smoke=True, out=str(tmp_path)
+            )
+        )
     assert not list(tmp_path.iterdir())  # refused before anything was measured or written

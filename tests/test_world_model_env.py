@@ -122,6 +122,24 @@ def test_the_vector_env_matches_the_single_env(tiny_model_path, env):
         assert np.array_equal(obs["pixels"][0], s_obs["pixels"]) and reward[0] == pytest.approx(s_reward)
 
 
+def test_a_bf16_env_shows_the_float32_world_within_rounding(tiny_model_path):
+    envs = {
+        p: gym.make_vec("wm_sim/WorldModel-v0", num_envs=3, checkpoint=str(tiny_model_path), precision=p)
+        for p in ("float32", "bfloat16")
+    }
+    assert envs["bfloat16"].unwrapped.sim.precision == "bfloat16"
+    assert type(envs["bfloat16"].unwrapped.sim.engine.step).__name__ == "AcceleratedStep"
+    first = [env.reset(seed=1)[0] for env in envs.values()]
+    assert np.array_equal(first[0]["pixels"], first[1]["pixels"])  # real start frames: no model yet
+    for a in np.random.default_rng(3).uniform(-1, 1, (5, 3, 2)).astype(np.float32):
+        (o32, r32, *_), (o16, r16, *_) = (env.step(a) for env in envs.values())
+        levels = np.abs(o32["pixels"].astype(int) - o16["pixels"].astype(int))
+        assert levels.max() <= 16 and levels.mean() < 1.0
+        assert np.allclose(o32["agent_pos"], o16["agent_pos"], atol=0.1) and np.allclose(r32, r16, atol=0.05)
+    with pytest.raises(WmSimError, match=r"precision must be one of .*got 'fp16'"):
+        gym.make("wm_sim/WorldModel-v0", checkpoint=str(tiny_model_path), precision="fp16")
+
+
 def test_the_vector_env_autoresets_on_the_next_step_and_resets_partially(tiny_model_path):
     envs = gym.make_vec("wm_sim/WorldModel-v0", num_envs=3, checkpoint=str(tiny_model_path))
     assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP

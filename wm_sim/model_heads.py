@@ -51,9 +51,15 @@ class StateTransition(nn.Module):
         return torch.cat([state / self.state_scale, torch.sin(angles), torch.cos(angles)], dim=-1)
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """Raw state (..., D), action (..., A) -> raw next state (..., D)."""
-        change = self.net(torch.cat([self.encode(state), action], dim=-1)) * self.step_scale
-        return self.wrap(state + change)
+        """Raw state (..., D), action (..., A) -> raw next state (..., D).
+
+        Always in float32, also under bf16 autocast: a state is integrated step after step, and
+        bf16's 8-bit mantissa moved a joint by up to 0.07 rad in one step (the MLP is a sliver of
+        a step's cost)."""
+        with torch.autocast(state.device.type, enabled=False):
+            state, action = state.float(), action.float()
+            change = self.net(torch.cat([self.encode(state), action], dim=-1)) * self.step_scale
+            return self.wrap(state + change)
 
     def wrap(self, state: torch.Tensor) -> torch.Tensor:
         """Raw states (or changes) with the periodic entries wrapped into [-pi, pi)."""
@@ -90,8 +96,11 @@ class FrameReward(nn.Module):
         self.register_buffer("high", torch.tensor(math.inf))
 
     def forward(self, latents: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """latents (..., N, C) of the frame after `action` (..., A) -> reward (...)."""
-        return self.net(torch.cat([latents.flatten(-2), action, action.square()], dim=-1)).squeeze(-1)
+        """latents (..., N, C) of the frame after `action` (..., A) -> reward (...), in float32
+        also under bf16 autocast (a per-step control cost is a few thousandths)."""
+        with torch.autocast(latents.device.type, enabled=False):
+            x = torch.cat([latents.float().flatten(-2), action.float(), action.float().square()], dim=-1)
+            return self.net(x).squeeze(-1)
 
     def read(self, latents: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """The reward of an imagined frame: forward, kept inside the rewards the data holds.

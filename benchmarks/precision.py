@@ -1,0 +1,95 @@
+"""`precision`: the frames of the measured step against the eager float32 step's.
+
+A faster step is only worth having if it shows the same world. From the same bundled real start
+contexts and the same random actions, a batch of 64 vector envs of each kind is stepped 60
+times; per step, the PSNR of each row's accelerated frame against its float32 frame (the worst
+row and the median) and the largest agent_pos and reward differences. Targets: the worst row
+stays at or above 40 dB at the last step (a few grey levels on a handful of pixels), and
+agent_pos, where a state transition predicts it, is the same to 1e-5 (it runs in float32 under
+bf16). Without an acceleration (accelerate=off, or a CPU without native bf16) both sides are the
+same step, and the frames must be identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm import tqdm
+from wm_sim.benchmarks.context import Bench
+from wm_sim.benchmarks.stats import target
+
+PSNR_BOUND_DB = 40.0
+IDENTICAL_DB = 100.0  # the PSNR written for identical frames (JSON has no infinity)
+STATE_BOUND = 1e-5
+BATCH, STEPS, REPORTED = 64, 60, (1, 4, 16, 60)
+
+
+def frame_psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-row PSNR (dB) of uint8 frames (B, ..., 3); identical rows give IDENTICAL_DB."""
+    err = (a.astype(np.float64) - b.astype(np.float64)) ** 2
+    mse = err.reshape(len(a), -1).mean(axis=1)
+    with np.errstate(divide="ignore"):
+        return np.minimum(10 * np.log10(255.0**2 / mse), IDENTICAL_DB)
+
+
+def run(bench: Bench) -> dict:
+    batch, steps = (4, 8) if bench.smoke else (BATCH, STEPS)
+    fast, plain = bench.make_vec(batch), bench.eager().make_vec(batch)
+    fast.reset(seed=0)
+    plain.reset(seed=0)
+    rng = np.random.default_rng(0)
+    dim = fast.single_action_space.shape[0]
+    curves: dict[str, list[float]] = {
+        "worst_psnr_db": [],
+        "median_psnr_db": [],
+        "state_max": [],
+        "reward_max": [],
+    }
+    identical = True
+    for _ in tqdm(range(steps), desc="precision", unit="step"):
+        actions = rng.uniform(-1, 1, (batch, dim)).astype(np.float32)
+        (a, ra, *_), (b, rb, *_) = fast.step(actions), plain.step(actions)
+        psnr = frame_psnr(a["pixels"], b["pixels"])
+        identical &= bool(np.array_equal(a["pixels"], b["pixels"]))
+        curves["worst_psnr_db"].append(float(psnr.min()))
+        curves["median_psnr_db"].append(float(np.median(psnr)))
+        curves["state_max"].append(float(np.abs(a["agent_pos"] - b["agent_pos"]).max()))
+        curves["reward_max"].append(float(np.abs(ra - rb).max()))
+    fast.close()
+    plain.close()
+    at = [h for h in REPORTED if h <= steps]
+    accelerated = bench.acceleration.describe()
+    table = [
+        [
+            f"{accelerated} vs eager float32, {batch} envs: worst / median row PSNR at step "
+            + " / ".join(map(str, at))
+            + " (dB)",
+            " ; ".join(
+                f"{_db(curves['worst_psnr_db'][h - 1])} / {_db(curves['median_psnr_db'][h - 1])}" for h in at
+            ),
+        ],
+        [
+            "largest agent_pos / reward difference over the rollout",
+            f"{max(curves['state_max']):.2g} / {max(curves['reward_max']):.2g}",
+        ],
+    ]
+    targets = [
+        target(
+            f"worst row PSNR vs float32 at step {steps}",
+            curves["worst_psnr_db"][-1],
+            ">=",
+            PSNR_BOUND_DB,
+            "dB",
+        ),
+    ]
+    if bench.model.transition is not None:  # else agent_pos is the transformer's, in bf16 too
+        targets.append(
+            target("largest agent_pos difference vs float32", max(curves["state_max"]), "<=", STATE_BOUND)
+        )
+    if not bench.acceleration.active:  # the same step on both sides: nothing may differ
+        targets.append(target("frames identical to float32 (1 = yes)", float(identical), ">=", 1.0))
+    figures = {"batch": batch, "steps": steps, "accelerated": accelerated, "identical": identical, **curves}
+    return {"figures": figures, "targets": targets, "table": table}
+
+
+def _db(value: float) -> str:
+    return "identical" if value >= IDENTICAL_DB else f"{value:.1f}"
