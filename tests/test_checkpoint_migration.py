@@ -17,7 +17,15 @@ from wm_sim.errors import WmSimError
 from wm_sim.world_model import WorldModel, WorldModelConfig
 
 TINY = WorldModelConfig(
-    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, n_heads=2, window=2, **BARE_MODEL
+    image_size=32,
+    grid=4,
+    latent_dim=8,
+    tokenizer_width=32,
+    dim=32,
+    depth=1,
+    n_heads=2,
+    window=2,
+    **BARE_MODEL,
 )
 DATA_META = {"dataset": {"task": "reacher", "fps": 50.0, "image_size": 32}, "step": 3}
 
@@ -28,7 +36,9 @@ def test_a_schema_1_checkpoint_loads_without_its_old_scene_reward_and_keeps_ever
     save_checkpoint(tmp_path, "step-000003", WorldModel(config), DATA_META)
     directory = tmp_path / LAST
     # what version 1 wrote: its scene reward an MLP over keypoints (other names, other shapes)
-    tensors = {k: v for k, v in load_file(str(directory / WEIGHTS)).items() if not k.startswith("scene_reward.")}
+    tensors = {
+        k: v for k, v in load_file(str(directory / WEIGHTS)).items() if not k.startswith("scene_reward.")
+    }
     kept = dict(tensors)
     tensors |= {"scene_reward.net.0.weight": torch.zeros(256, 40), "scene_reward.low": torch.tensor(-1.0)}
     save_file(tensors, str(directory / WEIGHTS))
@@ -37,7 +47,10 @@ def test_a_schema_1_checkpoint_loads_without_its_old_scene_reward_and_keeps_ever
     with pytest.warns(UserWarning, match="scene reward is of the old form"):
         model, loaded_meta = load_checkpoint(directory)
     assert model.scene_reward is None and model.transition is not None
-    assert not loaded_meta["model"]["scene_reward"] and loaded_meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION
+    assert (
+        not loaded_meta["model"]["scene_reward"]
+        and loaded_meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION
+    )
     for name, value in model.state_dict().items():
         assert torch.equal(value, kept[name]), name
     # a version-1 checkpoint without a scene reward is read as it was, without a word
@@ -55,7 +68,9 @@ def test_a_checkpoint_from_before_the_parts_were_defaults_loads_without_the_part
     save_checkpoint(tmp_path, "step-000003", WorldModel(TINY), DATA_META)
     directory = tmp_path / LAST
     meta = json.loads((directory / META).read_text())
-    old_model = {k: v for k, v in meta["model"].items() if k not in ("anchored", "frame_reward", "scene_reward")}
+    old_model = {
+        k: v for k, v in meta["model"].items() if k not in ("anchored", "frame_reward", "scene_reward")
+    }
     (directory / META).write_text(json.dumps({**meta, "model": old_model, "schema_version": 2}))
     model, loaded = load_checkpoint(directory)
     assert not (model.config.anchored or model.config.frame_reward or model.config.scene_reward)
@@ -70,8 +85,13 @@ def _as_schema_3(directory):
     """Rewrite a checkpoint as schema 3 wrote it: the head count `heads`, the pooled output's
     weights `heads.weight` and `heads.bias` (now n_heads and step_out)."""
     tensors = load_file(str(directory / WEIGHTS))
-    assert {"step_out.weight", "step_out.bias"} <= set(tensors) and not any(k.startswith("heads.") for k in tensors)
-    old = {("heads." + k.removeprefix("step_out.") if k.startswith("step_out.") else k): v for k, v in tensors.items()}
+    assert {"step_out.weight", "step_out.bias"} <= set(tensors) and not any(
+        k.startswith("heads.") for k in tensors
+    )
+    old = {
+        ("heads." + k.removeprefix("step_out.") if k.startswith("step_out.") else k): v
+        for k, v in tensors.items()
+    }
     save_file(old, str(directory / WEIGHTS))
     meta = json.loads((directory / META).read_text())
     assert meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION == 4 and "heads" not in meta["model"]
@@ -93,7 +113,10 @@ def test_a_schema_3_checkpoint_loads_under_the_new_names_and_equals_the_model_it
     latents, state, action = torch.rand(2, 2, 16, 8) * 2 - 1, torch.randn(2, 2, 4), torch.rand(2, 2, 2)
     with torch.no_grad():
         want, got = model(latents, state, action), loaded.eval()(latents, state, action)
-    assert all(torch.equal(getattr(got, k), getattr(want, k)) for k in ("latents", "state", "reward", "continue_logit"))
+    assert all(
+        torch.equal(getattr(got, k), getattr(want, k))
+        for k in ("latents", "state", "reward", "continue_logit")
+    )
     # saved again, it is written in the current version, under the new names
     save_checkpoint(tmp_path / "again", "step-000003", loaded, DATA_META)
     again = json.loads((tmp_path / "again" / LAST / META).read_text())
@@ -109,18 +132,30 @@ def test_a_schema_4_checkpoint_with_the_old_head_count_name_is_refused_naming_it
         load_checkpoint(tmp_path / LAST)
 
 
-def test_the_shipped_checkpoint_is_stored_under_the_old_names_and_loads_under_the_new_ones():
-    """The shipped model's files are schema 2 (they are not rewritten): its `heads` count and
-    `heads.*` weights load as n_heads and step_out, tensor for tensor."""
+def test_the_shipped_model_written_as_schema_2_loads_back_tensor_for_tensor(tmp_path):
+    """The shipped model of 2026-12-03 was stored in schema 2 (`heads` count, `heads.*` weights)
+    and is gone; today's shipped weights, rewritten as schema 2 wrote them, load under the new
+    names (n_heads, step_out), tensor for tensor."""
+    import shutil
+
     directory = resolve_checkpoint("shipped:reacher")
+    model, _ = load_checkpoint("shipped:reacher")
+    old = tmp_path / "schema2"
+    shutil.copytree(directory, old)
     stored_meta = json.loads((directory / META).read_text())
-    stored = load_file(str(directory / WEIGHTS))
-    assert stored_meta["schema_version"] < 4 and stored_meta["model"]["heads"] == 4
-    model, meta = load_checkpoint("shipped:reacher")
-    assert meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION and model.config.n_heads == 4
-    assert "heads" not in meta["model"]
-    assert torch.equal(model.step_out.weight, stored["heads.weight"])
-    assert torch.equal(model.step_out.bias, stored["heads.bias"])
-    state = model.state_dict()
-    assert len(state) == len(stored)
-    assert all(torch.equal(v, stored[k]) for k, v in state.items() if not k.startswith("step_out."))
+    assert stored_meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION
+    old_model = {("heads" if k == "n_heads" else k): v for k, v in stored_meta["model"].items()}
+    (old / META).write_text(json.dumps({**stored_meta, "schema_version": 2, "model": old_model}))
+    weights = load_file(str(directory / WEIGHTS))
+    stored = {
+        (k.replace("step_out.", "heads.", 1) if k.startswith("step_out.") else k): v
+        for k, v in weights.items()
+    }
+    save_file(stored, str(old / WEIGHTS))
+    migrated, migrated_meta = load_checkpoint(old)
+    assert migrated_meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION and migrated.config.n_heads == 4
+    assert "heads" not in migrated_meta["model"]
+    assert torch.equal(migrated.step_out.weight, stored["heads.weight"])
+    state, expected = migrated.state_dict(), model.state_dict()
+    assert state.keys() == expected.keys() and len(state) == len(stored)
+    assert all(torch.equal(v, expected[k]) for k, v in state.items())

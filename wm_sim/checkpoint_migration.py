@@ -2,7 +2,7 @@
 
 A checkpoint's meta.json names the schema version it was written in. `load_checkpoint` reads
 every version up to CHECKPOINT_SCHEMA_VERSION and migrates an older one here, in memory: the
-files stay as they are (the shipped `shipped:reacher` is schema 2), and a new save writes the
+files stay as they are (the shipped model of 2026-12-03 was schema 2), and a new save writes the
 current version.
 
     1 -> 2  the scene reward became a distance between an effector and a goal point
