@@ -13,22 +13,21 @@ same step, and the frames must be identical.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from tqdm import tqdm
 from wm_sim.benchmarks.context import Bench
 from wm_sim.benchmarks.stats import target
 
+from wm_sim.metrics import MAX_PSNR, psnr
+
 PSNR_BOUND_DB = 40.0
-IDENTICAL_DB = 100.0  # the PSNR written for identical frames (JSON has no infinity)
 STATE_BOUND = 1e-5
 BATCH, STEPS, REPORTED = 64, 60, (1, 4, 16, 60)
 
 
 def frame_psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-row PSNR (dB) of uint8 frames (B, ..., 3); identical rows give IDENTICAL_DB."""
-    err = (a.astype(np.float64) - b.astype(np.float64)) ** 2
-    mse = err.reshape(len(a), -1).mean(axis=1)
-    with np.errstate(divide="ignore"):
-        return np.minimum(10 * np.log10(255.0**2 / mse), IDENTICAL_DB)
+    """Per-row PSNR (dB) of uint8 frames (B, S, S, 3), as evaluate's (identical rows: MAX_PSNR)."""
+    return psnr(torch.from_numpy(a) / 255.0, torch.from_numpy(b) / 255.0).numpy()
 
 
 def run(bench: Bench) -> dict:
@@ -92,4 +91,4 @@ def run(bench: Bench) -> dict:
 
 
 def _db(value: float) -> str:
-    return "identical" if value >= IDENTICAL_DB else f"{value:.1f}"
+    return "identical" if value >= MAX_PSNR else f"{value:.1f}"

@@ -58,6 +58,7 @@ class _Simulator:
             isinstance(episode_steps, bool) or int(episode_steps) != episode_steps or episode_steps < 1
         ):
             raise ValueError(f"episode_steps must be a positive integer, got {episode_steps!r}")
+        self.precision = resolve_precision(precision, device)  # refused before any loading
         model, meta = load_checkpoint(checkpoint, map_location=device)
         dataset = meta.get("dataset", {})
         self.task = dataset.get("task", "reacher")
@@ -72,7 +73,6 @@ class _Simulator:
             episode_steps = int(dataset.get("episode_steps") or (spec.episode_steps if spec else 1000))
         self.config = model.config
         self.engine = ImaginationEngine(model, batch, None if stream else int(episode_steps), device)
-        self.precision = resolve_precision(precision, device)
         accelerate(self.engine, Acceleration(precision=self.precision))
         self._checkpoint = checkpoint
         self._contexts: dict[str, torch.Tensor] | None = None  # read on the first bundled reset
