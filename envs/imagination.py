@@ -87,8 +87,9 @@ class ImaginationEngine:
         norm_state = self.model.normalise_state(state.float())
         for t in range(length - 1):
             self.model.stream_step(fresh, latents[:, t], norm_state[:, t], actions[:, t].float())
-        self.cache.keys[:, rows] = fresh.keys
-        self.cache.values[:, rows] = fresh.values
+        # the context streamed in float32 whatever the cache keeps (a bf16 cache: see acceleration)
+        self.cache.keys[:, rows] = fresh.keys.to(self.cache.keys.dtype)
+        self.cache.values[:, rows] = fresh.values.to(self.cache.values.dtype)
         self.cache.time[rows] = fresh.time
         self.latents[rows] = latents[:, -1]
         self.norm_state[rows] = norm_state[:, -1]

@@ -293,6 +293,25 @@ def test_bf16_step_keeps_the_state_transition_and_frame_reward_in_float32():
         assert torch.allclose(a.reward, b.reward, atol=0.05)  # the head reads bf16-made latents
 
 
+@pytest.mark.parametrize("variant", ["anchored", "frame_reward"])
+def test_a_bf16_cache_gives_the_frames_of_a_float32_cache_to_the_bit(variant):
+    # autocast rounds the keys and values to bf16 before attention: holding them there changes nothing
+    _, held = _engines(Acceleration(precision="bfloat16"), variant=variant)
+    _, widened = _engines(Acceleration(precision="bfloat16"), variant=variant)
+    assert held.cache.keys.dtype == torch.bfloat16 and held.cache.values.dtype == torch.bfloat16
+    widened.cache.keys, widened.cache.values = widened.cache.keys.float(), widened.cache.values.float()
+    for t in range(10):  # past the window of TINY, so the ring wraps; a partial reset on the way
+        if t == 3:
+            frames = torch.randint(0, 256, (1, 2, 64, 64, 3), dtype=torch.uint8)
+            for engine in (held, widened):
+                engine.reset_rows(torch.tensor([2]), frames, torch.ones(1, 2, 4), torch.zeros(1, 1, 2))
+        actions = torch.rand(3, 2) * 2 - 1
+        a, b = held.step(actions), widened.step(actions)
+        assert torch.equal(a.pixels, b.pixels) and torch.equal(a.agent_pos, b.agent_pos)
+        assert torch.equal(a.reward, b.reward)
+    assert widened.cache.keys.dtype == torch.float32  # the step never converted it back
+
+
 def test_native_bf16_follows_the_cpu_flags(monkeypatch):
     from wm_sim.envs import acceleration
 
