@@ -81,9 +81,9 @@ def test_a_checkpoint_from_before_the_parts_were_defaults_loads_without_the_part
         load_checkpoint(directory)  # its weights have no anchored decoder, frame or scene reward
 
 
-def _as_schema_3(directory):
-    """Rewrite a checkpoint as schema 3 wrote it: the head count `heads`, the pooled output's
-    weights `heads.weight` and `heads.bias` (now n_heads and step_out)."""
+def _under_old_names(directory, schema_version: int = 3):
+    """Rewrite a checkpoint as schemas 2 and 3 wrote it: the head count `heads`, the pooled
+    output's weights `heads.weight` and `heads.bias` (now n_heads and step_out)."""
     tensors = load_file(str(directory / WEIGHTS))
     assert {"step_out.weight", "step_out.bias"} <= set(tensors) and not any(
         k.startswith("heads.") for k in tensors
@@ -96,7 +96,7 @@ def _as_schema_3(directory):
     meta = json.loads((directory / META).read_text())
     assert meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION == 4 and "heads" not in meta["model"]
     model = {("heads" if k == "n_heads" else k): v for k, v in meta["model"].items()}
-    (directory / META).write_text(json.dumps({**meta, "model": model, "schema_version": 3}))
+    (directory / META).write_text(json.dumps({**meta, "model": model, "schema_version": schema_version}))
 
 
 def test_a_schema_3_checkpoint_loads_under_the_new_names_and_equals_the_model_it_was_saved_from(tmp_path):
@@ -104,7 +104,7 @@ def test_a_schema_3_checkpoint_loads_under_the_new_names_and_equals_the_model_it
     config = WorldModelConfig(**{**TINY.to_dict(), "transition": False, "frame_reward": False})
     model = WorldModel(config).eval()
     save_checkpoint(tmp_path, "step-000003", model, DATA_META)
-    _as_schema_3(tmp_path / LAST)
+    _under_old_names(tmp_path / LAST)
     loaded, meta = load_checkpoint(tmp_path / LAST)
     assert meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION and meta["model"] == config.to_dict()
     assert loaded.config == config and loaded.config.n_heads == 2
@@ -142,16 +142,8 @@ def test_the_shipped_model_written_as_schema_2_loads_back_tensor_for_tensor(tmp_
     model, _ = load_checkpoint("shipped:reacher")
     old = tmp_path / "schema2"
     shutil.copytree(directory, old)
-    stored_meta = json.loads((directory / META).read_text())
-    assert stored_meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION
-    old_model = {("heads" if k == "n_heads" else k): v for k, v in stored_meta["model"].items()}
-    (old / META).write_text(json.dumps({**stored_meta, "schema_version": 2, "model": old_model}))
-    weights = load_file(str(directory / WEIGHTS))
-    stored = {
-        (k.replace("step_out.", "heads.", 1) if k.startswith("step_out.") else k): v
-        for k, v in weights.items()
-    }
-    save_file(stored, str(old / WEIGHTS))
+    _under_old_names(old, schema_version=2)
+    stored = load_file(str(old / WEIGHTS))
     migrated, migrated_meta = load_checkpoint(old)
     assert migrated_meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION and migrated.config.n_heads == 4
     assert "heads" not in migrated_meta["model"]
