@@ -51,6 +51,22 @@ def test_reward_weight_scales_the_reward_terms_in_the_total(reacher_store_path):
     assert torch.allclose(gap, 9.9 * rewards, rtol=1e-4)
 
 
+def test_training_losses_update_the_latent_statistics_and_validation_does_not(reacher_store_path):
+    store = EpisodeStore.open(reacher_store_path)
+    windows = EpisodeWindows(store, TINY.window + 1, 0, "all", 0.0, pad_end=True)
+    batch = objective_module.to_batch([windows[i] for i in range(4)], ["top"], torch.device("cpu"))
+    config = model_config(TINY, store)
+    model = WorldModel(type(config)(**{**config.to_dict(), "normalised_latents": True}))
+    background = torch.from_numpy(background_frame(batch["pixels"][:, 0].numpy()))
+    objective_module.losses(model.train(), batch, 0.1, 1, background, 2.0)
+    assert int(model.latent_observed) == 1
+    with torch.no_grad():
+        real = model.encode(batch["pixels"])
+    torch.testing.assert_close(model.latent_mean, real.flatten(0, -2).mean(0))
+    objective_module.losses(model.eval(), batch, 0.1, 1, background, 2.0)
+    assert int(model.latent_observed) == 1
+
+
 def test_pixel_weights_weigh_what_differs_from_the_background():
     background = torch.zeros(2, 2, 3)
     frame = torch.zeros(1, 2, 2, 3)

@@ -33,12 +33,49 @@ def _inputs(model: WorldModel, batch: int, frames: int, seed: int = 0):
         {"residual": True},
         {"residual": True, "transition": True, "periodic_state": (0,)},
         {"residual": True, "frame_reward": True},
+        {"residual": True, "normalised_latents": True},
     ],
-    ids=["absolute", "residual", "transition", "frame-reward"],
+    ids=["absolute", "residual", "transition", "frame-reward", "normalised-latents"],
 )
 def model(request) -> WorldModel:
     torch.manual_seed(0)
-    return WorldModel(WorldModelConfig(**{**TINY.to_dict(), **request.param})).eval()
+    model = WorldModel(WorldModelConfig(**{**TINY.to_dict(), **request.param}))
+    latents, _, _ = _inputs(model, 2, 5, seed=1)
+    model.observe_latents(latents)  # statistics away from the identity, where a model keeps them
+    return model.eval()
+
+
+def test_normalised_latents_track_the_training_latents_and_scale_the_predicted_change():
+    model = WorldModel(WorldModelConfig(**{**TINY.to_dict(), "residual": True, "normalised_latents": True}))
+    first, _, _ = _inputs(model, 2, 5, seed=1)
+    model.observe_latents(first)  # the first batch sets the statistics
+    torch.testing.assert_close(model.latent_mean, first.flatten(0, -2).mean(0))
+    torch.testing.assert_close(model.latent_std, first.flatten(0, -2).std(0))
+    raw = torch.atanh(first.clamp(-0.999, 0.999))
+    step = (raw[:, 1:] - raw[:, :-1]).pow(2).flatten(0, -2).mean(0).sqrt()
+    torch.testing.assert_close(model.latent_step, step)
+    second, _, _ = _inputs(model, 2, 5, seed=2)
+    before = model.latent_mean.clone()
+    model.observe_latents(second, momentum=0.25)  # later batches move them by the momentum
+    torch.testing.assert_close(model.latent_mean, 0.75 * before + 0.25 * second.flatten(0, -2).mean(0))
+    assert int(model.latent_observed) == 2
+    # the change head's output is scaled per channel by the typical step
+    latents, state, action = _inputs(model, 2, 3)
+    latents = latents * 0.5  # away from +-1, where atanh would magnify rounding
+    with torch.no_grad():
+        scaled = model(latents, state, action).latents
+        model.latent_step.fill_(1.0)
+        unscaled = model(latents, state, action).latents
+    current = torch.atanh(latents.clamp(-0.999, 0.999))
+    torch.testing.assert_close(
+        torch.atanh(scaled.clamp(-0.999, 0.999)) - current,
+        (torch.atanh(unscaled.clamp(-0.999, 0.999)) - current) * step,
+        rtol=1e-3,
+        atol=1e-3,
+    )
+    plain = WorldModel(TINY)
+    plain.observe_latents(first)  # a model without normalised latents keeps no statistics
+    assert not any(name.startswith("latent_") for name, _ in plain.named_buffers())
 
 
 def test_a_residual_model_with_a_zero_change_head_copies_the_last_frame():

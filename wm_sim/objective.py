@@ -42,6 +42,8 @@ def losses(
     target = pixels.float() / 255.0
     weight = pixel_weights(target, background, foreground_weight)  # (B, T+1, S, S, 1)
     latents = model.encode(pixels)  # (B, T+1, N, C)
+    if model.training:
+        model.observe_latents(latents)
     # An anchored decoder composites over another real frame of the same episode: a random one.
     rows, pick = torch.arange(pixels.shape[0]), torch.randint(0, pixels.shape[1], (pixels.shape[0],))
     anchor = Anchor(latents[rows, pick].detach(), target[rows, pick].movedim(-1, -3))

@@ -45,6 +45,13 @@ class ModelArchitecture:
         default=True,
         metadata={"help": "a reward of (real frame, state, action) for the latent planner and actor"},
     )
+    normalised_latents: bool = field(
+        default=False,
+        metadata={
+            "help": "standardise the dynamics' input latents and scale its predicted change by the data's "
+            "(for scenes where little moves: without it the push dynamics only copy the last frame)"
+        },
+    )
 
     def __post_init__(self) -> None:
         # refused where the option is read (model.depth=0), not as a shape error deep in the model

@@ -288,6 +288,12 @@ class WorldModelConfig:
     # tokens and decoded from them, and one dynamics step attends over all of them. A frame is
     # then (..., K, S, S, 3) (`frame_shape`); with one camera it is (..., S, S, 3), as always.
     cameras: int = 1
+    # Feed the dynamics latents standardised per channel, and scale its predicted change by the
+    # per-channel size of a frame-to-frame change (running statistics of the training latents,
+    # frozen outside training). Where little of the frame moves (a push scene: a small arm and a
+    # puck on a large table), a step's latent change is ~30x smaller than reacher's, and
+    # unscaled the dynamics never learn more than copying the last frame.
+    normalised_latents: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "periodic_state", tuple(int(i) for i in self.periodic_state))  # JSON: a list
@@ -380,6 +386,11 @@ class WorldModel(nn.Module):
         # Normalisation of agent_pos, from the training data; saved with the weights.
         self.register_buffer("state_mean", torch.zeros(c.state_dim))
         self.register_buffer("state_std", torch.ones(c.state_dim))
+        if c.normalised_latents:  # running statistics of the training latents (observe_latents)
+            self.register_buffer("latent_mean", torch.zeros(c.latent_dim))
+            self.register_buffer("latent_std", torch.ones(c.latent_dim))
+            self.register_buffer("latent_step", torch.ones(c.latent_dim))  # rms change, atanh space
+            self.register_buffer("latent_observed", torch.zeros((), dtype=torch.long))
 
     # -- tokenizer --
 
@@ -461,6 +472,21 @@ class WorldModel(nn.Module):
 
     # -- dynamics --
 
+    @torch.no_grad()
+    def observe_latents(self, latents: torch.Tensor, momentum: float = 0.01) -> None:
+        """Update the running latent statistics from a training batch's (B, T, N, C) real latents
+        (T >= 2); the first batch sets them. A model without normalised latents keeps none."""
+        if not self.config.normalised_latents:
+            return
+        flat = latents.detach().float().flatten(0, -2)  # (B*T*N, C)
+        raw = torch.atanh(latents.detach().float().clamp(-LATENT_LIMIT, LATENT_LIMIT))
+        step = (raw[:, 1:] - raw[:, :-1]).pow(2).flatten(0, -2).mean(0).sqrt()
+        batch = (flat.mean(0), flat.std(0), step)
+        rate = 1.0 if int(self.latent_observed) == 0 else momentum
+        for stat, value in zip((self.latent_mean, self.latent_std, self.latent_step), batch):
+            stat.lerp_(value.clamp(min=1e-4) if stat is not self.latent_mean else value, rate)
+        self.latent_observed += 1
+
     def _tokens(
         self, latents: torch.Tensor, state: torch.Tensor, action: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -473,6 +499,8 @@ class WorldModel(nn.Module):
             raw = self.transition(self.denormalise_state(state), action)
             frame = frame + self.next_state_in(self.transition.encode(raw))
             next_state = self.normalise_state(raw)
+        if self.config.normalised_latents:
+            latents = (latents - self.latent_mean) / self.latent_std
         x = self.latent_in(latents) + self.position + frame[:, :, None, :]  # (B, T, N, dim)
         return x.reshape(b, t * n, -1), next_state
 
@@ -483,7 +511,10 @@ class WorldModel(nn.Module):
         x = self.norm(x).view(b, t, self.config.tokens, -1)  # (B, T, N, dim)
         if self.config.residual:
             current = torch.atanh(inputs.clamp(-LATENT_LIMIT, LATENT_LIMIT))
-            latents = torch.tanh(current + self.latent_out(x))  # (B, T, N, C)
+            change = self.latent_out(x)
+            if self.config.normalised_latents:
+                change = change * self.latent_step
+            latents = torch.tanh(current + change)  # (B, T, N, C)
         else:
             latents = torch.tanh(self.latent_out(x))
         pooled = self.step_out(x.mean(dim=2))  # (B, T, [D] + [1] + 1)
