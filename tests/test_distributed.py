@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from tiny import run_config
+from tiny import run_config, tiny_architecture
 
 import wm_sim.distributed as distributed_module
 from wm_sim.checkpoint import LAST, load_checkpoint
@@ -79,7 +80,7 @@ def test_torchrun_trains_with_two_gloo_processes_and_only_rank_0_writes(reacher_
         "torchrun", "--standalone", "--nproc_per_node=2", "-m", "wm_sim", "train",
         f"data={reacher_store_path}", f"out={run}", "model=tiny", "steps=4", "training.batch_size=4",
         "training.val_every=2", "training.checkpoint_every=2", "threads=1", "wandb=disabled", "device=cpu",
-        "val_fraction=0.5", "dist_timeout_s=60",
+        "val_fraction=0.5", "dist_timeout_s=60", "model.normalised_latents=true",
     ]  # fmt: skip
     # A run takes about 10 s here. Runs used to hang now and then as the process group was torn
     # down (see train._average_gradients); a hang now fails with every worker's stacks.
@@ -89,7 +90,12 @@ def test_torchrun_trains_with_two_gloo_processes_and_only_rank_0_writes(reacher_
     assert sorted(p.name for p in run.iterdir()) == [LAST, "step-0000002", "step-0000004"]
     _, meta = load_checkpoint(run)
     assert meta["world_size"] == 2 and meta["step"] == 4
+    model, _ = load_checkpoint(run)  # the latent statistics, averaged over the processes each step
+    assert int(model.latent_observed) == 4 and not torch.equal(
+        model.latent_std, torch.ones_like(model.latent_std)
+    )
     assert (stdout + stderr).count("step 4: val_") == 1  # one process validated and logged
     # a run trained by two processes resumes in one
-    train(run_config(reacher_store_path, run, steps=6, resume="auto", val_fraction=0.5))
+    normalised = replace(tiny_architecture(), normalised_latents=True)
+    train(run_config(reacher_store_path, run, steps=6, resume="auto", val_fraction=0.5, model=normalised))
     assert load_checkpoint(run)[1]["step"] == 6

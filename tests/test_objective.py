@@ -26,7 +26,9 @@ def test_the_continue_head_is_trained_on_terminations(tmp_path):
         )
     )
     windows = EpisodeWindows(store, TINY.window + 1, 0, "all", 0.0, pad_end=True)
-    batch = objective_module.to_batch([windows[i] for i in range(len(windows))], ["default"], torch.device("cpu"))
+    batch = objective_module.to_batch(
+        [windows[i] for i in range(len(windows))], ["default"], torch.device("cpu")
+    )
     assert batch["terminated"][:, :-1].sum() == 3  # each episode's fall is a transition the loss sees
     model = WorldModel(model_config(TINY, store))
     background = torch.from_numpy(background_frame(batch["pixels"][:, 0].numpy()))
@@ -63,8 +65,13 @@ def test_training_losses_update_the_latent_statistics_and_validation_does_not(re
     with torch.no_grad():
         real = model.encode(batch["pixels"])
     torch.testing.assert_close(model.latent_mean, real.flatten(0, -2).mean(0))
-    objective_module.losses(model.eval(), batch, 0.1, 1, background, 2.0)
+    terms = objective_module.losses(model.eval(), batch, 0.1, 1, background, 2.0)
     assert int(model.latent_observed) == 1
+    # copying's latent error is reported beside the losses, not one of them
+    losses = {k: v for k, v in terms.items() if k not in ("total", "copy_latent")}
+    full = ("recon", "predicted_pixels", "teacher_latent", "own_latent")  # the rest weigh 0.1
+    expected = sum((1.0 if k in full else 0.1) * v for k, v in losses.items())
+    assert terms["copy_latent"] > 0 and torch.allclose(terms["total"], expected)
 
 
 def test_pixel_weights_weigh_what_differs_from_the_background():
@@ -83,3 +90,12 @@ def test_pixel_weights_weigh_what_differs_from_the_background():
     frames = np.zeros((5, 2, 2, 3), np.uint8)
     frames[:2, 0, 0] = 255  # something passing through two of five frames is not background
     assert float(background_frame(frames).max()) == 0.0
+
+
+def test_a_run_whose_dynamics_only_copy_is_warned():
+    assert objective_module.copying_warning({"teacher_latent": 0.0013, "copy_latent": 0.0013}) is not None
+    assert objective_module.copying_warning({"teacher_latent": 0.012, "copy_latent": 0.042}) is None
+    assert (
+        objective_module.copying_warning({"teacher_latent": 0.0, "copy_latent": 0.0}) is None
+    )  # nothing moves
+    assert objective_module.copying_warning({}) is None  # no validation windows

@@ -91,7 +91,26 @@ def losses(
         "frame_reward": reward_weight,
     }
     terms["total"] = sum(weights.get(k, 1.0 if "latent" in k else 0.1) * v for k, v in terms.items())
+    # Not a loss: the latent error of copying the last frame, the bar teacher_latent must clear.
+    terms["copy_latent"] = _masked_mse(latents[:, :-1], goal, has_next)
     return terms
+
+
+def copying_warning(val: dict[str, float], margin: float = 0.9) -> str | None:
+    """A warning when validation shows the dynamics predicting the next latents no better than
+    copying the last frame's (teacher_latent above `margin` x copy_latent), else None.
+
+    Their losses then look small and the run looks healthy, while every imagined frame repeats
+    the context: what a push model without model.normalised_latents did for 4,000 steps.
+    """
+    teacher, copy = val.get("teacher_latent"), val.get("copy_latent")
+    if teacher is None or not copy or teacher < margin * copy:
+        return None
+    return (
+        f"the dynamics predict the next latents about as well as copying the last frame "
+        f"(val teacher_latent {teacher:.5f}, copy {copy:.5f}): imagined frames will barely move; "
+        "if this lasts, try model.normalised_latents=true"
+    )
 
 
 def _prediction_terms(
@@ -212,4 +231,3 @@ def validate(
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * len(chunk)
     return {k: v / len(picks) for k, v in sums.items()}
-

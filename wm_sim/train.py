@@ -39,7 +39,7 @@ from wm_sim.errors import WmSimError
 from wm_sim.head_fitting import fit_frame_reward, fit_scene_reward, fit_transition
 from wm_sim.metrics import background_frame
 from wm_sim.model_upgrade import differences, initial_model
-from wm_sim.objective import Objective, to_batch, validate
+from wm_sim.objective import Objective, copying_warning, to_batch, validate
 from wm_sim.recipe import ModelArchitecture, TrainingRecipe
 from wm_sim.rollout import rollout_video
 from wm_sim.run_lifecycle import (
@@ -368,6 +368,9 @@ def _validate_and_log(
     )
     run_meta["val_step"] = step
     bar.write(f"step {step}: " + ", ".join(f"val_{k}={v:.4f}" for k, v in run_meta["val"].items()))
+    warning = copying_warning(run_meta["val"])
+    if warning:
+        bar.write(f"step {step}: warning: {warning}")
     tracker.log({f"val/{k}": v for k, v in run_meta["val"].items()}, step)
     if tracker.active and cfg.wandb.videos and val_set.episodes:
         video = rollout_video(
@@ -531,5 +534,3 @@ def _optimiser(model: WorldModel, fit: TrainingRecipe) -> torch.optim.Optimizer:
         ],
         weight_decay=fit.weight_decay,
     )
-
-

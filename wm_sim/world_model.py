@@ -24,6 +24,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -227,7 +228,9 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, n_heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), InplaceGELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, mlp_ratio * dim), InplaceGELU(), nn.Linear(mlp_ratio * dim, dim)
+        )
 
     def forward(
         self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None, cache: LayerCache | None = None
@@ -431,7 +434,9 @@ class WorldModel(nn.Module):
         return x.reshape(*lead, *c.frame_shape)
 
     @torch.no_grad()  # a frame shown is uint8: no gradient flows through it, so none is tracked
-    def decode_and_reencode(self, latents: torch.Tensor, anchor: Anchor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_and_reencode(
+        self, latents: torch.Tensor, anchor: Anchor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted latents (B, ..., N, C) -> the frame they show (B, ..., S, S, 3) uint8, and the
         encoder's latents of that frame (B, ..., N, C).
 
@@ -481,10 +486,14 @@ class WorldModel(nn.Module):
         flat = latents.detach().float().flatten(0, -2)  # (B*T*N, C)
         raw = torch.atanh(latents.detach().float().clamp(-LATENT_LIMIT, LATENT_LIMIT))
         step = (raw[:, 1:] - raw[:, :-1]).pow(2).flatten(0, -2).mean(0).sqrt()
-        batch = (flat.mean(0), flat.std(0), step)
+        batch = torch.stack([flat.mean(0), flat.std(0), step])
+        if dist.is_available() and dist.is_initialized():  # every torchrun process keeps the same ones
+            dist.all_reduce(batch)
+            batch /= dist.get_world_size()
         rate = 1.0 if int(self.latent_observed) == 0 else momentum
-        for stat, value in zip((self.latent_mean, self.latent_std, self.latent_step), batch):
-            stat.lerp_(value.clamp(min=1e-4) if stat is not self.latent_mean else value, rate)
+        self.latent_mean.lerp_(batch[0], rate)
+        self.latent_std.lerp_(batch[1].clamp(min=1e-4), rate)
+        self.latent_step.lerp_(batch[2].clamp(min=1e-4), rate)
         self.latent_observed += 1
 
     def _tokens(
@@ -504,7 +513,9 @@ class WorldModel(nn.Module):
         x = self.latent_in(latents) + self.position + frame[:, :, None, :]  # (B, T, N, dim)
         return x.reshape(b, t * n, -1), next_state
 
-    def _prediction(self, x: torch.Tensor, inputs: torch.Tensor, next_state: torch.Tensor | None) -> Prediction:
+    def _prediction(
+        self, x: torch.Tensor, inputs: torch.Tensor, next_state: torch.Tensor | None
+    ) -> Prediction:
         """Transformer outputs x (B, T*N, dim), the input latents (B, T, N, C) and the transition's
         next state -> Prediction."""
         b, t = inputs.shape[:2]
@@ -573,5 +584,3 @@ def _per_frame(row_values: torch.Tensor, lead: torch.Size) -> torch.Tensor:
     tail = row_values.shape[1:]
     shaped = row_values.reshape(row_values.shape[0], *(1,) * (len(lead) - 1), *tail)
     return shaped.expand(*lead, *tail).reshape(-1, *tail)
-
-
