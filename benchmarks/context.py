@@ -26,8 +26,8 @@ class Sizes:
     """How much each suite measures. FULL is the issue's; SMOKE proves the computation in seconds."""
 
     seconds: float = 2.0  # per timed measurement
-    num_envs: tuple[int, ...] = (1, 8, 64, 256)  # throughput: vector env sizes
-    batches: tuple[int, ...] = (1, 16, 64, 256)  # roofline: engine batch sizes (more on a GPU)
+    num_envs: tuple[int, ...] = (1, 8, 64, 256, 1024)  # throughput: vector env sizes
+    batches: tuple[int, ...] = (1, 16, 64, 256, 1024)  # roofline: engine batch sizes (more on a GPU)
     latency_steps: int = 500  # per repeat
     realtime_seconds: float = 10.0  # ros: frames counted per realtime scenario
     realtime_warm_up: float = 2.0  # ros: seconds from the first frame not counted
