@@ -49,7 +49,7 @@ class ModelArchitecture:
         default=False,
         metadata={
             "help": "standardise the dynamics' input latents and scale its predicted change by the data's "
-            "(for scenes where little moves: without it the push dynamics only copy the last frame)"
+            "(meant for scenes where little moves, such as push; see docs/model.md)"
         },
     )
 

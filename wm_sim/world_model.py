@@ -294,8 +294,8 @@ class WorldModelConfig:
     # Feed the dynamics latents standardised per channel, and scale its predicted change by the
     # per-channel size of a frame-to-frame change (running statistics of the training latents,
     # frozen outside training). Where little of the frame moves (a push scene: a small arm and a
-    # puck on a large table), a step's latent change is ~30x smaller than reacher's, and
-    # unscaled the dynamics never learn more than copying the last frame.
+    # puck on a large table), a step's latent change is ~30x smaller than reacher's; unscaled,
+    # a 4,000-step push model predicted no better than copying the last frame (docs/model.md).
     normalised_latents: bool = False
 
     def __post_init__(self):
