@@ -101,7 +101,7 @@ def copying_warning(val: dict[str, float], margin: float = 0.9) -> str | None:
     copying the last frame's (teacher_latent above `margin` x copy_latent), else None.
 
     Their losses then look small and the run looks healthy, while every imagined frame repeats
-    the context: what a push model without model.normalised_latents did for 4,000 steps.
+    the context: what a push model did for 4,000 steps.
     """
     teacher, copy = val.get("teacher_latent"), val.get("copy_latent")
     if teacher is None or not copy or teacher < margin * copy:
@@ -109,7 +109,7 @@ def copying_warning(val: dict[str, float], margin: float = 0.9) -> str | None:
     return (
         f"the dynamics predict the next latents about as well as copying the last frame "
         f"(val teacher_latent {teacher:.5f}, copy {copy:.5f}): imagined frames will barely move; "
-        "if this lasts, try model.normalised_latents=true"
+        "if this lasts, try model.normalised_latents=true and a higher training.lr (docs/model.md)"
     )
 
 
