@@ -88,9 +88,9 @@ def test_torchrun_trains_with_two_gloo_processes_and_only_rank_0_writes(reacher_
     assert status is not None, f"torchrun outlived 240 s; its stderr ended:\n{stderr[-6000:]}"
     assert status == 0, stderr[-3000:]
     assert sorted(p.name for p in run.iterdir()) == [LAST, "step-0000002", "step-0000004"]
-    _, meta = load_checkpoint(run)
+    model, meta = load_checkpoint(run)
     assert meta["world_size"] == 2 and meta["step"] == 4
-    model, _ = load_checkpoint(run)  # the latent statistics, averaged over the processes each step
+    # the latent statistics, averaged over the processes each step
     assert int(model.latent_observed) == 4 and not torch.equal(
         model.latent_std, torch.ones_like(model.latent_std)
     )

@@ -26,9 +26,7 @@ def test_the_continue_head_is_trained_on_terminations(tmp_path):
         )
     )
     windows = EpisodeWindows(store, TINY.window + 1, 0, "all", 0.0, pad_end=True)
-    batch = objective_module.to_batch(
-        [windows[i] for i in range(len(windows))], ["default"], torch.device("cpu")
-    )
+    batch = objective_module.to_batch([windows[i] for i in range(len(windows))], ["default"], torch.device("cpu"))
     assert batch["terminated"][:, :-1].sum() == 3  # each episode's fall is a transition the loss sees
     model = WorldModel(model_config(TINY, store))
     background = torch.from_numpy(background_frame(batch["pixels"][:, 0].numpy()))
@@ -95,7 +93,6 @@ def test_pixel_weights_weigh_what_differs_from_the_background():
 def test_a_run_whose_dynamics_only_copy_is_warned():
     assert objective_module.copying_warning({"teacher_latent": 0.0013, "copy_latent": 0.0013}) is not None
     assert objective_module.copying_warning({"teacher_latent": 0.012, "copy_latent": 0.042}) is None
-    assert (
-        objective_module.copying_warning({"teacher_latent": 0.0, "copy_latent": 0.0}) is None
-    )  # nothing moves
+    nothing_moves = {"teacher_latent": 0.0, "copy_latent": 0.0}
+    assert objective_module.copying_warning(nothing_moves) is None
     assert objective_module.copying_warning({}) is None  # no validation windows

@@ -12,15 +12,7 @@ from wm_sim.model_heads import wrap_angle
 from wm_sim.world_model import WorldModel, WorldModelConfig, attend, rotate, time_rotation
 
 TINY = WorldModelConfig(
-    image_size=32,
-    grid=4,
-    latent_dim=8,
-    tokenizer_width=32,
-    dim=32,
-    depth=2,
-    n_heads=2,
-    window=4,
-    **BARE_MODEL,
+    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=2, n_heads=2, window=4, **BARE_MODEL
 )
 
 

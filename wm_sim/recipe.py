@@ -103,9 +103,7 @@ class TrainingRecipe:
     )
     transition_rollout_steps: int = field(
         default=4000,
-        metadata={
-            "help": "then steps fitting it again on its own transition_rollout_horizon-step rollouts (0: none)"
-        },
+        metadata={"help": "then steps fitting it again on its own transition_rollout_horizon-step rollouts (0: none)"},
     )
     transition_rollout_horizon: int = field(
         default=32, metadata={"help": "steps of those rollouts (the planner imagines 16 and more)"}

@@ -228,9 +228,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = SelfAttention(dim, n_heads)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, mlp_ratio * dim), InplaceGELU(), nn.Linear(mlp_ratio * dim, dim)
-        )
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), InplaceGELU(), nn.Linear(mlp_ratio * dim, dim))
 
     def forward(
         self, x: torch.Tensor, rotation: Rotation, mask: torch.Tensor | None, cache: LayerCache | None = None
@@ -483,8 +481,9 @@ class WorldModel(nn.Module):
         (T >= 2); the first batch sets them. A model without normalised latents keeps none."""
         if not self.config.normalised_latents:
             return
-        flat = latents.detach().float().flatten(0, -2)  # (B*T*N, C)
-        raw = torch.atanh(latents.detach().float().clamp(-LATENT_LIMIT, LATENT_LIMIT))
+        real = latents.detach().float()
+        flat = real.flatten(0, -2)  # (B*T*N, C)
+        raw = torch.atanh(real.clamp(-LATENT_LIMIT, LATENT_LIMIT))
         step = (raw[:, 1:] - raw[:, :-1]).pow(2).flatten(0, -2).mean(0).sqrt()
         batch = torch.stack([flat.mean(0), flat.std(0), step])
         if dist.is_available() and dist.is_initialized():  # every torchrun process keeps the same ones
@@ -513,9 +512,7 @@ class WorldModel(nn.Module):
         x = self.latent_in(latents) + self.position + frame[:, :, None, :]  # (B, T, N, dim)
         return x.reshape(b, t * n, -1), next_state
 
-    def _prediction(
-        self, x: torch.Tensor, inputs: torch.Tensor, next_state: torch.Tensor | None
-    ) -> Prediction:
+    def _prediction(self, x: torch.Tensor, inputs: torch.Tensor, next_state: torch.Tensor | None) -> Prediction:
         """Transformer outputs x (B, T*N, dim), the input latents (B, T, N, C) and the transition's
         next state -> Prediction."""
         b, t = inputs.shape[:2]
