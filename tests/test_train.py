@@ -157,6 +157,21 @@ def test_debris_of_a_cut_short_first_checkpoint_is_not_a_run(reacher_store_path,
     assert (run / LAST).exists()
 
 
+def test_teacher_forced_steps_train_without_own_passes_and_then_with_them(reacher_store_path, tmp_path):
+    def run(name: str, **options) -> Path:
+        return train(run_config(reacher_store_path, tmp_path / name, steps=2, **options))
+
+    forced = run("forced", rollout_passes=3, teacher_forced_steps=2)
+    _same_weights(forced, run("teacher", rollout_passes=0))  # the same steps as no own passes at all
+    own = load_checkpoint(run("own", rollout_passes=3))[0]
+    assert not torch.equal(own.latent_out.weight, load_checkpoint(forced)[0].latent_out.weight)
+    # a resumed run keeps its teacher-forced steps (they change what the run computes)
+    with pytest.raises(WmSimError, match=r"trained with teacher_forced_steps=2, this run asks for 0"):
+        train(run_config(reacher_store_path, forced, steps=4, resume="auto", rollout_passes=3))
+    with pytest.raises(WmSimError, match="teacher_forced_steps"):
+        run("negative", teacher_forced_steps=-1)
+
+
 def test_refusals_change_nothing(reacher_store_path, tmp_path):
     run = train(run_config(reacher_store_path, tmp_path / "run", steps=2))
     before = sorted(p.name for p in run.iterdir())

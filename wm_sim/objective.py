@@ -109,7 +109,8 @@ def copying_warning(val: dict[str, float], margin: float = 0.9) -> str | None:
     return (
         f"the dynamics predict the next latents about as well as copying the last frame "
         f"(val teacher_latent {teacher:.5f}, copy {copy:.5f}): imagined frames will barely move; "
-        "if this lasts, try model.normalised_latents=true and a higher training.lr (docs/model.md)"
+        "if this lasts, try training.teacher_forced_steps (no own passes at first), "
+        "model.normalised_latents=true and a higher training.lr (docs/model.md)"
     )
 
 
@@ -198,15 +199,19 @@ class Objective(nn.Module):
         self.register_buffer("background", background)  # (S, S, 3)
 
     def forward(
-        self, batch: dict[str, torch.Tensor], context_noise: float | None = None
+        self,
+        batch: dict[str, torch.Tensor],
+        context_noise: float | None = None,
+        rollout_passes: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """The loss terms; `context_noise` overrides the training one (validation uses 0)."""
+        """The loss terms; `context_noise` and `rollout_passes` override the training ones
+        (validation uses no noise; teacher-forced steps no own passes)."""
         noise = self.context_noise if context_noise is None else context_noise
         return losses(
             self.model,
             batch,
             noise,
-            self.rollout_passes,
+            self.rollout_passes if rollout_passes is None else rollout_passes,
             self.background,
             self.foreground_weight,
             self.reward_weight,

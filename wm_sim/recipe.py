@@ -80,6 +80,10 @@ class TrainingRecipe:
     rollout_passes: int = field(
         default=3, metadata={"help": "passes over the model's own predictions per step (0: teacher forcing)"}
     )
+    teacher_forced_steps: int = field(
+        default=0,
+        metadata={"help": "first steps without own passes (where frames barely change, they hold it at copying)"},
+    )
     foreground_weight: float = field(
         default=2.0, metadata={"help": "extra pixel-loss weight where a frame differs from the background"}
     )

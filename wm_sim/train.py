@@ -171,7 +171,8 @@ def train(cfg: TrainConfig) -> Path:
         while step < cfg.steps:
             set_lr(optimiser, step, cfg.steps)
             picks = rng.integers(0, len(train_set), fit.batch_size)
-            terms, total = _step(objective, optimiser, train_set, picks, job, step, run_dir, device)
+            passes = 0 if step < fit.teacher_forced_steps else None  # None: the recipe's
+            terms, total = _step(objective, optimiser, train_set, picks, job, step, run_dir, device, passes)
             step, seen = step + 1, seen + fit.batch_size
             rate = seen / (time.perf_counter() - started)
             bar.update(1)
@@ -254,10 +255,11 @@ def _check_options(cfg: TrainConfig) -> None:
         )
     if cfg.dist_timeout_s <= 0:
         raise WmSimError(f"dist_timeout_s must be positive, got {cfg.dist_timeout_s}")
-    if fit.rollout_passes < 0 or fit.foreground_weight < 0 or fit.reward_weight < 0:
+    if min(fit.rollout_passes, fit.teacher_forced_steps, fit.foreground_weight, fit.reward_weight) < 0:
         raise WmSimError(
-            "training.rollout_passes, training.foreground_weight and training.reward_weight must be >= 0, got "
-            f"{fit.rollout_passes}, {fit.foreground_weight}, {fit.reward_weight}"
+            "training.rollout_passes, training.teacher_forced_steps, training.foreground_weight and "
+            "training.reward_weight must be >= 0, got "
+            f"{fit.rollout_passes}, {fit.teacher_forced_steps}, {fit.foreground_weight}, {fit.reward_weight}"
         )
     if fit.transition_rollout_horizon < 1 or fit.transition_rollout_lr <= 0:
         raise WmSimError(
@@ -332,12 +334,14 @@ def _step(
     step: int,
     run_dir: Path,
     device: torch.device,
+    rollout_passes: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One optimiser step on this process's share of the batch `picks`; (terms, summed total)."""
     share = len(picks) // job.world_size
     objective.train()
     mine = picks[job.rank * share : (job.rank + 1) * share]
-    terms = objective(to_batch([train_set[int(i)] for i in mine], train_set.store.info.cameras, device))
+    batch = to_batch([train_set[int(i)] for i in mine], train_set.store.info.cameras, device)
+    terms = objective(batch, rollout_passes=rollout_passes)
     total = terms["total"].detach().clone()
     if job.world_size > 1:
         dist.all_reduce(total)  # every rank stops together on a NaN anywhere
@@ -493,6 +497,7 @@ RUN_IDENTITY = (
     "weight_decay",
     "context_noise",
     "rollout_passes",
+    "teacher_forced_steps",
     "foreground_weight",
     "reward_weight",
     "init",
@@ -503,7 +508,9 @@ RUN_IDENTITY = (
 
 
 # Options that runs from before they existed were trained with, in effect.
-LEGACY_OPTIONS = {"rollout_passes": 1, "foreground_weight": 0.0, "init": "", "reward_weight": 0.1}
+LEGACY_OPTIONS = {
+    "rollout_passes": 1, "teacher_forced_steps": 0, "foreground_weight": 0.0, "init": "", "reward_weight": 0.1,
+}  # fmt: skip
 
 
 def _check_same_run(run_dir: Path, saved: dict, now: dict) -> None:
