@@ -287,6 +287,21 @@ def test_a_task_id_refuses_a_checkpoint_of_another_task(tiny_model_path, tmp_pat
         gym.make_vec("wm_sim/Reacher-v0", num_envs=2, checkpoint=str(copy))
 
 
+def test_the_shipped_push_model_is_an_env_of_its_twins_spaces_that_refuses_to_be_a_reacher():
+    env, twin = gym.make("wm_sim/Push-v0"), gym.make("wm_sim/Push-MuJoCo-v0")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped)
+    assert not caught, [str(w.message) for w in caught]
+    assert env.observation_space == twin.observation_space and env.action_space == twin.action_space
+    obs, _ = env.reset(seed=0)
+    moved = env.step(np.full(env.action_space.shape, 0.8, np.float32))[0]
+    assert np.abs(moved["agent_pos"] - obs["agent_pos"]).max() > 1e-3  # the arm answers an action
+    env.close(), twin.close()
+    with pytest.raises(ValueError, match="simulates the 'push' task, not 'reacher'"):
+        gym.make("wm_sim/Reacher-v0", checkpoint="shipped:push")
+
+
 def test_a_checkpoint_of_nan_weights_does_not_make_an_env(tiny_model_path, tmp_path):
 
     copy = tmp_path / "model"

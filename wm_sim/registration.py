@@ -16,6 +16,7 @@ PHYSICS_TWIN_IDS: dict[str, str] = {
 # id refuses another task's checkpoint; WorldModel-v0 takes any (checkpoint=PATH).
 WORLD_MODEL_IDS: dict[str, tuple[str, str | None]] = {
     "wm_sim/Reacher-v0": ("shipped:reacher", "reacher"),
+    "wm_sim/Push-v0": ("shipped:push", "push"),
     "wm_sim/WorldModel-v0": ("shipped:reacher", None),
 }
 
