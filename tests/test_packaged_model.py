@@ -122,3 +122,24 @@ def test_a_package_carries_a_model_card_naming_its_data_and_training_command(pac
     collection = meta["dataset"]["collection"]
     assert f"wm-sim collect task=reacher policy={collection['policy']} episodes={meta['dataset']['num_episodes']}" in card
     assert "It took " in card and "Not evaluated when packaged" in card
+
+
+def test_a_model_card_says_no_unless_every_metric_beats_copy_last_and_reports_object_motion():
+    from wm_sim.model_card import _metrics_table
+
+    metrics = {
+        "horizons": ["1"],
+        "metrics": {"psnr": {"model": {"1": 30.0}, "copy_last": {"1": 29.0}}},
+        "model_beats_copy_last_at_every_horizon": {"psnr": True, "ssim": False},
+        "object_motion": {
+            "model": {
+                "motion_horizon": 64, "episodes_moved": 20, "episodes_still": 40,
+                "agreement_when_moved": 0.55, "agreement_when_still": 0.85,
+            }
+        },
+    }  # fmt: skip
+    text = "\n".join(_metrics_table(metrics))
+    assert "Beats copy-last at every horizon: no." in text
+    assert "moves when MuJoCo's moves in 0.55 of 20 episodes, and stays when it stays in 0.85 of 40" in text
+    metrics["model_beats_copy_last_at_every_horizon"] = {"psnr": True, "ssim": True}
+    assert "Beats copy-last at every horizon: yes." in "\n".join(_metrics_table(metrics))

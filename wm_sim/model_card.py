@@ -114,8 +114,18 @@ def _metrics_table(metrics: dict) -> list[str]:
         cells = [f"{_fmt(model.get(h))} / {_fmt(copy.get(h))}" for h in horizons]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     beats = metrics.get("model_beats_copy_last_at_every_horizon")
+    if isinstance(beats, dict):  # per metric (PSNR, SSIM); older reports held one bool
+        beats = bool(beats) and all(beats.values())
     if beats is not None:
         lines += ["", f"Beats copy-last at every horizon: {'yes' if beats else 'no'}."]
+    motion = metrics.get("object_motion", {}).get("model")
+    if motion and motion.get("episodes_moved", 0) + motion.get("episodes_still", 0) > 0:
+        lines += [
+            "",
+            f"The task object, over the first {motion['motion_horizon']} frames: it moves when MuJoCo's "
+            f"moves in {_fmt(motion['agreement_when_moved'])} of {motion['episodes_moved']} episodes, and "
+            f"stays when it stays in {_fmt(motion['agreement_when_still'])} of {motion['episodes_still']}.",
+        ]
     return lines
 
 
