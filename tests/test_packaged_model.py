@@ -125,8 +125,9 @@ def test_a_package_carries_a_model_card_naming_its_data_and_training_command(pac
 
 
 def test_a_model_card_says_no_unless_every_metric_beats_copy_last_and_reports_object_motion():
-    from wm_sim.model_card import _metrics_table
+    from wm_sim.model_card import model_card
 
+    meta = json.loads((resolve_checkpoint("shipped:push") / "meta.json").read_text())
     metrics = {
         "horizons": ["1"],
         "metrics": {"psnr": {"model": {"1": 30.0}, "copy_last": {"1": 29.0}}},
@@ -138,8 +139,8 @@ def test_a_model_card_says_no_unless_every_metric_beats_copy_last_and_reports_ob
             }
         },
     }  # fmt: skip
-    text = "\n".join(_metrics_table(metrics))
+    text = model_card(meta, metrics, "push")
     assert "Beats copy-last at every horizon: no." in text
     assert "moves when MuJoCo's moves in 0.55 of 20 episodes, and stays when it stays in 0.85 of 40" in text
     metrics["model_beats_copy_last_at_every_horizon"] = {"psnr": True, "ssim": True}
-    assert "Beats copy-last at every horizon: yes." in "\n".join(_metrics_table(metrics))
+    assert "Beats copy-last at every horizon: yes." in model_card(meta, metrics, "push")
