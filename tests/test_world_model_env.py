@@ -297,7 +297,8 @@ def test_the_shipped_push_model_is_an_env_of_its_twins_spaces_that_refuses_to_be
     obs, _ = env.reset(seed=0)
     moved = env.step(np.full(env.action_space.shape, 0.8, np.float32))[0]
     assert np.abs(moved["agent_pos"] - obs["agent_pos"]).max() > 1e-3  # the arm answers an action
-    env.close(), twin.close()
+    env.close()
+    twin.close()
     with pytest.raises(ValueError, match="simulates the 'push' task, not 'reacher'"):
         gym.make("wm_sim/Reacher-v0", checkpoint="shipped:push")
 
