@@ -121,6 +121,7 @@ TOP_VIEW = CameraSpec(
     thickness={"link0": LINK_DRAWN, "link1": LINK_DRAWN, "root": 1.5},
 )
 # Obliquely from one corner, styled as the top view: the puck's and the finger's height shows.
+TOP_VIEW_FOVY = 45.0  # degrees: MuJoCo's default vertical field of view, which _xml keeps
 SIDE_VIEW = replace(TOP_VIEW, lookat=(0.0, 0.0, 0.0), distance=0.72, azimuth=45.0, elevation=-45.0)
 CAMERAS = {"top": TOP_VIEW, "side": SIDE_VIEW}
 
@@ -198,6 +199,32 @@ class PushTask(ArmTask):
         return push_expert(
             self.data.qpos[self._arm_qpos], self.data.qvel[self._arm_dofs], self.puck(), self.goal()
         )
+
+
+def table_point(pixel: np.ndarray, image_size: int, height: float = 0.0) -> np.ndarray:
+    """The table-plane (x, y), (..., 2), of a point `height` above the table that the top view
+    shows at (row, column) `pixel` (..., 2) of a square frame: how a frame's object centre becomes
+    a position a controller can use. The view looks straight down with +x to the right and +y up;
+    a raised point is nearer the camera, so it spans fewer metres per pixel."""
+    pixel = np.asarray(pixel, dtype=np.float64)
+    metres = 2.0 * (TOP_VIEW.distance - height) * np.tan(np.radians(TOP_VIEW_FOVY) / 2) / image_size
+    centre = (image_size - 1) / 2
+    x = TOP_VIEW.lookat[0] + (pixel[..., 1] - centre) * metres
+    y = TOP_VIEW.lookat[1] - (pixel[..., 0] - centre) * metres
+    return np.stack([x, y], axis=-1)
+
+
+def puck_in_frames(frames: np.ndarray) -> np.ndarray:
+    """The puck's table-plane centre (B, 2) as top-view frames (B, S, S, 3) uint8 show it (read
+    from its colour, its top face's height); NaN where a frame shows too little of it."""
+    import torch
+
+    from wm_sim.metrics import object_centre
+
+    frames = np.asarray(frames)
+    pixels = torch.from_numpy(frames).float() / 255.0
+    centre = object_centre(pixels, TASK_SPECS["push"].object_rgb).numpy()
+    return table_point(centre, frames.shape[-2], height=2 * PUCK_HALF_HEIGHT)
 
 
 def sample_start(

@@ -10,7 +10,8 @@
     outputs/policies/run   a saved policy: a run directory (its `last`) or one checkpoint
 
 Scripted experts read the physics, which imagination does not have: in the world model, reacher's
-expert is its observation-only twin (ReacherGoalExpert), given the target seen at the start.
+expert is its observation-only twin (ReacherGoalExpert), given the target seen at the start, and
+push's reads the puck off each frame (PushFrameExpert).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ def make_policy(ref: str, setting: Setting) -> Policy:
     from wm_sim.policies.scripted import (
         ExpertPolicy,
         NoisyPolicy,
+        PushFrameExpert,
         RandomPolicy,
         ReacherGoalExpert,
         ZeroPolicy,
@@ -69,6 +71,8 @@ def make_policy(ref: str, setting: Setting) -> Policy:
             expert: Policy = ExpertPolicy(setting.tasks)
         elif setting.task == "reacher" and setting.goals is not None:
             expert = ReacherGoalExpert(setting.goals)
+        elif setting.task == "push" and setting.goals is not None:
+            expert = PushFrameExpert(setting.goals)
         else:
             raise WmSimError(
                 f"task {setting.task!r} has no expert that acts without the physics state; "

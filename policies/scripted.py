@@ -2,7 +2,8 @@
 
 The expert reads the physics state, so these policies hold the tasks they act in; that is fine
 for collection and for the reference return, and the reason they cannot drive a world model.
-ReacherGoalExpert is the exception: it reads only agent_pos and a goal fixed at the start.
+ReacherGoalExpert and PushFrameExpert are the exceptions: they read only observations (and a goal
+fixed at the start), so they drive a world model too.
 """
 
 from __future__ import annotations
@@ -84,6 +85,38 @@ class ReacherGoalExpert(Policy):
         return np.stack(
             [reacher_expert(s[:2].copy(), s[2:], goal) for s, goal in zip(state, self.goals, strict=True)]
         ).astype(np.float32)
+
+
+class PushFrameExpert(Policy):
+    """Push's expert acting on observations alone: agent_pos, the goal known at the start, and the
+    puck where the (imagined or real) top-view frame shows it.
+
+    The puck moves, so unlike reacher's target it is read off every frame, by its colour. Where a
+    frame shows too little of it (the arm passes over it), the last place seen stands in. In
+    MuJoCo it acts as ExpertPolicy up to the few millimetres a 64x64 frame resolves.
+    """
+
+    def __init__(self, goals: np.ndarray):
+        self.goals = np.asarray(goals, dtype=np.float64).reshape(-1, 2)  # (num_envs, 2)
+        self.num_envs, self.action_dim = len(self.goals), 2
+        self._puck = np.full((self.num_envs, 2), np.nan)  # last seen, per row
+
+    def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        from wm_sim.envs.push import puck_in_frames, push_expert
+
+        pixels = obs["pixels"]
+        frames = pixels["top"] if isinstance(pixels, dict) else pixels
+        seen = puck_in_frames(frames)
+        self._puck = np.where(np.isnan(seen), self._puck, seen)
+        state = np.asarray(obs["agent_pos"], dtype=np.float64).reshape(self.num_envs, 4)
+        actions = np.zeros((self.num_envs, 2), np.float32)
+        for i, (s, puck, goal) in enumerate(zip(state, self._puck, self.goals, strict=True)):
+            if not np.isnan(puck).any():  # never seen yet: stand still
+                actions[i] = push_expert(s[:2].copy(), s[2:], puck, goal)
+        return actions
+
+    def reset(self, mask: np.ndarray | None = None, seeds: list[int] | None = None) -> None:
+        self._puck[_rows(mask, self.num_envs)] = np.nan
 
 
 class NoisyPolicy(Policy):

@@ -88,6 +88,29 @@ def test_named_policies_and_their_bad_names():
         make_policy("expert", pusher)
 
 
+def test_push_expert_in_imagination_follows_the_puck_the_frame_shows():
+    """Without physics, push's expert reads the puck off each frame: moving the puck in the
+    frame changes the action, and a frame that loses it keeps the last place seen."""
+    import mujoco
+    from wm_sim.envs.catalog import make_task
+
+    task = make_task("push")
+    obs = task.reset(3)
+    setting = Setting(task="push", num_envs=1, action_dim=2, image_size=64, state_dim=4, goals=task.goal()[None])
+    expert = make_policy("expert", setting)
+    batch = {key: value[None] for key, value in obs.items()}
+    np.testing.assert_allclose(expert.act(batch)[0], task.expert_action(), atol=0.15)
+    task.data.qpos[task._puck_qpos : task._puck_qpos + 2] = -task.puck()  # across the shoulder
+    mujoco.mj_forward(task.model, task.data)
+    moved = {"pixels": task.render()[None], "agent_pos": batch["agent_pos"]}
+    lost = {"pixels": np.zeros_like(moved["pixels"]), "agent_pos": batch["agent_pos"]}
+    before = expert.act(batch)
+    after = expert.act(moved)
+    assert not np.allclose(after, before, atol=0.05)
+    np.testing.assert_array_equal(expert.act(lost), after)
+    task.close()
+
+
 def test_zero_stands_still_in_physics_and_in_imagination():
     from wm_sim.envs.catalog import make_task
 

@@ -12,7 +12,8 @@ import pytest
 from colours import count_colour
 from gymnasium.utils.env_checker import check_env
 from wm_sim.envs import make_task
-from wm_sim.envs.push import MIN_SEPARATION, PUCK_REACH, SUCCESS_DISTANCE
+from wm_sim.envs.push import MIN_SEPARATION, PUCK_REACH, SUCCESS_DISTANCE, TOP_VIEW_FOVY, puck_in_frames
+from wm_sim.policies.scripted import PushFrameExpert
 
 from wm_sim.errors import WmSimError
 
@@ -171,6 +172,33 @@ def test_expert_gets_the_puck_onto_the_goal_in_nine_episodes_of_ten():
         successes.append(result.success)
     task.close()
     assert np.mean(successes) >= 0.9
+
+
+def test_the_puck_read_off_the_top_frame_is_where_the_physics_has_it(task):
+    assert float(task.model.vis.global_.fovy) == TOP_VIEW_FOVY  # what table_point assumes
+    for seed in range(6):
+        obs = task.reset(seed)
+        read = puck_in_frames(obs["pixels"][None])[0]
+        assert np.linalg.norm(read - task.puck()) < 0.005, (seed, read, task.puck())  # < 0.6 pixel
+    _place_puck(task, (0.5, 0.5))  # outside the arena's view: not shown, so not read
+    assert np.isnan(puck_in_frames(task.render()[None])).all()
+
+
+def test_the_frame_reading_expert_pushes_the_puck_home_in_physics():
+    """The expert twin that can drive a world model (it reads the puck off the frames, not the
+    physics) gets the puck onto the goal in MuJoCo too."""
+    task = make_task("push")
+    successes = []
+    for seed in range(5):
+        obs = task.reset(1000 + seed)
+        policy = PushFrameExpert(task.goal()[None])
+        for _ in range(task.episode_steps):
+            batch = {key: value[None] for key, value in obs.items()}
+            result = task.step(policy.act(batch)[0])
+            obs = result.obs
+        successes.append(result.success)
+    task.close()
+    assert np.mean(successes) >= 0.8
 
 
 def test_a_heavier_puck_slides_less_from_the_same_kick():

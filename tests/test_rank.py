@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from wm_sim.errors import WmSimError
-from wm_sim.rank import RankConfig, average_ranks, mmrv, rank, spearman
+from wm_sim.rank import RankConfig, average_ranks, default_population, mmrv, rank, spearman
 
 
 def test_rank_statistics_on_known_orders():
@@ -33,3 +33,10 @@ def test_rank_orders_a_tiny_population(tiny_model_path, tmp_path):
     assert (tmp_path / "rank" / "rank.png").stat().st_size > 0
     with pytest.raises(WmSimError, match="at least 3 distinct"):
         rank(RankConfig(policies=["random", "random", "expert"], checkpoint=str(tiny_model_path)))
+
+
+def test_the_default_population_is_the_tasks_own():
+    reacher, push = default_population("reacher"), default_population("push")
+    assert reacher[-1] == "shipped:reacher" and "expert" in reacher and "random" in reacher
+    assert not any(ref.startswith("shipped:") and ref != "shipped:push" for ref in push)
+    assert push[: len(reacher) - 1] == reacher[:-1]  # the same noise ladder

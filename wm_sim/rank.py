@@ -21,9 +21,10 @@ from wm_sim.errors import WmSimError
 from wm_sim.media import save_figure
 from wm_sim.verify import Harness, pearson
 
-# Spread-out quality without any training: random, the expert under five noise scales, the expert,
-# and the shipped imagination-trained policy. docs/policies.md ("Ranking policies") adds training checkpoints.
-DEFAULT_POPULATION = [
+# Spread-out quality without any training: random, the expert under five noise scales and the
+# expert; then the task's shipped imagination-trained policy where wm-sim packages one.
+# docs/policies.md ("Ranking policies") adds training checkpoints.
+NOISE_LADDER = [
     "random",
     "noisy_expert:1.0",
     "noisy_expert:0.6",
@@ -31,8 +32,18 @@ DEFAULT_POPULATION = [
     "noisy_expert:0.25",
     "noisy_expert:0.1",
     "expert",
-    "shipped:reacher",
 ]
+
+
+def default_population(task: str) -> list[str]:
+    """The noise ladder, and `shipped:<task>` where a policy for the task is packaged."""
+    from wm_sim.policies.saved import resolve_policy
+
+    try:
+        resolve_policy(f"shipped:{task}")
+    except WmSimError:
+        return list(NOISE_LADDER)
+    return [*NOISE_LADDER, f"shipped:{task}"]
 
 
 @dataclass
@@ -40,7 +51,8 @@ class RankConfig:
     """Options of `wm-sim rank`."""
 
     policies: list[str] = field(
-        default_factory=lambda: list(DEFAULT_POPULATION), metadata={"help": "policies to rank, [a,b,...]"}
+        default_factory=list,
+        metadata={"help": "policies to rank, [a,b,...]; empty: the task's noisy experts and shipped policy"},
     )
     task: str = field(default="reacher", metadata={"help": "the MuJoCo task"})
     checkpoint: str = field(default="", metadata={"help": "world model; empty: shipped:<task>"})
@@ -81,7 +93,7 @@ def rank(cfg: RankConfig) -> dict:
     from wm_sim.policies.catalog import describe
 
     started = time.perf_counter()
-    policies = list(cfg.policies)
+    policies = list(cfg.policies) or default_population(cfg.task)
     if len(policies) < 3 or len(set(policies)) != len(policies):
         raise WmSimError(f"rank needs at least 3 distinct policies, got {policies}")
     if cfg.episodes < 1 or cfg.batch < 1:
