@@ -6,6 +6,8 @@
     noisy_expert:0.3       the expert plus Gaussian action noise of that scale
     cem, cem:horizon=8     the sampling-based planner over world-model forks (options after the colon;
                            on the command line quote them: "policy='cem:horizon=8,population=16'")
+    cem_stream             the same search through the world model's streaming step, for tasks
+                           whose latent model holds no object (push); slower
     shipped:reacher        the imagination-trained policy packaged with wm-sim
     outputs/policies/run   a saved policy: a run directory (its `last`) or one checkpoint
 
@@ -26,7 +28,7 @@ from wm_sim.policies.base import Policy
 
 from wm_sim.errors import WmSimError
 
-NAMED = ("random", "zero", "expert", "noisy_expert", "cem")
+NAMED = ("random", "zero", "expert", "noisy_expert", "cem", "cem_stream")
 
 
 @dataclass
@@ -91,6 +93,11 @@ def make_policy(ref: str, setting: Setting) -> Policy:
         from wm_sim.policies.planner import CEMConfig, CEMPlanner
 
         return CEMPlanner(setting.world_model, setting.num_envs, CEMConfig.parse(options), seed=setting.seed)
+    if name == "cem_stream":
+        from wm_sim.policies.stream_planner import StreamCEMConfig, StreamPlanner
+
+        config = StreamCEMConfig.parse(options)
+        return StreamPlanner(setting.world_model, setting.num_envs, config, seed=setting.seed)
     from wm_sim.policies.saved import load_policy
 
     policy, meta = load_policy(ref, num_envs=setting.num_envs, seed=setting.seed)

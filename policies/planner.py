@@ -10,6 +10,7 @@ first action of the final mean, and shifts the plan by one step to warm-start th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -81,24 +82,41 @@ class CEMPlanner(Policy):
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        c, r, a = self.config, self.num_envs, self.action_dim
-        p = c.population
+        r, p, h, a = self.num_envs, self.config.population, self.config.horizon, self.action_dim
         goal = self.model.goal(torch.as_tensor(observed_frames(obs["pixels"])))  # (R, 2)
         state = torch.as_tensor(np.asarray(obs["agent_pos"], dtype=np.float32))  # (R, D)
         scenes, starts = goal.repeat_interleave(p, 0), state.repeat_interleave(p, 0)
-        mean, std = self._plan.clone(), torch.full_like(self._plan, c.init_std)  # (R, H, A)
-        best, best_return = self._plan.clone(), torch.full((r,), -torch.inf)
-        for _ in range(c.iterations):
-            noise = torch.randn(r, p, c.horizon, a, generator=self._generator)
-            candidates = (mean[:, None] + std[:, None] * noise).clamp(-1.0, 1.0)  # (R, P, H, A)
-            candidates[:, 0] = best  # the best plan so far always competes
-            returns = self.model.returns(scenes, starts, candidates.reshape(r * p, c.horizon, a)).view(r, p)
-            top = returns.topk(c.elites, dim=1)  # (R, E)
-            elites = torch.take_along_dim(candidates, top.indices[:, :, None, None], dim=1)
-            mean, std = elites.mean(dim=1), elites.std(dim=1).clamp(min=c.min_std)
-            better = top.values[:, 0] > best_return
-            best[better], best_return[better] = elites[better, 0], top.values[better, 0]
-        # the sequence with the highest imagined return, not the elites' mean: a mean of good
-        # sequences can be a poor one (it pays for their spread in control cost)
+
+        def returns_of(candidates: torch.Tensor) -> torch.Tensor:
+            return self.model.returns(scenes, starts, candidates.reshape(r * p, h, a)).view(r, p)
+
+        best = cem_search(returns_of, self._plan, self.config, self._generator)
         self._plan = torch.cat([best[:, 1:], torch.zeros_like(best[:, :1])], dim=1)
         return best[:, 0].numpy().astype(np.float32)
+
+
+def cem_search(
+    returns_of: Callable[[torch.Tensor], torch.Tensor],
+    warm: torch.Tensor,
+    config: CEMConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The action sequences (R, H, A) with the highest imagined return the cross-entropy method
+    finds, starting from `warm` (R, H, A); `returns_of` scores candidates (R, P, H, A) -> (R, P).
+
+    The best sequence found, not the elites' mean: a mean of good sequences can be a poor one (it
+    pays for their spread in control cost)."""
+    c, (r, _, a) = config, warm.shape
+    mean, std = warm.clone(), torch.full_like(warm, c.init_std)  # (R, H, A)
+    best, best_return = warm.clone(), torch.full((r,), -torch.inf)
+    for _ in range(c.iterations):
+        noise = torch.randn(r, c.population, c.horizon, a, generator=generator)
+        candidates = (mean[:, None] + std[:, None] * noise).clamp(-1.0, 1.0)  # (R, P, H, A)
+        candidates[:, 0] = best  # the best plan so far always competes
+        returns = returns_of(candidates)
+        top = returns.topk(c.elites, dim=1)  # (R, E)
+        elites = torch.take_along_dim(candidates, top.indices[:, :, None, None], dim=1)
+        mean, std = elites.mean(dim=1), elites.std(dim=1).clamp(min=c.min_std)
+        better = top.values[:, 0] > best_return
+        best[better], best_return[better] = elites[better, 0], top.values[better, 0]
+    return best

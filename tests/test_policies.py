@@ -159,6 +159,45 @@ def test_the_planner_plans_in_latent_space_and_beats_the_zero_sequence_it_starts
     assert not planner._plan[0].any() and planner._plan[1].any()  # a reset forgets that row's plan
 
 
+def test_the_stream_planner_searches_through_the_streaming_step_and_replans_on_schedule(tiny_model_path):
+    """The planner for models without a latent model: it streams the real frames it has seen
+    into the cache, finds a plan whose imagined return beats the poor one it starts from, and
+    searches again only every `replan` frames."""
+    import torch
+    from wm_sim.policies.stream_planner import StreamCEMConfig, StreamPlanner
+
+    config = StreamCEMConfig.parse("horizon=3,population=8,elites=2,iterations=2,context=2,repeat=2,replan=3")
+    planner = StreamPlanner(str(tiny_model_path), num_envs=2, config=config, seed=0)
+    planner._plan = torch.ones_like(planner._plan)  # full throttle: a large control cost
+    searches, rewards = [], []
+    search, step = planner._search, planner.engine.step
+    planner._search = lambda: (searches.append(len(planner._frames)), search())[1]
+    planner.engine.step = lambda actions: (out := step(actions), rewards.append(out.reward.view(2, -1)))[0]
+    for t in range(7):
+        action = planner.act(random_obs(2, seed=t))
+        assert action.shape == (2, 2) and action.dtype == np.float32 and np.all(np.abs(action) <= 1)
+    assert searches == [1, 2, 2]  # at frames 0, 3 and 6, with at most `context` real frames streamed in
+    # in the first search, the last iteration's first candidate (the best plan found) earns at
+    # least what the first iteration's first candidate (the full-throttle start) earned
+    frames = config.horizon * config.repeat
+    started = torch.stack(rewards[:frames]).sum(0)[:, 0]
+    found = torch.stack(rewards[frames : 2 * frames]).sum(0)[:, 0]
+    assert torch.all(found >= started), (found, started)
+    planner.reset()
+    assert planner._left == 0 and not planner._frames and not planner._plan.any()
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [("replan=17", "cannot exceed the plan"), ("context=0", "at least 1"), ("elites=40", "cannot exceed population")],
+)
+def test_stream_planner_options_out_of_range_are_one_clear_error(options, match):
+    from wm_sim.policies.stream_planner import StreamCEMConfig
+
+    with pytest.raises(WmSimError, match=match):
+        StreamCEMConfig.parse(options)
+
+
 @pytest.mark.parametrize(
     "options, match",
     [
