@@ -70,9 +70,8 @@ class StreamPlanner(Policy):
         self.engine = ImaginationEngine(model, num_envs * config.population, episode_steps=None)
         self._generator = torch.Generator().manual_seed(seed)
         self._plan = torch.zeros(num_envs, config.horizon, self.action_dim)
-        self._due = torch.zeros(
-            num_envs, config.horizon * config.repeat, self.action_dim
-        )  # frames to execute
+        # the frames of the last plan to execute, each planned action held `repeat` of them
+        self._due = torch.zeros(num_envs, config.horizon * config.repeat, self.action_dim)
         self._left = 0  # frames of _due not executed yet
         self._frames: list[torch.Tensor] = []  # the last real frames (R, *frame_shape), oldest first
         self._states: list[torch.Tensor] = []
