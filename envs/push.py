@@ -120,8 +120,8 @@ TOP_VIEW = CameraSpec(
     },
     thickness={"link0": LINK_DRAWN, "link1": LINK_DRAWN, "root": 1.5},
 )
-# Obliquely from one corner, styled as the top view: the puck's and the finger's height shows.
 TOP_VIEW_FOVY = 45.0  # degrees: MuJoCo's default vertical field of view, which _xml keeps
+# Obliquely from one corner, styled as the top view: the puck's and the finger's height shows.
 SIDE_VIEW = replace(TOP_VIEW, lookat=(0.0, 0.0, 0.0), distance=0.72, azimuth=45.0, elevation=-45.0)
 CAMERAS = {"top": TOP_VIEW, "side": SIDE_VIEW}
 

@@ -93,7 +93,8 @@ class PushFrameExpert(Policy):
 
     The puck moves, so unlike reacher's target it is read off every frame, by its colour. Where a
     frame shows too little of it (the arm passes over it), the last place seen stands in. In
-    MuJoCo it acts as ExpertPolicy up to the few millimetres a 64x64 frame resolves.
+    MuJoCo it acts as ExpertPolicy up to the few millimetres a 64x64 frame resolves. A single
+    camera's frames are taken to be the top view (push's first camera).
     """
 
     def __init__(self, goals: np.ndarray):
@@ -104,9 +105,12 @@ class PushFrameExpert(Policy):
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         from wm_sim.envs.push import puck_in_frames, push_expert
 
-        pixels = obs["pixels"]
-        frames = pixels["top"] if isinstance(pixels, dict) else pixels
-        seen = puck_in_frames(frames)
+        pixels = obs["pixels"]  # one camera's frames, or a dict of them by camera
+        if isinstance(pixels, dict) and "top" not in pixels:
+            raise WmSimError(
+                f"push's frame expert reads the top camera; the observation has {sorted(pixels)}"
+            )
+        seen = puck_in_frames(pixels["top"] if isinstance(pixels, dict) else pixels)
         self._puck = np.where(np.isnan(seen), self._puck, seen)
         state = np.asarray(obs["agent_pos"], dtype=np.float64).reshape(self.num_envs, 4)
         actions = np.zeros((self.num_envs, 2), np.float32)

@@ -108,6 +108,8 @@ def test_push_expert_in_imagination_follows_the_puck_the_frame_shows():
     after = expert.act(moved)
     assert not np.allclose(after, before, atol=0.05)
     np.testing.assert_array_equal(expert.act(lost), after)
+    with pytest.raises(WmSimError, match=r"reads the top camera; the observation has \['side'\]"):
+        expert.act({"pixels": {"side": moved["pixels"]}, "agent_pos": batch["agent_pos"]})
     task.close()
 
 
