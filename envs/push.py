@@ -14,7 +14,7 @@ from dataclasses import replace
 import mujoco
 import numpy as np
 from wm_sim.envs.catalog import TASK_SPECS
-from wm_sim.envs.rendering import CameraSpec
+from wm_sim.envs.rendering import CameraSpec, metres_per_pixel
 from wm_sim.envs.task import ArmTask
 
 from wm_sim.errors import WmSimError
@@ -207,7 +207,7 @@ def table_point(pixel: np.ndarray, image_size: int, height: float = 0.0) -> np.n
     a position a controller can use. The view looks straight down with +x to the right and +y up;
     a raised point is nearer the camera, so it spans fewer metres per pixel."""
     pixel = np.asarray(pixel, dtype=np.float64)
-    metres = 2.0 * (TOP_VIEW.distance - height) * np.tan(np.radians(TOP_VIEW_FOVY) / 2) / image_size
+    metres = metres_per_pixel(TOP_VIEW, TOP_VIEW_FOVY, image_size, height)
     centre = (image_size - 1) / 2
     x = TOP_VIEW.lookat[0] + (pixel[..., 1] - centre) * metres
     y = TOP_VIEW.lookat[1] - (pixel[..., 0] - centre) * metres

@@ -32,6 +32,13 @@ class CameraSpec:
     headlight: tuple[float, float] = (0.5, 0.5)
 
 
+def metres_per_pixel(spec: CameraSpec, fovy_degrees: float, image_size: int, height: float = 0.0) -> float:
+    """What one pixel spans, in metres, on a plane `height` above the lookat point, for a camera
+    looking straight down (elevation -90) with vertical field of view `fovy_degrees`: the plane
+    spans 2 d tan(fovy / 2) over the image, d its distance from the camera."""
+    return 2.0 * (spec.distance - height) * float(np.tan(np.radians(fovy_degrees) / 2)) / image_size
+
+
 class OffscreenCamera:
     """Renders (H, W, 3) uint8 frames of `model`/`data` from one CameraSpec."""
 

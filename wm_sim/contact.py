@@ -39,6 +39,7 @@ def top_camera_scale(task: str, camera: str, image_size: int) -> float | None:
     """Centimetres per pixel on the table plane, for a task camera looking straight down; None
     for other views and for tasks without a camera of ours (positions are then not measured)."""
     from wm_sim.envs.catalog import TASK_SPECS, make_task
+    from wm_sim.envs.rendering import metres_per_pixel
 
     if task not in TASK_SPECS:
         return None
@@ -47,9 +48,8 @@ def top_camera_scale(task: str, camera: str, image_size: int) -> float | None:
         spec = built.camera_spec(camera)
         if not math.isclose(spec.elevation, -90.0):
             return None
-        fovy = math.radians(float(built.model.vis.global_.fovy))
-        # the lookat point lies on the table: its plane spans 2 d tan(fovy / 2) over the image
-        return 100.0 * 2.0 * spec.distance * math.tan(fovy / 2) / image_size
+        # the lookat point lies on the table
+        return 100.0 * metres_per_pixel(spec, float(built.model.vis.global_.fovy), image_size)
     finally:
         built.close()
 
