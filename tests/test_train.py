@@ -107,6 +107,34 @@ def test_the_state_transition_is_fitted_again_on_its_own_rollouts_up_front(reach
     assert any(not torch.equal(first[k], second[k]) for k in first)
 
 
+def test_a_run_killed_after_its_up_front_fits_resumes_without_fitting_them_again(
+    reacher_store_path, tmp_path, monkeypatch
+):
+    common = dict(model=tiny_architecture(transition=True), steps=2, transition_steps=20, val_fraction=0.5)
+    straight = train(run_config(reacher_store_path, tmp_path / "straight", **common))
+    real = train_module.save_model_checkpoint
+
+    def die_after_step_0(run_dir, step, *args, **kwargs):
+        real(run_dir, step, *args, **kwargs)
+        if step == 0:
+            raise KeyboardInterrupt  # killed after the fits, before the first training step
+
+    monkeypatch.setattr(train_module, "save_model_checkpoint", die_after_step_0)
+    with pytest.raises(KeyboardInterrupt):
+        train(run_config(reacher_store_path, tmp_path / "resumed", **common))
+    monkeypatch.setattr(train_module, "save_model_checkpoint", real)
+    assert os.readlink(tmp_path / "resumed" / LAST) == "step-0000000"
+    assert load_checkpoint(tmp_path / "resumed")[1]["fitted_up_front"] == ["transition"]
+
+    def no_refit(*args, **kwargs):
+        raise AssertionError("the resume fitted the state transition again")
+
+    monkeypatch.setattr(train_module, "fit_transition", no_refit)
+    resumed = train(run_config(reacher_store_path, tmp_path / "resumed", resume="auto", **common))
+    _same_weights(straight, resumed)
+    assert sorted(p.name for p in straight.iterdir()) == [LAST, "step-0000000", "step-0000002"]
+
+
 def _interrupted_after_step_2(data, out, monkeypatch) -> None:
     """Run to 4 steps, but die right after writing the step-2 checkpoint."""
     real = train_module.save_model_checkpoint

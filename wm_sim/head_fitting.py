@@ -115,6 +115,8 @@ def fit_up_front(
         optimiser.step()
         if step % 100 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{loss.item():.5f}")
+    # no gradient outlives the fit: a stale one would count in the next trainer's clipping norm
+    optimiser.zero_grad(set_to_none=True)
     return loss.item()
 
 

@@ -168,6 +168,9 @@ def train(cfg: TrainConfig) -> Path:
     bar = tqdm(total=cfg.steps, initial=step, desc="train", unit="step", disable=not job.is_main)
     started, seen = time.perf_counter(), 0
     try:
+        if job.is_main and not resuming and run_meta["fitted_up_front"]:  # a resume starts after them
+            run_meta["seconds"] = round(spent + time.perf_counter() - began, 1)
+            save_model_checkpoint(run_dir, 0, model, optimiser, rng, run_meta, contexts)
         while step < cfg.steps:
             set_lr(optimiser, step, cfg.steps)
             picks = rng.integers(0, len(train_set), fit.batch_size)
@@ -429,19 +432,23 @@ def _start(
     if resume_from is None:
         model, saved = initial_model(cfg.init, config, store, train_episodes)
         model.to(device)
+        fitted = []  # the parts fitted up front, recorded so a step-0 checkpoint spares a resume them
         if model.transition is not None and (
             cfg.training.refit_transition or not (saved and saved.transition)
         ):
             _fit_transition(model, store, train_episodes, cfg)
+            fitted.append("transition")
         if model.reward_head is not None and not (saved and saved.frame_reward):
             fit_frame_reward(model, store, train_episodes, cfg.training.reward_fit_steps, cfg.seed)
+            fitted.append("frame_reward")
         if model.scene_reward is not None and not (saved and saved.scene_reward):
             fit = cfg.training
             fit_scene_reward(
                 model, store, train_episodes, fit.scene_reward_steps, fit.scene_goal_steps, cfg.seed
             )
+            fitted.append("scene_reward")
         _freeze(model, cfg.training)
-        return model, _optimiser(model, cfg.training), 0, rng, run_meta
+        return model, _optimiser(model, cfg.training), 0, rng, {**run_meta, "fitted_up_front": fitted}
     model, meta = load_checkpoint(resume_from / LAST)
     if model.config != config:
         raise WmSimError(
@@ -455,7 +462,7 @@ def _start(
     tensors, train_meta = load_train_state(resume_from / LAST)
     restore_training_state(tensors, train_meta, optimiser, rng)
     # the same wandb run continues; the last validation stays on record until the next one
-    kept = {k: meta[k] for k in ("wandb_run_id", "val", "val_step", "seconds") if k in meta}
+    kept = {k: meta[k] for k in ("wandb_run_id", "val", "val_step", "seconds", "fitted_up_front") if k in meta}
     return model, optimiser, int(train_meta["step"]), rng, {**run_meta, **kept}
 
 
