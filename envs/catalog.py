@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,9 @@ class TaskSpec:
     object_rgb: tuple[int, int, int] | None = None
     # keyword options its class takes beyond image_size and cameras (make_task(..., **options))
     options: tuple[str, ...] = ()
+    # "module:function": the task's reward as its observations show it (frames, agent_pos, the
+    # start's goal), for a planner to score imagined frames by (None: the task has none)
+    observed_reward: str | None = None
 
 
 TASK_SPECS: dict[str, TaskSpec] = {
@@ -61,6 +64,7 @@ TASK_SPECS: dict[str, TaskSpec] = {
         description="two-link planar arm pushes a free puck onto a goal disc on a table",
         object_rgb=(83, 255, 108),  # the green puck, as the top camera renders it (median pixel)
         options=("puck_mass", "goal_radius"),
+        observed_reward="wm_sim.envs.push:observed_reward",
     ),
 }
 
@@ -83,6 +87,19 @@ def task_has_expert(name: str) -> bool:
     """Whether task `name` has a scripted expert (Gymnasium ids passed through `gym:` have none)."""
     check_task_name(name)
     return name in TASK_SPECS and TASK_SPECS[name].has_expert
+
+
+def observed_reward(name: str) -> Callable:
+    """Task `name`'s reward read off observations (TaskSpec.observed_reward), or one clear error."""
+    check_task_name(name)
+    entry = TASK_SPECS[name].observed_reward if name in TASK_SPECS else None
+    if entry is None:
+        having = [n for n, spec in TASK_SPECS.items() if spec.observed_reward]
+        raise WmSimError(
+            f"task {name!r} has no reward read off observations; tasks with one: {', '.join(having)}"
+        )
+    module_name, function_name = entry.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 def make_task(

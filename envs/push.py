@@ -188,10 +188,7 @@ class PushTask(ArmTask):
 
     def reward_and_success(self, ctrl: np.ndarray) -> tuple[float, bool, bool]:
         distance = float(np.linalg.norm(self.puck_to_goal()))
-        # the finger's gap to the puck's rim: zero while touching it
-        gap = max(0.0, float(np.linalg.norm(self.puck() - self.finger())) - PUCK_RADIUS - FINGER_RADIUS)
-        action = self.from_ctrl(ctrl)
-        reward = -distance - REACH_WEIGHT * gap - CONTROL_WEIGHT * float(np.square(action).sum())
+        reward = float(push_reward(self.puck(), self.finger(), self.goal(), self.from_ctrl(ctrl)))
         return reward, distance < self.goal_radius, False
 
     def expert_action(self) -> np.ndarray:
@@ -212,6 +209,28 @@ def table_point(pixel: np.ndarray, image_size: int, height: float = 0.0) -> np.n
     x = TOP_VIEW.lookat[0] + (pixel[..., 1] - centre) * metres
     y = TOP_VIEW.lookat[1] - (pixel[..., 0] - centre) * metres
     return np.stack([x, y], axis=-1)
+
+
+def push_reward(puck: np.ndarray, finger: np.ndarray, goal: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """Push's reward (...,) from table-plane points (..., 2) and normalised actions (..., 2): the
+    puck's distance to the goal, the finger's gap to the puck's rim (zero while touching it) as a
+    shaping term, and a small control cost."""
+    distance = np.linalg.norm(goal - puck, axis=-1)
+    gap = np.maximum(0.0, np.linalg.norm(puck - finger, axis=-1) - PUCK_RADIUS - FINGER_RADIUS)
+    return -distance - REACH_WEIGHT * gap - CONTROL_WEIGHT * np.square(action).sum(-1)
+
+
+def observed_reward(
+    frames: np.ndarray, agent_pos: np.ndarray, goal: np.ndarray, action: np.ndarray, last_puck: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Push's reward as observations show it, for frames the physics never made (imagined ones):
+    the puck where top-view frames (B, S, S, 3) uint8 show it (`last_puck` (B, 2) where a frame
+    shows too little of it), the finger from agent_pos's joint angles, the goal known at the start
+    (B, 2). Returns (rewards (B,), the puck used (B, 2))."""
+    seen = puck_in_frames(frames)
+    puck = np.where(np.isnan(seen), last_puck, seen)
+    finger = fingertip(np.asarray(agent_pos, dtype=np.float64)[:, :2])
+    return push_reward(puck, finger, goal, action), puck
 
 
 def puck_in_frames(frames: np.ndarray) -> np.ndarray:
@@ -266,11 +285,10 @@ def _distance_to_segment(point: np.ndarray, a: np.ndarray, b: np.ndarray) -> flo
 
 
 def fingertip(q: np.ndarray) -> np.ndarray:
-    """The finger's position relative to the shoulder, (2,), from joint angles q (2,)."""
+    """The finger's position relative to the shoulder, (..., 2), from joint angles q (..., 2)."""
     l0, l1 = LINK_LENGTHS
-    return np.array(
-        [l0 * np.cos(q[0]) + l1 * np.cos(q[0] + q[1]), l0 * np.sin(q[0]) + l1 * np.sin(q[0] + q[1])]
-    )
+    q0, q01 = q[..., 0], q[..., 0] + q[..., 1]
+    return np.stack([l0 * np.cos(q0) + l1 * np.cos(q01), l0 * np.sin(q0) + l1 * np.sin(q01)], axis=-1)
 
 
 # --- the scripted expert ----------------------------------------------------------------------

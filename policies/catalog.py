@@ -97,7 +97,9 @@ def make_policy(ref: str, setting: Setting) -> Policy:
         from wm_sim.policies.stream_planner import StreamCEMConfig, StreamPlanner
 
         config = StreamCEMConfig.parse(options)
-        return StreamPlanner(setting.world_model, setting.num_envs, config, seed=setting.seed)
+        return StreamPlanner(
+            setting.world_model, setting.num_envs, config, seed=setting.seed, goals=setting.goals
+        )
     from wm_sim.policies.saved import load_policy
 
     policy, meta = load_policy(ref, num_envs=setting.num_envs, seed=setting.seed)

@@ -37,14 +37,14 @@ class CEMConfig:
     @classmethod
     def parse(cls, options: str) -> CEMConfig:
         """`key=value,key=value` -> config; an unknown key or a bad value is one clear error."""
-        known = {f.name for f in fields(cls)}
+        kinds = {f.name: type(f.default) for f in fields(cls)}  # int, float or str, as the default
         values: dict = {}
         for item in filter(None, options.split(",")):
             key, _, value = item.partition("=")
-            if key not in known:
-                raise WmSimError(f"unknown cem option {key!r}; expected some of {sorted(known)}")
+            if key not in kinds:
+                raise WmSimError(f"unknown cem option {key!r}; expected some of {sorted(kinds)}")
             try:
-                values[key] = float(value) if key.endswith("std") else int(value)
+                values[key] = kinds[key](value)
             except ValueError as exc:
                 raise WmSimError(f"cem option {key} must be a number, got {value!r}") from exc
         config = cls(**values)

@@ -26,6 +26,8 @@ from wm_sim.policies.planner import CEMConfig, cem_search
 from wm_sim.data.schema import observed_frames
 from wm_sim.errors import WmSimError
 
+REWARDS = ("model", "task")
+
 
 @dataclass(frozen=True)
 class StreamCEMConfig(CEMConfig):
@@ -40,12 +42,22 @@ class StreamCEMConfig(CEMConfig):
     context: int = 4  # real frames streamed in before the imagined ones
     repeat: int = 2
     replan: int = 4  # frames of a plan executed before the next search
+    # what scores an imagined frame: the model's frame reward, or the task's reward read off the
+    # imagined observation (envs.catalog.observed_reward: push reads its puck by colour)
+    reward: str = "model"
+    # the horizon's last reward counted this many times more: a value of what follows the plan, as
+    # if its end state held (a task far longer than the horizon is otherwise judged on its start)
+    tail: int = 0
 
     @classmethod
     def parse(cls, options: str) -> StreamCEMConfig:
         config = super().parse(options)
+        if config.tail < 0:
+            raise WmSimError(f"cem_stream tail must be >= 0, got {config.tail}")
         if min(config.context, config.repeat, config.replan) < 1:
             raise WmSimError(f"cem_stream options context, repeat, replan must be at least 1, got {config}")
+        if config.reward not in REWARDS:
+            raise WmSimError(f"cem_stream reward must be one of {', '.join(REWARDS)}, got {config.reward!r}")
         if config.replan > config.horizon * config.repeat:
             raise WmSimError(
                 f"cem_stream replan ({config.replan}) cannot exceed the plan's horizon x repeat "
@@ -58,14 +70,31 @@ class StreamPlanner(Policy):
     """Plans by imagined return in the world model's frames; acts from pixels and agent_pos."""
 
     def __init__(
-        self, checkpoint: str, num_envs: int = 1, config: StreamCEMConfig = StreamCEMConfig(), seed: int = 0
+        self,
+        checkpoint: str,
+        num_envs: int = 1,
+        config: StreamCEMConfig = StreamCEMConfig(),
+        seed: int = 0,
+        goals: np.ndarray | None = None,
     ):
+        """`goals` (num_envs, 2): each row's goal, known at the start; reward=task reads them."""
+        from wm_sim.envs.catalog import observed_reward
         from wm_sim.envs.imagination import ImaginationEngine
 
         from wm_sim.checkpoint import load_checkpoint
 
-        model, _ = load_checkpoint(checkpoint)
+        model, meta = load_checkpoint(checkpoint)
         self.config, self.num_envs = config, num_envs
+        self._task_reward = None
+        if config.reward == "task":
+            self._task_reward = observed_reward(meta.get("dataset", {}).get("task", ""))
+            if goals is None or np.shape(goals) != (num_envs, 2):
+                raise WmSimError(
+                    f"cem_stream reward=task needs each env's goal, shape ({num_envs}, 2); got "
+                    + ("none" if goals is None else str(np.shape(goals)))
+                )
+            self._goals = np.repeat(np.asarray(goals, dtype=np.float64), config.population, axis=0)
+            self._puck = np.full((num_envs, 2), np.nan)  # the task object's last place seen, per row
         self.action_dim = model.config.action_dim
         self.engine = ImaginationEngine(model, num_envs * config.population, episode_steps=None)
         self._generator = torch.Generator().manual_seed(seed)
@@ -82,6 +111,8 @@ class StreamPlanner(Policy):
         self._plan.zero_()
         self._left = 0
         self._frames, self._states, self._actions = [], [], []
+        if self._task_reward is not None:
+            self._puck[:] = np.nan
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -110,17 +141,43 @@ class StreamPlanner(Policy):
         self.engine.reset_rows(rows, frames, states, actions.repeat_interleave(p, 0))
         start = self.engine.get_state()
 
+        seen = self._seen_object() if self._task_reward is not None else None
+
         def returns_of(candidates: torch.Tensor) -> torch.Tensor:
             self.engine.set_state(start)
-            total = torch.zeros(r * p)
+            total, last = torch.zeros(r * p), seen
             for t in range(c.horizon):
                 step = candidates[:, :, t].reshape(r * p, a)
                 for _ in range(c.repeat):
-                    total += self.engine.step(step).reward.cpu()
-            return total.view(r, p)
+                    reward, last = self._reward(self.engine.step(step), step, last)
+                    total += reward
+            return (total + c.tail * reward).view(r, p)
 
         best = cem_search(returns_of, self._plan, c, self._generator)
         self._due = best.repeat_interleave(c.repeat, dim=1)  # (R, H * repeat, A)
         self._left = c.replan
         shift = -(-c.replan // c.repeat)  # planned actions used up, rounded up
         self._plan = torch.cat([best[:, shift:], torch.zeros_like(best[:, :shift])], dim=1)
+
+    def _reward(
+        self, out, actions: torch.Tensor, last: np.ndarray | None
+    ) -> tuple[torch.Tensor, np.ndarray | None]:
+        """One imagined step's rewards (R * P,) and where the task object was seen in it."""
+        if self._task_reward is None:
+            return out.reward.cpu(), None
+        frames = out.pixels[:, 0] if out.pixels.dim() == 5 else out.pixels  # the task's view
+        reward, last = self._task_reward(
+            frames.cpu().numpy(), out.agent_pos.cpu().numpy(), self._goals, actions.numpy(), last
+        )
+        return torch.from_numpy(reward).float(), last
+
+    def _seen_object(self) -> np.ndarray:
+        """Where the newest real frame shows the task object, per candidate (R * P, 2): read as the
+        task reads it, the last place seen standing in where the frame hides it."""
+        newest = self._frames[-1].numpy()
+        frames = newest[:, 0] if newest.ndim == 5 else newest  # the first camera: the task's view
+        zero = np.zeros((self.num_envs, 2))
+        goals = self._goals[:: self.config.population]
+        _, puck = self._task_reward(frames, self._states[-1].numpy(), goals, zero, self._puck)
+        self._puck = puck
+        return np.repeat(puck, self.config.population, axis=0)

@@ -96,7 +96,9 @@ def test_push_expert_in_imagination_follows_the_puck_the_frame_shows():
 
     task = make_task("push")
     obs = task.reset(3)
-    setting = Setting(task="push", num_envs=1, action_dim=2, image_size=64, state_dim=4, goals=task.goal()[None])
+    setting = Setting(
+        task="push", num_envs=1, action_dim=2, image_size=64, state_dim=4, goals=task.goal()[None]
+    )
     expert = make_policy("expert", setting)
     batch = {key: value[None] for key, value in obs.items()}
     np.testing.assert_allclose(expert.act(batch)[0], task.expert_action(), atol=0.15)
@@ -189,9 +191,62 @@ def test_the_stream_planner_searches_through_the_streaming_step_and_replans_on_s
     assert planner._left == 0 and not planner._frames and not planner._plan.any()
 
 
+def test_the_stream_planner_scores_imagined_push_frames_by_the_task_reward(tiny_model_path):
+    """reward=task: each imagined frame is scored as push scores a real one (the puck read off it,
+    the finger from agent_pos, the goal known at the start). On the shipped push model the first
+    imagined step's score is MuJoCo's reward for the same action, to the model's error; a model of
+    a task without such a reward, or no goals, is one clear error."""
+    import torch
+    from wm_sim.envs.catalog import make_task
+    from wm_sim.policies.stream_planner import StreamCEMConfig, StreamPlanner
+
+    config = StreamCEMConfig.parse(
+        "reward=task,horizon=1,population=2,elites=1,iterations=1,repeat=1,replan=1,context=2"
+    )
+    task = make_task("push")
+    obs = task.reset(1002)
+    planner = StreamPlanner("shipped:push", num_envs=1, config=config, goals=task.goal()[None])
+    action = np.array([0.6, -0.4], np.float32)
+    for _ in range(2):  # two real frames into its memory, the second after `action`
+        planner._remember({key: value[None] for key, value in obs.items()})
+        obs = task.step(action).obs
+        planner._actions.append(torch.from_numpy(action)[None])
+    planner._remember({key: value[None] for key, value in obs.items()})
+    planner._actions = planner._actions[-1:]
+    seen = planner._seen_object()
+    frames = torch.stack(planner._frames, 1).repeat_interleave(2, 0)
+    states = torch.stack(planner._states, 1).repeat_interleave(2, 0)
+    planner.engine.reset_rows(
+        torch.arange(2), frames, states, torch.stack(planner._actions, 1).repeat(2, 1, 1)
+    )
+    actions = torch.from_numpy(np.stack([action, -action]))
+    imagined, _ = planner._reward(planner.engine.step(actions), actions, seen)
+    true = []
+    for row in range(2):
+        twin = make_task("push")
+        twin.reset(1002)
+        twin.set_physics_state(task.get_physics_state())
+        true.append(twin.step(actions[row].numpy()).reward)
+        twin.close()
+    np.testing.assert_allclose(imagined.numpy(), true, atol=0.01)
+    task.close()
+    with pytest.raises(WmSimError, match="needs each env's goal"):
+        StreamPlanner("shipped:push", num_envs=1, config=config)
+    with pytest.raises(
+        WmSimError, match="task 'reacher' has no reward read off observations; tasks with one: push"
+    ):
+        StreamPlanner(str(tiny_model_path), num_envs=1, config=config, goals=np.zeros((1, 2)))
+
+
 @pytest.mark.parametrize(
     "options, match",
-    [("replan=17", "cannot exceed the plan"), ("context=0", "at least 1"), ("elites=40", "cannot exceed population")],
+    [
+        ("replan=17", "cannot exceed the plan"),
+        ("context=0", "at least 1"),
+        ("elites=40", "cannot exceed population"),
+        ("reward=physics", "reward must be one of model, task, got 'physics'"),
+        ("tail=-1", "tail must be >= 0"),
+    ],
 )
 def test_stream_planner_options_out_of_range_are_one_clear_error(options, match):
     from wm_sim.policies.stream_planner import StreamCEMConfig

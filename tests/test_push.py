@@ -12,7 +12,14 @@ import pytest
 from colours import count_colour
 from gymnasium.utils.env_checker import check_env
 from wm_sim.envs import make_task
-from wm_sim.envs.push import MIN_SEPARATION, PUCK_REACH, SUCCESS_DISTANCE, TOP_VIEW_FOVY, puck_in_frames
+from wm_sim.envs.push import (
+    MIN_SEPARATION,
+    PUCK_REACH,
+    SUCCESS_DISTANCE,
+    TOP_VIEW_FOVY,
+    observed_reward,
+    puck_in_frames,
+)
 from wm_sim.policies.scripted import PushFrameExpert
 
 from wm_sim.errors import WmSimError
@@ -201,6 +208,30 @@ def test_the_frame_reading_expert_pushes_the_puck_home_in_physics():
     assert np.mean(successes) >= 0.8
 
 
+def test_the_reward_read_off_observations_is_the_physics_reward():
+    """What a planner scores imagined frames by: the puck read off the frame, the finger from
+    agent_pos, the goal from the start. On real frames it is the physics reward to a few
+    millimetres of puck; where the arm hides the puck, the last place seen stands in."""
+    task = make_task("push")
+    rng = np.random.default_rng(0)
+    task.reset(5)
+    last, errors = task.puck()[None], []
+    for _ in range(60):
+        action = rng.uniform(-1, 1, 2)
+        result = task.step(action)
+        read, last = observed_reward(
+            result.obs["pixels"][None], result.obs["agent_pos"][None], task.goal()[None], action[None], last
+        )
+        errors.append(abs(read[0] - result.reward))
+    assert max(errors) < 0.01, max(errors)
+    hidden = np.zeros_like(result.obs["pixels"])[None]  # a frame that shows no puck
+    far = np.array([[0.5, 0.5]])
+    read, used = observed_reward(hidden, result.obs["agent_pos"][None], task.goal()[None], action[None], far)
+    np.testing.assert_array_equal(used, far)
+    assert read[0] < result.reward - 0.2  # scored as the puck 0.5 m out would be
+    task.close()
+
+
 def test_a_heavier_puck_slides_less_from_the_same_kick():
     """puck_mass is physics, not a label: the same impulse moves a puck five times as heavy about a
     fifth as fast, so it stops sooner."""
@@ -235,10 +266,22 @@ def test_a_larger_goal_counts_a_puck_further_out_as_success():
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: make_task("push", puck_mass=5.0), r"puck_mass must be a number in \[0.01, 0.5\] kg, got 5.0"),
-        (lambda: gym.make(ENV_ID, goal_radius=0.0), r"goal_radius must be a number in \[0.005, 0.05\] m, got 0.0"),
-        (lambda: make_task("reacher", puck_mass=0.2), "task 'reacher' has no option 'puck_mass'; its options: none"),
-        (lambda: make_task("push", puck_size=0.2), "has no option 'puck_size'; its options: puck_mass, goal_radius"),
+        (
+            lambda: make_task("push", puck_mass=5.0),
+            r"puck_mass must be a number in \[0.01, 0.5\] kg, got 5.0",
+        ),
+        (
+            lambda: gym.make(ENV_ID, goal_radius=0.0),
+            r"goal_radius must be a number in \[0.005, 0.05\] m, got 0.0",
+        ),
+        (
+            lambda: make_task("reacher", puck_mass=0.2),
+            "task 'reacher' has no option 'puck_mass'; its options: none",
+        ),
+        (
+            lambda: make_task("push", puck_size=0.2),
+            "has no option 'puck_size'; its options: puck_mass, goal_radius",
+        ),
     ],
 )
 def test_a_push_option_out_of_range_or_unknown_is_one_clear_error(make, message):
