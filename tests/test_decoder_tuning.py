@@ -15,8 +15,8 @@ from wm_sim.data.store import EpisodeStore
 from wm_sim.decoder_tuning import (
     DecoderTuningConfig,
     anchored,
+    far_pixels,
     own_rollouts,
-    still_foreground,
     tune_decoder,
     tuning_batch,
 )
@@ -134,6 +134,8 @@ def test_refusals(tuned, tiny_model_path, reacher_store_path, tmp_path):
         tune_decoder(_tuning(tiny_model_path, reacher_store_path, tmp_path / "b", far_horizon=9998))
     with pytest.raises(WmSimError, match="far_horizon must be 0 or beyond horizon=3"):
         tune_decoder(_tuning(tiny_model_path, reacher_store_path, tmp_path / "b", far_horizon=3))
+    with pytest.raises(WmSimError, match="far_pixels must be one of still, anchor, got 'moved'"):
+        tune_decoder(_tuning(tiny_model_path, reacher_store_path, tmp_path / "b", far_pixels="moved"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -175,18 +177,23 @@ def test_far_predictions_are_trained_only_on_what_stood_still_in_the_anchors_for
     _, target, weight = tuning_batch(model, data, cfg, np.random.default_rng(0))
     ones = (weight == 1).flatten(1).all(1)  # rows trained on the whole frame: the near ones
     assert 0 < int(ones.sum()) < 64
-    expected = still_foreground(target, data.anchors.pixels[0].permute(1, 2, 0), data.background)
+    expected = far_pixels(target, data.anchors.pixels[0].permute(1, 2, 0), data.background)
     assert torch.equal(weight[~ones], expected[~ones].float())
     # what stood still in the anchor's foreground is a sliver of the frame
     assert 0 < weight[~ones].mean() < 0.2
 
 
-def test_still_foreground_is_the_target_not_the_background_nor_where_the_arm_was_or_is():
+def test_far_pixels_are_what_stood_still_and_with_anchor_also_where_the_anchors_foreground_left():
+    """still: the target, not the background nor where the arm was or is. anchor: also where the
+    arm was (erased there), still not where it is now (a far prediction's arm may be misplaced)."""
     background = torch.full((8, 8, 3), 0.3)
     anchor, frame = background.clone(), background.clone()
     anchor[1:3, 1:3] = frame[1:3, 1:3] = torch.tensor([0.9, 0.1, 0.1])  # the target, in both
     anchor[5:7, 0:4] = torch.tensor([0.1, 0.6, 0.9])  # the arm in the anchor...
     frame[0:4, 5:7] = torch.tensor([0.1, 0.6, 0.9])  # ...and somewhere else now
-    expected = torch.zeros(8, 8, 1, dtype=torch.bool)
-    expected[1:3, 1:3] = True
-    assert torch.equal(still_foreground(frame, anchor, background), expected)
+    still = torch.zeros(8, 8, 1, dtype=torch.bool)
+    still[1:3, 1:3] = True
+    assert torch.equal(far_pixels(frame, anchor, background), still)
+    left = still.clone()
+    left[5:7, 0:4] = True
+    assert torch.equal(far_pixels(frame, anchor, background, "anchor"), left)

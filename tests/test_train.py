@@ -242,6 +242,7 @@ def _wm_sim_train(data, out, *overrides: str) -> subprocess.CompletedProcess:
         ("training=huge", "training/huge"),
         ("resume=maybe", "resume must be false or auto"),
         ("model=huge", "model/huge"),
+        ("training.decoder_far_pixels=moved", "decoder_far_pixels must be one of still, anchor, got 'moved'"),
     ],
 )
 def test_train_bad_input_is_one_clear_line(reacher_store_path, tmp_path, override, expected):

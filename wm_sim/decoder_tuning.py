@@ -74,6 +74,13 @@ class DecoderTuningConfig:
             "help": "own-prediction frames out to which only pixels still showing the anchor are trained (0: none)"
         },
     )
+    far_pixels: str = field(
+        default="still",
+        metadata={
+            "help": "far predictions' trained pixels: still (the anchor's foreground where it still stands) or "
+            "anchor (all of the anchor's foreground: kept where it stands, erased where it left)"
+        },
+    )
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seeds the batch order"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
@@ -90,6 +97,7 @@ RUN_IDENTITY = (
     "horizon",
     "real_fraction",
     "far_horizon",
+    "far_pixels",
     "seed",
 )
 
@@ -185,6 +193,8 @@ def _check_options(cfg: DecoderTuningConfig) -> None:
         )
     if not 0.0 <= cfg.real_fraction <= 1.0:
         raise WmSimError(f"real_fraction must be within [0, 1], got {cfg.real_fraction}")
+    if cfg.far_pixels not in FAR_PIXELS:
+        raise WmSimError(f"far_pixels must be one of {', '.join(FAR_PIXELS)}, got {cfg.far_pixels!r}")
     if cfg.far_horizon and cfg.far_horizon <= cfg.horizon:
         raise WmSimError(f"far_horizon must be 0 or beyond horizon={cfg.horizon}, got {cfg.far_horizon}")
     lifecycle.resume_auto(cfg.resume)
@@ -204,7 +214,7 @@ def _source(cfg: DecoderTuningConfig, run_dir: Path, resuming: bool) -> tuple[Wo
     if resuming:
         was = meta.get("decoder_tuning", {})
         for key in RUN_IDENTITY:
-            if was.get(key) != options[key]:
+            if was.get(key, FAR_PIXELS[0] if key == "far_pixels" else None) != options[key]:  # before the option: still
                 raise WmSimError(
                     f"cannot resume {run_dir}: it was tuned with {key}={was.get(key)!r}, this run asks for {options[key]!r}"
                 )
@@ -250,11 +260,24 @@ def own_rollouts(
     return TuningData(frames, torch.cat(own), anchor, background)
 
 
-def still_foreground(frames: torch.Tensor, anchor: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
-    """Pixels (..., S, S, 1) where the anchor shows something other than the background and the
-    frame still shows it: what stood still since (a target). Frames and anchor (..., S, S, 3)."""
+FAR_PIXELS = ("still", "anchor")
+
+
+def far_pixels(
+    frames: torch.Tensor, anchor: torch.Tensor, background: torch.Tensor, which: str = "still"
+) -> torch.Tensor:
+    """The pixels (..., S, S, 1) a far prediction is trained on. Frames and anchor (..., S, S, 3).
+
+    still: where the anchor shows something other than the background and the frame still shows
+    it: what stood still since (a target). anchor: also where the anchor's foreground has left
+    (the frame shows background there), so that a pushed object is not copied on where it was.
+    """
+    shown = (anchor - background).abs().amax(-1, keepdim=True) >= 0.1
     unchanged = (frames - anchor).abs().amax(-1, keepdim=True) < 0.1
-    return unchanged & ((anchor - background).abs().amax(-1, keepdim=True) >= 0.1)
+    if which == "still":
+        return unchanged & shown
+    left = (frames - background).abs().amax(-1, keepdim=True) < 0.1
+    return shown & (unchanged | left)
 
 
 def tuning_batch(
@@ -264,8 +287,9 @@ def tuning_batch(
     the pixels' loss weights (B, S, S, 1).
 
     Own predictions past `horizon` (half of the own ones, with `far_horizon`) are trained only on
-    `still_foreground`: there copying the anchor is right wherever the arm went. Everywhere else
-    their truth is where the arm really is, and learning it would teach erasing a misplaced arm.
+    `far_pixels`: there copying the anchor (or, with far_pixels=anchor, erasing what left it) is
+    right wherever the arm went. Everywhere else their truth is where the arm really is, and
+    learning it would teach erasing a misplaced arm.
     """
     frames, own, anchors = data.frames, data.own, data.anchors
     b = cfg.batch_size
@@ -297,5 +321,5 @@ def tuning_batch(
     if far.any():
         index = torch.from_numpy(np.flatnonzero(far))
         anchor_frames = anchor.pixels[index].permute(0, 2, 3, 1)  # (k, S, S, 3), as the targets
-        weight[index] = still_foreground(target[index], anchor_frames, data.background).float()
+        weight[index] = far_pixels(target[index], anchor_frames, data.background, cfg.far_pixels).float()
     return model.decode(latents, anchor), target, weight

@@ -134,6 +134,10 @@ class TrainingRecipe:
             "the frozen model for these steps after the last (out/decoder, as wm-sim tune-decoder; 0: anchored from the start)"
         },
     )
+    decoder_far_pixels: str = field(
+        default="still",
+        metadata={"help": "the decoder phase's far_pixels (wm-sim tune-decoder's): still or anchor"},
+    )
     val_every: int = field(default=500, metadata={"help": "steps between validations"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
 

@@ -33,7 +33,7 @@ from wm_sim.data.angles import episode_states, wrapped_entries
 from wm_sim.data.schema import ACTION_KEY, REWARD_KEY, STATE_KEY, TERMINATED_KEY, frames_of, image_key
 from wm_sim.data.store import EpisodeStore
 from wm_sim.data.windows import EpisodeWindows, episodes_with_frames
-from wm_sim.decoder_tuning import DecoderTuningConfig, tune_decoder
+from wm_sim.decoder_tuning import FAR_PIXELS, DecoderTuningConfig, tune_decoder
 from wm_sim.distributed import Distributed, average_gradients
 from wm_sim.errors import WmSimError
 from wm_sim.head_fitting import fit_frame_reward, fit_scene_reward, fit_transition
@@ -237,7 +237,8 @@ def _tune_decoder(cfg: TrainConfig, run_dir: Path) -> Path:
     tuned = tune_decoder(
         DecoderTuningConfig(
             checkpoint=str(run_dir / f"step-{cfg.steps:07d}"), data=cfg.data, out=str(out),
-            steps=cfg.training.decoder_steps, resume="auto" if (out / LAST).exists() else "false",
+            steps=cfg.training.decoder_steps, far_pixels=cfg.training.decoder_far_pixels,
+            resume="auto" if (out / LAST).exists() else "false",
             seed=cfg.seed, threads=cfg.threads,
         )
     )  # fmt: skip
@@ -273,6 +274,10 @@ def _check_options(cfg: TrainConfig) -> None:
         raise WmSimError(
             "training.transition_horizon must be at least 1 and training.transition_lr positive, got "
             f"{fit.transition_horizon}, {fit.transition_lr}"
+        )
+    if fit.decoder_far_pixels not in FAR_PIXELS:
+        raise WmSimError(
+            f"training.decoder_far_pixels must be one of {', '.join(FAR_PIXELS)}, got {fit.decoder_far_pixels!r}"
         )
     if fit.refit_transition and not (cfg.model.transition and cfg.init):
         raise WmSimError(
