@@ -144,3 +144,15 @@ def test_a_model_card_says_no_unless_every_metric_beats_copy_last_and_reports_ob
     assert "moves when MuJoCo's moves in 0.55 of 20 episodes, and stays when it stays in 0.85 of 40" in text
     metrics["model_beats_copy_last_at_every_horizon"] = {"psnr": True, "ssim": True}
     assert "Beats copy-last at every horizon: yes." in model_card(meta, metrics, "push")
+
+
+def test_a_model_card_names_the_decoder_phase_option_its_tuning_recorded():
+    """The decoder phase is part of the one command: its far_pixels, recorded by that phase, is in
+    the card's train command unless it is the default (a run's steps may predate the option)."""
+    from wm_sim.model_card import model_card
+
+    meta = json.loads((resolve_checkpoint("shipped:push") / "meta.json").read_text())
+    meta["train"].pop("decoder_far_pixels", None)
+    for far, shown in (("still", False), ("anchor", True)):
+        meta["decoder_tuning"]["far_pixels"] = far
+        assert ("training.decoder_far_pixels=anchor" in model_card(meta, None, "push")) == shown

@@ -68,6 +68,9 @@ def _recipe(meta: dict) -> list[str]:
             f"episodes={data.get('num_episodes')} seed={collection.get('seed')} out={data.get('path')}"
         )
         lines += ["```", ""]
+    tuning = meta.get("decoder_tuning", {})
+    if "far_pixels" in tuning:  # the decoder phase's option, recorded by that phase (a run's steps may predate it)
+        train = {**train, "decoder_far_pixels": tuning["far_pixels"]}
     lines += ["The model, by the last training run, as its checkpoint recorded it:", ""]
     lines += ["```bash", _train_command(train, meta.get("architecture")), "```", ""]
     seconds, decoder = meta.get("seconds"), meta.get("decoder_seconds")
