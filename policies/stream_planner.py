@@ -8,6 +8,9 @@ streamed into a fresh cache for every candidate, and each candidate's actions ar
 through ImaginationEngine.step, the reward read off each imagined frame. The whole population of
 every env row advances in one batched pass per imagined step.
 
+What scores a frame: the model's frame reward, or (`reward=task`) the task's own reward read off
+the imagined observation, as the task would read a real one (push: the puck by its colour).
+
 A frame is decoded per candidate per step (the frame reward reads it), so this costs about a
 thousand times the latent planner per imagined step. Two options buy horizon back: each planned
 action is held for `repeat` frames, and a plan is executed for `replan` frames before the next
@@ -17,6 +20,7 @@ search.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +29,9 @@ from wm_sim.policies.planner import CEMConfig, cem_search
 
 from wm_sim.data.schema import observed_frames
 from wm_sim.errors import WmSimError
+
+if TYPE_CHECKING:
+    from wm_sim.envs.imagination import StepOutput
 
 REWARDS = ("model", "task")
 
@@ -94,7 +101,7 @@ class StreamPlanner(Policy):
                     + ("none" if goals is None else str(np.shape(goals)))
                 )
             self._goals = np.repeat(np.asarray(goals, dtype=np.float64), config.population, axis=0)
-            self._puck = np.full((num_envs, 2), np.nan)  # the task object's last place seen, per row
+            self._object = np.full((num_envs, 2), np.nan)  # the task object's last place seen, per row
         self.action_dim = model.config.action_dim
         self.engine = ImaginationEngine(model, num_envs * config.population, episode_steps=None)
         self._generator = torch.Generator().manual_seed(seed)
@@ -112,7 +119,7 @@ class StreamPlanner(Policy):
         self._left = 0
         self._frames, self._states, self._actions = [], [], []
         if self._task_reward is not None:
-            self._puck[:] = np.nan
+            self._object[:] = np.nan
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -130,6 +137,8 @@ class StreamPlanner(Policy):
         keep = self.config.context
         self._frames, self._states = self._frames[-keep:], self._states[-keep:]
         self._actions = self._actions[-(keep - 1) :] if keep > 1 else []
+        if self._task_reward is not None:
+            self._see_object()
 
     def _search(self) -> None:
         c, r, a = self.config, self.num_envs, self.action_dim
@@ -141,7 +150,7 @@ class StreamPlanner(Policy):
         self.engine.reset_rows(rows, frames, states, actions.repeat_interleave(p, 0))
         start = self.engine.get_state()
 
-        seen = self._seen_object() if self._task_reward is not None else None
+        seen = None if self._task_reward is None else np.repeat(self._object, p, axis=0)
 
         def returns_of(candidates: torch.Tensor) -> torch.Tensor:
             self.engine.set_state(start)
@@ -160,7 +169,7 @@ class StreamPlanner(Policy):
         self._plan = torch.cat([best[:, shift:], torch.zeros_like(best[:, :shift])], dim=1)
 
     def _reward(
-        self, out, actions: torch.Tensor, last: np.ndarray | None
+        self, out: StepOutput, actions: torch.Tensor, last: np.ndarray | None
     ) -> tuple[torch.Tensor, np.ndarray | None]:
         """One imagined step's rewards (R * P,) and where the task object was seen in it."""
         if self._task_reward is None:
@@ -171,13 +180,11 @@ class StreamPlanner(Policy):
         )
         return torch.from_numpy(reward).float(), last
 
-    def _seen_object(self) -> np.ndarray:
-        """Where the newest real frame shows the task object, per candidate (R * P, 2): read as the
-        task reads it, the last place seen standing in where the frame hides it."""
+    def _see_object(self) -> None:
+        """Where the newest real frame shows the task object, per row, read as the task reads it
+        (the last place seen stands in where the frame hides it)."""
         newest = self._frames[-1].numpy()
         frames = newest[:, 0] if newest.ndim == 5 else newest  # the first camera: the task's view
-        zero = np.zeros((self.num_envs, 2))
         goals = self._goals[:: self.config.population]
-        _, puck = self._task_reward(frames, self._states[-1].numpy(), goals, zero, self._puck)
-        self._puck = puck
-        return np.repeat(puck, self.config.population, axis=0)
+        no_action = np.zeros((self.num_envs, self.action_dim))
+        _, self._object = self._task_reward(frames, self._states[-1].numpy(), goals, no_action, self._object)

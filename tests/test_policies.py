@@ -213,7 +213,8 @@ def test_the_stream_planner_scores_imagined_push_frames_by_the_task_reward(tiny_
         planner._actions.append(torch.from_numpy(action)[None])
     planner._remember({key: value[None] for key, value in obs.items()})
     planner._actions = planner._actions[-1:]
-    seen = planner._seen_object()
+    np.testing.assert_allclose(planner._object[0], task.puck(), atol=0.005)  # read off the real frame
+    seen = np.repeat(planner._object, 2, axis=0)
     frames = torch.stack(planner._frames, 1).repeat_interleave(2, 0)
     states = torch.stack(planner._states, 1).repeat_interleave(2, 0)
     planner.engine.reset_rows(
