@@ -30,10 +30,13 @@ def model_size(name: str):
 
 
 def checkpoint_times(run_dir: Path, started: float) -> list[dict]:
-    """(step, validation loss, seconds since `started`) of every checkpoint of a run, by step."""
+    """(step, validation loss, seconds since `started`) of every checkpoint of a run after its first
+    training step, by step (step 0 ends the up-front fits: no step taken, nothing validated)."""
     rows = []
     for directory in sorted(run_dir.glob("step-*")):
         meta = read_json(directory / "meta.json")
+        if int(meta["step"]) == 0:
+            continue
         rows.append(
             {
                 "step": int(meta["step"]),

@@ -31,8 +31,10 @@ class TaskSpec:
     # keyword options its class takes beyond image_size and cameras (make_task(..., **options))
     options: tuple[str, ...] = ()
     # "module:function": the task's reward as its observations show it (frames, agent_pos, the
-    # start's goal), for a planner to score imagined frames by (None: the task has none)
+    # start's goal), for a planner to score imagined frames by (None: the task has none), and the
+    # camera whose frames it reads
     observed_reward: str | None = None
+    observed_camera: str = "top"
 
 
 TASK_SPECS: dict[str, TaskSpec] = {
@@ -90,7 +92,8 @@ def task_has_expert(name: str) -> bool:
 
 
 def observed_reward(name: str) -> Callable:
-    """Task `name`'s reward read off observations (TaskSpec.observed_reward), or one clear error."""
+    """Task `name`'s reward read off observations (TaskSpec.observed_reward; it reads the frames of
+    TaskSpec.observed_camera), or one clear error."""
     check_task_name(name)
     entry = TASK_SPECS[name].observed_reward if name in TASK_SPECS else None
     if entry is None:

@@ -227,10 +227,16 @@ def observed_reward(
     the puck where top-view frames (B, S, S, 3) uint8 show it (`last_puck` (B, 2) where a frame
     shows too little of it), the finger from agent_pos's joint angles, the goal known at the start
     (B, 2). Returns (rewards (B,), the puck used (B, 2))."""
-    seen = puck_in_frames(frames)
-    puck = np.where(np.isnan(seen), last_puck, seen)
+    puck = puck_seen(frames, last_puck)
     finger = fingertip(np.asarray(agent_pos, dtype=np.float64)[:, :2])
     return push_reward(puck, finger, goal, action), puck
+
+
+def puck_seen(frames: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """The puck's centre (B, 2) where top-view frames (B, S, S, 3) show it, and `last` (B, 2) (the
+    last place seen; NaN: never) where a frame shows too little of it (the arm passes over it)."""
+    seen = puck_in_frames(frames)
+    return np.where(np.isnan(seen), last, seen)
 
 
 def puck_in_frames(frames: np.ndarray) -> np.ndarray:

@@ -46,7 +46,7 @@ class CEMConfig:
             try:
                 values[key] = kinds[key](value)
             except ValueError as exc:
-                raise WmSimError(f"cem option {key} must be a number, got {value!r}") from exc
+                raise WmSimError(f"cem option {key} must be {kinds[key].__name__}, got {value!r}") from exc
         config = cls(**values)
         if min(config.horizon, config.population, config.elites, config.iterations) < 1:
             raise WmSimError(

@@ -103,15 +103,14 @@ class PushFrameExpert(Policy):
         self._puck = np.full((self.num_envs, 2), np.nan)  # last seen, per row
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        from wm_sim.envs.push import puck_in_frames, push_expert
+        from wm_sim.envs.push import puck_seen, push_expert
 
         pixels = obs["pixels"]  # one camera's frames, or a dict of them by camera
         if isinstance(pixels, dict) and "top" not in pixels:
             raise WmSimError(
                 f"push's frame expert reads the top camera; the observation has {sorted(pixels)}"
             )
-        seen = puck_in_frames(pixels["top"] if isinstance(pixels, dict) else pixels)
-        self._puck = np.where(np.isnan(seen), self._puck, seen)
+        self._puck = puck_seen(pixels["top"] if isinstance(pixels, dict) else pixels, self._puck)
         state = np.asarray(obs["agent_pos"], dtype=np.float64).reshape(self.num_envs, 4)
         actions = np.zeros((self.num_envs, 2), np.float32)
         for i, (s, puck, goal) in enumerate(zip(state, self._puck, self.goals, strict=True)):

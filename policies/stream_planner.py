@@ -88,13 +88,15 @@ class StreamPlanner(Policy):
         from wm_sim.envs.catalog import observed_reward
         from wm_sim.envs.imagination import ImaginationEngine
 
-        from wm_sim.checkpoint import load_checkpoint
+        from wm_sim.checkpoint import checkpoint_cameras, load_checkpoint
 
         model, meta = load_checkpoint(checkpoint)
         self.config, self.num_envs = config, num_envs
         self._task_reward = None
         if config.reward == "task":
-            self._task_reward = observed_reward(meta.get("dataset", {}).get("task", ""))
+            task = meta.get("dataset", {}).get("task", "")
+            self._task_reward = observed_reward(task)
+            self._view = _task_view(task, checkpoint_cameras(meta, []))
             if goals is None or np.shape(goals) != (num_envs, 2):
                 raise WmSimError(
                     f"cem_stream reward=task needs each env's goal, shape ({num_envs}, 2); got "
@@ -171,10 +173,11 @@ class StreamPlanner(Policy):
     def _reward(
         self, out: StepOutput, actions: torch.Tensor, last: np.ndarray | None
     ) -> tuple[torch.Tensor, np.ndarray | None]:
-        """One imagined step's rewards (R * P,) and where the task object was seen in it."""
+        """One imagined step's rewards (R * P,) and where the task object was seen in it. A row
+        whose object no frame has shown yet scores NaN: its search keeps the warm plan."""
         if self._task_reward is None:
             return out.reward.cpu(), None
-        frames = out.pixels[:, 0] if out.pixels.dim() == 5 else out.pixels  # the task's view
+        frames = out.pixels[:, self._view] if out.pixels.dim() == 5 else out.pixels
         reward, last = self._task_reward(
             frames.cpu().numpy(), out.agent_pos.cpu().numpy(), self._goals, actions.numpy(), last
         )
@@ -184,7 +187,19 @@ class StreamPlanner(Policy):
         """Where the newest real frame shows the task object, per row, read as the task reads it
         (the last place seen stands in where the frame hides it)."""
         newest = self._frames[-1].numpy()
-        frames = newest[:, 0] if newest.ndim == 5 else newest  # the first camera: the task's view
+        frames = newest[:, self._view] if newest.ndim == 5 else newest
         goals = self._goals[:: self.config.population]
         no_action = np.zeros((self.num_envs, self.action_dim))
         _, self._object = self._task_reward(frames, self._states[-1].numpy(), goals, no_action, self._object)
+
+
+def _task_view(task: str, cameras: list[str]) -> int:
+    """The index, among a model's cameras, of the one the task's observed reward reads."""
+    from wm_sim.envs.catalog import TASK_SPECS
+
+    wanted = TASK_SPECS[task].observed_camera
+    if wanted not in cameras:
+        raise WmSimError(
+            f"cem_stream reward=task reads {task}'s {wanted!r} camera; this model's cameras: {cameras}"
+        )
+    return cameras.index(wanted)

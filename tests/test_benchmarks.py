@@ -159,6 +159,26 @@ def test_learning_figures_time_the_first_validation_under_the_target():
     assert learning_figures(rows, batch=8, target_loss=0.01)["time_to_target_s"] is None
 
 
+def test_the_learning_curve_starts_at_the_first_training_step_not_the_up_front_fits(tmp_path):
+    """A run's step-0 checkpoint (after its up-front fits) has no validation: a NaN there would
+    make the best loss NaN."""
+    import json
+    import math
+
+    from wm_sim.benchmarks.training import checkpoint_times
+
+    for step, val in ((0, None), (2, 0.4), (4, 0.3)):
+        folder = tmp_path / f"step-{step:07d}"
+        folder.mkdir()
+        (folder / "meta.json").write_text(
+            json.dumps({"step": step, **({"val": {"total": val}} if val else {})})
+        )
+    rows = checkpoint_times(tmp_path, started=0.0)
+    assert [r["step"] for r in rows] == [2, 4]
+    best = learning_figures(rows, batch=8, target_loss=0.35)["best_val_loss"]
+    assert not math.isnan(best) and best == pytest.approx(0.3)
+
+
 def test_unknown_suite_names_the_valid_ones():
     assert chosen_suites("all")[0] == "throughput" and chosen_suites("latency+memory") == [
         "latency",

@@ -26,7 +26,15 @@ from wm_sim.package import PackageConfig, package
 from wm_sim.world_model import Anchor, WorldModel, WorldModelConfig
 
 TINY = WorldModelConfig(
-    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, n_heads=2, window=3, **BARE_MODEL
+    image_size=32,
+    grid=4,
+    latent_dim=8,
+    tokenizer_width=32,
+    dim=32,
+    depth=1,
+    n_heads=2,
+    window=3,
+    **BARE_MODEL,
 )
 
 
@@ -165,19 +173,28 @@ def test_an_anchored_model_evaluates_and_its_env_keeps_and_forks_the_anchor(
     env.close()
 
 
+@pytest.mark.parametrize("which", ["still", "anchor"])
 def test_far_predictions_are_trained_only_on_what_stood_still_in_the_anchors_foreground(
-    tiny_model_path, reacher_store_path
+    tiny_model_path, reacher_store_path, which
 ):
     source, meta = load_checkpoint(tiny_model_path)
     model = anchored(source).eval()
     store = EpisodeStore.open(reacher_store_path)
-    cfg = _tuning(tiny_model_path, reacher_store_path, "unused", real_fraction=0.0, batch_size=64, episodes=1)
+    cfg = _tuning(
+        tiny_model_path,
+        reacher_store_path,
+        "unused",
+        real_fraction=0.0,
+        batch_size=64,
+        episodes=1,
+        far_pixels=which,
+    )
     data = own_rollouts(model, store, store.info.cameras[0], meta, cfg)
     assert data.own.shape[:2] == (1, 6)  # the rollout runs out to far_horizon
     _, target, weight = tuning_batch(model, data, cfg, np.random.default_rng(0))
     ones = (weight == 1).flatten(1).all(1)  # rows trained on the whole frame: the near ones
     assert 0 < int(ones.sum()) < 64
-    expected = far_pixels(target, data.anchors.pixels[0].permute(1, 2, 0), data.background)
+    expected = far_pixels(target, data.anchors.pixels[0].permute(1, 2, 0), data.background, which)
     assert torch.equal(weight[~ones], expected[~ones].float())
     # what stood still in the anchor's foreground is a sliver of the frame
     assert 0 < weight[~ones].mean() < 0.2

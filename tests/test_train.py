@@ -58,7 +58,9 @@ def test_one_command_ends_with_an_anchored_decoder_tuned_onto_the_trained_model(
     copies its anchor), then the last phase tunes an anchored one onto the frozen model."""
     out = tmp_path / "run"
     anchored = tiny_architecture(anchored=True)
-    final = train(run_config(reacher_store_path, out, model=anchored, steps=2, decoder_steps=2, val_fraction=0.5))
+    final = train(
+        run_config(reacher_store_path, out, model=anchored, steps=2, decoder_steps=2, val_fraction=0.5)
+    )
     assert final == out / train_module.DECODER_DIR
     tuned, meta = load_checkpoint(final)
     trained, _ = load_checkpoint(out / "step-0000002")
@@ -67,7 +69,9 @@ def test_one_command_ends_with_an_anchored_decoder_tuned_onto_the_trained_model(
     frozen = {k: v for k, v in trained.state_dict().items() if not k.startswith("decoder.")}
     assert all(torch.equal(tuned.state_dict()[k], v) for k, v in frozen.items())
     again = train(
-        run_config(reacher_store_path, out, model=anchored, steps=2, decoder_steps=2, val_fraction=0.5, resume="auto")
+        run_config(
+            reacher_store_path, out, model=anchored, steps=2, decoder_steps=2, val_fraction=0.5, resume="auto"
+        )
     )
     assert again == final and load_checkpoint(final)[1]["step"] == 2  # done: nothing more to do
 
@@ -82,12 +86,24 @@ def test_a_finished_run_resumed_with_decoder_steps_gets_its_decoder_phase(reache
     assert final == out / train_module.DECODER_DIR and load_checkpoint(final)[0].config.anchored
 
 
-def test_a_fine_tuning_run_keeps_its_decoder_as_init_has_it_and_has_no_decoder_phase(reacher_store_path, tmp_path):
+def test_a_fine_tuning_run_keeps_its_decoder_as_init_has_it_and_has_no_decoder_phase(
+    reacher_store_path, tmp_path
+):
     anchored = tiny_architecture(anchored=True)
-    base = train(run_config(reacher_store_path, tmp_path / "base", model=anchored, steps=1, decoder_steps=1, val_fraction=0.5))
+    base = train(
+        run_config(
+            reacher_store_path, tmp_path / "base", model=anchored, steps=1, decoder_steps=1, val_fraction=0.5
+        )
+    )
     tuned = train(
         run_config(
-            reacher_store_path, tmp_path / "tuned", model=anchored, steps=1, decoder_steps=1, val_fraction=0.5, init=str(base)
+            reacher_store_path,
+            tmp_path / "tuned",
+            model=anchored,
+            steps=1,
+            decoder_steps=1,
+            val_fraction=0.5,
+            init=str(base),
         )
     )
     assert tuned == tmp_path / "tuned" and not (tuned / train_module.DECODER_DIR).exists()
@@ -100,7 +116,11 @@ def test_the_state_transition_is_fitted_again_on_its_own_rollouts_up_front(reach
     once = train(run_config(reacher_store_path, tmp_path / "once", **common))
     twice = train(
         run_config(
-            reacher_store_path, tmp_path / "twice", transition_rollout_steps=10, transition_rollout_horizon=4, **common
+            reacher_store_path,
+            tmp_path / "twice",
+            transition_rollout_steps=10,
+            transition_rollout_horizon=4,
+            **common,
         )
     )
     first, second = (load_checkpoint(run)[0].transition.state_dict() for run in (once, twice))
@@ -132,6 +152,7 @@ def test_a_run_killed_after_its_up_front_fits_resumes_without_fitting_them_again
     monkeypatch.setattr(train_module, "fit_transition", no_refit)
     resumed = train(run_config(reacher_store_path, tmp_path / "resumed", resume="auto", **common))
     _same_weights(straight, resumed)
+    assert load_checkpoint(resumed)[1]["fitted_up_front"] == ["transition"]  # kept on record
     assert sorted(p.name for p in straight.iterdir()) == [LAST, "step-0000000", "step-0000002"]
 
 

@@ -214,9 +214,11 @@ def _source(cfg: DecoderTuningConfig, run_dir: Path, resuming: bool) -> tuple[Wo
     if resuming:
         was = meta.get("decoder_tuning", {})
         for key in RUN_IDENTITY:
-            if was.get(key, FAR_PIXELS[0] if key == "far_pixels" else None) != options[key]:  # before the option: still
+            before = was.get(key, FAR_PIXELS[0] if key == "far_pixels" else None)  # before the option: still
+            if before != options[key]:
                 raise WmSimError(
-                    f"cannot resume {run_dir}: it was tuned with {key}={was.get(key)!r}, this run asks for {options[key]!r}"
+                    f"cannot resume {run_dir}: it was tuned with {key}={before!r}, this run asks for "
+                    f"{options[key]!r} (remove {run_dir} to tune afresh)"
                 )
     return anchored(model), {**meta, "decoder_tuning": options}
 
@@ -272,6 +274,8 @@ def far_pixels(
     it: what stood still since (a target). anchor: also where the anchor's foreground has left
     (the frame shows background there), so that a pushed object is not copied on where it was.
     """
+    if which not in FAR_PIXELS:
+        raise WmSimError(f"far_pixels must be one of {', '.join(FAR_PIXELS)}, got {which!r}")
     shown = (anchor - background).abs().amax(-1, keepdim=True) >= 0.1
     unchanged = (frames - anchor).abs().amax(-1, keepdim=True) < 0.1
     if which == "still":
@@ -287,9 +291,10 @@ def tuning_batch(
     the pixels' loss weights (B, S, S, 1).
 
     Own predictions past `horizon` (half of the own ones, with `far_horizon`) are trained only on
-    `far_pixels`: there copying the anchor (or, with far_pixels=anchor, erasing what left it) is
-    right wherever the arm went. Everywhere else their truth is where the arm really is, and
-    learning it would teach erasing a misplaced arm.
+    `far_pixels`: there copying the anchor is right wherever the arm went. Everywhere else their
+    truth is where the arm really is, and learning it would teach erasing a misplaced arm;
+    far_pixels=anchor accepts some of that where the anchor's foreground left (it also erases an
+    arm predicted to stay where the real one left), so that a pushed object is not kept.
     """
     frames, own, anchors = data.frames, data.own, data.anchors
     b = cfg.batch_size

@@ -437,7 +437,7 @@ def _start(
     if resume_from is None:
         model, saved = initial_model(cfg.init, config, store, train_episodes)
         model.to(device)
-        fitted = []  # the parts fitted up front, recorded so a step-0 checkpoint spares a resume them
+        fitted = []  # the parts fitted up front (a record; the step-0 checkpoint after them spares a resume)
         if model.transition is not None and (
             cfg.training.refit_transition or not (saved and saved.transition)
         ):
