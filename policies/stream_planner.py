@@ -96,7 +96,7 @@ class StreamPlanner(Policy):
         if config.reward == "task":
             task = meta.get("dataset", {}).get("task", "")
             self._task_reward = observed_reward(task)
-            self._view = _task_view(task, checkpoint_cameras(meta, []))
+            self._view = task_view(task, checkpoint_cameras(meta, []))
             if goals is None or np.shape(goals) != (num_envs, 2):
                 raise WmSimError(
                     f"cem_stream reward=task needs each env's goal, shape ({num_envs}, 2); got "
@@ -193,7 +193,7 @@ class StreamPlanner(Policy):
         _, self._object = self._task_reward(frames, self._states[-1].numpy(), goals, no_action, self._object)
 
 
-def _task_view(task: str, cameras: list[str]) -> int:
+def task_view(task: str, cameras: list[str]) -> int:
     """The index, among a model's cameras, of the one the task's observed reward reads."""
     from wm_sim.envs.catalog import TASK_SPECS
 

@@ -231,11 +231,11 @@ def test_the_stream_planner_scores_imagined_push_frames_by_the_task_reward(tiny_
         twin.close()
     np.testing.assert_allclose(imagined.numpy(), true, atol=0.01)
     task.close()
-    from wm_sim.policies.stream_planner import _task_view
+    from wm_sim.policies.stream_planner import task_view
 
-    assert _task_view("push", ["side", "top"]) == 1  # the camera the task's reward reads, by name
+    assert task_view("push", ["side", "top"]) == 1  # the camera the task's reward reads, by name
     with pytest.raises(WmSimError, match=r"reads push's 'top' camera; this model's cameras: \['side'\]"):
-        _task_view("push", ["side"])
+        task_view("push", ["side"])
     with pytest.raises(WmSimError, match="needs each env's goal"):
         StreamPlanner("shipped:push", num_envs=1, config=config)
     with pytest.raises(
