@@ -191,6 +191,32 @@ def test_the_stream_planner_searches_through_the_streaming_step_and_replans_on_s
     assert planner._left == 0 and not planner._frames and not planner._plan.any()
 
 
+def test_the_stream_planners_tail_counts_the_horizons_last_reward_again(tiny_model_path, monkeypatch):
+    """tail=N: a candidate's return is its imagined rewards plus N times the last of them."""
+    import torch
+    import wm_sim.policies.stream_planner as stream_planner
+    from wm_sim.policies.stream_planner import StreamCEMConfig, StreamPlanner
+
+    config = StreamCEMConfig.parse(
+        "horizon=2,population=3,elites=1,iterations=1,context=1,repeat=2,replan=1,tail=5"
+    )
+    planner = StreamPlanner(str(tiny_model_path), num_envs=1, config=config, seed=0)
+    rewards, returns = [], []
+    step = planner.engine.step
+    planner.engine.step = lambda actions: (out := step(actions), rewards.append(out.reward.clone()))[0]
+
+    def score_once(returns_of, warm, cfg, generator):
+        candidates = torch.rand(1, cfg.population, cfg.horizon, 2, generator=generator) * 2 - 1
+        returns.append(returns_of(candidates))
+        return warm
+
+    monkeypatch.setattr(stream_planner, "cem_search", score_once)
+    planner.act(random_obs(1, seed=0))
+    per_step = torch.stack(rewards)  # (horizon * repeat, population)
+    expected = per_step.sum(0) + 5 * per_step[-1]
+    torch.testing.assert_close(returns[0][0], expected)
+
+
 def test_the_stream_planner_scores_imagined_push_frames_by_the_task_reward(tiny_model_path):
     """reward=task: each imagined frame is scored as push scores a real one (the puck read off it,
     the finger from agent_pos, the goal known at the start). On the shipped push model the first
