@@ -70,9 +70,7 @@ class DecoderTuningConfig:
     )
     far_horizon: int = field(
         default=64,
-        metadata={
-            "help": "own-prediction frames out to which only pixels still showing the anchor are trained (0: none)"
-        },
+        metadata={"help": "own-prediction frames out to which only the far_pixels are trained (0: none)"},
     )
     far_pixels: str = field(
         default="still",
