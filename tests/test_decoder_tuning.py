@@ -26,15 +26,7 @@ from wm_sim.package import PackageConfig, package
 from wm_sim.world_model import Anchor, WorldModel, WorldModelConfig
 
 TINY = WorldModelConfig(
-    image_size=32,
-    grid=4,
-    latent_dim=8,
-    tokenizer_width=32,
-    dim=32,
-    depth=1,
-    n_heads=2,
-    window=3,
-    **BARE_MODEL,
+    image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=1, n_heads=2, window=3, **BARE_MODEL
 )
 
 

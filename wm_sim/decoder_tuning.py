@@ -98,6 +98,7 @@ RUN_IDENTITY = (
     "far_pixels",
     "seed",
 )
+LEGACY_OPTIONS = {"far_pixels": "still"}  # what a run recorded before an option existed did
 
 
 def anchored(model: WorldModel) -> WorldModel:
@@ -212,7 +213,7 @@ def _source(cfg: DecoderTuningConfig, run_dir: Path, resuming: bool) -> tuple[Wo
     if resuming:
         was = meta.get("decoder_tuning", {})
         for key in RUN_IDENTITY:
-            before = was.get(key, FAR_PIXELS[0] if key == "far_pixels" else None)  # before the option: still
+            before = was.get(key, LEGACY_OPTIONS.get(key))
             if before != options[key]:
                 raise WmSimError(
                     f"cannot resume {run_dir}: it was tuned with {key}={before!r}, this run asks for "
