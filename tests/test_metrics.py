@@ -44,6 +44,20 @@ def test_object_recall_counts_the_real_objects_pixels_the_prediction_keeps():
     assert torch.isnan(object_recall(real[None], covered[None], RED)).all()
 
 
+def test_unseen_recall_counts_only_the_object_pixels_the_last_real_frame_hid():
+    half_covered = _scene((10, 10), [(10, 10)])  # the arm over the target's top-left 3x3 pixels
+    real = _scene((10, 10), [(20, 20)])  # the arm has left: 16 target pixels, 9 of them unseen before
+    kept_only = half_covered  # what a copy of the last real frame shows
+    completed = real  # the target redrawn whole
+    recall = object_recall(
+        torch.stack([kept_only, completed]), real.expand(2, -1, -1, -1), RED, unseen_in=half_covered
+    )
+    assert recall.tolist() == [0.0, 1.0]
+    assert object_recall(kept_only[None], real[None], RED).item() == pytest.approx(7 / 16)
+    # a target the last real frame showed whole leaves nothing unseen to recall
+    assert torch.isnan(object_recall(real[None], real[None], RED, unseen_in=real)).all()
+
+
 def test_foreground_precision_counts_ghosts_but_forgives_a_pixel_of_edge():
     background = _scene(None, [])
     real = _scene((10, 10), [(20, 20)])

@@ -71,6 +71,7 @@ METRICS = {
     "reward_abs_error": False,
     "termination_accuracy": True,
     "object_recall": True,
+    "object_recall_unseen": True,
     "foreground_precision": True,
     "object_error_cm": False,
     "object_within_2cm": True,
@@ -348,7 +349,8 @@ def _score_batch(
     scores: dict[str, dict[str, list[np.ndarray]]] = {}
     for method, (frame, state, reward, term) in guesses.items():
         guess = (tiled(frame, cameras), state, reward, term)
-        curves = _curves(guess, truth, background, periodic, task_object and task_object.rgb, frame_ok, step_ok)
+        rgb = task_object and task_object.rgb
+        curves = _curves(guess, truth, tiled(last, cameras), background, periodic, rgb, frame_ok, step_ok)
         error, within = judge.curves(first(frame)) if judge else (nothing, nothing)
         curves |= {"object_error_cm": (error, frame_ok), "object_within_2cm": (within, frame_ok)}
         if judge:
@@ -363,6 +365,7 @@ def _score_batch(
 def _curves(
     guess: tuple[torch.Tensor, ...],
     truth: tuple[torch.Tensor, ...],
+    last: torch.Tensor,
     background: torch.Tensor,
     periodic: tuple[int, ...],
     object_rgb: tuple[int, int, int] | None,
@@ -370,11 +373,14 @@ def _curves(
     step_ok: torch.Tensor,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Every metric of one method's (frames, states, rewards, terminations) against the truth, per
-    episode and horizon, each with the mask of the horizons the episode reaches."""
+    episode and horizon, each with the mask of the horizons the episode reaches. `last` (B, 1, S,
+    S, 3): the last real frame, whose unseen object pixels `object_recall_unseen` counts."""
     (frame, state, reward, term), (true_frames, true_state, true_reward, true_term) = guess, truth
     state_error = state - true_state
     state_error[..., list(periodic)] = wrap_angle(state_error[..., list(periodic)])
-    recall = object_recall(frame, true_frames, object_rgb) if object_rgb else torch.full(frame_ok.shape, torch.nan)
+    unmeasured = torch.full(frame_ok.shape, torch.nan)
+    recall = object_recall(frame, true_frames, object_rgb) if object_rgb else unmeasured
+    unseen = object_recall(frame, true_frames, object_rgb, unseen_in=last) if object_rgb else unmeasured
     return {
         "psnr": (psnr(frame, true_frames), frame_ok),
         "ssim": (ssim(frame, true_frames), frame_ok),
@@ -382,6 +388,7 @@ def _curves(
         "reward_abs_error": ((reward - true_reward).abs(), step_ok),
         "termination_accuracy": ((term == true_term).float(), step_ok),
         "object_recall": (recall, frame_ok),
+        "object_recall_unseen": (unseen, frame_ok),
         "foreground_precision": (foreground_precision(frame, true_frames, background), frame_ok),
     }
 
@@ -392,7 +399,9 @@ def _motion_report(results: dict, motion: dict[str, list[np.ndarray]]) -> dict:
     report = {}
     for method in METHODS:
         per_episode = results[method]["object_within_2cm"]
-        at = np.array([c[POSITION_HORIZON - 1] if len(c) >= POSITION_HORIZON else np.nan for c in per_episode])
+        at = np.array(
+            [c[POSITION_HORIZON - 1] if len(c) >= POSITION_HORIZON else np.nan for c in per_episode]
+        )
         report[method] = motion_summary(truth, np.concatenate(motion[method]), at)
     return report
 
@@ -451,11 +460,12 @@ def _plot(report: dict, path: Path) -> None:
         "state_rmse": "proprioceptive state RMSE",
         "reward_abs_error": "reward absolute error",
         "object_recall": "task object's pixels recalled (higher is better)",
+        "object_recall_unseen": "task object pixels the last real frame hid, recalled",
         "foreground_precision": "foreground drawn that is real (higher is better)",
         "object_error_cm": "task object's distance to MuJoCo's (cm)",
         "object_within_2cm": "task object within 2 cm of MuJoCo's (higher is better)",
     }
-    fig, axes = plt.subplots(2, 4, figsize=(20, 7))
+    fig, axes = plt.subplots(3, 3, figsize=(16, 11))
     for ax, (name, label) in zip(axes.flat, labels.items(), strict=True):
         if all(v is None for v in report["curves"][name]["model"]):  # not measured for this task
             ax.set_visible(False)
