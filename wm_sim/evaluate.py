@@ -399,9 +399,7 @@ def _motion_report(results: dict, motion: dict[str, list[np.ndarray]]) -> dict:
     report = {}
     for method in METHODS:
         per_episode = results[method]["object_within_2cm"]
-        at = np.array(
-            [c[POSITION_HORIZON - 1] if len(c) >= POSITION_HORIZON else np.nan for c in per_episode]
-        )
+        at = np.array([c[POSITION_HORIZON - 1] if len(c) >= POSITION_HORIZON else np.nan for c in per_episode])
         report[method] = motion_summary(truth, np.concatenate(motion[method]), at)
     return report
 
