@@ -58,7 +58,8 @@ def test_metrics_json_holds_every_metric_for_every_method_at_every_horizon(evalu
             assert sorted(values) == sorted(names)
             if metric in ("object_error_cm", "object_within_2cm", "object_recall_unseen"):
                 # positions need the object whole in the real frame (this store's few held-out
-                # episodes do not show it whole at every horizon), the distance also in the guess
+                # episodes do not show it whole at every horizon), the distance also in the guess;
+                # the unseen recall needs a frame that uncovers 5 or more of its pixels
                 assert all(values[h] is None or values[h] >= 0.0 for h in names), (method, values)
                 continue
             assert all(isinstance(values[h], float) for h in names), (metric, method, values)
