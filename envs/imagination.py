@@ -55,8 +55,13 @@ class ImaginationEngine:
         self.steps = torch.zeros(batch, dtype=torch.long, device=self.device)
         # Each row's last real context frame, which an anchored decoder composites over.
         anchor_pixels = torch.zeros(batch, *c.frame_shape, device=self.device).movedim(-1, -3)
+        # with anchor detail, the decoder's share of each row's anchor pixels, computed once per
+        # episode (Decoder.anchor_term): (B, [K,] 4, S, S) in (B, [K,] S, S, 4) memory, as the pixels
+        detail = None
+        if model.decoder.anchor_detail:
+            detail = torch.zeros(batch, *c.frame_shape[:-1], 4, device=self.device).movedim(-1, -3)
         self.anchor = Anchor(  # (B, [K,] 3, S, S) in (B, [K,] S, S, 3) memory: where the decoder blends
-            torch.zeros_like(self.latents), anchor_pixels
+            torch.zeros_like(self.latents), anchor_pixels, detail
         )
         # Predicted proprioception is kept inside these bounds (the observation space's), if set.
         self.state_low: torch.Tensor | None = None
@@ -96,6 +101,10 @@ class ImaginationEngine:
         self.pixels[rows] = frames[:, -1]
         self.anchor.latents[rows] = latents[:, -1]
         self.anchor.pixels[rows] = frames[:, -1].movedim(-1, -3).float() / 255.0
+        if self.anchor.detail is not None:
+            pixels = self.anchor.pixels[rows]
+            term = self.model.decoder.anchor_term(pixels.reshape(-1, *pixels.shape[-3:]))
+            self.anchor.detail[rows] = term.reshape(*pixels.shape[:-3], *term.shape[-3:])
         self.agent_pos[rows] = self._bounded(state[:, -1].float())
         self.steps[rows] = 0
 
@@ -136,7 +145,7 @@ class ImaginationEngine:
             "steps": self.steps,
             "anchor_latents": self.anchor.latents,
             "anchor_pixels": self.anchor.pixels,
-        }
+        } | ({} if self.anchor.detail is None else {"anchor_detail": self.anchor.detail})
 
     def get_state(self) -> dict[str, Any]:
         """Everything that decides future frames, copied: set_state of it forks the simulator."""
@@ -180,6 +189,8 @@ class ImaginationEngine:
         # in place, like the cache: a captured CUDA graph reads these very buffers
         self.anchor.latents.copy_(state["anchor_latents"])
         self.anchor.pixels.copy_(state["anchor_pixels"])
+        if self.anchor.detail is not None:
+            self.anchor.detail.copy_(state["anchor_detail"])
 
 
 def stack_contexts(contexts: dict[str, torch.Tensor], picks: np.ndarray) -> tuple[torch.Tensor, ...]:

@@ -94,8 +94,8 @@ def _under_old_names(directory, schema_version: int = 3):
     }
     save_file(old, str(directory / WEIGHTS))
     meta = json.loads((directory / META).read_text())
-    assert meta["schema_version"] == CHECKPOINT_SCHEMA_VERSION == 4 and "heads" not in meta["model"]
-    model = {("heads" if k == "n_heads" else k): v for k, v in meta["model"].items()}
+    assert meta["schema_version"] >= 4 and "heads" not in meta["model"]  # written under today's names
+    model = {("heads" if k == "n_heads" else k): v for k, v in meta["model"].items() if k != "anchor_detail"}
     (directory / META).write_text(json.dumps({**meta, "model": model, "schema_version": schema_version}))
 
 
@@ -151,3 +151,26 @@ def test_the_shipped_model_written_as_schema_2_loads_back_tensor_for_tensor(tmp_
     state, expected = migrated.state_dict(), model.state_dict()
     assert state.keys() == expected.keys() and len(state) == len(stored)
     assert all(torch.equal(v, expected[k]) for k, v in state.items())
+
+
+def test_an_anchored_checkpoint_from_before_anchor_detail_loads_without_it(tmp_path):
+    """Schema 4 and before: an anchored decoder read the anchor's tokens only; today's default
+    (anchor detail on) does not apply to it."""
+    config = WorldModelConfig(**{**TINY.to_dict(), "anchored": True, "anchor_detail": False})
+    model = WorldModel(config).eval()
+    save_checkpoint(tmp_path, "step-000003", model, DATA_META)
+    directory = tmp_path / LAST
+    meta = json.loads((directory / META).read_text())
+    old_model = {k: v for k, v in meta["model"].items() if k != "anchor_detail"}
+    (directory / META).write_text(json.dumps({**meta, "model": old_model, "schema_version": 4}))
+    loaded, loaded_meta = load_checkpoint(directory)
+    assert loaded.config == config and loaded_meta["model"]["anchor_detail"] is False
+    frames = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        want = model.decode(model.encode(frames), model.anchor(frames))
+        got = loaded.decode(loaded.encode(frames), loaded.anchor(frames))
+    assert torch.equal(got, want)
+    # written today without the option, an anchored model has anchor detail: these weights lack it
+    (directory / META).write_text(json.dumps({**meta, "model": old_model}))
+    with pytest.raises(WmSimError, match="weights do not match the model config"):
+        load_checkpoint(directory)

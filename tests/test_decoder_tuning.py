@@ -67,6 +67,48 @@ def test_conversion_starts_halfway_between_the_plain_decoder_and_the_anchor():
             assert torch.equal(model.state_dict()[name], value), name
 
 
+def test_anchor_detail_starts_from_the_anchored_decoder_and_reads_the_anchors_own_pixels():
+    torch.manual_seed(0)
+    tokens_only = anchored(WorldModel(TINY), detail=False).eval()
+    detailed = anchored(tokens_only).eval()
+    assert detailed.config.anchor_detail and not tokens_only.config.anchor_detail
+    latents, anchor = tokens_only.encode(_frames(2, 4)), tokens_only.anchor(_frames(2, 5))
+    # the same anchor tokens over other pixels: what only the pixels can tell apart
+    other = Anchor(anchor.latents, tokens_only.anchor(_frames(2, 6)).pixels)
+    with torch.no_grad():
+        torch.testing.assert_close(detailed.decode(latents, anchor), tokens_only.decode(latents, anchor), rtol=0, atol=1e-6)
+        for model in (tokens_only, detailed):
+            _own_channel_bias(model).fill_(50.0)  # draw every pixel: no copying from the anchor
+        assert torch.equal(tokens_only.decode(latents, anchor), tokens_only.decode(latents, other))
+        assert torch.equal(detailed.decode(latents, anchor), detailed.decode(latents, other))  # inputs at zero
+        detailed.decoder.detail.weight.normal_(0.0, 0.5)  # what tuning learns
+        drawn, drawn_over_other = detailed.decode(latents, anchor), detailed.decode(latents, other)
+    assert (drawn - drawn_over_other).abs().amax() > 0.01
+    with pytest.raises(WmSimError, match="cannot take them away"):
+        anchored(detailed, detail=False)
+
+
+def test_the_engine_keeps_each_rows_anchor_term_and_draws_what_decode_draws():
+    """The imagination engine computes the anchor's pixels' share once per episode; its frames
+    are the ones decode draws computing it every time, to the bit (float32)."""
+    from wm_sim.envs.imagination import ImaginationEngine
+
+    torch.manual_seed(0)
+    model = anchored(WorldModel(TINY)).eval()
+    with torch.no_grad():
+        model.decoder.detail.weight.normal_(0.0, 0.5)
+    engine = ImaginationEngine(model, 3, None)
+    frames = torch.stack([_frames(2, 7 + b) for b in range(3)])  # (3, 2, S, S, 3)
+    engine.reset_rows(torch.arange(3), frames, torch.zeros(3, 2, 4), torch.zeros(3, 1, 2))
+    engine.reset_rows(torch.tensor([1]), frames[[0]], torch.zeros(1, 2, 4), torch.zeros(1, 1, 2))
+    step = engine.step(torch.rand(3, 2))
+    with torch.no_grad():
+        anchors = model.anchor(frames[[0, 0, 2], -1])  # row 1 restarted from row 0's context
+        assert anchors.detail is None  # computed at each decode
+        expected = model.decode_and_reencode(engine.latents, anchors)[0]
+    assert torch.equal(step.pixels, expected)
+
+
 def test_each_rows_anchor_serves_all_of_its_frames():
     torch.manual_seed(0)
     model = anchored(WorldModel(TINY)).eval()

@@ -156,3 +156,17 @@ def test_a_model_card_names_the_decoder_phase_option_its_tuning_recorded():
     for far, shown in (("still", False), ("anchor", True)):
         meta["decoder_tuning"]["far_pixels"] = far
         assert ("training.decoder_far_pixels=anchor" in model_card(meta, None, "push")) == shown
+
+
+def test_a_model_card_counts_both_decoder_phases_when_the_second_read_the_anchors_pixels():
+    from wm_sim.model_card import model_card
+
+    meta = json.loads((resolve_checkpoint("shipped:reacher") / "meta.json").read_text())
+    first = {**meta["decoder_tuning"], "anchor_detail": False}
+    meta["model"]["anchor_detail"] = True
+    meta["decoder_tuning"] = {**first, "steps": 300, "anchor_detail": True, "earlier": {**first, "steps": 200}}
+    card = model_card(meta, None, "reacher")
+    assert "(200 steps, then 300 reading the anchor's pixels too)" in card
+    assert "`anchor_detail`" in card
+    meta["decoder_tuning"]["earlier"] = None  # one phase, anchor detail from the start
+    assert "tuning its anchored decoder (300 steps)" in model_card(meta, None, "reacher")

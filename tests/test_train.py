@@ -61,11 +61,14 @@ def test_one_command_ends_with_an_anchored_decoder_tuned_onto_the_trained_model(
     final = train(
         run_config(reacher_store_path, out, model=anchored, steps=2, decoder_steps=2, val_fraction=0.5)
     )
-    assert final == out / train_module.DECODER_DIR
+    assert final == out / train_module.DETAIL_DIR
     tuned, meta = load_checkpoint(final)
+    first, first_meta = load_checkpoint(out / train_module.DECODER_DIR)
     trained, _ = load_checkpoint(out / "step-0000002")
-    assert tuned.config.anchored and not trained.config.anchored
-    assert meta["decoder_tuning"]["checkpoint"] == str(out / "step-0000002") and meta["step"] == 2
+    assert tuned.config.anchor_detail and not trained.config.anchored
+    assert first.config.anchored and not first.config.anchor_detail
+    assert first_meta["decoder_tuning"]["checkpoint"] == str(out / "step-0000002") and meta["step"] == 2
+    assert meta["decoder_tuning"]["checkpoint"] == str(out / train_module.DECODER_DIR / LAST)
     frozen = {k: v for k, v in trained.state_dict().items() if not k.startswith("decoder.")}
     assert all(torch.equal(tuned.state_dict()[k], v) for k, v in frozen.items())
     again = train(
@@ -83,7 +86,25 @@ def test_a_finished_run_resumed_with_decoder_steps_gets_its_decoder_phase(reache
     steps_only = replace(plain, training=replace(plain.training, decoder_steps=0), model=tiny_architecture())
     assert train(steps_only) == out  # the steps alone, with the plain decoder the phase starts from
     final = train(replace(plain, resume="auto"))
-    assert final == out / train_module.DECODER_DIR and load_checkpoint(final)[0].config.anchored
+    assert final == out / train_module.DETAIL_DIR and load_checkpoint(final)[0].config.anchor_detail
+
+
+def test_a_run_finished_without_anchor_detail_gains_its_phase_by_resuming(reacher_store_path, tmp_path):
+    """The detail phase starts from the first decoder phase's weights: a run made before it existed
+    gets it by resume=auto, and the phases before it are left as they were."""
+    out = tmp_path / "run"
+    without = run_config(
+        reacher_store_path, out, model=tiny_architecture(anchored=True, anchor_detail=False),
+        steps=2, decoder_steps=1, val_fraction=0.5,
+    )  # fmt: skip
+    assert train(without) == out / train_module.DECODER_DIR
+    first = load_checkpoint(out / train_module.DECODER_DIR)[0].state_dict()
+    final = train(replace(without, model=tiny_architecture(anchored=True), resume="auto"))
+    assert final == out / train_module.DETAIL_DIR
+    detailed, meta = load_checkpoint(final)
+    assert detailed.config.anchor_detail and meta["decoder_tuning"]["anchor_detail"]
+    again = load_checkpoint(out / train_module.DECODER_DIR)[0].state_dict()
+    assert all(torch.equal(again[k], v) for k, v in first.items())  # the first phase was not redone
 
 
 def test_a_fine_tuning_run_keeps_its_decoder_as_init_has_it_and_has_no_decoder_phase(

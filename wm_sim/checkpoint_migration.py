@@ -13,6 +13,8 @@ current version.
     3 -> 4  names that say what they are: the attention head count `heads` is `n_heads`, and the
             Linear that reads the next state, reward and continue logit off a step's pooled
             tokens is `step_out` (its weights were `heads.weight` and `heads.bias`).
+    4 -> 5  the anchored decoder may read the anchor's pixels (`anchor_detail`, on by default):
+            a checkpoint written before had no such inputs, so it is off.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 import torch
 
-CHECKPOINT_SCHEMA_VERSION = 4
+CHECKPOINT_SCHEMA_VERSION = 5
 # A model's optional parts: before schema 3 the model's defaults left them out, and a checkpoint's
 # metadata names only those that existed when it was written, so a missing one was off.
 OPTIONAL_PARTS = ("residual", "anchored", "transition", "frame_reward", "scene_reward")
@@ -52,6 +54,8 @@ def migrated_meta(meta: dict[str, Any], directory: Path) -> tuple[dict[str, Any]
     """
     if meta["schema_version"] < 3:
         meta = {**meta, "model": {**dict.fromkeys(OPTIONAL_PARTS, False), **meta["model"]}}
+    if meta["schema_version"] < 5:
+        meta = {**meta, "model": {"anchor_detail": False, **meta["model"]}}
     if meta["schema_version"] != 1 or not meta["model"].get("scene_reward"):
         return {**meta, "schema_version": CHECKPOINT_SCHEMA_VERSION}, ()
     warnings.warn(

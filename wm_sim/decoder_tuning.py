@@ -5,6 +5,9 @@ latents of a static target until the decoder no longer draws it, and smear the b
 still copy of the last real frame keeps both exact. An anchored decoder (`world_model.Decoder`)
 also reads that last real frame and learns, pixel by pixel, whether to draw or to copy it.
 
+With anchor_detail (the default) the decoder's last stage also reads the anchor's pixels; added
+to a decoder without them, the new inputs start at zero, so tuning starts from what it drew.
+
 This stage trains the decoder alone. The encoder and the dynamics are frozen, so the latents do
 not change and everything built on them (policies trained on latents) stays valid. Each batch mixes:
 
@@ -79,6 +82,13 @@ class DecoderTuningConfig:
             "anchor (all of the anchor's foreground: kept where it stands, erased where it left)"
         },
     )
+    anchor_detail: bool = field(
+        default=True,
+        metadata={
+            "help": "the decoder's last stage also reads the anchor's pixels (added with zeroed weights to a "
+            "decoder without them, so tuning starts from what it drew)"
+        },
+    )
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seeds the batch order"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
@@ -96,33 +106,41 @@ RUN_IDENTITY = (
     "real_fraction",
     "far_horizon",
     "far_pixels",
+    "anchor_detail",
     "seed",
 )
-LEGACY_OPTIONS = {"far_pixels": "still"}  # what a run recorded before an option existed did
+# what a run recorded before an option existed did
+LEGACY_OPTIONS = {"far_pixels": "still", "anchor_detail": False}
 
 
-def anchored(model: WorldModel) -> WorldModel:
-    """The same model with an anchored decoder that starts from the plain decoder's weights.
+def anchored(model: WorldModel, detail: bool = True) -> WorldModel:
+    """The same model with an anchored decoder, reading the anchor's pixels too if `detail`, that
+    starts from its decoder's weights and decodes as it did.
 
-    The anchor's tokens enter through new, zeroed input weights, and the draw-or-copy channel
-    starts at one half everywhere: training moves it towards the anchor where the anchor is right.
+    What is new enters through zeroed weights: a plain decoder's anchor tokens, and the anchor's
+    pixels in the last convolution. A plain decoder's draw-or-copy channel starts at one half
+    everywhere: training moves it towards the anchor where the anchor is right.
     """
-    if model.config.anchored:
+    config = model.config
+    if config.anchored and config.anchor_detail and not detail:
+        raise WmSimError(
+            "this model's anchored decoder already reads the anchor's pixels; anchor_detail=false "
+            "cannot take them away (tune a model without anchor detail)"
+        )
+    if config.anchored and config.anchor_detail == detail:
         return model
-    converted = WorldModel(replace(model.config, anchored=True))
-    state = model.state_dict()
-    target = converted.state_dict()
-    first, last = "decoder.net.0", f"decoder.net.{len(converted.decoder.net) - 2}"
+    converted = WorldModel(replace(config, anchored=True, anchor_detail=detail))
+    source, target = model.state_dict(), converted.state_dict()
     with torch.no_grad():
-        for name, value in state.items():
-            if name == f"{first}.weight":  # (width, C, 1, 1) -> (width, 2C, 1, 1)
-                target[name].zero_()
-                target[name][:, : value.shape[1]] = value
-            elif name in (f"{last}.weight", f"{last}.bias"):  # 12 -> 16 outputs: RGB, then draw-or-copy
-                target[name].zero_()
-                target[name][: value.shape[0]] = value
-            else:
-                target[name].copy_(value)
+        for name, value in target.items():
+            before = source.get(name)
+            if before is None:  # the convolution of the anchor's pixels
+                value.zero_()
+            elif before.shape == value.shape:
+                value.copy_(before)
+            else:  # a plain decoder's first convolution (inputs) or last (outputs) grew
+                value.zero_()
+                value[tuple(slice(0, n) for n in before.shape)] = before
     converted.load_state_dict(target)
     return converted
 
@@ -136,7 +154,9 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
     run_dir = Path(cfg.out)
     resuming = lifecycle.resumes(cfg.resume, run_dir)
     model, meta = _source(cfg, run_dir, resuming)
-    spent = float(meta.get("decoder_seconds", 0.0)) if resuming else 0.0
+    # resumed: this run's time so far; tuning an already tuned decoder: that tuning's time, so
+    # the model card counts every decoder phase (`earlier` in the metadata names the one before)
+    spent = float(meta.get("decoder_seconds", 0.0)) if resuming or meta["decoder_tuning"].get("earlier") else 0.0
     store = EpisodeStore.open(cfg.data)
     check_dataset_fits(model.config, meta, store.info, cfg.data)
     torch.manual_seed(cfg.seed)
@@ -219,7 +239,10 @@ def _source(cfg: DecoderTuningConfig, run_dir: Path, resuming: bool) -> tuple[Wo
                     f"cannot resume {run_dir}: it was tuned with {key}={before!r}, this run asks for "
                     f"{options[key]!r} (remove {run_dir} to tune afresh)"
                 )
-    return anchored(model), {**meta, "decoder_tuning": options}
+        return anchored(model, cfg.anchor_detail), {**meta, "decoder_tuning": {**options, "earlier": was.get("earlier")}}
+    earlier = meta.get("decoder_tuning")  # the source's own decoder tuning, if it had one
+    earlier = {k: v for k, v in earlier.items() if k != "earlier"} if isinstance(earlier, dict) else None
+    return anchored(model, cfg.anchor_detail), {**meta, "decoder_tuning": {**options, "earlier": earlier}}
 
 
 @dataclass

@@ -14,6 +14,7 @@ from wm_sim.checkpoint import checkpoint_cameras
 PARTS = {
     "residual": "latents predicted as changes of the current ones",
     "anchored": "decoder composites over the last real frame (scene kept where nothing moved)",
+    "anchor_detail": "the decoder's last stage reads that frame's pixels too (edges kept to the pixel)",
     "transition": "agent_pos predicted by a state-transition MLP the transformer reads",
     "frame_reward": "reward read off the (re-encoded) frame shown",
     "scene_reward": "reward of an imagined state in a real frame's scene (latent planner and actor)",
@@ -77,9 +78,17 @@ def _recipe(meta: dict) -> list[str]:
     if seconds:
         took = f"{seconds / 60:.0f} min: up-front fits and {train.get('steps', '?')} steps"
         if decoder:
-            took += f", then {decoder / 60:.0f} min tuning its anchored decoder ({meta['decoder_tuning']['steps']} steps)"
+            took += f", then {decoder / 60:.0f} min tuning its anchored decoder ({_decoder_phases(tuning)})"
         lines += [f"It took {took}.", ""]
     return lines
+
+
+def _decoder_phases(tuning: dict) -> str:
+    """The decoder phases' steps in words: one phase, or one and another reading the anchor's pixels."""
+    earlier = tuning.get("earlier")
+    if isinstance(earlier, dict) and tuning.get("anchor_detail") and not earlier.get("anchor_detail"):
+        return f"{earlier.get('steps', '?')} steps, then {tuning.get('steps', '?')} reading the anchor's pixels too"
+    return f"{tuning.get('steps', '?')} steps"
 
 
 def _train_command(train: dict, architecture: dict | None) -> str:

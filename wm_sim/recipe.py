@@ -33,6 +33,13 @@ class ModelArchitecture:
             "or trained from the start with training.decoder_steps=0 (from scratch it only copies its anchor)"
         },
     )
+    anchor_detail: bool = field(
+        default=True,
+        metadata={
+            "help": "the anchored decoder's last stage also reads the anchor's pixels: a second decoder phase "
+            "(out/detail) tunes them in after the first"
+        },
+    )
     transition: bool = field(
         default=True,
         metadata={"help": "predict agent_pos with a state-transition MLP the transformer reads"},

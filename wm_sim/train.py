@@ -204,7 +204,8 @@ def train(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-DECODER_DIR = "decoder"  # the run's last phase: the final, anchored model (its own checkpoints)
+DECODER_DIR = "decoder"  # the phase after the steps: the anchored decoder tuned (its own checkpoints)
+DETAIL_DIR = "detail"  # the last phase, with model.anchor_detail: the final model
 
 
 def _tunes_decoder(cfg: TrainConfig) -> bool:
@@ -231,17 +232,26 @@ def _check_decoder_phase(cfg: TrainConfig, store: EpisodeStore) -> None:
 
 
 def _tune_decoder(cfg: TrainConfig, run_dir: Path) -> Path:
-    """The recipe's last phase: an anchored decoder tuned onto the frozen model of the last step, in
-    out/decoder (what `wm-sim tune-decoder` does; resumable as the steps were). Returns it."""
-    out = run_dir / DECODER_DIR
-    tuned = tune_decoder(
-        DecoderTuningConfig(
-            checkpoint=str(run_dir / f"step-{cfg.steps:07d}"), data=cfg.data, out=str(out),
-            steps=cfg.training.decoder_steps, far_pixels=cfg.training.decoder_far_pixels,
-            resume="auto" if (out / LAST).exists() else "false",
-            seed=cfg.seed, threads=cfg.threads,
-        )
-    )  # fmt: skip
+    """The recipe's last phases, on the frozen model of the last step (what `wm-sim tune-decoder`
+    does, resumable as the steps were): an anchored decoder tuned from the plain one (out/decoder),
+    then, with model.anchor_detail, tuned again reading the anchor's pixels too (out/detail).
+    Returns the final model's directory.
+
+    The second phase starts from the first one's decoder, the new inputs at zero: a run made
+    before the phase existed gains it by `resume=auto`.
+    """
+    phases = [(DECODER_DIR, run_dir / f"step-{cfg.steps:07d}", False)]
+    if cfg.model.anchor_detail:
+        phases.append((DETAIL_DIR, run_dir / DECODER_DIR / LAST, True))
+    for name, source, detail in phases:
+        out = run_dir / name
+        tuned = tune_decoder(
+            DecoderTuningConfig(
+                checkpoint=str(source), data=cfg.data, out=str(out), steps=cfg.training.decoder_steps,
+                far_pixels=cfg.training.decoder_far_pixels, anchor_detail=detail,
+                resume="auto" if (out / LAST).exists() else "false", seed=cfg.seed, threads=cfg.threads,
+            )
+        )  # fmt: skip
     print(f"the trained model, with its anchored decoder: {tuned}")
     return tuned
 
