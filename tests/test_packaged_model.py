@@ -170,3 +170,14 @@ def test_a_model_card_counts_both_decoder_phases_when_the_second_read_the_anchor
     assert "`anchor_detail`" in card
     meta["decoder_tuning"]["earlier"] = None  # one phase, anchor detail from the start
     assert "tuning its anchored decoder (300 steps)" in model_card(meta, None, "reacher")
+
+
+def test_a_model_card_names_anchor_detail_off_for_a_model_made_before_it():
+    """The shipped push model's run predates anchor detail (on by default now): its card's command
+    must say model.anchor_detail=false to make the same model; reacher's, tuned again with it, not."""
+    from wm_sim.model_card import model_card
+
+    for name, off in (("push", True), ("reacher", False)):
+        meta = load_checkpoint(f"shipped:{name}")[1]
+        assert "anchor_detail" not in meta["architecture"]  # recorded before the option existed
+        assert ("model.anchor_detail=false" in model_card(meta, None, name)) == off, name

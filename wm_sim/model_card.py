@@ -73,7 +73,7 @@ def _recipe(meta: dict) -> list[str]:
     if "far_pixels" in tuning:  # the decoder phase's option, recorded by that phase (a run's steps may predate it)
         train = {**train, "decoder_far_pixels": tuning["far_pixels"]}
     lines += ["The model, by the last training run, as its checkpoint recorded it:", ""]
-    lines += ["```bash", _train_command(train, meta.get("architecture")), "```", ""]
+    lines += ["```bash", _train_command(train, _architecture(meta)), "```", ""]
     seconds, decoder = meta.get("seconds"), meta.get("decoder_seconds")
     if seconds:
         took = f"{seconds / 60:.0f} min: up-front fits and {train.get('steps', '?')} steps"
@@ -81,6 +81,15 @@ def _recipe(meta: dict) -> list[str]:
             took += f", then {decoder / 60:.0f} min tuning its anchored decoder ({_decoder_phases(tuning)})"
         lines += [f"It took {took}.", ""]
     return lines
+
+
+def _architecture(meta: dict) -> dict | None:
+    """The run's architecture as today's options name it: a run recorded before anchor detail
+    existed says nothing of it, and the model says whether its decoder phases gave it one."""
+    architecture, model = meta.get("architecture"), meta.get("model", {})
+    if architecture is None or "anchor_detail" in architecture or not model.get("anchored"):
+        return architecture
+    return {**architecture, "anchor_detail": bool(model.get("anchor_detail", False))}
 
 
 def _decoder_phases(tuning: dict) -> str:
