@@ -18,7 +18,8 @@ import torch.nn as nn
 from wm_sim.policies.base import Policy
 
 from wm_sim.data.schema import observed_frames
-from wm_sim.world_model import Encoder, WorldModel, WorldModelConfig
+from wm_sim.tokenizer import Encoder
+from wm_sim.world_model import WorldModel, WorldModelConfig
 
 
 @dataclass(frozen=True)

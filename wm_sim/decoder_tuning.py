@@ -2,7 +2,7 @@
 
 Long imagined rollouts lose what never moves. The dynamics' small errors, fed back, erode the
 latents of a static target until the decoder no longer draws it, and smear the background; a
-still copy of the last real frame keeps both exact. An anchored decoder (`world_model.Decoder`)
+still copy of the last real frame keeps both exact. An anchored decoder (`tokenizer.Decoder`)
 also reads that last real frame and learns, pixel by pixel, whether to draw or to copy it.
 
 With anchor_detail (the default) the decoder's last stage also reads the anchor's pixels; added

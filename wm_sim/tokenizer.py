@@ -1,0 +1,162 @@
+"""The frame tokenizer: camera frames to a grid of latent tokens (Encoder) and back (Decoder).
+
+Both halves keep their activations in channels-last memory and run fused layout kernels
+(wm_sim.layout_kernels): the same sums as their layers, with fewer copies. An anchored decoder
+also reads a real "anchor" frame and blends, per pixel, its own colour with the anchor's (see
+Decoder); `wm_sim.world_model` builds both into the world model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from wm_sim.layout_kernels import InplaceGELU, run_fused
+
+
+class Encoder(nn.Module):
+    """(B, S, S, 3) uint8 camera frames -> (B, G*G, C) latent tokens in (-1, 1).
+
+    Space-to-depth by 4, then stages of (depthwise 3x3, pointwise 1x1, space-to-depth by 2): about
+    a fifth of the multiply-adds of strided 4x4 convolutions, for the same receptive field growth.
+    """
+
+    def __init__(self, image_size: int, grid: int, latent_dim: int, width: int):
+        super().__init__()
+        stages = int(math.log2(image_size // grid)) - 2  # the first 4x is the patchify
+        if stages < 0:
+            raise ValueError(f"image_size / grid must be at least 4, got {image_size} / {grid}")
+        channels = max(width // 2**stages, 16)
+        layers: list[nn.Module] = [nn.PixelUnshuffle(4), nn.Conv2d(48, channels, 1)]
+        for _ in range(stages):
+            out = min(channels * 2, width)
+            layers += [
+                InplaceGELU(),
+                nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
+                nn.Conv2d(channels, channels, 1),
+                InplaceGELU(),
+                nn.PixelUnshuffle(2),
+                nn.Conv2d(channels * 4, out, 1),
+            ]
+            channels = out
+        layers += [
+            InplaceGELU(),
+            nn.Conv2d(channels, channels, 3, padding=1, groups=channels),
+            nn.Conv2d(channels, latent_dim, 1),
+        ]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.from_scaled(scale_frames(frames.to(torch.float32, copy=True)).permute(0, 3, 1, 2))
+
+    def from_scaled(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) frames already scaled to [-1, 1] (scale_frames), fastest in channels-last
+        memory -> (B, G*G, C) latents: what decode_and_reencode hands over without a uint8 round trip."""
+        z = run_fused(list(self.net), x)
+        return torch.tanh(z.flatten(2).transpose(1, 2))  # (B, G*G, C)
+
+
+def scale_frames(levels: torch.Tensor) -> torch.Tensor:
+    """Pixel levels 0..255 as floats -> [-1, 1], in place: what the encoder reads.
+
+    x / 127.5 - 1 is (x / 255) * 2 - 1 to the bit: scaling by 2 commutes with rounding.
+    """
+    return levels.div_(127.5).sub_(1.0)
+
+
+ANCHOR_DETAIL_CHANNELS = 12  # the anchor's pixels, 2x2 blocks of RGB, beside the decoder's last features
+
+
+class Decoder(nn.Module):
+    """(B, G*G, C) latent tokens -> (B, S, S, 3) pixels in [0, 1].
+
+    Each stage is a 3x3 mixing convolution and a 1x1 convolution followed by a pixel shuffle (x2
+    resolution). The last stage predicts each 2x2 block of RGB pixels straight from the half-
+    resolution features, so nothing runs at full resolution: at 64x64 that is two thirds of the
+    decoder's time saved, and decoding is not what bounds imagined frames/s.
+
+    Anchored, it also reads the anchor frame's tokens and predicts a fourth channel, the weight of
+    its own colour against the anchor's pixel: where the anchor already shows what is there (the
+    scene, a target that never moves), copying it is exact, and no drift of the latents fades it.
+    With anchor detail, its last stage also reads the anchor's pixels themselves (each 2x2 block
+    as 12 channels, through a convolution of their own whose output is added to the last
+    layer's): from tokens alone, where to copy is known only to a quarter of the frame's
+    resolution, and a target's edge beside the arm was drawn over. That share depends on the
+    anchor alone, so a rollout computes it once (`anchor_term`, cached in `Anchor.detail`).
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        grid: int,
+        latent_dim: int,
+        width: int,
+        anchored: bool = False,
+        anchor_detail: bool = False,
+    ):
+        super().__init__()
+        self.grid = grid
+        self.anchored = anchored
+        self.anchor_detail = anchored and anchor_detail  # only an anchored decoder has an anchor
+        stages = int(math.log2(image_size // grid))
+        inputs, outputs = (2 * latent_dim, 4) if anchored else (latent_dim, 3)
+        layers: list[nn.Module] = [nn.Conv2d(inputs, width, 1)]
+        channels = width
+        for _ in range(stages - 1):
+            out = max(channels // 2, 16)
+            layers += [
+                InplaceGELU(),
+                nn.Conv2d(channels, channels, 3, padding=1, groups=max(channels // 16, 1)),
+                InplaceGELU(),
+                nn.Conv2d(channels, out * 4, 1),
+                nn.PixelShuffle(2),
+            ]
+            channels = out
+        layers += [InplaceGELU(), nn.Conv2d(channels, outputs * 4, 3, padding=1), nn.PixelShuffle(2)]
+        self.net = nn.Sequential(*layers)
+        # the anchor's pixels' share of the last layer (no bias: the last layer has one)
+        self.detail = None  # built only with anchor detail: a model without draws the same initial weights
+        if self.anchor_detail:
+            self.detail = nn.Conv2d(ANCHOR_DETAIL_CHANNELS, outputs * 4, 3, padding=1, bias=False)
+
+    def anchor_term(self, anchor_pixels: torch.Tensor) -> torch.Tensor:
+        """The anchor's pixels' (B, 3, S, S) share of the decoder's output (B, 4, S, S), before the
+        sigmoid: what anchor detail adds, the same at every step of a rollout."""
+        blocks = F.pixel_unshuffle(anchor_pixels * 2.0 - 1.0, 2)  # (B, 12, S/2, S/2), in [-1, 1]
+        return run_fused([self.detail, self.net[-1]], blocks.to(self.detail.weight.dtype))
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        anchor_tokens: torch.Tensor | None = None,
+        anchor_pixels: torch.Tensor | None = None,
+        anchor_term: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """tokens (B, N, C); anchored: the anchor's tokens (B, N, C) and pixels (B, 3, S, S) in [0, 1]
+        (fastest in channels-last memory), and with anchor detail their `anchor_term` if it is
+        already known (else computed here) -> (B, S, S, 3) pixels in [0, 1]."""
+        if self.anchored:
+            tokens = torch.cat([tokens, anchor_tokens], dim=-1)  # (B, N, 2C)
+        b, _, c = tokens.shape
+        # (B, C, G, G) in channels-last memory, which is what tokens (B, G*G, C) already are: no copy
+        z = tokens.reshape(b, self.grid, self.grid, c).permute(0, 3, 1, 2)
+        z = run_fused(list(self.net), z)  # (B, 3 or 4, S, S) in channels-last memory
+        if self.anchor_detail:
+            z = z + (self.anchor_term(anchor_pixels) if anchor_term is None else anchor_term)
+        z = z.permute(0, 2, 3, 1)  # (B, S, S, 3 or 4), contiguous
+        inference = not (torch.is_grad_enabled() and z.requires_grad)
+        out = z.sigmoid_() if inference else torch.sigmoid(z)  # z is this call's own: nothing else reads it
+        if not self.anchored:
+            return out
+        # the 4th channel: 1 = this pixel is drawn, 0 = copied from the anchor (in the anchor's
+        # precision, also under bf16 autocast: a copied pixel stays exact)
+        out = out.to(anchor_pixels.dtype)
+        anchor = anchor_pixels.permute(0, 2, 3, 1)  # (B, S, S, 3)
+        if not inference:
+            return torch.lerp(anchor, out[..., :3], out[..., 3:])
+        # written into (B, S, S, 3) memory whatever the anchor's: uint8 frames are read from it
+        blended = torch.empty((*out.shape[:-1], 3), dtype=out.dtype, device=out.device)
+        return torch.lerp(anchor, out[..., :3], out[..., 3:], out=blended)
