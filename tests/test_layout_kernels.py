@@ -6,7 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wm_sim.layout_kernels import InplaceGELU, conv_depth_to_space, space_to_depth_conv
+from wm_sim.layout_kernels import (
+    InplaceGELU,
+    conv_depth_to_space,
+    linear_gelu,
+    run_fused,
+    space_to_depth_conv,
+)
+from wm_sim.tokenizer import Decoder, Encoder
 
 
 def test_conv_depth_to_space_is_conv_then_pixel_shuffle_to_the_bit():
@@ -49,3 +56,36 @@ def test_gelu_overwrites_its_input_only_when_no_gradient_flows_through_it():
         reference = F.gelu(y)
         out = InplaceGELU()(y)
     assert out.data_ptr() == y.data_ptr() and torch.equal(out, reference)
+
+
+def _bf16_step():
+    return torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def test_a_layer_and_its_gelu_fuse_only_in_a_bf16_inference_step_and_agree_with_the_two_layers():
+    torch.manual_seed(0)
+    linear, gelu, x = torch.nn.Linear(32, 64), InplaceGELU(), torch.randn(2, 16, 32)
+    with torch.no_grad():  # float32: the two layers, to the bit
+        assert torch.equal(linear_gelu(linear, gelu, x), F.gelu(linear(x)))
+    grad, autocast = _bf16_step()
+    with grad, autocast:
+        fused, two = linear_gelu(linear, gelu, x), gelu(linear(x))
+    assert fused.dtype == two.dtype == torch.bfloat16 and not torch.equal(fused, two)  # one rounding fewer
+    torch.testing.assert_close(fused.float(), two.float(), rtol=0.02, atol=0.02)
+
+
+@pytest.mark.parametrize("half", [Encoder(32, 4, 8, 32), Decoder(32, 4, 8, 32)])
+def test_the_tokenizers_fused_layers_agree_with_its_plain_layers_in_a_bf16_step(half):
+    """run_fused folds each GELU into the convolution before it in a bf16 inference step: the
+    encoder's and decoder's outputs stay within bf16 rounding of the layers run one by one."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 32, 32) if isinstance(half, Encoder) else torch.randn(3, 8, 4, 4)
+    x = x.contiguous(memory_format=torch.channels_last)
+    layers = list(half.net)
+    with torch.no_grad():  # float32: the same sums (a strided convolution may order them otherwise)
+        torch.testing.assert_close(run_fused(layers, x), torch.nn.Sequential(*layers)(x), rtol=1e-5, atol=1e-6)
+    grad, autocast = _bf16_step()
+    with grad, autocast:
+        fused = run_fused(layers, x).float()
+        plain = torch.nn.Sequential(*layers)(x).float()
+    torch.testing.assert_close(fused, plain, rtol=0.05, atol=0.05)

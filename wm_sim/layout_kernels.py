@@ -35,13 +35,18 @@ def space_to_depth_conv(x: torch.Tensor, conv: nn.Conv2d, factor: int) -> torch.
     plain = (conv.kernel_size, conv.stride, conv.padding, conv.dilation) == ((1, 1), (1, 1), (0, 0), (1, 1))
     if not plain or conv.groups != 1:
         raise ValueError(f"space_to_depth_conv needs a plain 1x1 convolution (groups=1), got {conv}")
+    return F.conv2d(x, _space_to_depth_weight(conv, factor), conv.bias, stride=factor)
+
+
+def _space_to_depth_weight(conv: nn.Conv2d, factor: int) -> torch.Tensor:
+    """A 1x1 convolution's weights after a space-to-depth by `factor`, as one of kernel `factor`."""
     inputs = conv.in_channels // factor**2
-    weight = conv.weight.view(conv.out_channels, inputs, factor, factor)  # channel c*f*f + i*f + j
-    return F.conv2d(x, weight, conv.bias, stride=factor)
+    return conv.weight.view(conv.out_channels, inputs, factor, factor)  # channel c*f*f + i*f + j
 
 
-def conv_depth_to_space(x: torch.Tensor, conv: nn.Conv2d, factor: int) -> torch.Tensor:
-    """PixelShuffle(factor)(conv(x)), bit for bit, in channels-last memory.
+def conv_depth_to_space(x: torch.Tensor, conv: nn.Conv2d, factor: int, gelu: nn.GELU | None = None) -> torch.Tensor:
+    """PixelShuffle(factor)(conv(x)), bit for bit, in channels-last memory (with `gelu`, the GELU
+    after the shuffle too, applied before it: it acts on each value alone; see conv_gelu).
 
     The convolution computes its output channels in (row, column, channel) order instead of
     (channel, row, column), which changes no sum, so the shuffle moves runs of factor x channels
@@ -55,25 +60,95 @@ def conv_depth_to_space(x: torch.Tensor, conv: nn.Conv2d, factor: int) -> torch.
     order = torch.arange(conv.out_channels, device=x.device)
     order = order.view(channels, factor, factor).permute(1, 2, 0).reshape(-1)  # (i, j, c) <- c*f*f + i*f + j
     bias = None if conv.bias is None else conv.bias[order]
-    y = F.conv2d(x, conv.weight[order], bias, conv.stride, conv.padding, conv.dilation)
+    y = _convolution(x, conv, conv.weight[order], bias, conv.stride, gelu)
     b, _, h, w = y.shape
     y = y.permute(0, 2, 3, 1).reshape(b, h, w, factor, factor, channels)  # (B, H, W, i, j, C)
     y = y.permute(0, 1, 3, 2, 4, 5).reshape(b, h * factor, w * factor, channels)  # row H*f+i, column W*f+j
     return y.permute(0, 3, 1, 2)  # (B, C, fH, fW) in channels-last memory
 
 
+def bf16_inference(x: torch.Tensor) -> bool:
+    """Whether x is a CPU activation of a bf16-autocast step that no gradient flows through: where
+    a layer and the GELU after it may run as one oneDNN kernel (the accelerated step's case)."""
+    return (
+        x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
+def linear_gelu(linear: nn.Linear, gelu: nn.GELU, x: torch.Tensor) -> torch.Tensor:
+    """gelu(linear(x)). In a bf16 inference step on a CPU, one oneDNN kernel that applies the GELU
+    to the float32 sums before they are rounded to bf16: a pass over the activations fewer, and
+    one rounding fewer (so within bf16 rounding of the two layers, not bit for bit). Elsewhere,
+    float32 included, exactly the two layers."""
+    if not bf16_inference(x):
+        return gelu(linear(x))
+    bf16 = torch.bfloat16
+    bias = None if linear.bias is None else linear.bias.to(bf16)
+    return torch.ops.mkldnn._linear_pointwise(
+        x.to(bf16), linear.weight.to(bf16), bias, "gelu", [None], gelu.approximate
+    )
+
+
+def conv_gelu(
+    conv: nn.Conv2d,
+    gelu: nn.GELU,
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    stride: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """gelu(conv(x)) (with `weight` and `stride` in place of the convolution's own, if given): one
+    oneDNN kernel in a bf16 inference step on a CPU, as linear_gelu; elsewhere the two layers."""
+    weight = conv.weight if weight is None else weight
+    return _convolution(x, conv, weight, conv.bias, conv.stride if stride is None else stride, gelu)
+
+
+def _convolution(
+    x: torch.Tensor,
+    conv: nn.Conv2d,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, ...],
+    gelu: nn.GELU | None,
+) -> torch.Tensor:
+    """`conv`'s convolution of x with these weights, bias and stride, then `gelu` if given (fused
+    into the convolution in a bf16 inference step on a CPU)."""
+    if gelu is not None and conv.padding_mode == "zeros" and bf16_inference(x):
+        bf16 = torch.bfloat16
+        return torch.ops.mkldnn._convolution_pointwise(
+            x.to(bf16), weight.to(bf16), None if bias is None else bias.to(bf16), list(conv.padding),
+            list(stride), list(conv.dilation), conv.groups, "gelu", [None], gelu.approximate,
+        )  # fmt: skip
+    y = F.conv2d(x, weight, bias, stride, conv.padding, conv.dilation, conv.groups)
+    return y if gelu is None else gelu(y)
+
+
 def run_fused(layers: list[nn.Module], z: torch.Tensor) -> torch.Tensor:
     """`layers` in order on z, with each PixelUnshuffle and the convolution after it, and each
-    convolution and the PixelShuffle after it, run fused (the functions above)."""
+    convolution and the PixelShuffle after it, run fused (the functions above); in a bf16
+    inference step a convolution and the GELU after it too (conv_gelu)."""
     index = 0
     while index < len(layers):
         layer, after = layers[index], layers[index + 1] if index + 1 < len(layers) else None
-        if isinstance(layer, nn.PixelUnshuffle) and isinstance(after, nn.Conv2d):
+        then = layers[index + 2] if index + 2 < len(layers) else None
+        if isinstance(layer, nn.PixelUnshuffle) and isinstance(after, nn.Conv2d) and isinstance(then, nn.GELU):
+            if bf16_inference(z):
+                factor = layer.downscale_factor
+                z = conv_gelu(after, then, z, _space_to_depth_weight(after, factor), (factor, factor))
+                index += 3
+                continue
+        if isinstance(layer, nn.Conv2d) and isinstance(after, nn.GELU) and bf16_inference(z):
+            z = conv_gelu(layer, after, z)
+            index += 2
+        elif isinstance(layer, nn.PixelUnshuffle) and isinstance(after, nn.Conv2d):
             z = space_to_depth_conv(z, after, layer.downscale_factor)
             index += 2
         elif isinstance(layer, nn.Conv2d) and isinstance(after, nn.PixelShuffle):
-            z = conv_depth_to_space(z, layer, after.upscale_factor)
-            index += 2
+            fuse = isinstance(then, nn.GELU) and bf16_inference(z)
+            z = conv_depth_to_space(z, layer, after.upscale_factor, then if fuse else None)
+            index += 3 if fuse else 2
         else:
             z = layer(z)
             index += 1

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wm_sim.layout_kernels import InplaceGELU
+from wm_sim.layout_kernels import InplaceGELU, linear_gelu
 from wm_sim.model_heads import FrameReward, SceneReward, StateTransition, wrap_angle
 from wm_sim.optional import is_available
 from wm_sim.stream_cache import LayerCache, StreamCache
@@ -119,7 +119,8 @@ class Block(nn.Module):
         if cache is not None:
             k, v, mask = cache.append(k, v)
         x = x + self.attn.merge(attend(q, k, v, mask))
-        return x + self.mlp(self.norm2(x))
+        up, gelu, down = self.mlp
+        return x + down(linear_gelu(up, gelu, self.norm2(x)))
 
 
 LATENT_LIMIT = 0.999  # |latent| kept below 1 before atanh: atanh(0.999) = 3.8
