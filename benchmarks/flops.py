@@ -10,9 +10,11 @@ attention kernel (nor for flash-attn's), so on CPU it misses `attention_flops` e
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from wm_sim.world_model import WorldModel
 
@@ -86,8 +88,25 @@ def attention_flops(model: WorldModel) -> int:
     return c.depth * 2 * 2 * c.tokens * (c.window * c.tokens) * c.dim
 
 
+def _fused_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's linear with a fused GELU (wm_sim.layout_kernels.linear_gelu): its matmul's FLOPs."""
+    return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
+
+
+def _fused_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's convolution with a fused GELU (wm_sim.layout_kernels.conv_gelu): its convolution's FLOPs."""
+    return conv_flop_count(list(x_shape), list(w_shape), list(out_shape))
+
+
+# the fused layers a bf16 step runs, which FlopCounterMode has no formula for
+FUSED_LAYER_FLOPS = {
+    torch.ops.mkldnn._linear_pointwise: _fused_linear_flops,
+    torch.ops.mkldnn._convolution_pointwise: _fused_conv_flops,
+}
+
+
 def counted_step_flops(engine_step, actions: torch.Tensor) -> int:
     """FLOPs torch counts in one call of `engine_step(actions)` (a whole batch)."""
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=FUSED_LAYER_FLOPS) as counter:
         engine_step(actions)
     return int(counter.get_total_flops())
