@@ -94,7 +94,7 @@ def _fused_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> in
 
 
 def _fused_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-    """oneDNN's convolution with a fused GELU (wm_sim.layout_kernels.conv_gelu): its convolution's FLOPs."""
+    """oneDNN's convolution with a fused GELU (wm_sim.layout_kernels.run_fused): its convolution's FLOPs."""
     return conv_flop_count(list(x_shape), list(w_shape), list(out_shape))
 
 

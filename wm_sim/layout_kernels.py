@@ -29,24 +29,21 @@ class InplaceGELU(nn.GELU):
         return torch.ops.aten.gelu_(x, approximate=self.approximate)
 
 
-def space_to_depth_conv(x: torch.Tensor, conv: nn.Conv2d, factor: int) -> torch.Tensor:
+def space_to_depth_conv(x: torch.Tensor, conv: nn.Conv2d, factor: int, gelu: nn.GELU | None = None) -> torch.Tensor:
     """conv(PixelUnshuffle(factor)(x)) for a 1x1 `conv`: one convolution of kernel and stride
-    `factor` with the same weights, so the same sums, without the space-to-depth copy."""
+    `factor` with the same weights, so the same sums, without the space-to-depth copy (with
+    `gelu`, the GELU after it too: see _convolution)."""
     plain = (conv.kernel_size, conv.stride, conv.padding, conv.dilation) == ((1, 1), (1, 1), (0, 0), (1, 1))
     if not plain or conv.groups != 1:
         raise ValueError(f"space_to_depth_conv needs a plain 1x1 convolution (groups=1), got {conv}")
-    return F.conv2d(x, _space_to_depth_weight(conv, factor), conv.bias, stride=factor)
-
-
-def _space_to_depth_weight(conv: nn.Conv2d, factor: int) -> torch.Tensor:
-    """A 1x1 convolution's weights after a space-to-depth by `factor`, as one of kernel `factor`."""
     inputs = conv.in_channels // factor**2
-    return conv.weight.view(conv.out_channels, inputs, factor, factor)  # channel c*f*f + i*f + j
+    weight = conv.weight.view(conv.out_channels, inputs, factor, factor)  # channel c*f*f + i*f + j
+    return _convolution(x, conv, weight, conv.bias, (factor, factor), gelu)
 
 
 def conv_depth_to_space(x: torch.Tensor, conv: nn.Conv2d, factor: int, gelu: nn.GELU | None = None) -> torch.Tensor:
     """PixelShuffle(factor)(conv(x)), bit for bit, in channels-last memory (with `gelu`, the GELU
-    after the shuffle too, applied before it: it acts on each value alone; see conv_gelu).
+    after the shuffle too, applied before it: it acts on each value alone; see _convolution).
 
     The convolution computes its output channels in (row, column, channel) order instead of
     (channel, row, column), which changes no sum, so the shuffle moves runs of factor x channels
@@ -92,19 +89,6 @@ def linear_gelu(linear: nn.Linear, gelu: nn.GELU, x: torch.Tensor) -> torch.Tens
     )
 
 
-def conv_gelu(
-    conv: nn.Conv2d,
-    gelu: nn.GELU,
-    x: torch.Tensor,
-    weight: torch.Tensor | None = None,
-    stride: tuple[int, int] | None = None,
-) -> torch.Tensor:
-    """gelu(conv(x)) (with `weight` and `stride` in place of the convolution's own, if given): one
-    oneDNN kernel in a bf16 inference step on a CPU, as linear_gelu; elsewhere the two layers."""
-    weight = conv.weight if weight is None else weight
-    return _convolution(x, conv, weight, conv.bias, conv.stride if stride is None else stride, gelu)
-
-
 def _convolution(
     x: torch.Tensor,
     conv: nn.Conv2d,
@@ -113,8 +97,8 @@ def _convolution(
     stride: tuple[int, ...],
     gelu: nn.GELU | None,
 ) -> torch.Tensor:
-    """`conv`'s convolution of x with these weights, bias and stride, then `gelu` if given (fused
-    into the convolution in a bf16 inference step on a CPU)."""
+    """`conv`'s convolution of x with these weights, bias and stride, then `gelu` if given. Fused
+    into one oneDNN kernel in a bf16 inference step on a CPU, as linear_gelu; elsewhere the two."""
     if gelu is not None and conv.padding_mode == "zeros" and bf16_inference(x):
         bf16 = torch.bfloat16
         return torch.ops.mkldnn._convolution_pointwise(
@@ -128,27 +112,28 @@ def _convolution(
 def run_fused(layers: list[nn.Module], z: torch.Tensor) -> torch.Tensor:
     """`layers` in order on z, with each PixelUnshuffle and the convolution after it, and each
     convolution and the PixelShuffle after it, run fused (the functions above); in a bf16
-    inference step a convolution and the GELU after it too (conv_gelu)."""
+    inference step each convolution also takes the GELU after it (_convolution)."""
+    fuse_gelu = bf16_inference(z)
+
+    def gelu_at(index: int) -> nn.GELU | None:
+        """The GELU at `index`, if it is one and is to be fused into the layer before it."""
+        layer = layers[index] if index < len(layers) else None
+        return layer if fuse_gelu and isinstance(layer, nn.GELU) else None
+
     index = 0
     while index < len(layers):
         layer, after = layers[index], layers[index + 1] if index + 1 < len(layers) else None
-        then = layers[index + 2] if index + 2 < len(layers) else None
-        if isinstance(layer, nn.PixelUnshuffle) and isinstance(after, nn.Conv2d) and isinstance(then, nn.GELU):
-            if bf16_inference(z):
-                factor = layer.downscale_factor
-                z = conv_gelu(after, then, z, _space_to_depth_weight(after, factor), (factor, factor))
-                index += 3
-                continue
-        if isinstance(layer, nn.Conv2d) and isinstance(after, nn.GELU) and bf16_inference(z):
-            z = conv_gelu(layer, after, z)
-            index += 2
-        elif isinstance(layer, nn.PixelUnshuffle) and isinstance(after, nn.Conv2d):
-            z = space_to_depth_conv(z, after, layer.downscale_factor)
-            index += 2
+        if isinstance(layer, nn.PixelUnshuffle) and isinstance(after, nn.Conv2d):
+            gelu = gelu_at(index + 2)
+            z = space_to_depth_conv(z, after, layer.downscale_factor, gelu)
+            index += 2 if gelu is None else 3
         elif isinstance(layer, nn.Conv2d) and isinstance(after, nn.PixelShuffle):
-            fuse = isinstance(then, nn.GELU) and bf16_inference(z)
-            z = conv_depth_to_space(z, layer, after.upscale_factor, then if fuse else None)
-            index += 3 if fuse else 2
+            gelu = gelu_at(index + 2)
+            z = conv_depth_to_space(z, layer, after.upscale_factor, gelu)
+            index += 2 if gelu is None else 3
+        elif isinstance(layer, nn.Conv2d) and gelu_at(index + 1) is not None:
+            z = _convolution(z, layer, layer.weight, layer.bias, layer.stride, after)
+            index += 2
         else:
             z = layer(z)
             index += 1

@@ -319,13 +319,9 @@ class WorldModel(nn.Module):
         elif anchor is None:
             raise ValueError("this world model's decoder is anchored: decode needs model.anchor(frames)")
         else:
-            # the anchor repeated per frame in (B, S, S, 3) memory, where the decoder blends
-            pixels = _per_frame(anchor.pixels.movedim(-3, -1), lead)
-            pixels = pixels.reshape(-1, *pixels.shape[-3:]).permute(0, 3, 1, 2)
-            term = None
-            if anchor.detail is not None and self.decoder.anchor_detail:
-                term = _per_frame(anchor.detail.movedim(-3, -1), lead)
-                term = term.reshape(-1, *term.shape[-3:]).permute(0, 3, 1, 2)
+            pixels = _per_frame_image(anchor.pixels, lead)
+            known = anchor.detail is not None and self.decoder.anchor_detail
+            term = _per_frame_image(anchor.detail, lead) if known else None
             x = self.decoder(flat, _per_frame(anchor.latents, lead).reshape(per_camera), pixels, term)
         return x.reshape(*lead, *c.frame_shape)
 
@@ -472,6 +468,13 @@ class WorldModel(nn.Module):
             x = block(x, rotation, None, cache=cache.layer(layer))
         cache.advance()
         return self._prediction(x, latents[:, None], next_state)
+
+
+def _per_frame_image(row_image: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+    """Each row's (B, [K,] C, S, S) image, held in (B, [K,] S, S, C) memory, repeated for every frame
+    of a (B, ...) = `lead` batch: (M * K, C, S, S) in that memory, where the decoder blends."""
+    image = _per_frame(row_image.movedim(-3, -1), lead)
+    return image.reshape(-1, *image.shape[-3:]).permute(0, 3, 1, 2)
 
 
 def _per_frame(row_values: torch.Tensor, lead: torch.Size) -> torch.Tensor:
