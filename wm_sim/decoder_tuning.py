@@ -230,8 +230,9 @@ def _source(cfg: DecoderTuningConfig, run_dir: Path, resuming: bool) -> tuple[Wo
             "(train it anchored from the start: model.anchored=true)"
         )
     meta = {k: v for k, v in meta.items() if k not in ("schema_version", "model", "step")}
+    was = meta.get("decoder_tuning")  # a resumed run's own options, or the source's tuning if it had one
     if resuming:
-        was = meta.get("decoder_tuning", {})
+        was = was or {}
         for key in RUN_IDENTITY:
             before = was.get(key, LEGACY_OPTIONS.get(key))
             if before != options[key]:
@@ -239,11 +240,10 @@ def _source(cfg: DecoderTuningConfig, run_dir: Path, resuming: bool) -> tuple[Wo
                     f"cannot resume {run_dir}: it was tuned with {key}={before!r}, this run asks for "
                     f"{options[key]!r} (remove {run_dir} to tune afresh)"
                 )
-        return anchored(model, cfg.anchor_detail), {**meta, "decoder_tuning": {**options, "earlier": was.get("earlier")}}
-    earlier = meta.get("decoder_tuning")  # the source's own decoder tuning, if it had one
-    earlier = {k: v for k, v in earlier.items() if k != "earlier"} if isinstance(earlier, dict) else None
+        earlier = was.get("earlier")
+    else:  # the tuning before this one (only the last: its own `earlier` is dropped)
+        earlier = {k: v for k, v in was.items() if k != "earlier"} if isinstance(was, dict) else None
     return anchored(model, cfg.anchor_detail), {**meta, "decoder_tuning": {**options, "earlier": earlier}}
-
 
 @dataclass
 class TuningData:
