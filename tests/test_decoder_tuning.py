@@ -17,6 +17,7 @@ from wm_sim.decoder_tuning import (
     anchored,
     far_pixels,
     own_rollouts,
+    shown_earlier,
     tune_decoder,
     tuning_batch,
 )
@@ -84,26 +85,61 @@ def test_anchor_detail_starts_from_the_anchored_decoder_and_reads_the_anchors_ow
         detailed.decoder.detail.weight.normal_(0.0, 0.5)  # what tuning learns
         drawn, drawn_over_other = detailed.decode(latents, anchor), detailed.decode(latents, other)
     assert (drawn - drawn_over_other).abs().amax() > 0.01
-    with pytest.raises(WmSimError, match="cannot take them away"):
+    with pytest.raises(WmSimError, match="can add to what it reads, not change it"):
         anchored(detailed, detail=False)
 
 
-def test_the_engine_keeps_each_rows_anchor_term_and_draws_what_decode_draws():
-    """The imagination engine computes the anchor's pixels' share once per episode; its frames
-    are the ones decode draws computing it every time, to the bit (float32)."""
+def test_anchor_memory_starts_from_the_detail_decoder_and_reads_the_earlier_context_frames():
+    torch.manual_seed(0)
+    detailed = anchored(WorldModel(TINY)).eval()
+    with torch.no_grad():
+        detailed.decoder.detail.weight.normal_(0.0, 0.5)  # a tuned detail phase
+    remembering = anchored(detailed, memory=(1, 3)).eval()
+    assert remembering.config.anchor_memory == (1, 3) and detailed.config.anchor_memory == ()
+    context = torch.stack([_frames(4, 10), _frames(4, 11)])  # (2, 4, S, S, 3): rows 0 and 1
+    anchor = remembering.anchor(context[:, -1], context=context)
+    # gap 1 is the frame before the anchor's, gap 3 the first; RGB of each in turn
+    picked = torch.cat([context[:, 2], context[:, 0]], -1).movedim(-1, -3).float() / 255
+    assert torch.equal(anchor.earlier, picked)
+    short = remembering.anchor(context[:, 1], context=context[:, :2])  # gap 3 is before the context
+    assert torch.equal(short.earlier, torch.cat([context[:, 0], context[:, 0]], -1).movedim(-1, -3).float() / 255)
+    latents = detailed.encode(_frames(2, 12))
+    with torch.no_grad():
+        for model in (detailed, remembering):
+            _own_channel_bias(model).fill_(50.0)  # draw every pixel
+        assert torch.equal(remembering.decode(latents, anchor), detailed.decode(latents, anchor))  # new inputs at zero
+        remembering.decoder.detail.weight[:, 12:].normal_(0.0, 0.5)  # what tuning learns
+        other = Anchor(anchor.latents, anchor.pixels, earlier=anchor.earlier.flip(0))
+        assert (remembering.decode(latents, anchor) - remembering.decode(latents, other)).abs().amax() > 0.01
+        # no earlier frame seen: the anchor's pixels stand for each
+        alone = remembering.anchor(context[:, -1])
+        assert alone.earlier is None
+        repeated = Anchor(alone.latents, alone.pixels, earlier=alone.pixels.repeat(1, 2, 1, 1))
+        assert torch.equal(remembering.decode(latents, alone), remembering.decode(latents, repeated))
+    with pytest.raises(WmSimError, match="not change it"):
+        anchored(remembering, memory=(2,))
+
+
+@pytest.mark.parametrize("memory", [(), (1, 2)])
+def test_the_engine_keeps_each_rows_anchor_term_and_draws_what_decode_draws(memory):
+    """The imagination engine computes the anchor's (and earlier context frames') pixels' share
+    once per episode; its frames are the ones decode draws computing it every time, to the bit
+    (float32)."""
     from wm_sim.envs.imagination import ImaginationEngine
 
     torch.manual_seed(0)
-    model = anchored(WorldModel(TINY)).eval()
+    model = anchored(WorldModel(TINY), memory=memory).eval()
     with torch.no_grad():
         model.decoder.detail.weight.normal_(0.0, 0.5)
     engine = ImaginationEngine(model, 3, None)
-    frames = torch.stack([_frames(2, 7 + b) for b in range(3)])  # (3, 2, S, S, 3)
-    engine.reset_rows(torch.arange(3), frames, torch.zeros(3, 2, 4), torch.zeros(3, 1, 2))
-    engine.reset_rows(torch.tensor([1]), frames[[0]], torch.zeros(1, 2, 4), torch.zeros(1, 1, 2))
+    frames = torch.stack([_frames(3, 7 + b) for b in range(3)])  # (3, 3, S, S, 3)
+    engine.reset_rows(torch.arange(3), frames, torch.zeros(3, 3, 4), torch.zeros(3, 2, 2))
+    engine.reset_rows(torch.tensor([1]), frames[[0]], torch.zeros(1, 3, 4), torch.zeros(1, 2, 2))
     step = engine.step(torch.rand(3, 2))
     with torch.no_grad():
-        anchors = model.anchor(frames[[0, 0, 2], -1])  # row 1 restarted from row 0's context
+        rows = [0, 0, 2]  # row 1 restarted from row 0's context
+        anchors = model.anchor(frames[rows, -1], context=frames[rows])
+        assert (anchors.earlier is None) == (not memory)
         assert anchors.detail is None  # computed at each decode
         expected = model.decode_and_reencode(engine.latents, anchors)[0]
     assert torch.equal(step.pixels, expected)
@@ -232,6 +268,23 @@ def test_far_predictions_are_trained_only_on_what_stood_still_in_the_anchors_for
     assert torch.equal(weight[~ones], expected[~ones].float())
     # what stood still in the anchor's foreground is a sliver of the frame
     assert 0 < weight[~ones].mean() < 0.2
+
+
+def test_memory_pixels_are_what_the_anchor_frame_covered_and_an_earlier_frame_showed():
+    """A target the arm covers in the anchor frame, shown by an earlier frame and by the frame
+    now: those pixels, not the arm's nor the background's."""
+    background = torch.full((8, 8, 3), 0.3)
+    target, arm = torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.6, 0.9])
+    earlier, anchor, frame = background.clone(), background.clone(), background.clone()
+    earlier[1:3, 1:3] = frame[1:3, 1:3] = target
+    anchor[0:4, 1:3] = arm  # over the target
+    frame[5:7, 5:7] = arm  # gone elsewhere
+    both = torch.cat([earlier, background], -1)  # two earlier frames, RGB in turn
+    rows = Anchor(torch.zeros(1), anchor.permute(2, 0, 1)[None], earlier=both.permute(2, 0, 1)[None])
+    expected = torch.zeros(1, 8, 8, 1, dtype=torch.bool)
+    expected[0, 1:3, 1:3] = True
+    expected[0, 0, 1:3] = expected[0, 3, 1:3] = True  # where the arm left the background the earlier frames show
+    assert torch.equal(shown_earlier(frame[None], rows), expected)
 
 
 def test_far_pixels_are_what_stood_still_and_with_anchor_also_where_the_anchors_foreground_left():

@@ -158,18 +158,20 @@ def test_a_model_card_names_the_decoder_phase_option_its_tuning_recorded():
         assert ("training.decoder_far_pixels=anchor" in model_card(meta, None, "push")) == shown
 
 
-def test_a_model_card_counts_both_decoder_phases_when_the_second_read_the_anchors_pixels():
+def test_a_model_card_counts_every_decoder_phase_and_what_each_added():
     from wm_sim.model_card import model_card
 
     meta = json.loads((resolve_checkpoint("shipped:reacher") / "meta.json").read_text())
-    first = {**meta["decoder_tuning"], "anchor_detail": False}
-    meta["model"]["anchor_detail"] = True
-    meta["decoder_tuning"] = {**first, "steps": 300, "anchor_detail": True, "earlier": {**first, "steps": 200}}
+    first = {**meta["decoder_tuning"], "anchor_detail": False, "anchor_memory": [], "steps": 200, "earlier": None}
+    second = {**first, "steps": 300, "anchor_detail": True, "earlier": first}
+    meta["decoder_tuning"] = {**second, "steps": 400, "anchor_memory": [2, 4, 7], "earlier": second}
     card = model_card(meta, None, "reacher")
-    assert "(200 steps, then 300 reading the anchor's pixels too)" in card
-    assert "`anchor_detail`" in card
-    meta["decoder_tuning"]["earlier"] = None  # one phase, anchor detail from the start
-    assert "tuning its anchored decoder (300 steps)" in model_card(meta, None, "reacher")
+    assert (
+        "(200 steps, then 300 reading the anchor's pixels too, then 400 reading earlier context frames too)" in card
+    )
+    assert "`anchor_detail`" in card and "`anchor_memory`" in card
+    meta["decoder_tuning"]["earlier"] = None  # one phase, reading everything from the start
+    assert "tuning its anchored decoder (400 steps)" in model_card(meta, None, "reacher")
 
 
 def test_a_model_card_names_anchor_detail_off_for_a_model_made_before_it():

@@ -15,6 +15,8 @@ current version.
             tokens is `step_out` (its weights were `heads.weight` and `heads.bias`).
     4 -> 5  the anchored decoder may read the anchor's pixels (`anchor_detail`, on by default):
             a checkpoint written before had no such inputs, so it is off.
+    5 -> 6  anchor detail may read earlier context frames too (`anchor_memory`, three by
+            default): a checkpoint written before read the anchor's pixels alone.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import torch
 
-CHECKPOINT_SCHEMA_VERSION = 5
+CHECKPOINT_SCHEMA_VERSION = 6
 # A model's optional parts: before schema 3 the model's defaults left them out, and a checkpoint's
 # metadata names only those that existed when it was written, so a missing one was off.
 OPTIONAL_PARTS = ("residual", "anchored", "transition", "frame_reward", "scene_reward")
@@ -56,6 +58,8 @@ def migrated_meta(meta: dict[str, Any], directory: Path) -> tuple[dict[str, Any]
         meta = {**meta, "model": {**dict.fromkeys(OPTIONAL_PARTS, False), **meta["model"]}}
     if meta["schema_version"] < 5:
         meta = {**meta, "model": {"anchor_detail": False, **meta["model"]}}
+    if meta["schema_version"] < 6:
+        meta = {**meta, "model": {"anchor_memory": [], **meta["model"]}}
     if meta["schema_version"] != 1 or not meta["model"].get("scene_reward"):
         return {**meta, "schema_version": CHECKPOINT_SCHEMA_VERSION}, ()
     warnings.warn(

@@ -5,8 +5,12 @@ latents of a static target until the decoder no longer draws it, and smear the b
 still copy of the last real frame keeps both exact. An anchored decoder (`tokenizer.Decoder`)
 also reads that last real frame and learns, pixel by pixel, whether to draw or to copy it.
 
-With anchor_detail (the default) the decoder's last stage also reads the anchor's pixels; added
-to a decoder without them, the new inputs start at zero, so tuning starts from what it drew.
+With anchor_detail (the default) the decoder's last stage also reads the anchor's pixels, and
+with anchor_memory earlier context frames' pixels too; added to a decoder without them, the new
+inputs start at zero, so tuning starts from what it drew. Pixels the anchor frame does not show
+as the target frame does, but an earlier frame did (a target the arm covered at the anchor and
+has left since), are few: they weigh `memory_weight` more in the loss, else the earlier frames
+go unread.
 
 This stage trains the decoder alone. The encoder and the dynamics are frozen, so the latents do
 not change and everything built on them (policies trained on latents) stays valid. Each batch mixes:
@@ -25,6 +29,7 @@ than a misplaced arm). That flatters SSIM and shows the user nothing.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -89,6 +94,17 @@ class DecoderTuningConfig:
             "decoder without them, so tuning starts from what it drew)"
         },
     )
+    anchor_memory: tuple[int, ...] = field(
+        default=(2, 4, 7),
+        metadata={
+            "help": "with anchor_detail, the earlier context frames it also reads, as gaps back from the anchor "
+            "([]: none; added with zeroed weights)"
+        },
+    )
+    memory_weight: float = field(
+        default=10.0,
+        metadata={"help": "extra loss weight of pixels the anchor does not show but an earlier frame did"},
+    )
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seeds the batch order"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
@@ -107,29 +123,32 @@ RUN_IDENTITY = (
     "far_horizon",
     "far_pixels",
     "anchor_detail",
+    "anchor_memory",
+    "memory_weight",
     "seed",
 )
 # what a run recorded before an option existed did
-LEGACY_OPTIONS = {"far_pixels": "still", "anchor_detail": False}
+LEGACY_OPTIONS = {"far_pixels": "still", "anchor_detail": False, "anchor_memory": [], "memory_weight": 0.0}
 
 
-def anchored(model: WorldModel, detail: bool = True) -> WorldModel:
-    """The same model with an anchored decoder, reading the anchor's pixels too if `detail`, that
-    starts from its decoder's weights and decodes as it did.
+def anchored(model: WorldModel, detail: bool = True, memory: tuple[int, ...] = ()) -> WorldModel:
+    """The same model with an anchored decoder, reading the anchor's pixels too if `detail` and the
+    earlier frames `memory` names, that starts from its decoder's weights and decodes as it did.
 
     What is new enters through zeroed weights: a plain decoder's anchor tokens, and the anchor's
-    pixels in the last convolution. A plain decoder's draw-or-copy channel starts at one half
-    everywhere: training moves it towards the anchor where the anchor is right.
+    (and earlier frames') pixels in the last convolution. A plain decoder's draw-or-copy channel
+    starts at one half everywhere: training moves it towards the anchor where the anchor is right.
     """
-    config = model.config
-    if config.anchored and config.anchor_detail and not detail:
+    config, memory = model.config, tuple(memory) if detail else ()
+    had = (config.anchor_detail, config.anchor_memory)
+    if config.anchored and had != (detail, memory) and ((had[0] and not detail) or had[1]):
         raise WmSimError(
-            "this model's anchored decoder already reads the anchor's pixels; anchor_detail=false "
-            "cannot take them away (tune a model without anchor detail)"
+            f"this model's anchored decoder reads anchor_detail={had[0]}, anchor_memory={list(had[1])}; "
+            f"tuning can add to what it reads, not change it to anchor_detail={detail}, anchor_memory={list(memory)}"
         )
-    if config.anchored and config.anchor_detail == detail:
+    if config.anchored and had == (detail, memory):
         return model
-    converted = WorldModel(replace(config, anchored=True, anchor_detail=detail))
+    converted = WorldModel(replace(config, anchored=True, anchor_detail=detail, anchor_memory=memory))
     source, target = model.state_dict(), converted.state_dict()
     with torch.no_grad():
         for name, value in target.items():
@@ -138,7 +157,8 @@ def anchored(model: WorldModel, detail: bool = True) -> WorldModel:
                 value.zero_()
             elif before.shape == value.shape:
                 value.copy_(before)
-            else:  # a plain decoder's first convolution (inputs) or last (outputs) grew
+            else:  # a plain decoder's first convolution (inputs) or last (outputs), or the anchor's
+                # pixels' convolution (the earlier frames' inputs), grew
                 value.zero_()
                 value[tuple(slice(0, n) for n in before.shape)] = before
     converted.load_state_dict(target)
@@ -216,13 +236,20 @@ def _check_options(cfg: DecoderTuningConfig) -> None:
         raise WmSimError(f"far_pixels must be one of {', '.join(FAR_PIXELS)}, got {cfg.far_pixels!r}")
     if cfg.far_horizon and cfg.far_horizon <= cfg.horizon:
         raise WmSimError(f"far_horizon must be 0 or beyond horizon={cfg.horizon}, got {cfg.far_horizon}")
+    if any(not isinstance(g, int) or g < 1 for g in cfg.anchor_memory) or cfg.memory_weight < 0:
+        raise WmSimError(
+            "anchor_memory must list frames back from the anchor (each >= 1) and memory_weight be >= 0, got "
+            f"{list(cfg.anchor_memory)}, {cfg.memory_weight}"
+        )
+    if cfg.anchor_memory and not cfg.anchor_detail:
+        raise WmSimError(f"anchor_memory={list(cfg.anchor_memory)} is read beside the anchor's pixels: it needs anchor_detail=true")
     lifecycle.resume_auto(cfg.resume)
 
 
 def _source(cfg: DecoderTuningConfig, run_dir: Path, resuming: bool) -> tuple[WorldModel, dict]:
     """The model to tune (anchored) and the metadata its checkpoints carry: the source's data and
     training, this run's options; a resumed run must be asked for with the same options."""
-    options = asdict(cfg)
+    options = json.loads(json.dumps(asdict(cfg)))  # as the metadata keeps them (lists, not tuples)
     model, meta = load_checkpoint(run_dir / LAST if resuming else cfg.checkpoint)
     if model.config.cameras > 1:
         raise WmSimError(
@@ -241,9 +268,10 @@ def _source(cfg: DecoderTuningConfig, run_dir: Path, resuming: bool) -> tuple[Wo
                     f"{options[key]!r} (remove {run_dir} to tune afresh)"
                 )
         earlier = was.get("earlier")
-    else:  # the tuning before this one (only the last: its own `earlier` is dropped)
-        earlier = {k: v for k, v in was.items() if k != "earlier"} if isinstance(was, dict) else None
-    return anchored(model, cfg.anchor_detail), {**meta, "decoder_tuning": {**options, "earlier": earlier}}
+    else:  # the tuning before this one, which names its own earlier one
+        earlier = was if isinstance(was, dict) else None
+    tuned = anchored(model, cfg.anchor_detail, tuple(cfg.anchor_memory))
+    return tuned, {**meta, "decoder_tuning": {**options, "earlier": earlier}}
 
 @dataclass
 class TuningData:
@@ -278,7 +306,8 @@ def own_rollouts(
         rollout = open_loop(model, image, state.float(), action[:, : length - 1].float(), cfg.context)
         own.append(rollout.latents)  # (b, H, N, C): frames context .. length-1
         anchors.append(rollout.anchor)
-    anchor = Anchor(torch.cat([a.latents for a in anchors]), torch.cat([a.pixels for a in anchors]))
+    earlier = None if anchors[0].earlier is None else torch.cat([a.earlier for a in anchors])
+    anchor = Anchor(torch.cat([a.latents for a in anchors]), torch.cat([a.pixels for a in anchors]), earlier=earlier)
     sample = np.concatenate([f[:: max(1, len(f) // 8)].numpy() for f in frames])
     background = torch.from_numpy(background_frame(sample[:: max(1, len(sample) // 512)]))
     return TuningData(frames, torch.cat(own), anchor, background)
@@ -304,6 +333,16 @@ def far_pixels(
         return unchanged & shown
     left = (frames - background).abs().amax(-1, keepdim=True) < 0.1
     return shown & (unchanged | left)
+
+
+def shown_earlier(frames: torch.Tensor, anchor: Anchor) -> torch.Tensor:
+    """The pixels (B, S, S, 1) of frames (B, S, S, 3) that the anchor frame does not show as they
+    are, but one of its earlier frames did: what the arm covered at the anchor and has left since."""
+    pixels = anchor.pixels.permute(0, 2, 3, 1)  # (B, S, S, 3)
+    earlier = anchor.earlier.permute(0, 2, 3, 1).unflatten(-1, (-1, 3))  # (B, S, S, M, 3)
+    differs = (frames - pixels).abs().amax(-1, keepdim=True) >= 0.1
+    matches = ((frames.unsqueeze(-2) - earlier).abs().amax(-1) < 0.1).any(-1, keepdim=True)
+    return differs & matches
 
 
 def tuning_batch(
@@ -342,6 +381,9 @@ def tuning_batch(
             latents[index] = model.encode(shown_frames)
             real_anchor = model.anchor(under_frames)
         anchor.latents[index], anchor.pixels[index] = real_anchor.latents, real_anchor.pixels
+        if anchor.earlier is not None:  # the earlier frames of that anchor frame's episode
+            contexts = [frames[rows[i]][None, : j + 1] for i, j in zip(picked, under, strict=True)]
+            anchor.earlier[index] = torch.cat([model.earlier_frames(c) for c in contexts])
         target[index] = shown_frames
     target = target.float() / 255.0
     weight = torch.ones_like(target[..., :1])
@@ -349,4 +391,6 @@ def tuning_batch(
         index = torch.from_numpy(np.flatnonzero(far))
         anchor_frames = anchor.pixels[index].permute(0, 2, 3, 1)  # (k, S, S, 3), as the targets
         weight[index] = far_pixels(target[index], anchor_frames, data.background, cfg.far_pixels).float()
+    if cfg.memory_weight and anchor.earlier is not None:
+        weight = weight + cfg.memory_weight * shown_earlier(target, anchor).float()
     return model.decode(latents, anchor), target, weight

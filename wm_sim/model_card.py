@@ -7,6 +7,7 @@ says what the files say; a user reads it instead of the project's history.
 from __future__ import annotations
 
 from dataclasses import asdict
+from itertools import pairwise
 from pathlib import Path
 
 from wm_sim.checkpoint import checkpoint_cameras
@@ -15,6 +16,7 @@ PARTS = {
     "residual": "latents predicted as changes of the current ones",
     "anchored": "decoder composites over the last real frame (scene kept where nothing moved)",
     "anchor_detail": "the decoder's last stage reads that frame's pixels too (edges kept to the pixel)",
+    "anchor_memory": "and earlier context frames' pixels (what the arm covered in the last one is drawn when it leaves)",
     "transition": "agent_pos predicted by a state-transition MLP the transformer reads",
     "frame_reward": "reward read off the (re-encoded) frame shown",
     "scene_reward": "reward of an imagined state in a real frame's scene (latent planner and actor)",
@@ -83,21 +85,38 @@ def _recipe(meta: dict) -> list[str]:
     return lines
 
 
+# what a run's decoder phases may have added that its recorded architecture predates
+DECODER_INPUTS = {"anchor_detail": False, "anchor_memory": []}
+
+
 def _architecture(meta: dict) -> dict | None:
-    """The run's architecture as today's options name it: a run recorded before anchor detail
-    existed says nothing of it, and the model says whether its decoder phases gave it one."""
+    """The run's architecture as today's options name it: a run recorded before anchor detail or
+    memory existed says nothing of them, and the model says whether its decoder phases added them."""
     architecture, model = meta.get("architecture"), meta.get("model", {})
-    if architecture is None or "anchor_detail" in architecture or not model.get("anchored"):
+    if architecture is None or not model.get("anchored"):
         return architecture
-    return {**architecture, "anchor_detail": bool(model.get("anchor_detail", False))}
+    missing = {k: model.get(k, off) for k, off in DECODER_INPUTS.items() if k not in architecture}
+    if not model.get("anchor_detail"):  # no anchor memory without it, whatever that option says
+        missing.pop("anchor_memory", None)
+    return {**architecture, **missing}
 
 
 def _decoder_phases(tuning: dict) -> str:
-    """The decoder phases' steps in words: one phase, or one and another reading the anchor's pixels."""
-    earlier = tuning.get("earlier")
-    if isinstance(earlier, dict) and tuning.get("anchor_detail") and not earlier.get("anchor_detail"):
-        return f"{earlier.get('steps', '?')} steps, then {tuning.get('steps', '?')} reading the anchor's pixels too"
-    return f"{tuning.get('steps', '?')} steps"
+    """The decoder phases' steps in words, first to last: what each added to what the decoder reads."""
+    phases, phase = [], tuning
+    while isinstance(phase, dict):
+        phases.append(phase)
+        phase = phase.get("earlier")
+    first_to_last = phases[::-1]
+    words = [f"{first_to_last[0].get('steps', '?')} steps"]  # the first phase reads what it reads
+    for before, phase in pairwise(first_to_last):
+        added = ""
+        if phase.get("anchor_memory") and not before.get("anchor_memory"):
+            added = " reading earlier context frames too"
+        elif phase.get("anchor_detail") and not before.get("anchor_detail"):
+            added = " reading the anchor's pixels too"
+        words.append(f"{phase.get('steps', '?')}{added}")
+    return ", then ".join(words)
 
 
 def _train_command(train: dict, architecture: dict | None) -> str:
@@ -117,8 +136,16 @@ def _train_command(train: dict, architecture: dict | None) -> str:
         elif key in run and key not in recipe and value != run[key]:
             options.append(f"{key}={value}")
     shipped = asdict(ModelArchitecture())
-    options += [f"model.{k}={str(v).lower()}" for k, v in (architecture or {}).items() if shipped.get(k) != v]
+    shipped = {k: list(v) if isinstance(v, tuple) else v for k, v in shipped.items()}
+    options += [f"model.{k}={_option(v)}" for k, v in (architecture or {}).items() if shipped.get(k) != v]
     return "wm-sim train " + " ".join(options)
+
+
+def _option(value: object) -> str:
+    """A value as the command line takes it: true, 3, [2,4,7]."""
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value).lower()
 
 
 def _metrics_table(metrics: dict) -> list[str]:

@@ -40,6 +40,13 @@ class ModelArchitecture:
             "(out/detail) tunes them in after the first"
         },
     )
+    anchor_memory: tuple[int, ...] = field(
+        default=(2, 4, 7),
+        metadata={
+            "help": "with anchor_detail, the earlier context frames read too, as gaps back from the anchor "
+            "([]: none): a third decoder phase (out/memory) tunes them in"
+        },
+    )
     transition: bool = field(
         default=True,
         metadata={"help": "predict agent_pos with a state-transition MLP the transformer reads"},
@@ -67,6 +74,9 @@ class ModelArchitecture:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise WmSimError(f"model.{name} must be a positive integer, got {value!r}")
+        self.anchor_memory = tuple(self.anchor_memory)  # from a config file or the command line: a list
+        if any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in self.anchor_memory):
+            raise WmSimError(f"model.anchor_memory must list frames back from the anchor (each >= 1), got {list(self.anchor_memory)}")
 
 
 @dataclass

@@ -69,7 +69,7 @@ def open_loop(
     if context < 1 or actions.shape[1] < context:
         raise ValueError(f"need 1 <= context <= actions, got context={context}, {actions.shape[1]} actions")
     horizon = actions.shape[1] - context + 1
-    anchor = model.anchor(frames[:, context - 1])
+    anchor = model.anchor(frames[:, context - 1], context=frames[:, :context])
     cache, pred = warm_up(model, frames[:, :context], state[:, :context], actions[:, :context])
     out_latents, out_state, out_reward, out_cont = [], [], [], []
     for h in range(horizon):

@@ -86,6 +86,9 @@ class Decoder(nn.Module):
     layer's): from tokens alone, where to copy is known only to a quarter of the frame's
     resolution, and a target's edge beside the arm was drawn over. That share depends on the
     anchor alone, so a rollout computes it once (`anchor_term`, cached in `Anchor.detail`).
+    With anchor memory, that convolution also reads earlier real frames of the context
+    (`earlier` of them, 12 more channels each): what the arm covers in the anchor frame but an
+    earlier frame showed (a target) can be drawn when the arm leaves it.
     """
 
     def __init__(
@@ -96,11 +99,13 @@ class Decoder(nn.Module):
         width: int,
         anchored: bool = False,
         anchor_detail: bool = False,
+        earlier: int = 0,
     ):
         super().__init__()
         self.grid = grid
         self.anchored = anchored
         self.anchor_detail = anchored and anchor_detail  # only an anchored decoder has an anchor
+        self.earlier = earlier if self.anchor_detail else 0  # earlier frames read with the anchor's
         stages = int(math.log2(image_size // grid))
         inputs, outputs = (2 * latent_dim, 4) if anchored else (latent_dim, 3)
         layers: list[nn.Module] = [nn.Conv2d(inputs, width, 1)]
@@ -120,12 +125,22 @@ class Decoder(nn.Module):
         # the anchor's pixels' share of the last layer (no bias: the last layer has one)
         self.detail = None  # built only with anchor detail: a model without draws the same initial weights
         if self.anchor_detail:
-            self.detail = nn.Conv2d(ANCHOR_DETAIL_CHANNELS, outputs * 4, 3, padding=1, bias=False)
+            inputs = ANCHOR_DETAIL_CHANNELS * (1 + self.earlier)
+            self.detail = nn.Conv2d(inputs, outputs * 4, 3, padding=1, bias=False)
 
-    def anchor_term(self, anchor_pixels: torch.Tensor) -> torch.Tensor:
+    def anchor_term(self, anchor_pixels: torch.Tensor, earlier: torch.Tensor | None = None) -> torch.Tensor:
         """The anchor's pixels' (B, 3, S, S) share of the decoder's output (B, 4, S, S), before the
-        sigmoid: what anchor detail adds, the same at every step of a rollout."""
-        blocks = F.pixel_unshuffle(anchor_pixels * 2.0 - 1.0, 2)  # (B, 12, S/2, S/2), in [-1, 1]
+        sigmoid: what anchor detail adds, the same at every step of a rollout. With anchor memory,
+        also the `earlier` frames' (B, 3M, S, S), M frames' RGB in turn; None: no earlier frame was
+        seen, and the anchor stands for each (as the first frame of a context stands for frames
+        before it)."""
+        if self.earlier:
+            if earlier is None:
+                earlier = anchor_pixels.repeat(1, self.earlier, 1, 1)
+            if earlier.shape[-3] != 3 * self.earlier:
+                raise ValueError(f"this decoder reads {self.earlier} earlier frames, got {earlier.shape[-3] / 3}")
+            anchor_pixels = torch.cat([anchor_pixels, earlier], dim=-3)
+        blocks = F.pixel_unshuffle(anchor_pixels * 2.0 - 1.0, 2)  # (B, 12 (1 + M), S/2, S/2), in [-1, 1]
         return run_fused([self.detail, self.net[-1]], blocks.to(self.detail.weight.dtype))
 
     def forward(
@@ -134,10 +149,12 @@ class Decoder(nn.Module):
         anchor_tokens: torch.Tensor | None = None,
         anchor_pixels: torch.Tensor | None = None,
         anchor_term: torch.Tensor | None = None,
+        earlier: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """tokens (B, N, C); anchored: the anchor's tokens (B, N, C) and pixels (B, 3, S, S) in [0, 1]
         (fastest in channels-last memory), and with anchor detail their `anchor_term` if it is
-        already known (else computed here) -> (B, S, S, 3) pixels in [0, 1]."""
+        already known (else computed here, from the `earlier` frames with anchor memory)
+        -> (B, S, S, 3) pixels in [0, 1]."""
         if self.anchored:
             tokens = torch.cat([tokens, anchor_tokens], dim=-1)  # (B, N, 2C)
         b, _, c = tokens.shape
@@ -145,7 +162,7 @@ class Decoder(nn.Module):
         z = tokens.reshape(b, self.grid, self.grid, c).permute(0, 3, 1, 2)
         z = run_fused(list(self.net), z)  # (B, 3 or 4, S, S) in channels-last memory
         if self.anchor_detail:
-            z = z + (self.anchor_term(anchor_pixels) if anchor_term is None else anchor_term)
+            z = z + (self.anchor_term(anchor_pixels, earlier) if anchor_term is None else anchor_term)
         z = z.permute(0, 2, 3, 1)  # (B, S, S, 3 or 4), contiguous
         inference = not (torch.is_grad_enabled() and z.requires_grad)
         out = z.sigmoid_() if inference else torch.sigmoid(z)  # z is this call's own: nothing else reads it

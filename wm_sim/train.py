@@ -205,7 +205,8 @@ def train(cfg: TrainConfig) -> Path:
 
 
 DECODER_DIR = "decoder"  # the phase after the steps: the anchored decoder tuned (its own checkpoints)
-DETAIL_DIR = "detail"  # the last phase, with model.anchor_detail: the final model
+DETAIL_DIR = "detail"  # with model.anchor_detail: the anchor's pixels read too
+MEMORY_DIR = "memory"  # with model.anchor_memory: earlier context frames read too (the final model)
 
 
 def _tunes_decoder(cfg: TrainConfig) -> bool:
@@ -234,21 +235,25 @@ def _check_decoder_phase(cfg: TrainConfig, store: EpisodeStore) -> None:
 def _tune_decoder(cfg: TrainConfig, run_dir: Path) -> Path:
     """The recipe's last phases, on the frozen model of the last step (what `wm-sim tune-decoder`
     does, resumable as the steps were): an anchored decoder tuned from the plain one (out/decoder),
-    then, with model.anchor_detail, tuned again reading the anchor's pixels too (out/detail).
+    then, with model.anchor_detail, tuned again reading the anchor's pixels too (out/detail), and
+    with model.anchor_memory once more, reading earlier context frames too (out/memory).
     Returns the final model's directory.
 
-    The second phase starts from the first one's decoder, the new inputs at zero: a run made
-    before the phase existed gains it by `resume=auto`.
+    Each phase starts from the one before, its new inputs at zero: a run made before a phase
+    existed gains it by `resume=auto`.
     """
-    phases = [(DECODER_DIR, run_dir / f"step-{cfg.steps:07d}", False)]
+    phases = [(DECODER_DIR, run_dir / f"step-{cfg.steps:07d}", False, ())]
     if cfg.model.anchor_detail:
-        phases.append((DETAIL_DIR, run_dir / DECODER_DIR / LAST, True))
-    for name, source, detail in phases:
+        phases.append((DETAIL_DIR, run_dir / DECODER_DIR / LAST, True, ()))
+        if cfg.model.anchor_memory:
+            phases.append((MEMORY_DIR, run_dir / DETAIL_DIR / LAST, True, tuple(cfg.model.anchor_memory)))
+    for name, source, detail, memory in phases:
         out = run_dir / name
         tuned = tune_decoder(
             DecoderTuningConfig(
                 checkpoint=str(source), data=cfg.data, out=str(out), steps=cfg.training.decoder_steps,
-                far_pixels=cfg.training.decoder_far_pixels, anchor_detail=detail,
+                far_pixels=cfg.training.decoder_far_pixels, anchor_detail=detail, anchor_memory=memory,
+                memory_weight=DecoderTuningConfig.memory_weight if memory else 0.0,
                 resume="auto" if (out / LAST).exists() else "false", seed=cfg.seed, threads=cfg.threads,
             )
         )  # fmt: skip
