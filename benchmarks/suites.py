@@ -73,7 +73,10 @@ class BenchConfig:
     out: str = field(default="", metadata={"help": "results folder ('': benchmarks/results)"})
     readme: str = field(
         default="",
-        metadata={"help": "README whose table is regenerated ('': benchmarks/README.md; none: skip)"},
+        metadata={
+            "help": "README whose table is regenerated ('': benchmarks/README.md, only when out is the default "
+            "results folder, whose files its table links; none: skip)"
+        },
     )
     policies: list[str] = field(
         default_factory=lambda: ["random", "expert"],
@@ -175,15 +178,17 @@ def bench(cfg: BenchConfig) -> dict:
             f"bench: {path.name} already held {', '.join(replaced)} from today; replaced them (kept under 'superseded')"
         )
     print(f"bench: wrote {path}")
-    readme = _readme_path(cfg.readme)
+    readme = _readme_path(cfg.readme, cfg.out)
     if readme is not None:
         update_readme(readme, newest_results(results_dir) or path)
         print(f"bench: regenerated the table in {readme}")
     return results
 
 
-def _readme_path(option: str) -> Path | None:
-    if option.lower() == "none":
+def _readme_path(option: str, out: str) -> Path | None:
+    """The README to regenerate: the project's only for its own results folder (a run written
+    elsewhere, a trial or another checkpoint's, must not replace the project's table)."""
+    if option.lower() == "none" or (not option and out):
         return None
     return Path(option) if option else PACKAGE_DIR / "README.md"
 

@@ -86,6 +86,7 @@ def test_collect_refuses_an_out_it_cannot_create(work, capsys, out, message):
         ("training.weight_decay=-0.1", "training.weight_decay must be a finite number >= 0"),
         ("model.depth=0", "model.depth must be a positive integer, got 0"),
         ("model.n_heads=-2", "model.n_heads must be a positive integer, got -2"),
+        ("model.anchor_memory=[2,0]", "model.anchor_memory must list frames back from the anchor (each >= 1), got [2, 0]"),
         ("model.heads=4", "option model.heads of `wm-sim train` is now called model.n_heads"),
         ("threads=-1", "threads must be at least 0"),
         ("seed=-3", "seed must be a non-negative integer, got -3"),

@@ -447,3 +447,13 @@ def test_bench_task_measures_that_tasks_shipped_model_and_refuses_another_tasks_
             )
         )
     assert not list(tmp_path.iterdir())  # refused before anything was measured or written
+
+
+def test_a_bench_written_to_another_folder_leaves_the_projects_table_alone(tiny_model_path, tmp_path):
+    """The project's README table links its own results; a trial run elsewhere must not replace it."""
+    from wm_sim.benchmarks.suites import PACKAGE_DIR
+
+    project_readme = PACKAGE_DIR / "README.md"
+    before = project_readme.read_text()
+    bench(BenchConfig(checkpoint=str(tiny_model_path), suite="latency", smoke=True, repeats=1, out=str(tmp_path)))
+    assert list(tmp_path.glob("*.json")) and project_readme.read_text() == before

@@ -177,3 +177,26 @@ def test_an_anchored_checkpoint_from_before_anchor_detail_loads_without_it(tmp_p
     (directory / META).write_text(json.dumps({**meta, "model": old_model}))
     with pytest.raises(WmSimError, match="weights do not match the model config"):
         load_checkpoint(directory)
+
+
+def test_a_checkpoint_from_before_anchor_memory_reads_the_anchors_pixels_alone(tmp_path):
+    """Schema 5: anchor detail read the anchor frame alone; today's default also reads earlier
+    context frames (anchor memory), which does not apply to it."""
+    config = WorldModelConfig(**{**TINY.to_dict(), "anchored": True, "anchor_detail": True, "anchor_memory": ()})
+    model = WorldModel(config).eval()
+    save_checkpoint(tmp_path, "step-000003", model, DATA_META)
+    directory = tmp_path / LAST
+    meta = json.loads((directory / META).read_text())
+    old_model = {k: v for k, v in meta["model"].items() if k != "anchor_memory"}
+    (directory / META).write_text(json.dumps({**meta, "model": old_model, "schema_version": 5}))
+    loaded, loaded_meta = load_checkpoint(directory)
+    assert loaded.config == config and loaded_meta["model"]["anchor_memory"] == []
+    context = torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        want = model.decode(model.encode(context[:, 0]), model.anchor(context[:, -1]))
+        got = loaded.decode(loaded.encode(context[:, 0]), loaded.anchor(context[:, -1], context=context))
+    assert torch.equal(got, want)
+    # written today without the option, the model reads three earlier frames: these weights do not
+    (directory / META).write_text(json.dumps({**meta, "model": old_model}))
+    with pytest.raises(WmSimError, match="weights do not match the model config"):
+        load_checkpoint(directory)
