@@ -162,7 +162,7 @@ class WorldModelConfig:
     # With anchor detail, the earlier real frames it also reads, as gaps back from the anchor frame
     # (a context shorter than a gap gives its first frame). What the arm covered in the last real
     # frame, a target an earlier frame showed, is then drawn again when the arm leaves it: tuned
-    # onto the shipped reacher model, 0.57 of such pixels 16 frames out, where none were (docs/model.md).
+    # onto the shipped reacher model, 0.48 of such pixels 16 frames out, where none were (docs/model.md).
     anchor_memory: tuple[int, ...] = (2, 4, 7)
     # Predict the next state with a StateTransition MLP, which the transformer also reads
     # (without one, the transformer predicts the state itself).
