@@ -115,7 +115,7 @@ class ImaginationEngine:
         actions = actions.to(self.device).float()
         pred = self.model.stream_step(self.cache, self.latents, self.norm_state, actions)
         self.latents, self.norm_state = pred.latents[:, 0], pred.state[:, 0]
-        self.pixels, seen = self.model.decode_and_reencode(self.latents, self.anchor)
+        self.pixels, seen = self.model.decode_and_reencode(self.latents, self.anchor, self.norm_state)
         self.agent_pos = self._bounded(self.model.denormalise_state(self.norm_state))
         self.steps += 1
         # How far the prediction sits off what the tokenizer can produce: re-encoding the decoded

@@ -200,3 +200,23 @@ def test_a_checkpoint_from_before_anchor_memory_reads_the_anchors_pixels_alone(t
     (directory / META).write_text(json.dumps({**meta, "model": old_model}))
     with pytest.raises(WmSimError, match="weights do not match the model config"):
         load_checkpoint(directory)
+
+
+def test_a_checkpoint_from_before_decoder_state_decodes_without_agent_pos(tmp_path):
+    """Schema 6: no decoder read agent_pos; today's default (an anchored decoder reads it) does
+    not apply to it."""
+    config = WorldModelConfig(**{**TINY.to_dict(), "anchored": True, "anchor_detail": True, "decoder_state": False})
+    model = WorldModel(config).eval()
+    save_checkpoint(tmp_path, "step-000003", model, DATA_META)
+    directory = tmp_path / LAST
+    meta = json.loads((directory / META).read_text())
+    old_model = {k: v for k, v in meta["model"].items() if k != "decoder_state"}
+    (directory / META).write_text(json.dumps({**meta, "model": old_model, "schema_version": 6}))
+    loaded, loaded_meta = load_checkpoint(directory)
+    assert loaded.config == config and loaded_meta["model"]["decoder_state"] is False
+    frames = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(loaded.decode(loaded.encode(frames), loaded.anchor(frames)), model.decode(model.encode(frames), model.anchor(frames)))
+    (directory / META).write_text(json.dumps({**meta, "model": old_model}))  # today: it would read agent_pos
+    with pytest.raises(WmSimError, match="weights do not match the model config"):
+        load_checkpoint(directory)

@@ -56,25 +56,29 @@ def test_an_anchored_model_trains_with_another_frame_of_the_window_as_its_anchor
 def test_one_command_ends_with_an_anchored_decoder_tuned_onto_the_trained_model(reacher_store_path, tmp_path):
     """The whole recipe: the steps train a plain decoder (an anchored one trained from scratch only
     copies its anchor), then the last phases tune an anchored one onto the frozen model, reading
-    the anchor's pixels, then earlier context frames too."""
+    the anchor's pixels, then earlier context frames, then agent_pos too."""
     out = tmp_path / "run"
     anchored = tiny_architecture(anchored=True, anchor_memory=(1, 2))
     final = train(
         run_config(reacher_store_path, out, model=anchored, steps=2, decoder_steps=2, val_fraction=0.5)
     )
-    assert final == out / train_module.MEMORY_DIR
+    assert final == out / train_module.STATE_DIR
     tuned, meta = load_checkpoint(final)
     first, first_meta = load_checkpoint(out / train_module.DECODER_DIR)
     second, second_meta = load_checkpoint(out / train_module.DETAIL_DIR)
+    third, third_meta = load_checkpoint(out / train_module.MEMORY_DIR)
     trained, _ = load_checkpoint(out / "step-0000002")
-    assert tuned.config.anchor_memory == (1, 2) and not trained.config.anchored
+    assert tuned.config.decoder_state and tuned.config.anchor_memory == (1, 2) and not trained.config.anchored
     assert first.config.anchored and not first.config.anchor_detail
     assert second.config.anchor_detail and not second.config.anchor_memory
+    assert third.config.anchor_memory == (1, 2) and not third.config.decoder_state
     assert first_meta["decoder_tuning"]["checkpoint"] == str(out / "step-0000002") and meta["step"] == 2
     assert second_meta["decoder_tuning"]["checkpoint"] == str(out / train_module.DECODER_DIR / LAST)
-    assert meta["decoder_tuning"]["checkpoint"] == str(out / train_module.DETAIL_DIR / LAST)
-    assert meta["decoder_tuning"]["memory_weight"] > 0 == second_meta["decoder_tuning"]["memory_weight"]
-    assert meta["decoder_tuning"]["earlier"]["earlier"]["anchor_detail"] is False  # every phase recorded
+    assert third_meta["decoder_tuning"]["checkpoint"] == str(out / train_module.DETAIL_DIR / LAST)
+    assert meta["decoder_tuning"]["checkpoint"] == str(out / train_module.MEMORY_DIR / LAST)
+    assert third_meta["decoder_tuning"]["memory_weight"] > 0 == second_meta["decoder_tuning"]["memory_weight"]
+    assert meta["decoder_tuning"]["far_pixels"] == "all" and third_meta["decoder_tuning"]["far_pixels"] == "still"
+    assert meta["decoder_tuning"]["earlier"]["earlier"]["earlier"]["anchor_detail"] is False  # every phase recorded
     frozen = {k: v for k, v in trained.state_dict().items() if not k.startswith("decoder.")}
     assert all(torch.equal(tuned.state_dict()[k], v) for k, v in frozen.items())
     again = train(
@@ -92,7 +96,7 @@ def test_a_finished_run_resumed_with_decoder_steps_gets_its_decoder_phase(reache
     steps_only = replace(plain, training=replace(plain.training, decoder_steps=0), model=tiny_architecture())
     assert train(steps_only) == out  # the steps alone, with the plain decoder the phase starts from
     final = train(replace(plain, resume="auto"))
-    assert final == out / train_module.MEMORY_DIR and load_checkpoint(final)[0].config.anchor_memory
+    assert final == out / train_module.STATE_DIR and load_checkpoint(final)[0].config.decoder_state
 
 
 def test_a_run_finished_without_anchor_detail_gains_its_phase_by_resuming(reacher_store_path, tmp_path):
@@ -100,17 +104,18 @@ def test_a_run_finished_without_anchor_detail_gains_its_phase_by_resuming(reache
     gets it by resume=auto, and the phases before it are left as they were."""
     out = tmp_path / "run"
     without = run_config(
-        reacher_store_path, out, model=tiny_architecture(anchored=True, anchor_detail=False),
+        reacher_store_path, out, model=tiny_architecture(anchored=True, anchor_detail=False, decoder_state=False),
         steps=2, decoder_steps=1, val_fraction=0.5,
     )  # fmt: skip
     assert train(without) == out / train_module.DECODER_DIR
     first = load_checkpoint(out / train_module.DECODER_DIR)[0].state_dict()
-    final = train(replace(without, model=tiny_architecture(anchored=True, anchor_memory=()), resume="auto"))
+    only_detail = tiny_architecture(anchored=True, anchor_memory=(), decoder_state=False)
+    final = train(replace(without, model=only_detail, resume="auto"))
     assert final == out / train_module.DETAIL_DIR
     detailed, meta = load_checkpoint(final)
     assert detailed.config.anchor_detail and meta["decoder_tuning"]["anchor_detail"]
-    # and a run finished before anchor memory existed gains that phase too
-    assert train(replace(without, model=tiny_architecture(anchored=True), resume="auto")) == out / train_module.MEMORY_DIR
+    # and a run finished before anchor memory and decoder state existed gains those phases too
+    assert train(replace(without, model=tiny_architecture(anchored=True), resume="auto")) == out / train_module.STATE_DIR
     again = load_checkpoint(out / train_module.DECODER_DIR)[0].state_dict()
     assert all(torch.equal(again[k], v) for k, v in first.items())  # the first phase was not redone
 
@@ -292,7 +297,7 @@ def _wm_sim_train(data, out, *overrides: str) -> subprocess.CompletedProcess:
         ("training=huge", "training/huge"),
         ("resume=maybe", "resume must be false or auto"),
         ("model=huge", "model/huge"),
-        ("training.decoder_far_pixels=moved", "decoder_far_pixels must be one of still, anchor, got 'moved'"),
+        ("training.decoder_far_pixels=moved", "decoder_far_pixels must be one of still, anchor, all, got 'moved'"),
     ],
 )
 def test_train_bad_input_is_one_clear_line(reacher_store_path, tmp_path, override, expected):

@@ -116,7 +116,7 @@ def test_imagined_rollouts_read_the_frame_shown_for_the_policy_and_a_frame_rewar
     first = model.stream_step(
         cache, states.latents[index].float(), states.norm_state[index], batch.actions[0].clamp(-1.0, 1.0)
     )
-    _, seen = model.decode_and_reencode(first.latents[:, 0], anchor)
+    _, seen = model.decode_and_reencode(first.latents[:, 0], anchor, first.state[:, 0])
     torch.testing.assert_close(batch.features[1, :, :n], seen.flatten(1))
 
 

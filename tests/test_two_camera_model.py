@@ -44,13 +44,14 @@ def test_each_camera_is_encoded_to_its_own_tokens_and_decoded_from_them(model):
     ), latents[:, 0, 16:])  # fmt: skip
     anchor = model.anchor(frames[:, -1])
     assert anchor.pixels.shape == (2, 2, 3, 32, 32)
-    decoded = model.decode(latents, anchor)
+    state = torch.randn(2, 3, TWO.state_dim)  # each frame's agent_pos, read for both of its cameras
+    decoded = model.decode(latents, anchor, state)
     assert decoded.shape == (2, 3, 2, 32, 32, 3)
     # camera 0's picture does not depend on camera 1's tokens or anchor
     swapped = latents.clone()
     swapped[..., 16:, :] = latents.flip(0)[..., 16:, :]
     anchor.pixels[:, 1] = 0.0
-    again = model.decode(swapped, anchor)
+    again = model.decode(swapped, anchor, state)
     assert torch.allclose(again[:, :, 0], decoded[:, :, 0])
     assert not torch.allclose(again[:, :, 1], decoded[:, :, 1])
 

@@ -17,6 +17,8 @@ current version.
             a checkpoint written before had no such inputs, so it is off.
     5 -> 6  anchor detail may read earlier context frames too (`anchor_memory`, three by
             default): a checkpoint written before read the anchor's pixels alone.
+    6 -> 7  the anchored decoder may read agent_pos (`decoder_state`, on by default): a
+            checkpoint written before did not.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 import torch
 
-CHECKPOINT_SCHEMA_VERSION = 6
+CHECKPOINT_SCHEMA_VERSION = 7
 # A model's optional parts: before schema 3 the model's defaults left them out, and a checkpoint's
 # metadata names only those that existed when it was written, so a missing one was off.
 OPTIONAL_PARTS = ("residual", "anchored", "transition", "frame_reward", "scene_reward")
@@ -60,6 +62,8 @@ def migrated_meta(meta: dict[str, Any], directory: Path) -> tuple[dict[str, Any]
         meta = {**meta, "model": {"anchor_detail": False, **meta["model"]}}
     if meta["schema_version"] < 6:
         meta = {**meta, "model": {"anchor_memory": [], **meta["model"]}}
+    if meta["schema_version"] < 7:
+        meta = {**meta, "model": {"decoder_state": False, **meta["model"]}}
     if meta["schema_version"] != 1 or not meta["model"].get("scene_reward"):
         return {**meta, "schema_version": CHECKPOINT_SCHEMA_VERSION}, ()
     warnings.warn(

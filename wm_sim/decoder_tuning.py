@@ -10,7 +10,9 @@ with anchor_memory earlier context frames' pixels too; added to a decoder withou
 inputs start at zero, so tuning starts from what it drew. Pixels the anchor frame does not show
 as the target frame does, but an earlier frame did (a target the arm covered at the anchor and
 has left since), are few: they weigh `memory_weight` more in the loss, else the earlier frames
-go unread.
+go unread. With decoder_state the decoder also reads agent_pos (the recorded state in tuning, the
+predicted one in rollouts); far_pixels=all then trains far predictions on every pixel, since the
+state says where the arm is.
 
 This stage trains the decoder alone. The encoder and the dynamics are frozen, so the latents do
 not change and everything built on them (policies trained on latents) stays valid. Each batch mixes:
@@ -83,8 +85,9 @@ class DecoderTuningConfig:
     far_pixels: str = field(
         default="still",
         metadata={
-            "help": "far predictions' trained pixels: still (the anchor's foreground where it still stands) or "
-            "anchor (all of the anchor's foreground: kept where it stands, erased where it left)"
+            "help": "far predictions' trained pixels: still (the anchor's foreground where it still stands), "
+            "anchor (all of the anchor's foreground: kept where it stands, erased where it left) or all "
+            "(every pixel: for a decoder that reads agent_pos, which says where the arm is)"
         },
     )
     anchor_detail: bool = field(
@@ -104,6 +107,17 @@ class DecoderTuningConfig:
     memory_weight: float = field(
         default=10.0,
         metadata={"help": "extra loss weight of pixels the anchor does not show but an earlier frame did"},
+    )
+    still_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "extra loss weight of far predictions' still pixels (the anchor's foreground where it still "
+            "stands: a target), on top of far_pixels"
+        },
+    )
+    decoder_state: bool = field(
+        default=True,
+        metadata={"help": "the decoder also reads agent_pos (added with zeroed weights)"},
     )
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seeds the batch order"})
@@ -125,34 +139,50 @@ RUN_IDENTITY = (
     "anchor_detail",
     "anchor_memory",
     "memory_weight",
+    "still_weight",
+    "decoder_state",
     "seed",
 )
 # what a run recorded before an option existed did
-LEGACY_OPTIONS = {"far_pixels": "still", "anchor_detail": False, "anchor_memory": [], "memory_weight": 0.0}
+LEGACY_OPTIONS = {
+    "far_pixels": "still", "anchor_detail": False, "anchor_memory": [], "memory_weight": 0.0, "still_weight": 0.0,
+    "decoder_state": False,
+}  # fmt: skip
 
 
-def anchored(model: WorldModel, detail: bool = True, memory: tuple[int, ...] = ()) -> WorldModel:
-    """The same model with an anchored decoder, reading the anchor's pixels too if `detail` and the
-    earlier frames `memory` names, that starts from its decoder's weights and decodes as it did.
+def anchored(
+    model: WorldModel, detail: bool = True, memory: tuple[int, ...] = (), state: bool = False
+) -> WorldModel:
+    """The same model with an anchored decoder, reading the anchor's pixels too if `detail`, the
+    earlier frames `memory` names and agent_pos if `state`, that starts from its decoder's weights
+    and decodes as it did.
 
-    What is new enters through zeroed weights: a plain decoder's anchor tokens, and the anchor's
-    (and earlier frames') pixels in the last convolution. A plain decoder's draw-or-copy channel
-    starts at one half everywhere: training moves it towards the anchor where the anchor is right.
+    What is new enters through zeroed weights: a plain decoder's anchor tokens, the anchor's (and
+    earlier frames') pixels in the last convolution, the state's tokens in the first. A plain
+    decoder's draw-or-copy channel starts at one half everywhere: training moves it towards the
+    anchor where the anchor is right.
     """
     config, memory = model.config, tuple(memory) if detail else ()
-    had = (config.anchor_detail, config.anchor_memory)
-    if config.anchored and had != (detail, memory) and ((had[0] and not detail) or had[1]):
+    had = (config.anchor_detail, config.anchor_memory, config.decoder_state)
+    wants = (detail, memory, state)
+    taken = (had[0] and not detail) or (had[1] and had[1] != memory) or (had[2] and not state)
+    if config.anchored and taken:
         raise WmSimError(
-            f"this model's anchored decoder reads anchor_detail={had[0]}, anchor_memory={list(had[1])}; "
-            f"tuning can add to what it reads, not change it to anchor_detail={detail}, anchor_memory={list(memory)}"
+            f"this model's anchored decoder reads anchor_detail={had[0]}, anchor_memory={list(had[1])}, "
+            f"decoder_state={had[2]}; tuning can add to what it reads, not change it to anchor_detail={detail}, "
+            f"anchor_memory={list(memory)}, decoder_state={state}"
         )
-    if config.anchored and had == (detail, memory):
+    if config.anchored and had == wants:
         return model
-    converted = WorldModel(replace(config, anchored=True, anchor_detail=detail, anchor_memory=memory))
+    converted = WorldModel(
+        replace(config, anchored=True, anchor_detail=detail, anchor_memory=memory, decoder_state=state)
+    )
     source, target = model.state_dict(), converted.state_dict()
     with torch.no_grad():
         for name, value in target.items():
             before = source.get(name)
+            if before is None and name.startswith("state_tokens."):  # its output enters through zeroed inputs
+                continue
             if before is None:  # the convolution of the anchor's pixels
                 value.zero_()
             elif before.shape == value.shape:
@@ -173,6 +203,7 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.out)
     resuming = lifecycle.resumes(cfg.resume, run_dir)
+    torch.manual_seed(cfg.seed)  # a decoder reading agent_pos for the first time draws its new weights
     model, meta = _source(cfg, run_dir, resuming)
     # resumed: this run's time so far; tuning an already tuned decoder: that tuning's time, so
     # the model card counts every decoder phase (`earlier` in the metadata names the one before)
@@ -184,9 +215,9 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
     model.eval()  # frozen parts stay in inference behaviour; only the decoder learns
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in model.decoder.parameters():
+    for p in model.decoder_parameters():
         p.requires_grad_(True)
-    optimiser = torch.optim.AdamW(model.decoder.parameters(), lr=cfg.lr, weight_decay=0.0)
+    optimiser = torch.optim.AdamW(model.decoder_parameters(), lr=cfg.lr, weight_decay=0.0)
     for group in optimiser.param_groups:
         group["peak_lr"] = cfg.lr
     step = 0
@@ -208,7 +239,7 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
             lifecycle.check_finite(loss, step, run_dir)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(model.decoder.parameters(), 1.0)
+            nn.utils.clip_grad_norm_(model.decoder_parameters(), 1.0)
             optimiser.step()
             step += 1
             bar.update(1)
@@ -236,6 +267,8 @@ def _check_options(cfg: DecoderTuningConfig) -> None:
         raise WmSimError(f"far_pixels must be one of {', '.join(FAR_PIXELS)}, got {cfg.far_pixels!r}")
     if cfg.far_horizon and cfg.far_horizon <= cfg.horizon:
         raise WmSimError(f"far_horizon must be 0 or beyond horizon={cfg.horizon}, got {cfg.far_horizon}")
+    if cfg.still_weight < 0:
+        raise WmSimError(f"still_weight must be >= 0, got {cfg.still_weight}")
     if any(not isinstance(g, int) or g < 1 for g in cfg.anchor_memory) or cfg.memory_weight < 0:
         raise WmSimError(
             "anchor_memory must list frames back from the anchor (each >= 1) and memory_weight be >= 0, got "
@@ -270,7 +303,7 @@ def _source(cfg: DecoderTuningConfig, run_dir: Path, resuming: bool) -> tuple[Wo
         earlier = was.get("earlier")
     else:  # the tuning before this one, which names its own earlier one
         earlier = was if isinstance(was, dict) else None
-    tuned = anchored(model, cfg.anchor_detail, tuple(cfg.anchor_memory))
+    tuned = anchored(model, cfg.anchor_detail, tuple(cfg.anchor_memory), cfg.decoder_state)
     return tuned, {**meta, "decoder_tuning": {**options, "earlier": earlier}}
 
 @dataclass
@@ -281,6 +314,7 @@ class TuningData:
     own: torch.Tensor  # (E, H, N, C): the frozen model's predictions after `context` real frames
     anchors: Anchor  # (E, ...): the last of those real frames
     background: torch.Tensor  # (S, S, 3) in [0, 1]: the scene without what moves
+    states: list[torch.Tensor]  # E x (L_e, D): every recorded frame's normalised agent_pos
 
 
 @torch.no_grad()
@@ -298,10 +332,11 @@ def own_rollouts(
     if cfg.episodes and cfg.episodes < len(chosen):
         chosen = [chosen[i] for i in np.linspace(0, len(chosen) - 1, cfg.episodes).round().astype(int)]
     keys = [image_key(camera), STATE_KEY, ACTION_KEY]
-    frames, own, anchors = [], [], []
+    frames, states, own, anchors = [], [], [], []
     for start in tqdm(range(0, len(chosen), 64), desc="own rollouts", unit="batch"):
         data = [store.episode(e, keys) for e in chosen[start : start + 64]]
         frames += [torch.from_numpy(d[keys[0]]) for d in data]
+        states += [model.normalise_state(torch.from_numpy(d[keys[1]]).float()) for d in data]
         image, state, action = (torch.from_numpy(np.stack([d[k][:length] for d in data])) for k in keys)
         rollout = open_loop(model, image, state.float(), action[:, : length - 1].float(), cfg.context)
         own.append(rollout.latents)  # (b, H, N, C): frames context .. length-1
@@ -310,10 +345,10 @@ def own_rollouts(
     anchor = Anchor(torch.cat([a.latents for a in anchors]), torch.cat([a.pixels for a in anchors]), earlier=earlier)
     sample = np.concatenate([f[:: max(1, len(f) // 8)].numpy() for f in frames])
     background = torch.from_numpy(background_frame(sample[:: max(1, len(sample) // 512)]))
-    return TuningData(frames, torch.cat(own), anchor, background)
+    return TuningData(frames, torch.cat(own), anchor, background, states)
 
 
-FAR_PIXELS = ("still", "anchor")
+FAR_PIXELS = ("still", "anchor", "all")
 
 
 def far_pixels(
@@ -324,9 +359,12 @@ def far_pixels(
     still: where the anchor shows something other than the background and the frame still shows
     it: what stood still since (a target). anchor: also where the anchor's foreground has left
     (the frame shows background there), so that a pushed object is not copied on where it was.
+    all: every pixel (a decoder told agent_pos knows where the arm is).
     """
     if which not in FAR_PIXELS:
         raise WmSimError(f"far_pixels must be one of {', '.join(FAR_PIXELS)}, got {which!r}")
+    if which == "all":
+        return torch.ones_like(frames[..., :1], dtype=torch.bool)
     shown = (anchor - background).abs().amax(-1, keepdim=True) >= 0.1
     unchanged = (frames - anchor).abs().amax(-1, keepdim=True) < 0.1
     if which == "still":
@@ -370,6 +408,8 @@ def tuning_batch(
     latents = own[rows, h].clone()  # (B, N, C)
     anchor = anchors[torch.from_numpy(rows)]
     target = torch.stack([frames[r][cfg.context + t] for r, t in zip(rows, h, strict=True)])
+    # the recorded state of each target frame: what a decoder reading agent_pos is told
+    state = torch.stack([data.states[r][cfg.context + t] for r, t in zip(rows, h, strict=True)])
     if real.any():
         picked = np.flatnonzero(real)
         shown = [int(rng.integers(0, len(frames[rows[i]]))) for i in picked]
@@ -385,12 +425,16 @@ def tuning_batch(
             contexts = [frames[rows[i]][None, : j + 1] for i, j in zip(picked, under, strict=True)]
             anchor.earlier[index] = torch.cat([model.earlier_frames(c) for c in contexts])
         target[index] = shown_frames
+        state[index] = torch.stack([data.states[rows[i]][j] for i, j in zip(picked, shown, strict=True)])
     target = target.float() / 255.0
     weight = torch.ones_like(target[..., :1])
     if far.any():
         index = torch.from_numpy(np.flatnonzero(far))
         anchor_frames = anchor.pixels[index].permute(0, 2, 3, 1)  # (k, S, S, 3), as the targets
         weight[index] = far_pixels(target[index], anchor_frames, data.background, cfg.far_pixels).float()
+        if cfg.still_weight:  # the target, where it still stands: kept over an arm drawn a little off
+            still = far_pixels(target[index], anchor_frames, data.background, "still")
+            weight[index] += cfg.still_weight * still.float()
     if cfg.memory_weight and anchor.earlier is not None:
         weight = weight + cfg.memory_weight * shown_earlier(target, anchor).float()
-    return model.decode(latents, anchor), target, weight
+    return model.decode(latents, anchor, state), target, weight

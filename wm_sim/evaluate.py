@@ -305,7 +305,7 @@ def _score_batch(
     rollout = open_loop(model, frames, states, actions, context)
     horizon = longest - context + 1
     with torch.no_grad():
-        predicted = model.decode(rollout.latents[:, : horizon - 1], rollout.anchor)  # (B, H-1, S, S, 3)
+        predicted = rollout.frames(model)[:, : horizon - 1]  # (B, H-1, S, S, 3)
     true_frames = frames[:, context:].float() / 255.0  # (B, H-1, S, S, 3)
     true_state = states[:, context:]
     true_reward = rewards[:, context - 1 :]  # (B, H)

@@ -17,6 +17,7 @@ PARTS = {
     "anchored": "decoder composites over the last real frame (scene kept where nothing moved)",
     "anchor_detail": "the decoder's last stage reads that frame's pixels too (edges kept to the pixel)",
     "anchor_memory": "and earlier context frames' pixels (what the arm covered in the last one is drawn when it leaves)",
+    "decoder_state": "the decoder reads agent_pos too (the arm drawn where the predicted joints put it)",
     "transition": "agent_pos predicted by a state-transition MLP the transformer reads",
     "frame_reward": "reward read off the (re-encoded) frame shown",
     "scene_reward": "reward of an imagined state in a real frame's scene (latent planner and actor)",
@@ -71,22 +72,22 @@ def _recipe(meta: dict) -> list[str]:
             f"episodes={data.get('num_episodes')} seed={collection.get('seed')} out={data.get('path')}"
         )
         lines += ["```", ""]
-    tuning = meta.get("decoder_tuning", {})
-    if "far_pixels" in tuning:  # the decoder phase's option, recorded by that phase (a run's steps may predate it)
-        train = {**train, "decoder_far_pixels": tuning["far_pixels"]}
+    first = (_phases(meta.get("decoder_tuning")) or [{}])[0]
+    if "far_pixels" in first:  # the recipe's option, recorded by its first decoder phase (a run's steps may
+        train = {**train, "decoder_far_pixels": first["far_pixels"]}  # predate it; the last phase sets its own)
     lines += ["The model, by the last training run, as its checkpoint recorded it:", ""]
     lines += ["```bash", _train_command(train, _architecture(meta)), "```", ""]
     seconds, decoder = meta.get("seconds"), meta.get("decoder_seconds")
     if seconds:
         took = f"{seconds / 60:.0f} min: up-front fits and {train.get('steps', '?')} steps"
         if decoder:
-            took += f", then {decoder / 60:.0f} min tuning its anchored decoder ({_decoder_phases(tuning)})"
+            took += f", then {decoder / 60:.0f} min tuning its anchored decoder ({_decoder_phases(meta.get('decoder_tuning', {}))})"
         lines += [f"It took {took}.", ""]
     return lines
 
 
 # what a run's decoder phases may have added that its recorded architecture predates
-DECODER_INPUTS = {"anchor_detail": False, "anchor_memory": []}
+DECODER_INPUTS = {"anchor_detail": False, "anchor_memory": [], "decoder_state": False}
 
 
 def _architecture(meta: dict) -> dict | None:
@@ -101,17 +102,24 @@ def _architecture(meta: dict) -> dict | None:
     return {**architecture, **missing}
 
 
-def _decoder_phases(tuning: dict) -> str:
-    """The decoder phases' steps in words, first to last: what each added to what the decoder reads."""
+def _phases(tuning: dict | None) -> list[dict]:
+    """A model's decoder phases' options, first to last (each phase names the one before it)."""
     phases, phase = [], tuning
     while isinstance(phase, dict):
         phases.append(phase)
         phase = phase.get("earlier")
-    first_to_last = phases[::-1]
+    return phases[::-1]
+
+
+def _decoder_phases(tuning: dict) -> str:
+    """The decoder phases' steps in words, first to last: what each added to what the decoder reads."""
+    first_to_last = _phases(tuning)
     words = [f"{first_to_last[0].get('steps', '?')} steps"]  # the first phase reads what it reads
     for before, phase in pairwise(first_to_last):
         added = ""
-        if phase.get("anchor_memory") and not before.get("anchor_memory"):
+        if phase.get("decoder_state") and not before.get("decoder_state"):
+            added = " reading agent_pos too"
+        elif phase.get("anchor_memory") and not before.get("anchor_memory"):
             added = " reading earlier context frames too"
         elif phase.get("anchor_detail") and not before.get("anchor_detail"):
             added = " reading the anchor's pixels too"

@@ -49,8 +49,8 @@ def losses(
     anchor = Anchor(latents[rows, pick].detach(), target[rows, pick].movedim(-1, -3))
     # Reconstruct two random frames of each window: decoding all T+1 costs more than it teaches.
     frames = torch.randint(0, pixels.shape[1], (2,))
-    recon = weighted_mse(model.decode(latents[:, frames], anchor), target[:, frames], weight[:, frames])
     state = model.normalise_state(batch["state"])  # (B, T+1, D)
+    recon = weighted_mse(model.decode(latents[:, frames], anchor, state[:, frames]), target[:, frames], weight[:, frames])
     action, reward, cont = batch["action"][:, :-1], batch["reward"][:, :-1], 1.0 - batch["terminated"][:, :-1]
     # The encoder learns from reconstruction only: were the dynamics losses to reach it, the
     # easiest way to predict the next latents would be latents that say nothing (a constant).
@@ -81,7 +81,8 @@ def losses(
     # Pixels of predicted frames, at one random time step: the decoder learns predicted latents too.
     t = int(torch.randint(0, first.latents.shape[1], (1,)))
     last = previous.latents[:, t]
-    pixel_error = weighted_mse(model.decode(last, anchor), target[:, t + 1], weight[:, t + 1], per_row=True)
+    decoded = model.decode(last, anchor, previous.state[:, t])
+    pixel_error = weighted_mse(decoded, target[:, t + 1], weight[:, t + 1], per_row=True)
     terms["predicted_pixels"] = (pixel_error * has_next[:, t]).sum() / has_next[:, t].sum().clamp(min=1)
     weights = {
         "recon": 1.0,

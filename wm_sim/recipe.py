@@ -47,6 +47,13 @@ class ModelArchitecture:
             "([]: none): a third decoder phase (out/memory) tunes them in"
         },
     )
+    decoder_state: bool = field(
+        default=True,
+        metadata={
+            "help": "the anchored decoder also reads agent_pos: a last decoder phase (out/state) tunes it in, "
+            "on every pixel"
+        },
+    )
     transition: bool = field(
         default=True,
         metadata={"help": "predict agent_pos with a state-transition MLP the transformer reads"},

@@ -31,7 +31,7 @@ class Rollout:
 
     def frames(self, model: WorldModel) -> torch.Tensor:
         """The predicted frames (B, H, S, S, 3), float in [0, 1]."""
-        return model.decode(self.latents, self.anchor)
+        return model.decode(self.latents, self.anchor, model.normalise_state(self.state))
 
 
 @torch.no_grad()
@@ -78,7 +78,8 @@ def open_loop(
             pred = model.stream_step(cache, pred.latents[:, 0], pred.state[:, 0], action)
         latents = pred.latents[:, 0]
         # a frame reward reads the frame shown; other models' rewards need no decode
-        seen = model.decode_and_reencode(latents, anchor)[1] if model.reward_head is not None else None
+        shown = model.reward_head is not None
+        seen = model.decode_and_reencode(latents, anchor, pred.state[:, 0])[1] if shown else None
         out_latents.append(latents)
         out_state.append(pred.state[:, 0])
         out_reward.append(model.imagined_reward(pred, seen, action))

@@ -68,6 +68,35 @@ def scale_frames(levels: torch.Tensor) -> torch.Tensor:
 
 
 ANCHOR_DETAIL_CHANNELS = 12  # the anchor's pixels, 2x2 blocks of RGB, beside the decoder's last features
+STATE_CHANNELS = 32  # what each token is told of agent_pos (StateTokens), beside its latents
+
+
+class StateTokens(nn.Module):
+    """Agent_pos -> STATE_CHANNELS numbers for every token of a frame, which the decoder reads beside
+    the latents. The latents of an imagined frame drift off the arm's pose faster than the
+    predicted joints do; told the joints, the decoder draws the arm where they put it.
+
+    It reads the normalised state and, for wrapped angles, their sine and cosine (a turn is no
+    change). A multilayer perceptron, because the pose must become a place in the frame.
+    """
+
+    def __init__(self, state_dim: int, periodic: tuple[int, ...], tokens: int, hidden: int = 256):
+        super().__init__()
+        self.periodic = list(periodic)
+        self.tokens = tokens
+        self.net = nn.Sequential(
+            nn.Linear(state_dim + 2 * len(periodic), hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, tokens * STATE_CHANNELS),
+        )
+
+    def forward(self, norm_state: torch.Tensor, raw_state: torch.Tensor) -> torch.Tensor:
+        """(M, D) normalised and dataset-unit states -> (M, tokens, STATE_CHANNELS)."""
+        angles = raw_state[:, self.periodic]
+        x = torch.cat([norm_state, angles.sin(), angles.cos()], dim=-1)
+        return self.net(x).reshape(-1, self.tokens, STATE_CHANNELS)
 
 
 class Decoder(nn.Module):
@@ -100,6 +129,7 @@ class Decoder(nn.Module):
         anchored: bool = False,
         anchor_detail: bool = False,
         earlier: int = 0,
+        state_channels: int = 0,
     ):
         super().__init__()
         self.grid = grid
@@ -108,7 +138,8 @@ class Decoder(nn.Module):
         self.earlier = earlier if self.anchor_detail else 0  # earlier frames read with the anchor's
         stages = int(math.log2(image_size // grid))
         inputs, outputs = (2 * latent_dim, 4) if anchored else (latent_dim, 3)
-        layers: list[nn.Module] = [nn.Conv2d(inputs, width, 1)]
+        self.state_channels = state_channels  # read after the latents (and the anchor's), if any
+        layers: list[nn.Module] = [nn.Conv2d(inputs + state_channels, width, 1)]
         channels = width
         for _ in range(stages - 1):
             out = max(channels // 2, 16)
@@ -150,13 +181,17 @@ class Decoder(nn.Module):
         anchor_pixels: torch.Tensor | None = None,
         anchor_term: torch.Tensor | None = None,
         earlier: torch.Tensor | None = None,
+        state_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """tokens (B, N, C); anchored: the anchor's tokens (B, N, C) and pixels (B, 3, S, S) in [0, 1]
         (fastest in channels-last memory), and with anchor detail their `anchor_term` if it is
         already known (else computed here, from the `earlier` frames with anchor memory)
-        -> (B, S, S, 3) pixels in [0, 1]."""
+        -> (B, S, S, 3) pixels in [0, 1]. A decoder that reads the state takes its `state_tokens`
+        (B, N, STATE_CHANNELS)."""
         if self.anchored:
             tokens = torch.cat([tokens, anchor_tokens], dim=-1)  # (B, N, 2C)
+        if self.state_channels:
+            tokens = torch.cat([tokens, state_tokens.to(tokens.dtype)], dim=-1)
         b, _, c = tokens.shape
         # (B, C, G, G) in channels-last memory, which is what tokens (B, G*G, C) already are: no copy
         z = tokens.reshape(b, self.grid, self.grid, c).permute(0, 3, 1, 2)

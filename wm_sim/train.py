@@ -206,7 +206,12 @@ def train(cfg: TrainConfig) -> Path:
 
 DECODER_DIR = "decoder"  # the phase after the steps: the anchored decoder tuned (its own checkpoints)
 DETAIL_DIR = "detail"  # with model.anchor_detail: the anchor's pixels read too
-MEMORY_DIR = "memory"  # with model.anchor_memory: earlier context frames read too (the final model)
+MEMORY_DIR = "memory"  # with model.anchor_memory: earlier context frames read too
+STATE_DIR = "state"  # with model.decoder_state: agent_pos read too (the final model)
+# The last phase trains far predictions on every pixel, and the target's (the anchor's foreground
+# where it still stands) this much more: at 0 the arm drawn a little off hid the target (reacher's
+# recall 16 frames out fell from 0.85 to 0.76); at 3, 0.84 (CHANGELOG, 2026-12-07).
+STILL_WEIGHT = 3.0
 
 
 def _tunes_decoder(cfg: TrainConfig) -> bool:
@@ -236,27 +241,34 @@ def _tune_decoder(cfg: TrainConfig, run_dir: Path) -> Path:
     """The recipe's last phases, on the frozen model of the last step (what `wm-sim tune-decoder`
     does, resumable as the steps were): an anchored decoder tuned from the plain one (out/decoder),
     then, with model.anchor_detail, tuned again reading the anchor's pixels too (out/detail), and
-    with model.anchor_memory once more, reading earlier context frames too (out/memory).
-    Returns the final model's directory.
+    with model.anchor_memory once more, reading earlier context frames too (out/memory), and with
+    model.decoder_state once more, reading agent_pos too, on every pixel (out/state). Returns the
+    final model's directory.
 
     Each phase starts from the one before, its new inputs at zero: a run made before a phase
     existed gains it by `resume=auto`.
     """
-    phases = [(DECODER_DIR, run_dir / f"step-{cfg.steps:07d}", False, ())]
-    if cfg.model.anchor_detail:
-        phases.append((DETAIL_DIR, run_dir / DECODER_DIR / LAST, True, ()))
-        if cfg.model.anchor_memory:
-            phases.append((MEMORY_DIR, run_dir / DETAIL_DIR / LAST, True, tuple(cfg.model.anchor_memory)))
-    for name, source, detail, memory in phases:
+    far, arch = cfg.training.decoder_far_pixels, cfg.model
+    phases = [(DECODER_DIR, dict(far_pixels=far, anchor_detail=False))]
+    if arch.anchor_detail:
+        phases.append((DETAIL_DIR, dict(far_pixels=far)))
+        if arch.anchor_memory:
+            phases.append((MEMORY_DIR, dict(far_pixels=far, anchor_memory=tuple(arch.anchor_memory))))
+    if arch.decoder_state:  # what the phase before it read, and agent_pos, on every pixel
+        phases.append((STATE_DIR, dict(phases[-1][1], far_pixels="all", still_weight=STILL_WEIGHT, decoder_state=True)))
+    source = run_dir / f"step-{cfg.steps:07d}"
+    for name, options in phases:
         out = run_dir / name
+        options = {"anchor_memory": (), "decoder_state": False, **options}
         tuned = tune_decoder(
             DecoderTuningConfig(
                 checkpoint=str(source), data=cfg.data, out=str(out), steps=cfg.training.decoder_steps,
-                far_pixels=cfg.training.decoder_far_pixels, anchor_detail=detail, anchor_memory=memory,
-                memory_weight=DecoderTuningConfig.memory_weight if memory else 0.0,
+                memory_weight=DecoderTuningConfig.memory_weight if options["anchor_memory"] else 0.0,
                 resume="auto" if (out / LAST).exists() else "false", seed=cfg.seed, threads=cfg.threads,
+                **options,
             )
         )  # fmt: skip
+        source = out / LAST
     print(f"the trained model, with its anchored decoder: {tuned}")
     return tuned
 
@@ -558,7 +570,7 @@ def _check_same_run(run_dir: Path, saved: dict, now: dict) -> None:
 def _optimiser(model: WorldModel, fit: TrainingRecipe) -> torch.optim.Optimizer:
     # The tokenizer is a plain autoencoder and learns faster at a higher rate than the transformer
     # tolerates: the small moving arm only appears in its reconstructions after ~1000 steps at 2e-3.
-    tokenizer = [*model.encoder.parameters(), *model.decoder.parameters()]
+    tokenizer = [*model.encoder.parameters(), *model.decoder_parameters()]
     ids = {id(p) for p in tokenizer}
     dynamics = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
     return torch.optim.AdamW(

@@ -200,7 +200,7 @@ def imagine(
         applied = action.clamp(-1.0, 1.0)
         pred = model.stream_step(cache, latents, norm_state, applied)
         latents, norm_state = pred.latents[:, 0], pred.state[:, 0]
-        seen = model.decode_and_reencode(latents, anchor)[1]
+        seen = model.decode_and_reencode(latents, anchor, norm_state)[1]
         features.append(f)
         actions.append(action)
         log_probs.append(dist.log_prob(action).sum(-1))
