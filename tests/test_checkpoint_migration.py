@@ -156,67 +156,31 @@ def test_the_shipped_model_written_as_schema_2_loads_back_tensor_for_tensor(tmp_
     assert all(torch.equal(v, expected[k]) for k, v in state.items())
 
 
-def test_an_anchored_checkpoint_from_before_anchor_detail_loads_without_it(tmp_path):
-    """Schema 4 and before: an anchored decoder read the anchor's tokens only; today's default
-    (anchor detail on) does not apply to it."""
-    config = WorldModelConfig(**{**TINY.to_dict(), "anchored": True, "anchor_detail": False})
+# The decoder's inputs added since schema 4: the option, the version before it existed, and the
+# value a checkpoint of that version had (today's default is the other).
+DECODER_INPUTS = [("anchor_detail", 4, False), ("anchor_memory", 5, ()), ("decoder_state", 6, False)]
+
+
+@pytest.mark.parametrize(("option", "version", "before"), DECODER_INPUTS)
+def test_a_checkpoint_from_before_a_decoder_input_existed_loads_without_it(tmp_path, option, version, before):
+    """Written before the option existed, an anchored decoder did not read that input; today's
+    default (it does) does not apply to it, and it decodes as it did."""
+    older = {"anchored": True, "anchor_detail": True, "anchor_memory": (), "decoder_state": False}
+    config = WorldModelConfig(**{**TINY.to_dict(), **older, option: before})
     model = WorldModel(config).eval()
     save_checkpoint(tmp_path, "step-000003", model, DATA_META)
     directory = tmp_path / LAST
     meta = json.loads((directory / META).read_text())
-    old_model = {k: v for k, v in meta["model"].items() if k != "anchor_detail"}
-    (directory / META).write_text(json.dumps({**meta, "model": old_model, "schema_version": 4}))
+    old_model = {k: v for k, v in meta["model"].items() if k != option}
+    (directory / META).write_text(json.dumps({**meta, "model": old_model, "schema_version": version}))
     loaded, loaded_meta = load_checkpoint(directory)
-    assert loaded.config == config and loaded_meta["model"]["anchor_detail"] is False
-    frames = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
-    with torch.no_grad():
-        want = model.decode(model.encode(frames), model.anchor(frames))
-        got = loaded.decode(loaded.encode(frames), loaded.anchor(frames))
-    assert torch.equal(got, want)
-    # written today without the option, an anchored model has anchor detail: these weights lack it
-    (directory / META).write_text(json.dumps({**meta, "model": old_model}))
-    with pytest.raises(WmSimError, match="weights do not match the model config"):
-        load_checkpoint(directory)
-
-
-def test_a_checkpoint_from_before_anchor_memory_reads_the_anchors_pixels_alone(tmp_path):
-    """Schema 5: anchor detail read the anchor frame alone; today's default also reads earlier
-    context frames (anchor memory), which does not apply to it."""
-    config = WorldModelConfig(**{**TINY.to_dict(), "anchored": True, "anchor_detail": True, "anchor_memory": ()})
-    model = WorldModel(config).eval()
-    save_checkpoint(tmp_path, "step-000003", model, DATA_META)
-    directory = tmp_path / LAST
-    meta = json.loads((directory / META).read_text())
-    old_model = {k: v for k, v in meta["model"].items() if k != "anchor_memory"}
-    (directory / META).write_text(json.dumps({**meta, "model": old_model, "schema_version": 5}))
-    loaded, loaded_meta = load_checkpoint(directory)
-    assert loaded.config == config and loaded_meta["model"]["anchor_memory"] == []
+    assert loaded.config == config and loaded_meta["model"][option] == (list(before) if option == "anchor_memory" else before)
     context = torch.randint(0, 256, (2, 4, 32, 32, 3), dtype=torch.uint8)
     with torch.no_grad():
         want = model.decode(model.encode(context[:, 0]), model.anchor(context[:, -1]))
         got = loaded.decode(loaded.encode(context[:, 0]), loaded.anchor(context[:, -1], context=context))
     assert torch.equal(got, want)
-    # written today without the option, the model reads three earlier frames: these weights do not
+    # written today without the option, the model has that input: these weights lack it
     (directory / META).write_text(json.dumps({**meta, "model": old_model}))
-    with pytest.raises(WmSimError, match="weights do not match the model config"):
-        load_checkpoint(directory)
-
-
-def test_a_checkpoint_from_before_decoder_state_decodes_without_agent_pos(tmp_path):
-    """Schema 6: no decoder read agent_pos; today's default (an anchored decoder reads it) does
-    not apply to it."""
-    config = WorldModelConfig(**{**TINY.to_dict(), "anchored": True, "anchor_detail": True, "decoder_state": False})
-    model = WorldModel(config).eval()
-    save_checkpoint(tmp_path, "step-000003", model, DATA_META)
-    directory = tmp_path / LAST
-    meta = json.loads((directory / META).read_text())
-    old_model = {k: v for k, v in meta["model"].items() if k != "decoder_state"}
-    (directory / META).write_text(json.dumps({**meta, "model": old_model, "schema_version": 6}))
-    loaded, loaded_meta = load_checkpoint(directory)
-    assert loaded.config == config and loaded_meta["model"]["decoder_state"] is False
-    frames = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8)
-    with torch.no_grad():
-        assert torch.equal(loaded.decode(loaded.encode(frames), loaded.anchor(frames)), model.decode(model.encode(frames), model.anchor(frames)))
-    (directory / META).write_text(json.dumps({**meta, "model": old_model}))  # today: it would read agent_pos
     with pytest.raises(WmSimError, match="weights do not match the model config"):
         load_checkpoint(directory)
