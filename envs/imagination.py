@@ -102,10 +102,8 @@ class ImaginationEngine:
         self.anchor.latents[rows] = latents[:, -1]
         self.anchor.pixels[rows] = frames[:, -1].movedim(-1, -3).float() / 255.0
         if self.anchor.detail is not None:  # with anchor memory, of the earlier context frames too
-            pixels, earlier = self.anchor.pixels[rows], self.model.earlier_frames(frames)
-            flat = [None if x is None else x.reshape(-1, *x.shape[-3:]) for x in (pixels, earlier)]
-            term = self.model.decoder.anchor_term(*flat)
-            self.anchor.detail[rows] = term.reshape(*pixels.shape[:-3], *term.shape[-3:])
+            fresh = Anchor(latents[:, -1], self.anchor.pixels[rows], earlier=self.model.earlier_frames(frames))
+            self.anchor.detail[rows] = self.model.anchor_detail_term(fresh)
         self.agent_pos[rows] = self._bounded(state[:, -1].float())
         self.steps[rows] = 0
 

@@ -306,6 +306,7 @@ def _source(cfg: DecoderTuningConfig, run_dir: Path, resuming: bool) -> tuple[Wo
     tuned = anchored(model, cfg.anchor_detail, tuple(cfg.anchor_memory), cfg.decoder_state)
     return tuned, {**meta, "decoder_tuning": {**options, "earlier": earlier}}
 
+
 @dataclass
 class TuningData:
     """What the decoder is tuned on, for E training episodes."""

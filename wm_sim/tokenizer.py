@@ -180,14 +180,12 @@ class Decoder(nn.Module):
         anchor_tokens: torch.Tensor | None = None,
         anchor_pixels: torch.Tensor | None = None,
         anchor_term: torch.Tensor | None = None,
-        earlier: torch.Tensor | None = None,
         state_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """tokens (B, N, C); anchored: the anchor's tokens (B, N, C) and pixels (B, 3, S, S) in [0, 1]
         (fastest in channels-last memory), and with anchor detail their `anchor_term` if it is
-        already known (else computed here, from the `earlier` frames with anchor memory)
-        -> (B, S, S, 3) pixels in [0, 1]. A decoder that reads the state takes its `state_tokens`
-        (B, N, STATE_CHANNELS)."""
+        already known (else computed here, with no earlier frame seen) -> (B, S, S, 3) pixels in
+        [0, 1]. A decoder that reads the state takes its `state_tokens` (B, N, STATE_CHANNELS)."""
         if self.anchored:
             tokens = torch.cat([tokens, anchor_tokens], dim=-1)  # (B, N, 2C)
         if self.state_channels:
@@ -197,7 +195,7 @@ class Decoder(nn.Module):
         z = tokens.reshape(b, self.grid, self.grid, c).permute(0, 3, 1, 2)
         z = run_fused(list(self.net), z)  # (B, 3 or 4, S, S) in channels-last memory
         if self.anchor_detail:
-            z = z + (self.anchor_term(anchor_pixels, earlier) if anchor_term is None else anchor_term)
+            z = z + (self.anchor_term(anchor_pixels) if anchor_term is None else anchor_term)
         z = z.permute(0, 2, 3, 1)  # (B, S, S, 3 or 4), contiguous
         inference = not (torch.is_grad_enabled() and z.requires_grad)
         out = z.sigmoid_() if inference else torch.sigmoid(z)  # z is this call's own: nothing else reads it

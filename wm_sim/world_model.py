@@ -362,12 +362,21 @@ class WorldModel(nn.Module):
             raise ValueError("this world model's decoder is anchored: decode needs model.anchor(frames)")
         else:
             pixels = _per_frame_image(anchor.pixels, lead)
-            known = anchor.detail is not None and self.decoder.anchor_detail
-            term = _per_frame_image(anchor.detail, lead) if known else None
-            earlier = None if anchor.earlier is None or known else _per_frame_image(anchor.earlier, lead)
+            term = None
+            if self.decoder.anchor_detail:  # once per row, not per frame, unless the anchor keeps it
+                detail = anchor.detail if anchor.detail is not None else self.anchor_detail_term(anchor)
+                term = _per_frame_image(detail, lead)
             anchor_latents = _per_frame(anchor.latents, lead).reshape(per_camera)
-            x = self.decoder(flat, anchor_latents, pixels, term, earlier, told)
+            x = self.decoder(flat, anchor_latents, pixels, term, told)
         return x.reshape(*lead, *c.frame_shape)
+
+    def anchor_detail_term(self, anchor: Anchor) -> torch.Tensor:
+        """With anchor detail, the decoder's share of each row's anchor (and earlier frames')
+        pixels, (B, [K,] 4, S, S): the same for every frame decoded over that anchor, so a caller
+        that decodes many keeps it in Anchor.detail (the imagination engine, per episode)."""
+        pixels, earlier = (None if x is None else x.reshape(-1, *x.shape[-3:]) for x in (anchor.pixels, anchor.earlier))
+        term = self.decoder.anchor_term(pixels, earlier)
+        return term.reshape(*anchor.pixels.shape[:-3], *term.shape[-3:])
 
     def _state_tokens(self, state: torch.Tensor | None) -> torch.Tensor | None:
         """What the decoder reads of each frame's normalised state (B, ..., D): (M * K, G*G,
