@@ -85,25 +85,19 @@ class StreamPlanner(Policy):
         goals: np.ndarray | None = None,
     ):
         """`goals` (num_envs, 2): each row's goal, known at the start; reward=task reads them."""
-        from wm_sim.envs.catalog import observed_reward
         from wm_sim.envs.imagination import ImaginationEngine
+        from wm_sim.envs.observed_reward import ObservedReward
 
         from wm_sim.checkpoint import checkpoint_cameras, load_checkpoint
 
         model, meta = load_checkpoint(checkpoint)
         self.config, self.num_envs = config, num_envs
-        self._task_reward = None
+        self._task_reward: ObservedReward | None = None
         if config.reward == "task":
             task = meta.get("dataset", {}).get("task", "")
-            self._task_reward = observed_reward(task)
-            self._view = task_view(task, checkpoint_cameras(meta, []))
-            if goals is None or np.shape(goals) != (num_envs, 2):
-                raise WmSimError(
-                    f"cem_stream reward=task needs each env's goal, shape ({num_envs}, 2); got "
-                    + ("none" if goals is None else str(np.shape(goals)))
-                )
-            self._goals = np.repeat(np.asarray(goals, dtype=np.float64), config.population, axis=0)
-            self._object = np.full((num_envs, 2), np.nan)  # the task object's last place seen, per row
+            self._task_reward = ObservedReward(task, checkpoint_cameras(meta, []), goals, num_envs)
+            self._candidate_reward = self._task_reward.repeated(config.population)
+            self._object = self._task_reward.unseen()  # the task object's last place seen, per row
         self.action_dim = model.config.action_dim
         self.engine = ImaginationEngine(model, num_envs * config.population, episode_steps=None)
         self._generator = torch.Generator().manual_seed(seed)
@@ -177,29 +171,15 @@ class StreamPlanner(Policy):
         whose object no frame has shown yet scores NaN: its search keeps the warm plan."""
         if self._task_reward is None:
             return out.reward.cpu(), None
-        frames = out.pixels[:, self._view] if out.pixels.dim() == 5 else out.pixels
-        reward, last = self._task_reward(
-            frames.cpu().numpy(), out.agent_pos.cpu().numpy(), self._goals, actions.numpy(), last
+        reward, last = self._candidate_reward(
+            out.pixels.cpu().numpy(), out.agent_pos.cpu().numpy(), actions.numpy(), last
         )
         return torch.from_numpy(reward).float(), last
 
     def _see_object(self) -> None:
         """Where the newest real frame shows the task object, per row, read as the task reads it
         (the last place seen stands in where the frame hides it)."""
-        newest = self._frames[-1].numpy()
-        frames = newest[:, self._view] if newest.ndim == 5 else newest
-        goals = self._goals[:: self.config.population]
         no_action = np.zeros((self.num_envs, self.action_dim))
-        _, self._object = self._task_reward(frames, self._states[-1].numpy(), goals, no_action, self._object)
-
-
-def task_view(task: str, cameras: list[str]) -> int:
-    """The index, among a model's cameras, of the one the task's observed reward reads."""
-    from wm_sim.envs.catalog import TASK_SPECS
-
-    wanted = TASK_SPECS[task].observed_camera
-    if wanted not in cameras:
-        raise WmSimError(
-            f"cem_stream reward=task reads {task}'s {wanted!r} camera; this model's cameras: {cameras}"
+        _, self._object = self._task_reward(
+            self._frames[-1].numpy(), self._states[-1].numpy(), no_action, self._object
         )
-    return cameras.index(wanted)

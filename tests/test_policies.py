@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -257,12 +258,17 @@ def test_the_stream_planner_scores_imagined_push_frames_by_the_task_reward(tiny_
         twin.close()
     np.testing.assert_allclose(imagined.numpy(), true, atol=0.01)
     task.close()
-    from wm_sim.policies.stream_planner import task_view
+    from wm_sim.envs.observed_reward import ObservedReward
 
-    assert task_view("push", ["side", "top"]) == 1  # the camera the task's reward reads, by name
-    with pytest.raises(WmSimError, match=r"reads push's 'top' camera; this model's cameras: \['side'\]"):
-        task_view("push", ["side"])
-    with pytest.raises(WmSimError, match="needs each env's goal"):
+    # the camera the task's reward reads, by name: a second camera's frame is not read
+    reader = ObservedReward("push", ["side", "top"], task.goal()[None], 1)
+    both = np.stack([np.zeros_like(obs["pixels"]), obs["pixels"]])[None]  # (1, 2, S, S, 3): side, top
+    no_action = np.zeros((1, 2))
+    _, puck = reader(both, obs["agent_pos"][None], no_action, reader.unseen())
+    np.testing.assert_allclose(puck[0], task.puck(), atol=0.005)
+    with pytest.raises(WmSimError, match=re.escape("needs push's 'top' camera; this model's: ['side']")):
+        ObservedReward("push", ["side"], task.goal()[None], 1)
+    with pytest.raises(WmSimError, match=re.escape("needs each row's goal, shape (1, 2); got none")):
         StreamPlanner("shipped:push", num_envs=1, config=config)
     with pytest.raises(
         WmSimError, match="task 'reacher' has no reward read off observations; tasks with one: push"

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from wm_sim.checkpoint import write_json
 from wm_sim.errors import WmSimError
 from wm_sim.media import save_figure
-from wm_sim.verify import Harness, pearson
+from wm_sim.verify import IMAGINED_REWARDS, Harness, pearson
 
 # Spread-out quality without any training: random, the expert under five noise scales and the
 # expert; then the task's shipped imagination-trained policy where wm-sim packages one.
@@ -61,6 +61,13 @@ class RankConfig:
     seed: int = field(default=1000, metadata={"help": "start state of episode i is seed + i"})
     out: str = field(default="outputs/rank", metadata={"help": "folder for rank.json and rank.png"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
+    reward: str = field(
+        default="auto",
+        metadata={
+            "help": "imagined reward: model (the world model's), task (the task's own, read off the imagined"
+            " frames) or auto (task where the task has one, as push does; else model)"
+        },
+    )
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:
@@ -98,13 +105,15 @@ def rank(cfg: RankConfig) -> dict:
         raise WmSimError(f"rank needs at least 3 distinct policies, got {policies}")
     if cfg.episodes < 1 or cfg.batch < 1:
         raise WmSimError(f"episodes and batch must be at least 1, got {cfg.episodes} and {cfg.batch}")
+    if cfg.reward not in ("auto", *IMAGINED_REWARDS):
+        raise WmSimError(f"reward must be one of auto, {', '.join(IMAGINED_REWARDS)}, got {cfg.reward!r}")
     out = Path(cfg.out)
     if (out / "rank.json").exists():
         raise WmSimError(f"{out / 'rank.json'} exists; choose another out= (rank never overwrites a report)")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     checkpoint = cfg.checkpoint or f"shipped:{cfg.task}"
-    harness = Harness(cfg.task, checkpoint, min(cfg.batch, cfg.episodes))
+    harness = Harness(cfg.task, checkpoint, min(cfg.batch, cfg.episodes), reward=_imagined_reward(cfg))
     seeds = cfg.seed + np.arange(cfg.episodes)
     rows = []
     with tqdm(
@@ -131,6 +140,7 @@ def rank(cfg: RankConfig) -> dict:
     report = {
         "task": cfg.task,
         "world_model": checkpoint,
+        "imagined_reward": harness.reward,
         "episodes": cfg.episodes,
         "options": asdict(cfg),
         "spearman": spearman(true, imagined),
@@ -154,6 +164,16 @@ def rank(cfg: RankConfig) -> dict:
         f"wrote {out}/rank.json ({report['seconds']:.0f} s)"
     )
     return report
+
+
+def _imagined_reward(cfg: RankConfig) -> str:
+    """What an imagined step earns: cfg.reward, with auto resolved for cfg.task."""
+    from wm_sim.envs.catalog import TASK_SPECS
+
+    if cfg.reward != "auto":
+        return cfg.reward
+    spec = TASK_SPECS.get(cfg.task)
+    return "task" if spec is not None and spec.observed_reward else "model"
 
 
 def _figure(rows: list[dict], report: dict):

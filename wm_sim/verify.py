@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from wm_sim.checkpoint import load_checkpoint, write_json
+from wm_sim.checkpoint import checkpoint_cameras, load_checkpoint, write_json
 from wm_sim.errors import WmSimError
 from wm_sim.media import captioned_pair, save_figure, write_video
 from wm_sim.paired_rollout import padded, replay_in_imagination
@@ -74,18 +74,28 @@ class Rollouts:
         return self.imagined_rewards.sum(axis=1)
 
 
+IMAGINED_REWARDS = ("model", "task")
+
+
 class Harness:
     """MuJoCo tasks and the world model's vector env, `batch` rows of each, reused across episodes."""
 
-    def __init__(self, task: str, checkpoint: str, batch: int):
-        from wm_sim.envs.catalog import make_task
+    def __init__(self, task: str, checkpoint: str, batch: int, reward: str = "model"):
+        """`reward`: what an imagined step earns, the world model's reward ("model") or the task's
+        own reward read off the imagined observation ("task", envs.observed_reward)."""
+        from wm_sim.envs.catalog import make_task, observed_reward
         from wm_sim.envs.world_model_env import WorldModelVectorEnv
 
         _, meta = load_checkpoint(checkpoint)
         modelled = meta.get("dataset", {}).get("task", task)
         if modelled != task:
             raise WmSimError(f"task={task} but the world model {checkpoint} simulates {modelled!r}")
-        self.task, self.checkpoint, self.batch = task, checkpoint, batch
+        if reward not in IMAGINED_REWARDS:
+            raise WmSimError(f"reward must be one of {', '.join(IMAGINED_REWARDS)}, got {reward!r}")
+        if reward == "task":
+            observed_reward(task)  # one clear error, before any episode, for a task without one
+        self.task, self.checkpoint, self.batch, self.reward = task, checkpoint, batch, reward
+        self.cameras = checkpoint_cameras(meta, [])
         self.env = WorldModelVectorEnv(num_envs=batch, checkpoint=checkpoint)
         self.env.reset(seed=0)
         self.tasks = [make_task(task, image_size=self.env.sim.config.image_size) for _ in range(batch)]
@@ -173,10 +183,13 @@ class Harness:
         first_frames, first_state = _first_context(starts)
         policy = make_policy(ref, self.setting(k, True, int(chunk[0]), goals))
         obs = self.env.reset_to(first_frames, first_state, rows=np.arange(k))
+        read, seen = self._task_reward(obs, goals, k)
         imagined = np.zeros((k, t, *starts[0]["pixels"].shape), np.uint8) if keep_frames else None
         for step in range(t):
             full = padded(policy.act({key: v[:k] for key, v in obs.items()}), self.batch)
             obs, reward, _, _, _ = self.env.step(full)
+            if read is not None:
+                reward, seen = read(obs["pixels"][:k], obs["agent_pos"][:k], full[:k], seen)
             out.imagined_rewards[first : first + k, step] = reward[:k]
             if imagined is not None:
                 imagined[:, step] = obs["pixels"][:k]
@@ -184,6 +197,22 @@ class Harness:
                 bar.update(k)
         if imagined is not None:
             out.imagined_frames.extend(imagined)
+
+    def _task_reward(self, obs: dict, goals: np.ndarray | None, k: int):
+        """With reward="task": the reader of the task's reward off k rows' observations, and where
+        the start frames `obs` show the task object; else (None, None)."""
+        if self.reward != "task":
+            return None, None
+        from wm_sim.envs.observed_reward import ObservedReward
+
+        read = ObservedReward(self.task, self.cameras, goals, k)
+        _, seen = read(
+            obs["pixels"][:k],
+            obs["agent_pos"][:k],
+            np.zeros((k, self.env.sim.config.action_dim)),
+            read.unseen(),
+        )
+        return read, seen
 
     def _replay(self, starts, actions: np.ndarray, first: int, out: Rollouts) -> None:
         """3. MuJoCo's actions replayed open-loop in the world model."""
@@ -328,7 +357,11 @@ def summarise(
         "policies": table,
         "success_rate": float(main.success.mean()),
         "success_rate_random": float(reference_runs["random"].success.mean()),
-        **({"success_rate_expert": float(reference_runs["expert"].success.mean())} if "expert" in reference_runs else {}),
+        **(
+            {"success_rate_expert": float(reference_runs["expert"].success.mean())}
+            if "expert" in reference_runs
+            else {}
+        ),
         "imagined_vs_true_return": {
             "pearson": pearson(main.imagined_returns, main.true_returns),
             "mean_gap": float(gap.mean()),
@@ -353,7 +386,11 @@ def policy_table(
     expert = float(reference_runs["expert"].true_returns.mean()) if "expert" in reference_runs else None
     random, zero = (float(reference_runs[name].true_returns.mean()) for name in ("random", "zero"))
     table = {}
-    for name, r in {**main, **{k: v for k, v in reference_runs.items() if k not in main}, **baselines}.items():
+    for name, r in {
+        **main,
+        **{k: v for k, v in reference_runs.items() if k not in main},
+        **baselines,
+    }.items():
         mean = float(r.true_returns.mean())
         table[name] = {
             "role": "policy" if name in main else "reference" if name in reference_runs else "baseline",
