@@ -50,10 +50,3 @@ class ObservedReward:
         pixels = np.asarray(pixels)
         frames = pixels[:, self._view] if pixels.ndim == 5 else pixels
         return self._read(frames, np.asarray(agent_pos), self.goals, np.asarray(actions), last)
-
-    def repeated(self, times: int) -> ObservedReward:
-        """The same reader for `times` copies of every row in turn (a planner's population)."""
-        copy = object.__new__(ObservedReward)
-        copy._read, copy._view = self._read, self._view
-        copy.goals = np.repeat(self.goals, times, axis=0)
-        return copy

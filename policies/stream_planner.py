@@ -95,8 +95,10 @@ class StreamPlanner(Policy):
         self._task_reward: ObservedReward | None = None
         if config.reward == "task":
             task = meta.get("dataset", {}).get("task", "")
-            self._task_reward = ObservedReward(task, checkpoint_cameras(meta, []), goals, num_envs)
-            self._candidate_reward = self._task_reward.repeated(config.population)
+            cameras = checkpoint_cameras(meta, [])
+            self._task_reward = ObservedReward(task, cameras, goals, num_envs)
+            candidates = np.repeat(self._task_reward.goals, config.population, axis=0)  # each row's in turn
+            self._candidate_reward = ObservedReward(task, cameras, candidates, num_envs * config.population)
             self._object = self._task_reward.unseen()  # the task object's last place seen, per row
         self.action_dim = model.config.action_dim
         self.engine = ImaginationEngine(model, num_envs * config.population, episode_steps=None)

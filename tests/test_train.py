@@ -72,12 +72,14 @@ def test_one_command_ends_with_an_anchored_decoder_tuned_onto_the_trained_model(
     assert first.config.anchored and not first.config.anchor_detail
     assert second.config.anchor_detail and not second.config.anchor_memory
     assert third.config.anchor_memory == (1, 2) and not third.config.decoder_state
-    assert first_meta["decoder_tuning"]["checkpoint"] == str(out / "step-0000002") and meta["step"] == 2
+    assert first_meta["decoder_tuning"]["checkpoint"] == str(out / "step-0000002")
     assert second_meta["decoder_tuning"]["checkpoint"] == str(out / train_module.DECODER_DIR / LAST)
     assert third_meta["decoder_tuning"]["checkpoint"] == str(out / train_module.DETAIL_DIR / LAST)
     assert meta["decoder_tuning"]["checkpoint"] == str(out / train_module.MEMORY_DIR / LAST)
     assert third_meta["decoder_tuning"]["memory_weight"] > 0 == second_meta["decoder_tuning"]["memory_weight"]
     assert meta["decoder_tuning"]["far_pixels"] == "all" and third_meta["decoder_tuning"]["far_pixels"] == "still"
+    # the last phase learns a new input, for STATE_STEPS times the steps of the others
+    assert meta["decoder_tuning"]["steps"] == train_module.STATE_STEPS * 2 == 2 * third_meta["decoder_tuning"]["steps"]
     assert meta["decoder_tuning"]["earlier"]["earlier"]["earlier"]["anchor_detail"] is False  # every phase recorded
     frozen = {k: v for k, v in trained.state_dict().items() if not k.startswith("decoder.")}
     assert all(torch.equal(tuned.state_dict()[k], v) for k, v in frozen.items())
@@ -86,7 +88,7 @@ def test_one_command_ends_with_an_anchored_decoder_tuned_onto_the_trained_model(
             reacher_store_path, out, model=anchored, steps=2, decoder_steps=2, val_fraction=0.5, resume="auto"
         )
     )
-    assert again == final and load_checkpoint(final)[1]["step"] == 2  # done: nothing more to do
+    assert again == final and load_checkpoint(final)[1]["step"] == 4  # done: nothing more to do
 
 
 def test_a_finished_run_resumed_with_decoder_steps_gets_its_decoder_phase(reacher_store_path, tmp_path):

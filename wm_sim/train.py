@@ -212,6 +212,10 @@ STATE_DIR = "state"  # with model.decoder_state: agent_pos read too (the final m
 # where it still stands) this much more: at 0 the arm drawn a little off hid the target (reacher's
 # recall 16 frames out fell from 0.85 to 0.76); at 3, 0.84 (CHANGELOG, 2026-12-07).
 STILL_WEIGHT = 3.0
+# ... and runs this many times training.decoder_steps: it learns a new input, the pose, and at 2,500
+# steps it was undertrained (2,500 more lifted reacher's PSNR 16 frames out by 0.75 dB and a random
+# stream's frames in the real ranges from 85% to 90%; CHANGELOG, 2026-12-07).
+STATE_STEPS = 2
 
 
 def _tunes_decoder(cfg: TrainConfig) -> bool:
@@ -242,27 +246,30 @@ def _tune_decoder(cfg: TrainConfig, run_dir: Path) -> Path:
     does, resumable as the steps were): an anchored decoder tuned from the plain one (out/decoder),
     then, with model.anchor_detail, tuned again reading the anchor's pixels too (out/detail), and
     with model.anchor_memory once more, reading earlier context frames too (out/memory), and with
-    model.decoder_state once more, reading agent_pos too, on every pixel (out/state). Returns the
-    final model's directory.
+    model.decoder_state once more, reading agent_pos too, on every pixel and for STATE_STEPS times
+    as many steps (out/state). Returns the final model's directory.
 
     Each phase starts from the one before, its new inputs at zero: a run made before a phase
     existed gains it by `resume=auto`.
     """
-    far, arch = cfg.training.decoder_far_pixels, cfg.model
+    far, arch, steps = cfg.training.decoder_far_pixels, cfg.model, cfg.training.decoder_steps
     phases = [(DECODER_DIR, dict(far_pixels=far, anchor_detail=False))]
     if arch.anchor_detail:
         phases.append((DETAIL_DIR, dict(far_pixels=far)))
         if arch.anchor_memory:
             phases.append((MEMORY_DIR, dict(far_pixels=far, anchor_memory=tuple(arch.anchor_memory))))
-    if arch.decoder_state:  # what the phase before it read, and agent_pos, on every pixel
-        phases.append((STATE_DIR, dict(phases[-1][1], far_pixels="all", still_weight=STILL_WEIGHT, decoder_state=True)))
+    if arch.decoder_state:  # what the phase before it read, and agent_pos, on every pixel, for longer
+        state = dict(
+            far_pixels="all", still_weight=STILL_WEIGHT, decoder_state=True, steps=STATE_STEPS * steps
+        )
+        phases.append((STATE_DIR, dict(phases[-1][1], **state)))
     source = run_dir / f"step-{cfg.steps:07d}"
     for name, options in phases:
         out = run_dir / name
-        options = {"anchor_memory": (), "decoder_state": False, **options}
+        options = {"anchor_memory": (), "decoder_state": False, "steps": steps, **options}
         tuned = tune_decoder(
             DecoderTuningConfig(
-                checkpoint=str(source), data=cfg.data, out=str(out), steps=cfg.training.decoder_steps,
+                checkpoint=str(source), data=cfg.data, out=str(out),
                 memory_weight=DecoderTuningConfig.memory_weight if options["anchor_memory"] else 0.0,
                 resume="auto" if (out / LAST).exists() else "false", seed=cfg.seed, threads=cfg.threads,
                 **options,
