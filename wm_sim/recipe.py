@@ -51,7 +51,7 @@ class ModelArchitecture:
         default=True,
         metadata={
             "help": "the anchored decoder also reads agent_pos: a last decoder phase (out/state) tunes it in, "
-            "on every pixel"
+            "on every pixel, for twice training.decoder_steps"
         },
     )
     transition: bool = field(
