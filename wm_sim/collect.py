@@ -32,7 +32,7 @@ class CollectConfig:
     """Options of `wm-sim collect`."""
 
     task: str = field(
-        default="reacher", metadata={"help": "reacher, pusher, or gym:<EnvId> (any Gymnasium MuJoCo env)"}
+        default="reacher", metadata={"help": "reacher, push, pusher, or gym:<EnvId> (any Gymnasium MuJoCo env)"}
     )
     policy: str = field(
         default="mixed",
