@@ -5,8 +5,8 @@
 between imagination and MuJoCo unchanged. Reward and termination come from the model's heads,
 truncation from the task's episode length (`episode_steps=N` sets another; `stream=True` never
 truncates: a stream runs until reset); `info["uncertainty"]` says how far each prediction sits
-off what the tokenizer can produce. `precision="bfloat16"` steps under bf16 autocast (1.3x the
-frames/s at 256 envs on a CPU with AVX512-BF16, slower below 64; agent_pos identical, frames
+off what the tokenizer can produce. `precision="bfloat16"` steps under bf16 autocast (1.55x the
+frames/s at 1,024 envs on a CPU with AVX512-BF16, slower below 64; agent_pos identical, frames
 within a few grey levels);
 `"auto"` picks it where the CPU or GPU multiplies bf16 natively (wm_sim.envs.acceleration).
 """

@@ -113,7 +113,7 @@ def cem_search(
         noise = torch.randn(r, c.population, c.horizon, a, generator=generator)
         candidates = (mean[:, None] + std[:, None] * noise).clamp(-1.0, 1.0)  # (R, P, H, A)
         candidates[:, 0] = best  # the best plan so far always competes
-        returns = returns_of(candidates)
+        returns = returns_of(candidates).nan_to_num(nan=-torch.inf)  # NaN (unscored) never an elite
         top = returns.topk(c.elites, dim=1)  # (R, E)
         elites = torch.take_along_dim(candidates, top.indices[:, :, None, None], dim=1)
         mean, std = elites.mean(dim=1), elites.std(dim=1).clamp(min=c.min_std)

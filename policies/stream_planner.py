@@ -112,12 +112,13 @@ class StreamPlanner(Policy):
         self._actions: list[torch.Tensor] = []  # the actions taken after each but the newest
 
     def reset(self, mask: np.ndarray | None = None, seeds: list[int] | None = None) -> None:
-        """A reset of any row starts every row's memory afresh: the rows share one context length."""
+        """A reset of any row starts every row's memory of frames afresh (the rows share one context
+        length); where the task object was last seen is forgotten for the reset rows alone."""
         self._plan.zero_()
         self._left = 0
         self._frames, self._states, self._actions = [], [], []
         if self._task_reward is not None:
-            self._object[:] = np.nan
+            self._object[np.ones(self.num_envs, bool) if mask is None else np.asarray(mask, bool)] = np.nan
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:

@@ -164,6 +164,24 @@ def test_the_planner_plans_in_latent_space_and_beats_the_zero_sequence_it_starts
     assert not planner._plan[0].any() and planner._plan[1].any()  # a reset forgets that row's plan
 
 
+def test_the_search_never_takes_an_unscored_candidate_for_an_elite():
+    """A candidate whose imagined return is NaN (reward=task before the object was seen) ranks
+    below every scored one, so the search still climbs where some candidates are scored."""
+    from wm_sim.policies.planner import CEMConfig, cem_search
+
+    config = CEMConfig.parse("horizon=2,population=32,elites=4,iterations=4")
+
+    def returns_of(candidates: torch.Tensor) -> torch.Tensor:  # (R, P, H, A) -> (R, P)
+        first = candidates[..., 0, 0]
+        scored = -((candidates + 0.5) ** 2).sum((-1, -2))  # best at -0.5 everywhere
+        return torch.where(first < -0.05, scored, torch.nan)  # unscored where the first action >= -0.05
+
+    warm = torch.zeros(1, 2, 1)
+    best = cem_search(returns_of, warm, config, torch.Generator().manual_seed(0))
+    assert best[0, 0, 0] < -0.05 and torch.isfinite(returns_of(best[:, None]))[0, 0]
+    assert returns_of(best[:, None])[0, 0] > -0.5  # better than all-zero actions would score
+
+
 def test_the_stream_planner_searches_through_the_streaming_step_and_replans_on_schedule(tiny_model_path):
     """The planner for models without a latent model: it streams the real frames it has seen
     into the cache, finds a plan whose imagined return beats the poor one it starts from, and
@@ -258,6 +276,11 @@ def test_the_stream_planner_scores_imagined_push_frames_by_the_task_reward(tiny_
         twin.close()
     np.testing.assert_allclose(imagined.numpy(), true, atol=0.01)
     task.close()
+    kept = planner._object.copy()
+    planner.reset(np.array([False]))  # another row's reset: where this row's puck was stays known
+    np.testing.assert_array_equal(planner._object, kept)
+    planner.reset()
+    assert np.isnan(planner._object).all()
     from wm_sim.envs.observed_reward import ObservedReward
 
     # the camera the task's reward reads, by name: a second camera's frame is not read

@@ -175,6 +175,10 @@ def test_a_two_camera_model_evaluates_and_packages_and_refuses_a_one_camera_data
     collect(CollectConfig(task="reacher", policy="mixed", episodes=1, workers=1, seed=7, out=str(one)))
     with pytest.raises(WmSimError, match=r"has cameras \['top'\], but the model sees \['top', 'side'\]"):
         evaluate(EvaluateConfig(checkpoint=str(run), data=str(one), out=str(tmp_path / "eval-one")))
+    from wm_sim.verify import Harness
+
+    with pytest.raises(WmSimError, match=r"verify and rank run world models of one camera; .* \['top', 'side'\]"):
+        Harness("reacher", str(run), batch=1)
 
 
 @pytest.mark.slow

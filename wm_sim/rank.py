@@ -113,10 +113,11 @@ def rank(cfg: RankConfig) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     checkpoint = cfg.checkpoint or f"shipped:{cfg.task}"
-    harness = Harness(cfg.task, checkpoint, min(cfg.batch, cfg.episodes), reward=_imagined_reward(cfg))
+    reward = _imagined_reward(cfg, checkpoint)
+    harness = Harness(cfg.task, checkpoint, min(cfg.batch, cfg.episodes), reward=reward)
     seeds = cfg.seed + np.arange(cfg.episodes)
     rows = []
-    with tqdm(
+    with harness, tqdm(
         total=len(policies) * cfg.episodes * harness.episode_steps * 2, desc="rank", unit="step"
     ) as bar:
         for ref in policies:
@@ -131,7 +132,6 @@ def rank(cfg: RankConfig) -> dict:
                     "success_rate": float(result.success.mean()),
                 }
             )
-    harness.close()
     true = np.array([r["true_return"] for r in rows])
     imagined = np.array([r["imagined_return"] for r in rows])
     for r, t, i in zip(rows, average_ranks(-true), average_ranks(-imagined), strict=True):
@@ -166,14 +166,19 @@ def rank(cfg: RankConfig) -> dict:
     return report
 
 
-def _imagined_reward(cfg: RankConfig) -> str:
-    """What an imagined step earns: cfg.reward, with auto resolved for cfg.task."""
+def _imagined_reward(cfg: RankConfig, checkpoint: str) -> str:
+    """What an imagined step earns: cfg.reward, with auto resolved for cfg.task: the task's own
+    reward where it has one and the model sees the camera it is read from, else the model's."""
+    from wm_sim.checkpoint import checkpoint_cameras, load_checkpoint
     from wm_sim.envs.catalog import TASK_SPECS
 
     if cfg.reward != "auto":
         return cfg.reward
     spec = TASK_SPECS.get(cfg.task)
-    return "task" if spec is not None and spec.observed_reward else "model"
+    if spec is None or not spec.observed_reward:
+        return "model"
+    cameras = checkpoint_cameras(load_checkpoint(checkpoint)[1], ["top"])
+    return "task" if spec.observed_camera in cameras else "model"
 
 
 def _figure(rows: list[dict], report: dict):

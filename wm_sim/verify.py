@@ -25,6 +25,7 @@ from tqdm import tqdm
 from wm_sim.checkpoint import checkpoint_cameras, load_checkpoint, write_json
 from wm_sim.errors import WmSimError
 from wm_sim.media import captioned_pair, save_figure, write_video
+from wm_sim.metrics import MIN_OBJECT_PIXELS
 from wm_sim.paired_rollout import padded, replay_in_imagination
 
 
@@ -83,7 +84,7 @@ class Harness:
     def __init__(self, task: str, checkpoint: str, batch: int, reward: str = "model"):
         """`reward`: what an imagined step earns, the world model's reward ("model") or the task's
         own reward read off the imagined observation ("task", envs.observed_reward)."""
-        from wm_sim.envs.catalog import make_task, observed_reward
+        from wm_sim.envs.catalog import make_task
         from wm_sim.envs.world_model_env import WorldModelVectorEnv
 
         _, meta = load_checkpoint(checkpoint)
@@ -92,13 +93,22 @@ class Harness:
             raise WmSimError(f"task={task} but the world model {checkpoint} simulates {modelled!r}")
         if reward not in IMAGINED_REWARDS:
             raise WmSimError(f"reward must be one of {', '.join(IMAGINED_REWARDS)}, got {reward!r}")
-        if reward == "task":
-            observed_reward(task)  # one clear error, before any episode, for a task without one
-        self.task, self.checkpoint, self.batch, self.reward = task, checkpoint, batch, reward
         self.cameras = checkpoint_cameras(meta, [])
-        self.env = WorldModelVectorEnv(num_envs=batch, checkpoint=checkpoint)
+        if len(self.cameras) > 1:
+            raise WmSimError(
+                f"verify and rank run world models of one camera; {checkpoint} sees {self.cameras}: "
+                "train one on a dataset of one camera (wm-sim collect cameras=[top])"
+            )
+        if reward == "task":  # one clear error, before any episode: no such reward, or not this camera
+            from wm_sim.envs.observed_reward import ObservedReward
+
+            ObservedReward(task, self._reward_cameras(), np.zeros((1, 2)), 1)
+        self.task, self.checkpoint, self.batch, self.reward = task, checkpoint, batch, reward
+        # the harness ends each episode itself, after the task's steps: the env never truncates
+        self.env = WorldModelVectorEnv(num_envs=batch, checkpoint=checkpoint, stream=True)
         self.env.reset(seed=0)
-        self.tasks = [make_task(task, image_size=self.env.sim.config.image_size) for _ in range(batch)]
+        size = self.env.sim.config.image_size  # MuJoCo renders what the model was trained on
+        self.tasks = [make_task(task, image_size=size, cameras=self.cameras or None) for _ in range(batch)]
         self.episode_steps = self.tasks[0].episode_steps
         self.fps = self.tasks[0].fps
 
@@ -188,8 +198,9 @@ class Harness:
         for step in range(t):
             full = padded(policy.act({key: v[:k] for key, v in obs.items()}), self.batch)
             obs, reward, _, _, _ = self.env.step(full)
-            if read is not None:
-                reward, seen = read(obs["pixels"][:k], obs["agent_pos"][:k], full[:k], seen)
+            if read is not None:  # the control cost of what the env applied: actions within bounds
+                applied = np.clip(full[:k], -1.0, 1.0)
+                reward, seen = read(obs["pixels"][:k], obs["agent_pos"][:k], applied, seen)
             out.imagined_rewards[first : first + k, step] = reward[:k]
             if imagined is not None:
                 imagined[:, step] = obs["pixels"][:k]
@@ -197,6 +208,13 @@ class Harness:
                 bar.update(k)
         if imagined is not None:
             out.imagined_frames.extend(imagined)
+        unseen = np.isnan(out.imagined_rewards[first : first + k]).any(axis=1)
+        if read is not None and unseen.any():  # its reward needs the object seen; NaN ranks nothing
+            raise WmSimError(
+                f"reward=task: in the episode from seed {int(chunk[unseen][0])}, neither the start frame nor "
+                f"the imagined frames up to some step showed {self.task}'s object (read by its colour, "
+                f">= {MIN_OBJECT_PIXELS} pixels of a {self.env.sim.config.image_size}-pixel frame); use reward=model"
+            )
 
     def _task_reward(self, obs: dict, goals: np.ndarray | None, k: int):
         """With reward="task": the reader of the task's reward off k rows' observations, and where
@@ -205,7 +223,7 @@ class Harness:
             return None, None
         from wm_sim.envs.observed_reward import ObservedReward
 
-        read = ObservedReward(self.task, self.cameras, goals, k)
+        read = ObservedReward(self.task, self._reward_cameras(), goals, k)
         _, seen = read(
             obs["pixels"][:k],
             obs["agent_pos"][:k],
@@ -213,6 +231,10 @@ class Harness:
             read.unseen(),
         )
         return read, seen
+
+    def _reward_cameras(self) -> list[str]:
+        """The model's cameras; a checkpoint from before they were recorded saw the top one."""
+        return self.cameras or ["top"]
 
     def _replay(self, starts, actions: np.ndarray, first: int, out: Rollouts) -> None:
         """3. MuJoCo's actions replayed open-loop in the world model."""
@@ -224,6 +246,12 @@ class Harness:
         self.env.close()
         for task in self.tasks:
             task.close()
+
+    def __enter__(self) -> Harness:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _stack(observations: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
