@@ -116,6 +116,8 @@ def judge(stats: np.ndarray, joints: np.ndarray, reference: Reference, window: i
         "joint_steps_out_of_limits": int(joints_out.sum()),
         "held_steps": int(held),
         "held_minutes": round(held / fps / 60.0, 2),
+        # where each statistic sits, beside its range: how far out a failing one is
+        "median_by_statistic": {n: round(float(np.median(stats[:, i])), 4) for i, n in enumerate(STAT_NAMES)},
         # which statistics leave their range most often: the way the picture fails, if it does
         "out_of_range_by_statistic": {
             n: round(

@@ -120,6 +120,8 @@ def test_stability_fails_where_the_picture_drifts_out_and_says_when():
     assert verdict["out_of_range_by_statistic"]["spread_r"] == 0.4
     assert verdict["out_of_range_by_statistic"]["mean_r"] == 0.0
     assert set(verdict["out_of_range_by_statistic"]) == set(STAT_NAMES)
+    assert verdict["median_by_statistic"]["spread_r"] == round(float(np.median(stats[:, 3])), 4)
+    assert verdict["median_by_statistic"]["spread_r"] != round(float(np.median(real_stats[:, 3])), 4)
 
 
 def test_stability_fails_on_a_joint_past_its_limit_and_tolerates_rounding():
