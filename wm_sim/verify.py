@@ -133,7 +133,8 @@ class Harness:
     ) -> Rollouts:
         """Episodes of policy `ref` from start states `seeds`: in MuJoCo, and (if `imagine`) in the model.
 
-        `replay` also replays MuJoCo's actions open-loop in the model, for the per-step reward check.
+        `replay` also replays MuJoCo's actions open-loop in the model, for the per-step reward check
+        (the model's own reward, whatever `reward` is).
         """
         t = self.episode_steps
         n = len(seeds)
