@@ -72,8 +72,9 @@ def test_a_fresh_training_run_resets_and_steps_as_an_env_without_packaging(packa
 @pytest.mark.skipif(not SHIPPED.exists(), reason="no shipped reacher model in this checkout")
 def test_the_shipped_reacher_model_is_small_loads_by_name_and_beats_copy_last_where_it_claims():
     """Guards what the README claims of the shipped model: better than holding the last frame in
-    PSNR, reward error and agent_pos error at every horizon, and in SSIM up to 16 frames (its SSIM
-    misses at 64 and the end: drift)."""
+    PSNR and agent_pos error at every horizon, in SSIM up to 16 frames (its SSIM misses at 64 and
+    the end: drift), and in the reward read off its frames from 4 frames on (at 1 frame it errs
+    0.076 a step against copy-last's 0.073: the model card says so)."""
     assert resolve_checkpoint("shipped:reacher") == SHIPPED.resolve()
     model, meta = load_checkpoint("shipped:reacher")
     assert meta["dataset"]["task"] == "reacher" and model.config.image_size == 64
@@ -86,9 +87,9 @@ def test_the_shipped_reacher_model_is_small_loads_by_name_and_beats_copy_last_wh
     assert all(psnr["model"][h] > psnr["copy_last"][h] for h in report["horizons"])
     assert report["model_beats_copy_last_at_every_horizon"]["psnr"]
     assert all(ssim["model"][h] > ssim["copy_last"][h] for h in ("1", "4", "16"))
-    for error in ("reward_abs_error", "state_rmse"):
+    for error, horizons in (("reward_abs_error", ("4", "16", "64", "end")), ("state_rmse", report["horizons"])):
         errors = report["metrics"][error]
-        assert all(errors["model"][h] < errors["copy_last"][h] for h in report["horizons"]), error
+        assert all(errors["model"][h] < errors["copy_last"][h] for h in horizons), error
 
 
 def test_the_shipped_policy_fits_reacher_and_reads_the_scene_as_the_shipped_model_does():
@@ -176,10 +177,11 @@ def test_a_model_card_counts_every_decoder_phase_and_what_each_added():
 
 def test_a_model_card_names_anchor_detail_off_for_a_model_made_before_it():
     """The shipped push model's run predates anchor detail (on by default now): its card's command
-    must say model.anchor_detail=false to make the same model; reacher's, tuned again with it, not."""
+    must say model.anchor_detail=false to make the same model; reacher's, a run of today's recipe
+    that records the option, not."""
     from wm_sim.model_card import model_card
 
-    for name, off in (("push", True), ("reacher", False)):
+    for name, before in (("push", True), ("reacher", False)):
         meta = load_checkpoint(f"shipped:{name}")[1]
-        assert "anchor_detail" not in meta["architecture"]  # recorded before the option existed
-        assert ("model.anchor_detail=false" in model_card(meta, None, name)) == off, name
+        assert ("anchor_detail" not in meta["architecture"]) == before, name  # recorded before the option existed
+        assert ("model.anchor_detail=false" in model_card(meta, None, name)) == before, name
