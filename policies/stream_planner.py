@@ -118,7 +118,7 @@ class StreamPlanner(Policy):
         self._left = 0
         self._frames, self._states, self._actions = [], [], []
         if self._task_reward is not None:
-            self._object[np.ones(self.num_envs, bool) if mask is None else np.asarray(mask, bool)] = np.nan
+            self._object[slice(None) if mask is None else np.asarray(mask, bool)] = np.nan
 
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray:

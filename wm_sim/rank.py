@@ -19,7 +19,7 @@ from tqdm import tqdm
 from wm_sim.checkpoint import write_json
 from wm_sim.errors import WmSimError
 from wm_sim.media import save_figure
-from wm_sim.verify import IMAGINED_REWARDS, Harness, pearson
+from wm_sim.verify import Harness, check_imagined_reward, pearson
 
 # Spread-out quality without any training: random, the expert under five noise scales and the
 # expert; then the task's shipped imagination-trained policy where wm-sim packages one.
@@ -105,16 +105,14 @@ def rank(cfg: RankConfig) -> dict:
         raise WmSimError(f"rank needs at least 3 distinct policies, got {policies}")
     if cfg.episodes < 1 or cfg.batch < 1:
         raise WmSimError(f"episodes and batch must be at least 1, got {cfg.episodes} and {cfg.batch}")
-    if cfg.reward not in ("auto", *IMAGINED_REWARDS):
-        raise WmSimError(f"reward must be one of auto, {', '.join(IMAGINED_REWARDS)}, got {cfg.reward!r}")
+    check_imagined_reward(cfg.reward)  # before anything runs
     out = Path(cfg.out)
     if (out / "rank.json").exists():
         raise WmSimError(f"{out / 'rank.json'} exists; choose another out= (rank never overwrites a report)")
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     checkpoint = cfg.checkpoint or f"shipped:{cfg.task}"
-    reward = _imagined_reward(cfg, checkpoint)
-    harness = Harness(cfg.task, checkpoint, min(cfg.batch, cfg.episodes), reward=reward)
+    harness = Harness(cfg.task, checkpoint, min(cfg.batch, cfg.episodes), reward=cfg.reward)
     seeds = cfg.seed + np.arange(cfg.episodes)
     rows = []
     with harness, tqdm(
@@ -164,21 +162,6 @@ def rank(cfg: RankConfig) -> dict:
         f"wrote {out}/rank.json ({report['seconds']:.0f} s)"
     )
     return report
-
-
-def _imagined_reward(cfg: RankConfig, checkpoint: str) -> str:
-    """What an imagined step earns: cfg.reward, with auto resolved for cfg.task: the task's own
-    reward where it has one and the model sees the camera it is read from, else the model's."""
-    from wm_sim.checkpoint import checkpoint_cameras, load_checkpoint
-    from wm_sim.envs.catalog import TASK_SPECS
-
-    if cfg.reward != "auto":
-        return cfg.reward
-    spec = TASK_SPECS.get(cfg.task)
-    if spec is None or not spec.observed_reward:
-        return "model"
-    cameras = checkpoint_cameras(load_checkpoint(checkpoint)[1], ["top"])
-    return "task" if spec.observed_camera in cameras else "model"
 
 
 def _figure(rows: list[dict], report: dict):

@@ -75,7 +75,13 @@ class Rollouts:
         return self.imagined_rewards.sum(axis=1)
 
 
-IMAGINED_REWARDS = ("model", "task")
+IMAGINED_REWARDS = ("auto", "model", "task")
+
+
+def check_imagined_reward(reward: str) -> None:
+    """One clear error for a `reward=` that is not one of IMAGINED_REWARDS."""
+    if reward not in IMAGINED_REWARDS:
+        raise WmSimError(f"reward must be one of {', '.join(IMAGINED_REWARDS)}, got {reward!r}")
 
 
 class Harness:
@@ -83,7 +89,8 @@ class Harness:
 
     def __init__(self, task: str, checkpoint: str, batch: int, reward: str = "model"):
         """`reward`: what an imagined step earns, the world model's reward ("model") or the task's
-        own reward read off the imagined observation ("task", envs.observed_reward)."""
+        own reward read off the imagined observation ("task", envs.observed_reward); "auto": the
+        task's where it has one and the model sees the camera it is read from, else the model's."""
         from wm_sim.envs.catalog import make_task
         from wm_sim.envs.world_model_env import WorldModelVectorEnv
 
@@ -91,14 +98,15 @@ class Harness:
         modelled = meta.get("dataset", {}).get("task", task)
         if modelled != task:
             raise WmSimError(f"task={task} but the world model {checkpoint} simulates {modelled!r}")
-        if reward not in IMAGINED_REWARDS:
-            raise WmSimError(f"reward must be one of {', '.join(IMAGINED_REWARDS)}, got {reward!r}")
+        check_imagined_reward(reward)
         self.cameras = checkpoint_cameras(meta, [])
         if len(self.cameras) > 1:
             raise WmSimError(
                 f"verify and rank run world models of one camera; {checkpoint} sees {self.cameras}: "
                 "train one on a dataset of one camera (wm-sim collect cameras=[top])"
             )
+        if reward == "auto":
+            reward = "task" if self._task_reads_this_model(task) else "model"
         if reward == "task":  # one clear error, before any episode: no such reward, or not this camera
             from wm_sim.envs.observed_reward import ObservedReward
 
@@ -232,6 +240,14 @@ class Harness:
             read.unseen(),
         )
         return read, seen
+
+    def _task_reads_this_model(self, task: str) -> bool:
+        """Whether `task` has a reward read off observations, from a camera this model sees."""
+        from wm_sim.envs.catalog import TASK_SPECS
+
+        spec = TASK_SPECS.get(task)
+        seen = spec is not None and spec.observed_camera in self._reward_cameras()
+        return seen and bool(spec.observed_reward)
 
     def _reward_cameras(self) -> list[str]:
         """The model's cameras; a checkpoint from before they were recorded saw the top one."""
