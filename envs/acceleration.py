@@ -7,7 +7,7 @@ one themselves for `precision="bfloat16"` or `"auto"` (`gym.make(..., precision=
 
 - bf16: matmuls and convolutions under autocast; the engine's state (latents, proprioception)
   stays float32 between steps, so precision is lost within a step, never accumulated across.
-  The key-value cache is kept in bf16, as attention reads it under autocast (`keep_cache_in`).
+  The key-value cache is kept in bf16, as attention reads it under autocast (`keep_state_in`).
   The state transition runs in float32 inside it: agent_pos is the same to the bit, and the
   frames stay within a few grey levels of float32's over 60 steps (benchmarks' `precision` suite).
 - torch.compile: the whole step as one graph (`fullgraph=True`). The cache builds its attention
@@ -107,16 +107,21 @@ def resolve_precision(choice: str, device: torch.device | str) -> str:
     return choice
 
 
-def keep_cache_in(engine: ImaginationEngine, dtype: torch.dtype) -> None:
-    """Hold the engine's keys and values in the step's precision.
+def keep_state_in(engine: ImaginationEngine, dtype: torch.dtype) -> None:
+    """Hold what every step reads whole in the step's precision, where the step rounds it to that
+    precision anyway, so the frames are the same to the bit and no step converts it again.
 
-    Under autocast attention reads them in that precision, so a float32 cache is rounded to it
-    before every attention anyway: kept there, the frames are the same to the bit, and no step
-    converts the whole window again (14% of a bf16 step at batch 256 on a CPU), in half the memory.
+    - The keys and values: under autocast attention reads them in that precision (converting the
+      whole window was 14% of a bf16 step at batch 256 on a CPU), in half the memory.
+    - On a CPU, the anchor's detail term, which a bf16 step adds inside the decoder's last
+      convolution (wm_sim.layout_kernels.reordered_conv), rounded to bf16 there. On a GPU that
+      addition is a float32 one, and the term stays float32.
     """
-    cache = engine.cache
+    cache, anchor = engine.cache, engine.anchor
     if cache.keys.dtype != dtype:
         cache.keys, cache.values = cache.keys.to(dtype), cache.values.to(dtype)
+    if anchor.detail is not None and engine.device.type == "cpu" and anchor.detail.dtype != dtype:
+        anchor.detail = anchor.detail.to(dtype)  # in the same channels-last memory
 
 
 def _plain_step(engine: ImaginationEngine, actions: torch.Tensor) -> StepOutput:
@@ -135,7 +140,7 @@ class AcceleratedStep:
         # One code path for every option: the mask is always built (no host sync), so the results
         # do not depend on which accelerations are on.
         engine.cache.always_mask = acceleration.compile or acceleration.cuda_graph
-        keep_cache_in(engine, PRECISIONS[acceleration.precision])
+        keep_state_in(engine, PRECISIONS[acceleration.precision])
         body = self._body
         if acceleration.compile:
             body = torch.compile(body, backend=acceleration.backend, fullgraph=True, dynamic=False)

@@ -56,10 +56,12 @@ class ImaginationEngine:
         # Each row's last real context frame, which an anchored decoder composites over.
         anchor_pixels = torch.zeros(batch, *c.frame_shape, device=self.device).movedim(-1, -3)
         # with anchor detail, the decoder's share of each row's anchor pixels, computed once per
-        # episode (Decoder.anchor_term): (B, [K,] 4, S, S) in (B, [K,] S, S, 4) memory, as the pixels
+        # episode (Decoder.anchor_term): (B, [K,] 16, S/2, S/2) in channels-last memory
         detail = None
         if model.decoder.anchor_detail:
-            detail = torch.zeros(batch, *c.frame_shape[:-1], 4, device=self.device).movedim(-1, -3)
+            half, channels = c.image_size // 2, model.decoder.detail.out_channels
+            shape = (batch, *c.frame_shape[:-3], half, half, channels)
+            detail = torch.zeros(shape, device=self.device).movedim(-1, -3)
         self.anchor = Anchor(  # (B, [K,] 3, S, S) in (B, [K,] S, S, 3) memory: where the decoder blends
             torch.zeros_like(self.latents), anchor_pixels, detail
         )
@@ -103,7 +105,7 @@ class ImaginationEngine:
         self.anchor.pixels[rows] = frames[:, -1].movedim(-1, -3).float() / 255.0
         if self.anchor.detail is not None:  # with anchor memory, of the earlier context frames too
             fresh = Anchor(latents[:, -1], self.anchor.pixels[rows], earlier=self.model.earlier_frames(frames))
-            self.anchor.detail[rows] = self.model.anchor_detail_term(fresh)
+            self.anchor.detail[rows] = self.model.anchor_detail_term(fresh).to(self.anchor.detail.dtype)
         self.agent_pos[rows] = self._bounded(state[:, -1].float())
         self.steps[rows] = 0
 

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from wm_sim.layout_kernels import (
     InplaceGELU,
     conv_depth_to_space,
+    depth_to_space,
     linear_gelu,
+    reordered_conv,
     run_fused,
     space_to_depth_conv,
 )
@@ -29,6 +31,29 @@ def test_conv_depth_to_space_is_conv_then_pixel_shuffle_to_the_bit():
         conv_depth_to_space(x, torch.nn.Conv2d(32, 16, 1, groups=2), 2)
     with pytest.raises(ValueError, match="zero padding"):
         conv_depth_to_space(x, torch.nn.Conv2d(32, 16, 3, padding=1, padding_mode="reflect"), 2)
+
+
+def test_a_term_added_before_the_shuffle_is_the_shuffled_term_added_after_it():
+    """The decoder's last layer adds the anchor's share in the layer's own channel order: float32
+    to the bit; a bf16 step adds it inside the convolution, within bf16 rounding of the two."""
+    torch.manual_seed(0)
+    conv, other = torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.Conv2d(12, 16, 3, padding=1, bias=False)
+    x, y = (torch.randn(3, c, 6, 6).contiguous(memory_format=torch.channels_last) for c in (8, 12))
+    with torch.no_grad():
+        term = reordered_conv(y, other, 2)  # (B, 16, 6, 6): what Decoder.anchor_term holds
+        expected = F.pixel_shuffle(conv(x), 2) + F.pixel_shuffle(other(y), 2)
+        assert torch.equal(depth_to_space(reordered_conv(x, conv, 2, added=term), 2), expected)
+        assert torch.equal(depth_to_space(term, 2), F.pixel_shuffle(other(y), 2))
+    grad, autocast = _bf16_step()
+    with grad, autocast:
+        fused = reordered_conv(x, conv, 2, added=term.bfloat16())
+        assert fused.dtype == torch.bfloat16  # one oneDNN kernel, one rounding
+        wide = depth_to_space(fused, 2, torch.float32)
+    assert wide.dtype == torch.float32 and wide.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(wide, depth_to_space(fused, 2).float())  # widening changes no value
+    torch.testing.assert_close(wide, expected, rtol=0.02, atol=0.05)
+    with pytest.raises(ValueError, match="not both"):
+        reordered_conv(x, conv, 2, gelu=InplaceGELU(), added=term)
 
 
 def test_space_to_depth_conv_is_pixel_unshuffle_then_its_1x1_conv():

@@ -8,8 +8,16 @@ import pytest
 import torch
 from tiny import BARE_MODEL
 
+import wm_sim.world_model as world_model
 from wm_sim.model_heads import wrap_angle
-from wm_sim.world_model import WorldModel, WorldModelConfig, attend, rotate, time_rotation
+from wm_sim.world_model import (
+    SharedRotation,
+    WorldModel,
+    WorldModelConfig,
+    attend,
+    rotate,
+    time_rotation,
+)
 
 TINY = WorldModelConfig(
     image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=2, n_heads=2, window=4, **BARE_MODEL
@@ -160,6 +168,68 @@ def test_the_time_rotation_turns_each_pair_by_its_angle_and_leaves_only_relative
     torch.testing.assert_close(scores[0], scores[1], rtol=1e-4, atol=1e-4)
 
 
+def test_a_rotation_the_rows_share_folded_into_the_projection_rotates_queries_and_keys_alike():
+    torch.manual_seed(0)
+    model = WorldModel(TINY).eval()
+    attention = model.blocks[0].attn
+    x = torch.randn(3, TINY.tokens, TINY.dim)
+    head = TINY.dim // TINY.n_heads
+    per_row = time_rotation(torch.full((3, TINY.tokens), 1234), head, torch.float32)
+    cos, sin = time_rotation(torch.full((1, 1), 1234), head, torch.float32)
+    with torch.no_grad():
+        folded = attention.project(x, SharedRotation(cos.view(-1), sin.view(-1)))
+        rotated = attention.project(x, per_row)
+    for a, b in zip(folded, rotated, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bf16_stream_of_rows_in_step_folds_their_rotation_and_draws_what_rotating_each_row_does(monkeypatch):
+    """From SHARED_ROTATION_ROWS rows at one frame index, a bf16 step rotates the projection, not
+    the queries and keys: within bf16 rounding of the per-row rotation, and of float32."""
+    torch.manual_seed(0)
+    model = WorldModel(TINY).eval()
+    rows = world_model.SHARED_ROTATION_ROWS
+    latents, state, action = _inputs(model, rows, 6)
+
+    def stream(precision: torch.dtype) -> torch.Tensor:
+        cache = model.new_stream(rows, dtype=precision)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != torch.float32):
+            steps = [model.stream_step(cache, latents[:, t], state[:, t], action[:, t]) for t in range(6)]
+        return torch.cat([s.latents.float() for s in steps], dim=1)
+
+    folded, exact = stream(torch.bfloat16), stream(torch.float32)
+    monkeypatch.setattr(world_model, "SHARED_ROTATION_ROWS", rows + 1)  # each row rotated instead
+    per_row = stream(torch.bfloat16)
+    assert not torch.equal(folded, per_row)  # the fold ran: the sums were rounded in another order
+    torch.testing.assert_close(folded, per_row, rtol=0.03, atol=0.03)
+    torch.testing.assert_close(folded, exact, rtol=0.03, atol=0.03)
+
+
+def test_a_step_reads_the_rows_frame_counters_once_and_knows_when_they_agree(model):
+    latents, state, action = _inputs(model, 3, 2)
+    cache = model.new_stream(3)
+    assert cache.begin_step() == 0  # every row at frame 0
+    with torch.no_grad():
+        model.stream_step(cache, latents[:, 0], state[:, 0], action[:, 0])
+        assert cache.begin_step() == 1
+        cache.reset(torch.tensor([True, False, False]))
+        assert cache.begin_step() is None  # rows at frames 0, 1 and 1
+    cache.always_mask = True  # a compiled step: no host sync, so nothing is known to agree
+    cache.reset()
+    assert cache.begin_step() is None
+
+
+def test_the_encoder_reads_unscaled_levels_with_the_scaling_folded_into_its_first_layer():
+    torch.manual_seed(0)
+    model = WorldModel(TINY).eval()
+    frames = torch.randint(0, 256, (3, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_levels(frames.float()), model.encode(frames), rtol=1e-5, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            from_levels, scaled = model.encode_levels(frames.to(torch.bfloat16)), model.encode(frames)
+    torch.testing.assert_close(from_levels.float(), scaled.float(), rtol=0.03, atol=0.03)
+
+
 def test_the_tokenizer_computes_what_its_layers_compute_one_by_one():
     """The fused strided and reordered convolutions (run_fused) against plain nn.Sequential."""
     torch.manual_seed(0)
@@ -302,6 +372,25 @@ def test_decode_and_reencode_gives_the_shown_frame_and_its_encoding():
         assert torch.equal(seen, model.encode(pixels))  # the same levels through the same layers
     assert pixels.dtype == torch.uint8 and pixels.shape == (2, 3, 32, 32, 3)
     assert torch.equal(pixels, expected)
+
+
+def test_an_anchored_bf16_step_shows_the_float32_frame_within_rounding_and_reads_its_levels():
+    """An anchored decoder blends in float32: a bf16 step turns it into levels without a clamp
+    and re-encodes the levels as they are (Encoder.from_levels), within rounding of float32."""
+    torch.manual_seed(0)
+    model = WorldModel(WorldModelConfig(**{**TINY.to_dict(), "anchored": True, "anchor_detail": True})).eval()
+    model.decoder.detail.weight.data.normal_(0.0, 0.5)
+    latents, _, _ = _inputs(model, 2, 3)
+    frames = torch.randint(0, 256, (2, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    anchor = model.anchor(frames)
+    with torch.no_grad():
+        exact, _ = model.decode_and_reencode(latents, anchor)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pixels, seen = model.decode_and_reencode(latents, anchor)
+        reencoded = model.encode(pixels)
+    assert pixels.dtype == torch.uint8 and (pixels.int() - exact.int()).abs().max() <= 8
+    assert (pixels.int() - exact.int()).abs().float().mean() < 0.5
+    torch.testing.assert_close(seen.float(), reencoded, rtol=0.03, atol=0.03)
 
 
 def test_decode_and_reencode_encodes_the_shown_frame_exactly_also_under_bf16_autocast():

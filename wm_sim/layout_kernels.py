@@ -29,16 +29,24 @@ class InplaceGELU(nn.GELU):
         return torch.ops.aten.gelu_(x, approximate=self.approximate)
 
 
-def space_to_depth_conv(x: torch.Tensor, conv: nn.Conv2d, factor: int, gelu: nn.GELU | None = None) -> torch.Tensor:
+def space_to_depth_conv(
+    x: torch.Tensor,
+    conv: nn.Conv2d,
+    factor: int,
+    gelu: nn.GELU | None = None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """conv(PixelUnshuffle(factor)(x)) for a 1x1 `conv`: one convolution of kernel and stride
     `factor` with the same weights, so the same sums, without the space-to-depth copy (with
-    `gelu`, the GELU after it too: see _convolution)."""
+    `gelu`, the GELU after it too: see _convolution). `weight` and `bias`, if given, stand in for
+    the convolution's own (of its shape: Encoder.from_levels folds a scaling of x into them)."""
     plain = (conv.kernel_size, conv.stride, conv.padding, conv.dilation) == ((1, 1), (1, 1), (0, 0), (1, 1))
     if not plain or conv.groups != 1:
         raise ValueError(f"space_to_depth_conv needs a plain 1x1 convolution (groups=1), got {conv}")
     inputs = conv.in_channels // factor**2
-    weight = conv.weight.view(conv.out_channels, inputs, factor, factor)  # channel c*f*f + i*f + j
-    return _convolution(x, conv, weight, conv.bias, (factor, factor), gelu)
+    weight = (conv.weight if weight is None else weight).view(conv.out_channels, inputs, factor, factor)
+    return _convolution(x, conv, weight, conv.bias if bias is None else bias, (factor, factor), gelu)
 
 
 def conv_depth_to_space(x: torch.Tensor, conv: nn.Conv2d, factor: int, gelu: nn.GELU | None = None) -> torch.Tensor:
@@ -49,19 +57,45 @@ def conv_depth_to_space(x: torch.Tensor, conv: nn.Conv2d, factor: int, gelu: nn.
     (channel, row, column), which changes no sum, so the shuffle moves runs of factor x channels
     values: at batch 256 on a CPU, a quarter of the time PixelShuffle takes on channels-last input.
     """
+    return depth_to_space(reordered_conv(x, conv, factor, gelu), factor)
+
+
+def reordered_conv(
+    x: torch.Tensor,
+    conv: nn.Conv2d,
+    factor: int,
+    gelu: nn.GELU | None = None,
+    added: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """conv(x) (B, f*f*C, H, W) with its output channels in the (row, column, channel) order
+    depth_to_space reads, in channels-last memory: PixelShuffle(factor) of it is
+    depth_to_space(it). `added`, in that same order, is added to the sums: in a bf16 inference
+    step inside the convolution's own oneDNN kernel (one pass and one rounding fewer), elsewhere
+    after it; a GELU may follow the convolution or an addition, not both."""
     if conv.groups != 1 or conv.padding_mode != "zeros":
         raise ValueError(
             f"conv_depth_to_space reorders output channels: needs groups=1 and zero padding, got {conv}"
         )
+    if gelu is not None and added is not None:
+        raise ValueError("reordered_conv takes a GELU or an added tensor, not both")
     channels = conv.out_channels // factor**2
     order = torch.arange(conv.out_channels, device=x.device)
     order = order.view(channels, factor, factor).permute(1, 2, 0).reshape(-1)  # (i, j, c) <- c*f*f + i*f + j
     bias = None if conv.bias is None else conv.bias[order]
-    y = _convolution(x, conv, conv.weight[order], bias, conv.stride, gelu)
+    return _convolution(x, conv, conv.weight[order], bias, conv.stride, gelu, added)
+
+
+def depth_to_space(y: torch.Tensor, factor: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """PixelShuffle(factor) of a reordered_conv's output y (B, f*f*C, H, W): (B, C, fH, fW) in
+    channels-last memory, copied in runs of factor x C values; in `dtype` if given."""
     b, _, h, w = y.shape
-    y = y.permute(0, 2, 3, 1).reshape(b, h, w, factor, factor, channels)  # (B, H, W, i, j, C)
-    y = y.permute(0, 1, 3, 2, 4, 5).reshape(b, h * factor, w * factor, channels)  # row H*f+i, column W*f+j
-    return y.permute(0, 3, 1, 2)  # (B, C, fH, fW) in channels-last memory
+    channels = y.shape[1] // factor**2
+    blocks = y.permute(0, 2, 3, 1).reshape(b, h, w, factor, factor, channels)  # (B, H, W, i, j, C)
+    rows = blocks.permute(0, 1, 3, 2, 4, 5)  # row H*f+i, column W*f+j
+    out = rows.reshape(b, h * factor, w * factor, channels)
+    if dtype is not None:  # after the shuffle: a strided copy that also converts runs 3x slower
+        out = out.to(dtype)
+    return out.permute(0, 3, 1, 2)  # (B, C, fH, fW) in channels-last memory
 
 
 def bf16_inference(x: torch.Tensor) -> bool:
@@ -96,16 +130,26 @@ def _convolution(
     bias: torch.Tensor | None,
     stride: tuple[int, ...],
     gelu: nn.GELU | None,
+    added: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`conv`'s convolution of x with these weights, bias and stride, then `gelu` if given. Fused
-    into one oneDNN kernel in a bf16 inference step on a CPU, as linear_gelu; elsewhere the two."""
-    if gelu is not None and conv.padding_mode == "zeros" and bf16_inference(x):
+    """`conv`'s convolution of x with these weights, bias and stride, then `gelu` if given, or plus
+    `added` if given. Fused into one oneDNN kernel in a bf16 inference step on a CPU, as
+    linear_gelu; elsewhere the two."""
+    fused = conv.padding_mode == "zeros" and bf16_inference(x)
+    if fused and (gelu is not None or added is not None):
         bf16 = torch.bfloat16
+        common = (list(conv.padding), list(stride), list(conv.dilation), conv.groups)
+        bias = None if bias is None else bias.to(bf16)
+        if added is not None:
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x.to(bf16), added.to(bf16), weight.to(bf16), bias, *common, "add", None, None, [None], None
+            )
         return torch.ops.mkldnn._convolution_pointwise(
-            x.to(bf16), weight.to(bf16), None if bias is None else bias.to(bf16), list(conv.padding),
-            list(stride), list(conv.dilation), conv.groups, "gelu", [None], gelu.approximate,
-        )  # fmt: skip
+            x.to(bf16), weight.to(bf16), bias, *common, "gelu", [None], gelu.approximate
+        )
     y = F.conv2d(x, weight, bias, stride, conv.padding, conv.dilation, conv.groups)
+    if added is not None:
+        return y + added
     return y if gelu is None else gelu(y)
 
 

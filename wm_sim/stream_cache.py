@@ -35,9 +35,11 @@ class StreamCache:
         self.always_mask = False
         self._slot_frame = torch.arange(w * n, device=device) // n  # (W*N,) ring slot -> frame slot
         self._rows = torch.arange(batch, device=device)
+        self._slots: tuple[torch.Tensor, int | None, torch.Tensor | None] | None = None  # this step's
 
     def reset(self, rows: torch.Tensor | None = None) -> None:
         """Forget the history of `rows` (bool mask or indices; all rows when None)."""
+        self._slots = None
         if rows is None:
             self.time.zero_()
         else:
@@ -54,20 +56,43 @@ class StreamCache:
         (B, H, W*N, Dh) and the mask of the slots filled (None when all are)."""
         n, w = self.config.tokens, self.config.window
         b, h, _, dh = k.shape
-        frame = self.time % w  # (B,) each row's ring slot for this frame
-        # (B, H, W, N, Dh) views: row b's frame goes to [b, :, frame[b]], an (H, N, Dh) block
-        self.keys[index].view(b, h, w, n, dh)[self._rows, :, frame] = k.to(self.keys.dtype)
-        self.values[index].view(b, h, w, n, dh)[self._rows, :, frame] = v.to(self.values.dtype)
-        filled = torch.clamp(self.time + 1, max=w)  # (B,) frames held, this one included
-        if not self.always_mask and bool((filled == w).all()):
-            mask = None  # steady state: every slot valid, and flash-attn may be used
-        else:
-            frame_slot = self._slot_frame[None, :]  # (1, W*N)
-            mask = (frame_slot < filled[:, None])[:, None, None, :]  # (B, 1, 1, W*N)
+        if self._slots is None:
+            self.begin_step()
+        frame, shared, mask = self._slots
+        for store, new in ((self.keys[index], k), (self.values[index], v)):
+            # (B, H, W, N, Dh) view: row b's frame goes to [b, :, frame[b]], an (H, N, Dh) block
+            ring = store.view(b, h, w, n, dh)
+            if shared is not None:  # every row at the same slot: one strided copy, no scatter
+                ring[:, :, shared] = new.to(store.dtype)
+            else:
+                ring[self._rows, :, frame] = new.to(store.dtype)
         return self.keys[index].to(k.dtype), self.values[index].to(v.dtype), mask
+
+    def begin_step(self) -> int | None:
+        """Read what every block of this step needs of the rows' frame counters: each row's ring
+        slot, the slot all rows share (else None) and the attention mask of the slots filled
+        (None when every row's window is full), in one host sync for all blocks. Returns the
+        frame index all rows are at, None unless they all are at the same one.
+
+        With always_mask, no sync: the slot is never shared, the mask always built, and None."""
+        w = self.config.window
+        frame = self.time % w  # (B,) each row's ring slot for this frame
+        filled = torch.clamp(self.time + 1, max=w)  # (B,) frames held, this one included
+        shared, full, time = None, False, None
+        if not self.always_mask and frame.numel():
+            stats = torch.stack([frame.min(), frame.max(), filled.min(), self.time.min(), self.time.max()])
+            first, last, least, earliest, latest = stats.tolist()
+            shared, full = (first if first == last else None), least == w
+            time = earliest if earliest == latest else None
+        mask = None  # steady state: every slot valid, and flash-attn may be used
+        if not full:
+            mask = (self._slot_frame[None, :] < filled[:, None])[:, None, None, :]  # (B, 1, 1, W*N)
+        self._slots = (frame, shared, mask)
+        return time
 
     def advance(self) -> None:
         self.time += 1
+        self._slots = None
 
 
 @dataclass(frozen=True)

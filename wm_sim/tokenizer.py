@@ -14,7 +14,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wm_sim.layout_kernels import InplaceGELU, run_fused
+from wm_sim.layout_kernels import (
+    InplaceGELU,
+    bf16_inference,
+    depth_to_space,
+    reordered_conv,
+    run_fused,
+    space_to_depth_conv,
+)
 
 
 class Encoder(nn.Module):
@@ -55,7 +62,22 @@ class Encoder(nn.Module):
     def from_scaled(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) frames already scaled to [-1, 1] (scale_frames), fastest in channels-last
         memory -> (B, G*G, C) latents: what decode_and_reencode hands over without a uint8 round trip."""
-        z = run_fused(list(self.net), x)
+        return self._latents(run_fused(list(self.net), x))
+
+    def from_levels(self, levels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) pixel levels 0..255, unscaled (in bf16 as exactly as in uint8), fastest in
+        channels-last memory -> (B, G*G, C) latents, within rounding of from_scaled of the scaled
+        frames. The first convolution is linear, so scale_frames is folded into its weights and
+        bias, conv(x / 127.5 - 1) = conv'(x): a bf16 step reads a decoded frame's levels without
+        a float32 pass to scale them and another to narrow them (decode_and_reencode)."""
+        unshuffle, first, gelu = self.net[:3]
+        weight = first.weight / 127.5
+        bias = first.bias - first.weight.sum(dim=(1, 2, 3))
+        z = space_to_depth_conv(levels, first, unshuffle.downscale_factor, gelu, weight, bias)
+        return self._latents(run_fused(list(self.net[3:]), z))
+
+    @staticmethod
+    def _latents(z: torch.Tensor) -> torch.Tensor:
         return torch.tanh(z.flatten(2).transpose(1, 2))  # (B, G*G, C)
 
 
@@ -160,11 +182,13 @@ class Decoder(nn.Module):
             self.detail = nn.Conv2d(inputs, outputs * 4, 3, padding=1, bias=False)
 
     def anchor_term(self, anchor_pixels: torch.Tensor, earlier: torch.Tensor | None = None) -> torch.Tensor:
-        """The anchor's pixels' (B, 3, S, S) share of the decoder's output (B, 4, S, S), before the
-        sigmoid: what anchor detail adds, the same at every step of a rollout. With anchor memory,
-        also the `earlier` frames' (B, 3M, S, S), M frames' RGB in turn; None: no earlier frame was
-        seen, and the anchor stands for each (as the first frame of a context stands for frames
-        before it)."""
+        """The anchor's pixels' (B, 3, S, S) share of the decoder's last layer (B, 16, S/2, S/2),
+        before the sigmoid: what anchor detail adds, the same at every step of a rollout. Held as
+        that layer computes it, before its depth-to-space (reordered_conv's channel order, in
+        channels-last memory), so a decode adds it inside the layer's own kernel. With anchor
+        memory, also the `earlier` frames' (B, 3M, S, S), M frames' RGB in turn; None: no earlier
+        frame was seen, and the anchor stands for each (as the first frame of a context stands
+        for frames before it)."""
         if self.earlier:
             if earlier is None:
                 earlier = anchor_pixels.repeat(1, self.earlier, 1, 1)
@@ -172,7 +196,7 @@ class Decoder(nn.Module):
                 raise ValueError(f"this decoder reads {self.earlier} earlier frames, got {earlier.shape[-3] / 3}")
             anchor_pixels = torch.cat([anchor_pixels, earlier], dim=-3)
         blocks = F.pixel_unshuffle(anchor_pixels * 2.0 - 1.0, 2)  # (B, 12 (1 + M), S/2, S/2), in [-1, 1]
-        return run_fused([self.detail, self.net[-1]], blocks.to(self.detail.weight.dtype))
+        return reordered_conv(blocks.to(self.detail.weight.dtype), self.detail, 2)
 
     def forward(
         self,
@@ -193,9 +217,15 @@ class Decoder(nn.Module):
         b, _, c = tokens.shape
         # (B, C, G, G) in channels-last memory, which is what tokens (B, G*G, C) already are: no copy
         z = tokens.reshape(b, self.grid, self.grid, c).permute(0, 3, 1, 2)
-        z = run_fused(list(self.net), z)  # (B, 3 or 4, S, S) in channels-last memory
-        if self.anchor_detail:
-            z = z + (self.anchor_term(anchor_pixels) if anchor_term is None else anchor_term)
+        if self.anchor_detail:  # the last layer adds the anchor's share to its sums, then shuffles
+            term = self.anchor_term(anchor_pixels) if anchor_term is None else anchor_term
+            z = run_fused(list(self.net[:-2]), z)
+            # a bf16 step's sums widened to float32 by the shuffle's copy: the sigmoid and the
+            # blend below run in float32, as they do after a float32 addition of the term
+            wide = torch.float32 if bf16_inference(z) else None
+            z = depth_to_space(reordered_conv(z, self.net[-2], 2, added=term), 2, wide)
+        else:
+            z = run_fused(list(self.net), z)  # (B, 3 or 4, S, S) in channels-last memory
         z = z.permute(0, 2, 3, 1)  # (B, S, S, 3 or 4), contiguous
         inference = not (torch.is_grad_enabled() and z.requires_grad)
         out = z.sigmoid_() if inference else torch.sigmoid(z)  # z is this call's own: nothing else reads it
