@@ -10,14 +10,8 @@ from tiny import BARE_MODEL
 
 import wm_sim.world_model as world_model
 from wm_sim.model_heads import wrap_angle
-from wm_sim.world_model import (
-    SharedRotation,
-    WorldModel,
-    WorldModelConfig,
-    attend,
-    rotate,
-    time_rotation,
-)
+from wm_sim.rotary import SharedRotation, rotate, time_rotation
+from wm_sim.world_model import WorldModel, WorldModelConfig, attend
 
 TINY = WorldModelConfig(
     image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=2, n_heads=2, window=4, **BARE_MODEL
