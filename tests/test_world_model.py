@@ -11,7 +11,7 @@ from tiny import BARE_MODEL
 import wm_sim.world_model as world_model
 from wm_sim.model_heads import wrap_angle
 from wm_sim.rotary import SharedRotation, rotate, time_rotation
-from wm_sim.world_model import WorldModel, WorldModelConfig, attend
+from wm_sim.world_model import WorldModel, WorldModelConfig, attend, attend_batched
 
 TINY = WorldModelConfig(
     image_size=32, grid=4, latent_dim=8, tokenizer_width=32, dim=32, depth=2, n_heads=2, window=4, **BARE_MODEL
@@ -281,6 +281,22 @@ def test_attention_without_flash_matches_a_direct_softmax():
     mask[..., 0] = True
     weights = (q @ k.transpose(-1, -2) / 8**0.5).masked_fill(~mask, float("-inf")).softmax(-1)
     torch.testing.assert_close(attend(q, k, v, mask), weights @ v, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bf16_cpu_step_attends_with_batched_matmuls_within_rounding_of_the_float32_softmax():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(3, 2, 4, 8, generator=g) for _ in range(3))
+    k, v = torch.randn(3, 2, 12, 8, generator=g), torch.randn(3, 2, 12, 8, generator=g)
+    mask = torch.rand(3, 1, 1, 12, generator=g) > 0.4  # a row's unfilled ring slots (StreamCache)
+    mask[..., 0] = True
+    for rows_mask in (mask, None):
+        expected = attend(q, k, v, rows_mask)  # float32: scaled_dot_product_attention
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            batched = attend(q.bfloat16(), k.bfloat16(), v.bfloat16(), rows_mask)
+        assert batched.dtype == torch.bfloat16
+        torch.testing.assert_close(batched.float(), expected, rtol=0.03, atol=0.03)
+    hidden = attend_batched(q.bfloat16(), k.bfloat16(), (v + 1000.0 * ~mask.mT).bfloat16(), mask)
+    torch.testing.assert_close(hidden.float(), attend(q, k, v, mask), rtol=0.03, atol=0.03)  # masked: unread
 
 
 def test_config_rejects_shapes_that_cannot_tile():

@@ -48,7 +48,26 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
         out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, Sq, H, D)
         return out.transpose(1, 2)
+    if q.dtype == torch.bfloat16 and bf16_inference(q):
+        return attend_batched(q, k, v, mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def attend_batched(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """attend as two batched matmuls and a softmax between them: what a bf16 CPU step uses.
+
+    A streamed step's attention is many tiny problems, 16 queries against the window's 128 keys
+    per row and head, and PyTorch's CPU flash kernel pays its per-block overhead on each: at
+    batch 1,024 it reached about 50 GFLOP/s, where one batched matmul over all of them runs near
+    twice as fast. The scores are rounded to bf16 before the softmax (the kernel keeps them in
+    float32), an error of the size of any other bf16 product of the step.
+    """
+    b, h, sq, d = q.shape
+    keys, values = k.reshape(b * h, -1, d), v.reshape(b * h, -1, d)
+    scores = torch.bmm((q * d**-0.5).reshape(b * h, sq, d), keys.transpose(1, 2))  # (BH, Sq, Sk)
+    if mask is not None:
+        scores = scores.view(b, h, sq, -1).masked_fill_(~mask, float("-inf")).view(b * h, sq, -1)
+    return torch.bmm(torch.softmax(scores, dim=-1), values).view(b, h, sq, d)
 
 
 # --- dynamics transformer ----------------------------------------------------------------------
