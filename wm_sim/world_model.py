@@ -64,7 +64,8 @@ def attend_batched(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     """
     b, h, sq, d = q.shape
     keys, values = k.reshape(b * h, -1, d), v.reshape(b * h, -1, d)
-    scores = torch.bmm((q * d**-0.5).reshape(b * h, sq, d), keys.transpose(1, 2))  # (BH, Sq, Sk)
+    # (BH, Sq, Sk), scaled in the matmul's float32 sums (a 0-dim "input" that beta=0 ignores)
+    scores = torch.baddbmm(q.new_zeros(()), q.reshape(b * h, sq, d), keys.transpose(1, 2), beta=0.0, alpha=d**-0.5)
     if mask is not None:
         scores = scores.view(b, h, sq, -1).masked_fill_(~mask, float("-inf")).view(b * h, sq, -1)
     return torch.bmm(torch.softmax(scores, dim=-1), values).view(b, h, sq, d)
