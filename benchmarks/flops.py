@@ -3,9 +3,11 @@
 The roofline suite divides achieved FLOP/s by the machine's matmul peak. The count is of
 multiply-adds (x2) in matmuls, convolutions and attention, the work a peak is measured on;
 element-wise work (norms, activations, the pixel shuffles) is left out, as torch's
-FlopCounterMode leaves it out. The two counts agree exactly (a test checks it), so either can be
+FlopCounterMode leaves it out. The two counts agree exactly (tests check it), so either can be
 trusted in the results, with one known gap: FlopCounterMode has no formula for the CPU
-attention kernel (nor for flash-attn's), so on CPU it misses `attention_flops` exactly.
+attention kernel (nor for flash-attn's), so where a step uses it (float32) it misses
+`attention_flops` exactly. A bf16 CPU step attends with batched matmuls
+(wm_sim.world_model.attend_batched), which it counts.
 """
 
 from __future__ import annotations
@@ -93,12 +95,18 @@ def _fused_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> in
     return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
 
 
-def _fused_conv_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
-    """oneDNN's convolution with a fused GELU (wm_sim.layout_kernels.run_fused): its convolution's FLOPs."""
+def _fused_conv_flops(x_shape, second_shape, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's convolution with a fused GELU (wm_sim.layout_kernels.run_fused), or with a tensor
+    added to its sums (its `binary` overload, reordered_conv's `added`): its convolution's FLOPs.
+    The binary overload takes the added tensor second and the weight third, where the plain one
+    takes the weight second and the 1-d bias (or None) third; FlopCounterMode gives both here."""
+    binary = bool(args) and isinstance(args[0], list | tuple | torch.Size) and len(args[0]) == 4
+    w_shape = args[0] if binary else second_shape
     return conv_flop_count(list(x_shape), list(w_shape), list(out_shape))
 
 
-# the fused layers a bf16 step runs, which FlopCounterMode has no formula for
+# the fused layers a bf16 step runs, which FlopCounterMode has no formula for (keyed by the
+# op: both of _convolution_pointwise's overloads come to _fused_conv_flops)
 FUSED_LAYER_FLOPS = {
     torch.ops.mkldnn._linear_pointwise: _fused_linear_flops,
     torch.ops.mkldnn._convolution_pointwise: _fused_conv_flops,

@@ -82,6 +82,9 @@ def run(bench: Bench) -> dict:
             "flops_per_frame": flops,
             "flops_per_frame_by_stage": per_frame,
             "torch_counted_flops_per_frame": counted,
+            # torch's count is the hand count, less the attention where the step used the CPU
+            # attention kernel torch has no formula for (a float32 step; see flops.py)
+            "torch_counter_agrees": counted in (flops, flops - attention_flops(model)),
             "torch_counter_misses_attention": counted + attention_flops(model) == flops,
             "matmul_peak_flop_per_s": peak.to_dict(),
             "precision": bench.acceleration.precision,
