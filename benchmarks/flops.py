@@ -62,9 +62,14 @@ def frame_flops(model: WorldModel) -> dict[str, int]:
         + attention_flops(model)
         + transition_flops(model)
         + frame_reward_flops(model),
-        "decode": conv_stack_flops(model.decoder.net, c.latent_dim, grid),
+        "decode": conv_stack_flops(model.decoder.net, c.latent_dim, grid) + state_tokens_flops(model),
         "uncertainty": conv_stack_flops(model.encoder.net, 3, c.image_size),
     }
+
+
+def state_tokens_flops(model: WorldModel) -> int:
+    """What the decoder is told of agent_pos (StateTokens' MLP), once per frame (0 without)."""
+    return 0 if model.state_tokens is None else linear_flops(model.state_tokens.net)
 
 
 def transition_flops(model: WorldModel) -> int:

@@ -55,7 +55,7 @@ def test_conv_flops_match_a_hand_count():
     assert conv_stack_flops(net, 3, 8) == hand
 
 
-@pytest.mark.parametrize("variant", ["plain", "transition", "frame_reward"])
+@pytest.mark.parametrize("variant", ["plain", "transition", "frame_reward", "decoder_state"])
 def test_frame_flops_match_torch_counter_plus_the_attention_it_cannot_see(variant):
     model = WorldModel(WorldModelConfig(**{**TINY.to_dict(), **VARIANTS[variant]})).eval()
     per_frame = frame_flops(model)
@@ -70,8 +70,7 @@ def test_frame_flops_match_torch_counter_plus_the_attention_it_cannot_see(varian
 def test_a_bf16_steps_fused_layers_and_batched_attention_count_what_the_hand_count_says():
     """The accelerated step on a CPU: convolutions with a fused GELU or an added term (the anchor's
     detail, oneDNN's binary overload) and attention as batched matmuls, all counted by torch."""
-    config = {**TINY.to_dict(), "anchored": True, "anchor_detail": True, "anchor_memory": ()}
-    model = WorldModel(WorldModelConfig(**config)).eval()
+    model = WorldModel(WorldModelConfig(**{**TINY.to_dict(), **VARIANTS["decoder_state"]})).eval()
     per_frame = frame_flops(model)
     engine = accelerate(ImaginationEngine(model, 3, 200), Acceleration(precision="bfloat16"))
     counted = counted_step_flops(engine.step, torch.zeros(3, 2))
@@ -271,6 +270,8 @@ VARIANTS = {
     "anchored": {"anchored": True},
     "transition": {"anchored": True, "transition": True, "periodic_state": (0,)},
     "frame_reward": {"anchored": True, "transition": True, "periodic_state": (0,), "frame_reward": True},
+    # the shipped decoder's inputs: the anchor's pixels and what it is told of agent_pos
+    "decoder_state": {"anchored": True, "anchor_detail": True, "decoder_state": True, "periodic_state": (0,)},
 }
 
 
