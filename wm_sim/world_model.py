@@ -546,8 +546,16 @@ class WorldModel(nn.Module):
         """
         b = latents.shape[0]
         x, next_state = self._tokens(latents[:, None], state[:, None], action[:, None])  # (B, N, dim)
+        fast = bf16_inference(x)
+        if fast:
+            # A bf16 CPU step keeps the residual stream in bf16 too: its layer norms and additions
+            # move half the memory and no layer converts its input. At batch 1,024 on the 2-core
+            # CPU, 276 against 283 ms a step (median of 10, alternating); the shipped model's frames
+            # 60 steps out stayed within 49 dB of float32's (50 with a float32 stream). The state
+            # and the latents between steps stay float32.
+            x = x.to(torch.bfloat16)
         shared = cache.begin_step()  # the frame index every row is at, if they all are at one
-        if shared is not None and b >= SHARED_ROTATION_ROWS and bf16_inference(x):
+        if fast and shared is not None and b >= SHARED_ROTATION_ROWS:
             cos, sin = self._rotation(torch.full((1, 1), shared, device=x.device), torch.float32)
             rotation = SharedRotation(cos.view(-1), sin.view(-1))
         else:
