@@ -550,9 +550,9 @@ class WorldModel(nn.Module):
         if fast:
             # A bf16 CPU step keeps the residual stream in bf16 too: its layer norms and additions
             # move half the memory and no layer converts its input. At batch 1,024 on the 2-core
-            # CPU, 276 against 283 ms a step (median of 10, alternating); the shipped model's frames
-            # 60 steps out stayed within 49 dB of float32's (50 with a float32 stream). The state
-            # and the latents between steps stay float32.
+            # CPU, 276 against 283 ms a step (median of 10, alternating); the shipped model's worst
+            # frame 60 steps out stayed within 47.5 dB PSNR of float32's (50.4 with a float32
+            # stream; benchmarks' precision suite). The state and latents between steps stay float32.
             x = x.to(torch.bfloat16)
         shared = cache.begin_step()  # the frame index every row is at, if they all are at one
         if fast and shared is not None and b >= SHARED_ROTATION_ROWS:
