@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -17,6 +18,7 @@ from wm_sim.decoder_tuning import (
     DecoderTuningConfig,
     anchored,
     far_pixels,
+    latent_sources,
     own_rollouts,
     shown_earlier,
     tune_decoder,
@@ -354,3 +356,36 @@ def test_with_far_pixels_all_and_a_still_weight_far_predictions_weigh_the_standi
     assert torch.equal(weight[far], 1.0 + 3.0 * still[far].float())
     with pytest.raises(WmSimError, match=re.escape("still_weight must be >= 0, got -1.0")):
         tune_decoder(_tuning(tiny_model_path, reacher_store_path, "unused", still_weight=-1.0))
+
+
+def test_latent_sources_stay_within_the_shift_and_the_episode():
+    rng = np.random.default_rng(0)
+    lengths, shown = [10] * 200 + [3], [0, 9] * 100 + [1]
+    assert latent_sources(lengths, shown, 0, rng) == shown
+    source = latent_sources(lengths, shown, 4, rng)
+    assert all(abs(s - j) <= 4 and 0 <= s < n for s, j, n in zip(source, shown, lengths, strict=True))
+    assert {s for s, j in zip(source, shown, strict=True) if j == 0} == {0, 1, 2, 3, 4}  # clipped at the start
+    assert {s for s, j in zip(source, shown, strict=True) if j == 9} == {5, 6, 7, 8, 9}  # and at the end
+
+
+def test_with_a_latent_shift_real_rows_decode_another_frames_latents_against_the_shown_frame(
+    tiny_model_path, reacher_store_path, tmp_path
+):
+    source, meta = load_checkpoint(tiny_model_path)
+    model = anchored(source, state=True).eval()
+    store = EpisodeStore.open(reacher_store_path)
+    cfg = _tuning(tiny_model_path, reacher_store_path, "unused", real_fraction=1.0, batch_size=32, episodes=1)
+    data = own_rollouts(model, store, store.info.cameras[0], meta, cfg)
+    with torch.no_grad():
+        plain, target, weight = tuning_batch(model, data, cfg, np.random.default_rng(0))
+        shifted, shifted_target, shifted_weight = tuning_batch(
+            model, data, dataclasses.replace(cfg, latent_shift=3), np.random.default_rng(0)
+        )
+    assert torch.equal(shifted_target, target) and torch.equal(shifted_weight, weight)
+    moved = (shifted - plain).abs().flatten(1).amax(1) > 0
+    assert 0 < int(moved.sum()) < 32  # an offset of 0 (about 1 in 7) decodes the shown frame's own latents
+    with pytest.raises(WmSimError, match=re.escape("got latent_shift=2, decoder_state=False")):
+        tune_decoder(_tuning(tiny_model_path, reacher_store_path, tmp_path / "a", latent_shift=2, decoder_state=False))
+    with pytest.raises(WmSimError, match=re.escape("got latent_shift=-1, decoder_state=True")):
+        tune_decoder(_tuning(tiny_model_path, reacher_store_path, tmp_path / "a", latent_shift=-1))
+    assert not (tmp_path / "a").exists()

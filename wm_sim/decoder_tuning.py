@@ -119,6 +119,13 @@ class DecoderTuningConfig:
         default=True,
         metadata={"help": "the decoder also reads agent_pos (added with zeroed weights)"},
     )
+    latent_shift: int = field(
+        default=0,
+        metadata={
+            "help": "with decoder_state: real frames' latents come from a frame up to this many frames away, their "
+            "state from the frame drawn, so the robot is drawn where agent_pos puts it, not where drifted latents do"
+        },
+    )
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seeds the batch order"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
@@ -141,12 +148,13 @@ RUN_IDENTITY = (
     "memory_weight",
     "still_weight",
     "decoder_state",
+    "latent_shift",
     "seed",
 )
 # what a run recorded before an option existed did
 LEGACY_OPTIONS = {
     "far_pixels": "still", "anchor_detail": False, "anchor_memory": [], "memory_weight": 0.0, "still_weight": 0.0,
-    "decoder_state": False,
+    "decoder_state": False, "latent_shift": 0,
 }  # fmt: skip
 
 
@@ -274,6 +282,11 @@ def _check_options(cfg: DecoderTuningConfig) -> None:
             "anchor_memory must list frames back from the anchor (each >= 1) and memory_weight be >= 0, got "
             f"{list(cfg.anchor_memory)}, {cfg.memory_weight}"
         )
+    if cfg.latent_shift < 0 or (cfg.latent_shift and not cfg.decoder_state):
+        raise WmSimError(
+            f"latent_shift must be >= 0, and above 0 only with decoder_state=true (agent_pos then says where the "
+            f"robot is), got latent_shift={cfg.latent_shift}, decoder_state={cfg.decoder_state}"
+        )
     if cfg.anchor_memory and not cfg.anchor_detail:
         raise WmSimError(f"anchor_memory={list(cfg.anchor_memory)} is read beside the anchor's pixels: it needs anchor_detail=true")
     lifecycle.resume_auto(cfg.resume)
@@ -384,6 +397,17 @@ def shown_earlier(frames: torch.Tensor, anchor: Anchor) -> torch.Tensor:
     return differs & matches
 
 
+def latent_sources(lengths: list[int], shown: list[int], shift: int, rng: np.random.Generator) -> list[int]:
+    """The frame whose latents each real row decodes: the frame it shows (`shown`), or with `shift`
+    one up to that many frames away within its episode (`lengths`). The row's target and agent_pos
+    stay the shown frame's, so the robot must be drawn where agent_pos puts it: in a rollout the
+    latents drift off the pose faster than the predicted agent_pos does."""
+    if not shift:
+        return list(shown)
+    offsets = rng.integers(-shift, shift + 1, len(shown))
+    return [min(max(j + int(d), 0), n - 1) for j, d, n in zip(shown, offsets, lengths, strict=True)]
+
+
 def tuning_batch(
     model: WorldModel, data: TuningData, cfg: DecoderTuningConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -418,8 +442,10 @@ def tuning_batch(
         shown_frames = torch.stack([frames[rows[i]][j] for i, j in zip(picked, shown, strict=True)])
         under_frames = torch.stack([frames[rows[i]][j] for i, j in zip(picked, under, strict=True)])
         index = torch.from_numpy(picked)
+        source = latent_sources([len(frames[rows[i]]) for i in picked], shown, cfg.latent_shift, rng)
+        encoded = torch.stack([frames[rows[i]][j] for i, j in zip(picked, source, strict=True)])
         with torch.no_grad():
-            latents[index] = model.encode(shown_frames)
+            latents[index] = model.encode(encoded)
             real_anchor = model.anchor(under_frames)
         anchor.latents[index], anchor.pixels[index] = real_anchor.latents, real_anchor.pixels
         if anchor.earlier is not None:  # the earlier frames of that anchor frame's episode

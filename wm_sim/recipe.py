@@ -162,6 +162,13 @@ class TrainingRecipe:
         default="still",
         metadata={"help": "the decoder phase's far_pixels (wm-sim tune-decoder's): still or anchor"},
     )
+    decoder_latent_shift: int = field(
+        default=32,
+        metadata={
+            "help": "with model.decoder_state, the agent_pos phase's latent_shift (wm-sim tune-decoder's): real "
+            "frames decoded from latents up to this many frames away, so the robot is drawn where agent_pos says"
+        },
+    )
     val_every: int = field(default=500, metadata={"help": "steps between validations"})
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
 
@@ -176,6 +183,7 @@ class TrainingRecipe:
             "scene_goal_steps",
             "transition_rollout_steps",
             "decoder_steps",
+            "decoder_latent_shift",
         ):
             value = getattr(self, name)
             if not 0 <= value < math.inf:  # NaN fails this too

@@ -260,7 +260,8 @@ def _tune_decoder(cfg: TrainConfig, run_dir: Path) -> Path:
             phases.append((MEMORY_DIR, dict(far_pixels=far, anchor_memory=tuple(arch.anchor_memory))))
     if arch.decoder_state:  # what the phase before it read, and agent_pos, on every pixel, for longer
         state = dict(
-            far_pixels="all", still_weight=STILL_WEIGHT, decoder_state=True, steps=STATE_STEPS * steps
+            far_pixels="all", still_weight=STILL_WEIGHT, decoder_state=True, steps=STATE_STEPS * steps,
+            latent_shift=cfg.training.decoder_latent_shift,
         )
         phases.append((STATE_DIR, dict(phases[-1][1], **state)))
     source = run_dir / f"step-{cfg.steps:07d}"
