@@ -142,9 +142,16 @@ def test_a_model_card_says_no_unless_every_metric_beats_copy_last_and_reports_ob
     }  # fmt: skip
     text = model_card(meta, metrics, "push")
     assert "Beats copy-last at every horizon: no." in text
-    assert "moves when MuJoCo's moves in 0.55 of 20 episodes, and stays when it stays in 0.85 of 40" in text
+    assert (
+        "it moves in 55% of the 20 held-out episodes in which MuJoCo's moves, and stays in 85% of the 40 "
+        "held-out episodes in which MuJoCo's stays." in text
+    )
     metrics["model_beats_copy_last_at_every_horizon"] = {"psnr": True, "ssim": True}
     assert "Beats copy-last at every horizon: yes." in model_card(meta, metrics, "push")
+    metrics["object_motion"]["model"] |= {"episodes_moved": 0, "agreement_when_moved": None}  # reacher's target
+    assert "it moves in none of the held-out episodes: MuJoCo's never moves, and stays in 85%" in model_card(
+        meta, metrics, "push"
+    )
 
 
 def test_a_model_card_names_the_decoder_phase_option_its_tuning_recorded():

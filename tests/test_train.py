@@ -78,6 +78,7 @@ def test_one_command_ends_with_an_anchored_decoder_tuned_onto_the_trained_model(
     assert meta["decoder_tuning"]["checkpoint"] == str(out / train_module.MEMORY_DIR / LAST)
     assert third_meta["decoder_tuning"]["memory_weight"] > 0 == second_meta["decoder_tuning"]["memory_weight"]
     assert meta["decoder_tuning"]["far_pixels"] == "all" and third_meta["decoder_tuning"]["far_pixels"] == "still"
+    assert meta["decoder_tuning"]["latent_shift"] == 32 and third_meta["decoder_tuning"]["latent_shift"] == 0
     # the last phase learns a new input, for STATE_STEPS times the steps of the others
     assert meta["decoder_tuning"]["steps"] == train_module.STATE_STEPS * 2 == 2 * third_meta["decoder_tuning"]["steps"]
     assert meta["decoder_tuning"]["earlier"]["earlier"]["earlier"]["anchor_detail"] is False  # every phase recorded

@@ -178,11 +178,18 @@ def _metrics_table(metrics: dict) -> list[str]:
     if motion and motion.get("episodes_moved", 0) + motion.get("episodes_still", 0) > 0:
         lines += [
             "",
-            f"The task object, over the first {motion['motion_horizon']} frames: it moves when MuJoCo's "
-            f"moves in {_fmt(motion['agreement_when_moved'])} of {motion['episodes_moved']} episodes, and "
-            f"stays when it stays in {_fmt(motion['agreement_when_still'])} of {motion['episodes_still']}.",
+            f"The task object, over the first {motion['motion_horizon']} frames: it moves in "
+            f"{_share(motion['agreement_when_moved'], motion['episodes_moved'], 'moves')}, and stays in "
+            f"{_share(motion['agreement_when_still'], motion['episodes_still'], 'stays')}.",
         ]
     return lines
+
+
+def _share(agreement: float | None, episodes: int, what: str) -> str:
+    """'85% of the 40 held-out episodes in which MuJoCo's stays' (a share, not a count of episodes)."""
+    if agreement is None or not episodes:
+        return f"none of the held-out episodes: MuJoCo's never {what}"
+    return f"{agreement:.0%} of the {episodes} held-out episodes in which MuJoCo's {what}"
 
 
 def _fmt(value) -> str:
