@@ -12,7 +12,8 @@ as the target frame does, but an earlier frame did (a target the arm covered at 
 has left since), are few: they weigh `memory_weight` more in the loss, else the earlier frames
 go unread. With decoder_state the decoder also reads agent_pos (the recorded state in tuning, the
 predicted one in rollouts); far_pixels=all then trains far predictions on every pixel, since the
-state says where the arm is.
+state says where the arm is, and latent_shift decodes real frames from a nearby frame's latents,
+so that the arm is drawn where agent_pos puts it rather than where drifting latents do.
 
 This stage trains the decoder alone. The encoder and the dynamics are frozen, so the latents do
 not change and everything built on them (policies trained on latents) stays valid. Each batch mixes:

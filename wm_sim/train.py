@@ -246,8 +246,9 @@ def _tune_decoder(cfg: TrainConfig, run_dir: Path) -> Path:
     does, resumable as the steps were): an anchored decoder tuned from the plain one (out/decoder),
     then, with model.anchor_detail, tuned again reading the anchor's pixels too (out/detail), and
     with model.anchor_memory once more, reading earlier context frames too (out/memory), and with
-    model.decoder_state once more, reading agent_pos too, on every pixel and for STATE_STEPS times
-    as many steps (out/state). Returns the final model's directory.
+    model.decoder_state once more, reading agent_pos too, on every pixel, from shifted latents
+    (training.decoder_latent_shift) and for STATE_STEPS times as many steps (out/state). Returns
+    the final model's directory.
 
     Each phase starts from the one before, its new inputs at zero: a run made before a phase
     existed gains it by `resume=auto`.
