@@ -301,6 +301,7 @@ def _wm_sim_train(data, out, *overrides: str) -> subprocess.CompletedProcess:
         ("resume=maybe", "resume must be false or auto"),
         ("model=huge", "model/huge"),
         ("training.decoder_far_pixels=moved", "decoder_far_pixels must be one of still, anchor, all, got 'moved'"),
+        ("training.decoder_latent_shift=-1", "training.decoder_latent_shift must be a finite number >= 0, got -1"),
     ],
 )
 def test_train_bad_input_is_one_clear_line(reacher_store_path, tmp_path, override, expected):
