@@ -444,7 +444,11 @@ def tuning_batch(
         under_frames = torch.stack([frames[rows[i]][j] for i, j in zip(picked, under, strict=True)])
         index = torch.from_numpy(picked)
         source = latent_sources([len(frames[rows[i]]) for i in picked], shown, cfg.latent_shift, rng)
-        encoded = torch.stack([frames[rows[i]][j] for i, j in zip(picked, source, strict=True)])
+        encoded = (
+            shown_frames
+            if source == shown
+            else torch.stack([frames[rows[i]][j] for i, j in zip(picked, source, strict=True)])
+        )
         with torch.no_grad():
             latents[index] = model.encode(encoded)
             real_anchor = model.anchor(under_frames)
