@@ -9,6 +9,10 @@ policies in the same run, so no dataset is needed. A rollout passes when, in eve
 `stability_window` steps, nearly all frames lie inside the real ranges (widened by a margin), and
 every predicted joint angle lies within the joint limits. A picture that dissolves drifts out of
 these ranges (colours wash to the mean, spread collapses, the histogram moves) and fails there.
+
+Beside each verdict stands the decoder's ceiling: the same real frames encoded and decoded again
+(no dynamics), judged against the same ranges. Where that share is low, the tokenizer cannot draw
+the task's frames inside them, and no better dynamics would make the stream hold.
 """
 
 from __future__ import annotations
@@ -157,22 +161,57 @@ def _joint_columns(twin) -> list[int]:
     return [i for i, n in enumerate(twin.unwrapped.task.state_names) if n.endswith(".pos")]
 
 
-def real_reference(bench: Bench, twin, ref: str, own_seed: int) -> Reference:
-    """Ranges of the statistics over MuJoCo episodes of policy `ref` (the physics twin): the episode
-    from the stream's own start (`own_seed`: the real counterpart of what the stream shows) and
-    `reference_episodes` others."""
+def real_episodes(bench: Bench, twin, ref: str, own_seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """MuJoCo episodes of policy `ref` (the physics twin): the one from the stream's own start
+    (`own_seed`: the real counterpart of what the stream shows) and `reference_episodes` others,
+    each as (frames (1 + reference_steps, S, S, 3) uint8, agent_pos (1 + reference_steps, D)), the
+    reset's first."""
     sizes = bench.sizes
-    frames, joints = [], []
-    columns = _joint_columns(twin)
+    episodes = []
     for seed in [own_seed] + [10_000 + e for e in range(sizes.reference_episodes)]:
         obs, policy = _start(twin, ref, bench, seed=seed)
+        frames, states = [obs["pixels"]], [obs["agent_pos"]]
         for _ in range(sizes.reference_steps):
             obs, *_ = twin.step(_act(policy, obs))
             frames.append(obs["pixels"])
-            joints.append(obs["agent_pos"][columns])
-    moments, hists = frame_statistics(torch.from_numpy(np.stack(frames)))
+            states.append(obs["agent_pos"])
+        episodes.append((np.stack(frames), np.stack(states)))
+    return episodes
+
+
+def real_reference(episodes: list[tuple[np.ndarray, np.ndarray]], twin) -> Reference:
+    """Ranges of the statistics over the real episodes' frames after their resets."""
+    columns = _joint_columns(twin)
+    frames = np.concatenate([f[1:] for f, _ in episodes])
+    joints = np.concatenate([s[1:, columns] for _, s in episodes])
+    moments, hists = frame_statistics(torch.from_numpy(frames))
     low, high = twin.unwrapped.task.state_bounds
-    return Reference.from_real(moments.numpy(), hists.numpy(), np.stack(joints), (low[columns], high[columns]))
+    return Reference.from_real(moments.numpy(), hists.numpy(), joints, (low[columns], high[columns]))
+
+
+@torch.no_grad()
+def redrawn_in_range(model, episodes: list[tuple[np.ndarray, np.ndarray]], reference: Reference) -> dict:
+    """The decoder's ceiling: the real frames after each episode's first CONTEXT, encoded and
+    decoded again over that context (as a stream's anchor) with their recorded agent_pos, judged
+    against the real ranges. No dynamics runs, so a share well below 1 is a tokenizer that cannot
+    draw the task's frames inside them, and no stream of its can hold."""
+    stats, device = [], next(model.parameters()).device
+    for frames, states in episodes:
+        real = torch.from_numpy(frames).to(device)
+        anchor = model.anchor(real[CONTEXT - 1 : CONTEXT], real[None, :CONTEXT])
+        latents = model.encode(real[CONTEXT:])[None]
+        norm_state = model.normalise_state(torch.from_numpy(states[CONTEXT:]).float().to(device))[None]
+        drawn = model.decode(latents, anchor, norm_state)[0].mul(255.0).add(0.5).clamp(0, 255).to(torch.uint8)
+        moments, hists = frame_statistics(drawn)
+        distance = histogram_distance(hists.cpu().numpy(), reference.mean_histogram)
+        stats.append(np.concatenate([moments.cpu().numpy(), distance[:, None]], axis=1))
+    stats = np.concatenate(stats)
+    inside = (stats >= reference.low) & (stats <= reference.high)
+    return {
+        "frames_in_range": round(float(inside.all(1).mean()), 4),
+        "out_of_range_by_statistic": {n: round(float(1.0 - inside[:, i].mean()), 4) for i, n in enumerate(STAT_NAMES)},
+        "median_by_statistic": {n: round(float(np.median(stats[:, i])), 4) for i, n in enumerate(STAT_NAMES)},
+    }
 
 
 def imagined_streams(bench: Bench, twin, refs: list[str], references: dict[str, Reference]) -> dict:
@@ -273,10 +312,12 @@ def run(bench: Bench) -> dict:
         )
     refs = list(bench.policies)
     twin = gym.make(PHYSICS_TWIN_IDS[bench.task]).unwrapped
-    references = {  # stream i starts from seed i (imagined_streams)
-        ref: real_reference(bench, twin, ref, own_seed=i)
+    episodes = {  # stream i starts from seed i (imagined_streams)
+        ref: real_episodes(bench, twin, ref, own_seed=i)
         for i, ref in enumerate(tqdm(refs, desc="stability: MuJoCo reference"))
     }
+    references = {ref: real_reference(episodes[ref], twin) for ref in refs}
+    ceilings = {ref: redrawn_in_range(bench.model, episodes[ref], references[ref]) for ref in refs}
     streams = imagined_streams(bench, twin, refs, references)
     twin.close()
     fps = float(bench.loaded[1].get("dataset", {}).get("fps", 50.0))
@@ -295,6 +336,8 @@ def run(bench: Bench) -> dict:
         "minutes": round(bench.sizes.stability_steps / fps / 60.0, 2),
         "verdicts": verdicts,
         "references": {ref: r.to_dict() for ref, r in references.items()},
+        # the same real frames as the tokenizer redraws them: what no stream of this decoder can beat
+        "redrawn_real_frames": ceilings,
     }
     plot_path = bench.artifact("stability.png")
     if plot_path is not None:
@@ -314,7 +357,8 @@ def run(bench: Bench) -> dict:
         "table": [
             [
                 f"{ref}: {figures['minutes']:g} min closed loop",
-                f"{'pass' if v['passed'] else 'fail'}: held {v['held_minutes']:g} min, {v['frames_in_range']:.1%} of frames in the real ranges",
+                f"{'pass' if v['passed'] else 'fail'}: held {v['held_minutes']:g} min, {v['frames_in_range']:.1%} of frames in the real ranges "
+                f"(real frames redrawn by the tokenizer: {ceilings[ref]['frames_in_range']:.1%})",
             ]
             for ref, v in verdicts.items()
         ],

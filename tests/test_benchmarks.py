@@ -16,7 +16,7 @@ from tiny import BARE_MODEL
 from wm_sim.benchmarks import results as results_io
 from wm_sim.benchmarks.flops import attention_flops, conv_stack_flops, counted_step_flops, frame_flops
 from wm_sim.benchmarks.memory import growth_percent
-from wm_sim.benchmarks.stability import STAT_NAMES, Reference, frame_statistics, judge
+from wm_sim.benchmarks.stability import STAT_NAMES, Reference, frame_statistics, judge, redrawn_in_range
 from wm_sim.benchmarks.stats import percentiles, ratios, summarize, target
 from wm_sim.benchmarks.suites import BenchConfig, bench, chosen_suites
 from wm_sim.benchmarks.training import learning_figures
@@ -132,6 +132,31 @@ def test_stability_fails_where_the_picture_drifts_out_and_says_when():
     assert set(verdict["out_of_range_by_statistic"]) == set(STAT_NAMES)
     assert verdict["median_by_statistic"]["spread_r"] == round(float(np.median(stats[:, 3])), 4)
     assert verdict["median_by_statistic"]["spread_r"] != round(float(np.median(real_stats[:, 3])), 4)
+
+
+@pytest.mark.parametrize("variant", ["plain", "decoder_state"])
+def test_stability_ceiling_judges_the_tokenizers_redraw_of_real_frames(variant):
+    torch.manual_seed(0)
+    model = WorldModel(WorldModelConfig(**{**TINY.to_dict(), **VARIANTS[variant]})).eval()
+    c, rng = model.config, np.random.default_rng(0)
+    episodes = [
+        (
+            rng.choice([0, 255], (12, c.image_size, c.image_size, 3)).astype(np.uint8),
+            rng.normal(size=(12, c.state_dim)).astype(np.float32),
+        )
+        for _ in range(2)
+    ]
+    frames = np.concatenate([f[1:] for f, _ in episodes])
+    moments, hists = frame_statistics(torch.from_numpy(frames))
+    limits = (np.full(2, -3.0), np.full(2, 3.0))
+    reference = Reference.from_real(moments.numpy(), hists.numpy(), np.zeros((len(frames), 2)), limits)
+    # an untrained decoder draws flat grey (half of it, anchored): far less spread than black-and-white noise
+    ceiling = redrawn_in_range(model, episodes, reference)
+    assert ceiling["frames_in_range"] == 0.0
+    assert ceiling["out_of_range_by_statistic"]["spread_r"] == 1.0
+    assert ceiling["median_by_statistic"]["spread_r"] < reference.low[3]
+    wide = Reference(reference.mean_histogram, np.full(7, -1.0), np.full(7, 2.0), *limits, limits)
+    assert redrawn_in_range(model, episodes, wide)["frames_in_range"] == 1.0
 
 
 def test_stability_fails_on_a_joint_past_its_limit_and_tolerates_rounding():
@@ -437,6 +462,7 @@ def test_smoke_bench_runs_every_suite_and_writes_results_and_table(tiny_model_pa
     assert figures["roofline"]["torch_counter_misses_attention"] is (not accelerated)
     assert figures["memory"]["steps"][-1] == 60
     assert set(figures["stability"]["verdicts"]) == {"random", "expert"}
+    assert set(figures["stability"]["redrawn_real_frames"]) == {"random", "expert"}
     assert (out / figures["stability"]["plot"]).is_file()
     assert figures["train"]["time_to_target_s"] is not None  # the smoke target is always reached
     if ros_installed:  # a real `wm-sim ros serve` of the tiny model, driven by RosEnv
