@@ -23,7 +23,6 @@ from wm_sim.decoder_tuning import (
     shown_earlier,
     tune_decoder,
     tuning_batch,
-    widened,
 )
 from wm_sim.errors import WmSimError
 from wm_sim.evaluate import EvaluateConfig, evaluate
@@ -148,29 +147,6 @@ def test_a_decoder_reading_agent_pos_starts_as_it_drew_and_draws_the_state_it_is
         anchored(told, memory=(1,), state=False)
 
 
-def test_a_widened_decoder_starts_as_it_drew_and_reads_its_new_channels_once_tuned():
-    torch.manual_seed(0)
-    narrow = anchored(WorldModel(TINY), memory=(1,), state=True).eval()
-    wide = widened(narrow, 32).eval()
-    assert (narrow.config.decoder_channels, wide.config.decoder_channels) == (16, 32)
-    last = wide.decoder.net[-2].weight  # (outputs, channels, 3, 3): the new channels' outgoing weights
-    assert last.shape[1] == 32 and narrow.decoder.net[-2].weight.shape[1] == 16
-    assert torch.equal(last[:, 16:], torch.zeros_like(last[:, 16:]))
-    assert wide.decoder.net[-5].weight[64:].abs().sum() > 0  # their incoming weights: a fresh start, not dead
-    latents, anchor, state = narrow.encode(_frames(2, 30)), narrow.anchor(_frames(2, 31)), torch.randn(2, TINY.state_dim)
-    with torch.no_grad():
-        for model in (narrow, wide):
-            _own_channel_bias(model).fill_(50.0)  # draw every pixel
-        torch.testing.assert_close(wide.decode(latents, anchor, state), narrow.decode(latents, anchor, state), rtol=0, atol=1e-6)
-        last[:, 16:].normal_(0.0, 0.5)  # what tuning learns
-        assert (wide.decode(latents, anchor, state) - narrow.decode(latents, anchor, state)).abs().amax() > 0.01
-    assert widened(wide, 32) is wide
-    with pytest.raises(WmSimError, match="can widen it, not narrow it to 16"):
-        widened(wide, 16)
-    with pytest.raises(ValueError, match="decoder_channels must be a positive multiple of 16, got 24"):
-        WorldModelConfig(**{**TINY.to_dict(), "decoder_channels": 24})
-
-
 @pytest.mark.parametrize("memory", [(), (1, 2)])
 def test_the_engine_keeps_each_rows_anchor_term_and_draws_what_decode_draws(memory):
     """The imagination engine computes the anchor's (and earlier context frames') pixels' share
@@ -273,20 +249,7 @@ def test_refusals(tuned, tiny_model_path, reacher_store_path, tmp_path):
         tune_decoder(_tuning(tiny_model_path, reacher_store_path, tmp_path / "b", anchor_memory=(2,), memory_weight=-1.0))
     with pytest.raises(WmSimError, match=re.escape("anchor_memory=[2] is read beside the anchor's pixels: it needs anchor_detail=true")):
         tune_decoder(_tuning(tiny_model_path, reacher_store_path, tmp_path / "b", anchor_memory=(2,), anchor_detail=False))
-    with pytest.raises(WmSimError, match="decoder_channels must be 0 \\(as the checkpoint's\\) or a positive multiple of 16, got 24"):
-        tune_decoder(_tuning(tiny_model_path, reacher_store_path, tmp_path / "b", decoder_channels=24))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-
-
-def test_tuning_widens_the_decoder_and_a_resume_keeps_its_width(tiny_model_path, reacher_store_path, tmp_path):
-    out = tmp_path / "run"
-    tune_decoder(_tuning(tiny_model_path, reacher_store_path, out, steps=2, decoder_channels=32))
-    model, meta = load_checkpoint(out / LAST)
-    assert model.config.decoder_channels == 32 and meta["decoder_tuning"]["decoder_channels"] == 32
-    with pytest.raises(WmSimError, match="tuned with decoder_channels=32, this run asks for 48"):
-        tune_decoder(_tuning(tiny_model_path, reacher_store_path, out, steps=4, decoder_channels=48, resume="auto"))
-    tune_decoder(_tuning(tiny_model_path, reacher_store_path, out, steps=4, decoder_channels=32, resume="auto"))
-    assert load_checkpoint(out / LAST)[1]["step"] == 4
 
 
 @pytest.mark.slow

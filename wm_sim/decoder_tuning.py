@@ -127,13 +127,6 @@ class DecoderTuningConfig:
             "state from the frame drawn, so the robot is drawn where agent_pos puts it, not where drifted latents do"
         },
     )
-    decoder_channels: int = field(
-        default=0,
-        metadata={
-            "help": "widen the decoder's narrowest stages to this many channels (a multiple of 16; 0: as the "
-            "checkpoint's). The new channels start unread, so tuning starts from what it drew"
-        },
-    )
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seeds the batch order"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
@@ -157,13 +150,12 @@ RUN_IDENTITY = (
     "still_weight",
     "decoder_state",
     "latent_shift",
-    "decoder_channels",
     "seed",
 )
 # what a run recorded before an option existed did
 LEGACY_OPTIONS = {
     "far_pixels": "still", "anchor_detail": False, "anchor_memory": [], "memory_weight": 0.0, "still_weight": 0.0,
-    "decoder_state": False, "latent_shift": 0, "decoder_channels": 0,
+    "decoder_state": False, "latent_shift": 0,
 }  # fmt: skip
 
 
@@ -210,27 +202,6 @@ def anchored(
                 value[tuple(slice(0, n) for n in before.shape)] = before
     converted.load_state_dict(target)
     return converted
-
-
-def widened(model: WorldModel, channels: int) -> WorldModel:
-    """The same model with a decoder whose narrowest stages have `channels` channels, drawing what
-    it drew: each new channel's incoming weights start as a new decoder's would, its outgoing
-    weights at zero, so nothing reads it until tuning makes it useful. Only widening is possible."""
-    had = model.config.decoder_channels
-    if channels == had:
-        return model
-    if channels < had:
-        raise WmSimError(f"this model's decoder has {had} channels at its narrowest; tuning can widen it, not narrow it to {channels}")
-    wider = WorldModel(replace(model.config, decoder_channels=channels))
-    source, target = model.state_dict(), wider.state_dict()
-    with torch.no_grad():
-        for name, value in target.items():
-            before = source[name]
-            if before.shape != value.shape and value.dim() > 1:  # a layer that grew: new inputs unread
-                value[:, before.shape[1] :] = 0.0
-            value[tuple(slice(0, n) for n in before.shape)] = before
-    wider.load_state_dict(target)
-    return wider
 
 
 def tune_decoder(cfg: DecoderTuningConfig) -> Path:
@@ -317,8 +288,6 @@ def _check_options(cfg: DecoderTuningConfig) -> None:
             f"latent_shift must be >= 0, and above 0 only with decoder_state=true (agent_pos then says where the "
             f"robot is), got latent_shift={cfg.latent_shift}, decoder_state={cfg.decoder_state}"
         )
-    if cfg.decoder_channels < 0 or cfg.decoder_channels % 16:
-        raise WmSimError(f"decoder_channels must be 0 (as the checkpoint's) or a positive multiple of 16, got {cfg.decoder_channels}")
     if cfg.anchor_memory and not cfg.anchor_detail:
         raise WmSimError(f"anchor_memory={list(cfg.anchor_memory)} is read beside the anchor's pixels: it needs anchor_detail=true")
     lifecycle.resume_auto(cfg.resume)
@@ -349,8 +318,6 @@ def _source(cfg: DecoderTuningConfig, run_dir: Path, resuming: bool) -> tuple[Wo
     else:  # the tuning before this one, which names its own earlier one
         earlier = was if isinstance(was, dict) else None
     tuned = anchored(model, cfg.anchor_detail, tuple(cfg.anchor_memory), cfg.decoder_state)
-    if cfg.decoder_channels:
-        tuned = widened(tuned, cfg.decoder_channels)
     return tuned, {**meta, "decoder_tuning": {**options, "earlier": earlier}}
 
 

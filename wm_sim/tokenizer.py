@@ -140,9 +140,6 @@ class Decoder(nn.Module):
     With anchor memory, that convolution also reads earlier real frames of the context
     (`earlier` of them, 12 more channels each): what the arm covers in the anchor frame but an
     earlier frame showed (a target) can be drawn when the arm leaves it.
-
-    The channels halve at each stage down to `min_channels`: what the last, half-resolution
-    stage has to draw a thin link's outline and its tip over a target with.
     """
 
     def __init__(
@@ -155,7 +152,6 @@ class Decoder(nn.Module):
         anchor_detail: bool = False,
         earlier: int = 0,
         state_channels: int = 0,
-        min_channels: int = 16,
     ):
         super().__init__()
         self.grid = grid
@@ -167,8 +163,8 @@ class Decoder(nn.Module):
         self.state_channels = state_channels  # read after the latents (and the anchor's), if any
         layers: list[nn.Module] = [nn.Conv2d(inputs + state_channels, width, 1)]
         channels = width
-        for _ in range(stages - 1):  # halving the channels, down to min_channels
-            out = max(channels // 2, min_channels)
+        for _ in range(stages - 1):
+            out = max(channels // 2, 16)
             layers += [
                 InplaceGELU(),
                 nn.Conv2d(channels, channels, 3, padding=1, groups=max(channels // 16, 1)),

@@ -175,9 +175,6 @@ class WorldModelConfig:
     # random stream's frames stayed inside real MuJoCo frames' ranges 85% of the time, against
     # 57% without (docs/model.md).
     decoder_state: bool = True
-    # The decoder's narrowest stage: its channels halve per stage down to this many, at half the
-    # frame's resolution, where the arm's outline and a fingertip over the target are drawn.
-    decoder_channels: int = 16
     # Predict the next state with a StateTransition MLP, which the transformer also reads
     # (without one, the transformer predicts the state itself).
     transition: bool = True
@@ -221,8 +218,6 @@ class WorldModelConfig:
             raise ValueError(f"image_size must be at least 4 x grid, got {self.image_size} and {self.grid}")
         if self.tokenizer_width % 16:
             raise ValueError(f"tokenizer_width must be a multiple of 16, got {self.tokenizer_width}")
-        if self.decoder_channels < 16 or self.decoder_channels % 16:
-            raise ValueError(f"decoder_channels must be a positive multiple of 16, got {self.decoder_channels}")
         if self.image_size % self.grid or (self.image_size // self.grid) & (self.image_size // self.grid - 1):
             raise ValueError(f"image_size / grid must be a power of two, got {self.image_size} / {self.grid}")
         if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
@@ -287,7 +282,7 @@ class WorldModel(nn.Module):
         self.encoder = Encoder(c.image_size, c.grid, c.latent_dim, c.tokenizer_width)
         self.decoder = Decoder(
             c.image_size, c.grid, c.latent_dim, c.tokenizer_width, c.anchored, c.anchor_detail,
-            len(c.anchor_memory), STATE_CHANNELS if c.decoder_state else 0, c.decoder_channels,
+            len(c.anchor_memory), STATE_CHANNELS if c.decoder_state else 0,
         )  # fmt: skip
         # what the decoder is told of agent_pos, per token of each camera
         self.state_tokens = StateTokens(c.state_dim, c.periodic_state, c.grid * c.grid) if c.decoder_state else None
