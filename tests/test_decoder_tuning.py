@@ -23,7 +23,6 @@ from wm_sim.decoder_tuning import (
     shown_earlier,
     tune_decoder,
     tuning_batch,
-    tuning_loss,
 )
 from wm_sim.errors import WmSimError
 from wm_sim.evaluate import EvaluateConfig, evaluate
@@ -357,21 +356,6 @@ def test_with_far_pixels_all_and_a_still_weight_far_predictions_weigh_the_standi
     assert torch.equal(weight[far], 1.0 + 3.0 * still[far].float())
     with pytest.raises(WmSimError, match=re.escape("still_weight and edge_weight must be >= 0, got -1.0, 0.0")):
         tune_decoder(_tuning(tiny_model_path, reacher_store_path, "unused", still_weight=-1.0))
-
-
-def test_the_edge_term_is_the_error_of_neighbouring_differences_where_both_pixels_weigh():
-    target = torch.zeros(1, 4, 4, 3)
-    target[:, :, 2:] = 1.0  # an edge between columns 1 and 2
-    soft = target.clone()
-    soft[:, :, 1:3] = 0.5  # the edge drawn soft: errors 0, 0.5, -0.5, 0 along each row
-    ones = torch.ones(1, 4, 4, 1)
-    assert tuning_loss(target, target, ones, edge_weight=1.0) == 0.0
-    # pixels: 0.25 + 0.5 * 0.5 on half of them; edges: |0.5| + |-1| + |0.5| per row over 3 pairs
-    assert tuning_loss(soft, target, ones) == pytest.approx(0.25)
-    assert tuning_loss(soft, target, ones, edge_weight=1.0) == pytest.approx(0.25 + 2.0 / 3.0)
-    unweighed = ones.clone()
-    unweighed[:, :, 2] = 0.0  # column 2 does not count: only the pair of columns 0 and 1 does
-    assert tuning_loss(soft, target, unweighed, edge_weight=2.0) == pytest.approx(0.5 * 4 / 12 + 2.0 * 0.5)
 
 
 def test_latent_sources_stay_within_the_shift_and_the_episode():
