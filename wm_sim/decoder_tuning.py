@@ -127,13 +127,6 @@ class DecoderTuningConfig:
             "state from the frame drawn, so the robot is drawn where agent_pos puts it, not where drifted latents do"
         },
     )
-    edge_weight: float = field(
-        default=0.0,
-        metadata={
-            "help": "weight of the error of neighbouring pixels' differences (a soft edge has smaller ones than "
-            "a sharp one), beside the pixels' own error: 0: none"
-        },
-    )
     checkpoint_every: int = field(default=500, metadata={"help": "steps between checkpoints"})
     seed: int = field(default=0, metadata={"help": "seeds the batch order"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch's default)"})
@@ -157,13 +150,12 @@ RUN_IDENTITY = (
     "still_weight",
     "decoder_state",
     "latent_shift",
-    "edge_weight",
     "seed",
 )
 # what a run recorded before an option existed did
 LEGACY_OPTIONS = {
     "far_pixels": "still", "anchor_detail": False, "anchor_memory": [], "memory_weight": 0.0, "still_weight": 0.0,
-    "decoder_state": False, "latent_shift": 0, "edge_weight": 0.0,
+    "decoder_state": False, "latent_shift": 0,
 }  # fmt: skip
 
 
@@ -251,7 +243,8 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
         while step < cfg.steps:
             lifecycle.set_lr(optimiser, step, cfg.steps)
             decoded, target, weight = tuning_batch(model, data, cfg, rng)
-            loss = tuning_loss(decoded, target, weight, cfg.edge_weight)
+            error = decoded - target
+            loss = ((error.pow(2) + 0.5 * error.abs()) * weight).sum() / (3 * weight.sum()).clamp(min=1.0)
             lifecycle.check_finite(loss, step, run_dir)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -266,22 +259,6 @@ def tune_decoder(cfg: DecoderTuningConfig) -> Path:
     finally:
         bar.close()
     return run_dir
-
-
-def tuning_loss(decoded: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, edge_weight: float = 0.0) -> torch.Tensor:
-    """The weighted squared and absolute error of (B, S, S, 3) frames (weights (B, S, S, 1)); with
-    `edge_weight`, also the absolute error of the differences between neighbouring pixels, where
-    both are weighed. Squared error lets a decoder unsure of where an edge lies draw it soft: the
-    thin links' outline faded and their colours spread less than in any real frame."""
-    error = decoded - target
-    loss = ((error.pow(2) + 0.5 * error.abs()) * weight).sum() / (3 * weight.sum()).clamp(min=1.0)
-    if edge_weight:
-        size = error.shape[1]
-        for dim in (1, 2):  # down the rows, along the columns
-            both = torch.minimum(weight.narrow(dim, 1, size - 1), weight.narrow(dim, 0, size - 1))
-            edges = (error.diff(dim=dim).abs() * both).sum() / (3 * both.sum()).clamp(min=1.0)
-            loss = loss + edge_weight * edges
-    return loss
 
 
 def _check_options(cfg: DecoderTuningConfig) -> None:
@@ -299,8 +276,8 @@ def _check_options(cfg: DecoderTuningConfig) -> None:
         raise WmSimError(f"far_pixels must be one of {', '.join(FAR_PIXELS)}, got {cfg.far_pixels!r}")
     if cfg.far_horizon and cfg.far_horizon <= cfg.horizon:
         raise WmSimError(f"far_horizon must be 0 or beyond horizon={cfg.horizon}, got {cfg.far_horizon}")
-    if not cfg.still_weight >= 0 or not cfg.edge_weight >= 0:  # NaN fails too
-        raise WmSimError(f"still_weight and edge_weight must be >= 0, got {cfg.still_weight}, {cfg.edge_weight}")
+    if cfg.still_weight < 0:
+        raise WmSimError(f"still_weight must be >= 0, got {cfg.still_weight}")
     if any(not isinstance(g, int) or g < 1 for g in cfg.anchor_memory) or cfg.memory_weight < 0:
         raise WmSimError(
             "anchor_memory must list frames back from the anchor (each >= 1) and memory_weight be >= 0, got "
