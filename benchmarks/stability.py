@@ -27,6 +27,7 @@ from wm_sim.benchmarks.context import Bench
 from wm_sim.benchmarks.stats import target
 
 from wm_sim.errors import WmSimError
+from wm_sim.world_model import WorldModel
 
 BINS = 4  # levels per colour channel: a 4 x 4 x 4 = 64-bin colour histogram
 STAT_NAMES = ("mean_r", "mean_g", "mean_b", "spread_r", "spread_g", "spread_b", "histogram_distance")
@@ -190,7 +191,7 @@ def real_reference(episodes: list[tuple[np.ndarray, np.ndarray]], twin) -> Refer
 
 
 @torch.no_grad()
-def redrawn_in_range(model, episodes: list[tuple[np.ndarray, np.ndarray]], reference: Reference) -> dict:
+def redrawn_in_range(model: WorldModel, episodes: list[tuple[np.ndarray, np.ndarray]], reference: Reference) -> dict:
     """The decoder's ceiling: the real frames after each episode's first CONTEXT, encoded and
     decoded again over that context (as a stream's anchor) with their recorded agent_pos, judged
     against the real ranges. No dynamics runs, so a share well below 1 is a tokenizer that cannot
