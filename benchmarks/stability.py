@@ -58,6 +58,24 @@ def histogram_distance(hist: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return 0.5 * np.abs(hist - reference).sum(-1)
 
 
+def judged_statistics(pixels: torch.Tensor, mean_histograms: np.ndarray) -> np.ndarray:
+    """Every STAT_NAMES statistic of (B, S, S, 3) uint8 frames, (B, len(STAT_NAMES)): the moments,
+    and the histogram's distance to `mean_histograms` (each row's, or one for all)."""
+    moments, hists = frame_statistics(pixels)
+    distance = histogram_distance(hists.cpu().numpy(), mean_histograms)
+    return np.concatenate([moments.cpu().numpy(), distance[:, None]], axis=1)
+
+
+def by_statistic(stats: np.ndarray, reference: Reference) -> dict:
+    """Where each statistic of frames' stats (T, len(STAT_NAMES)) sits beside its range (how far out
+    a failing one is), and how often it leaves it (the way the picture fails, if it does)."""
+    inside = (stats >= reference.low) & (stats <= reference.high)
+    return {
+        "median_by_statistic": {n: round(float(np.median(stats[:, i])), 4) for i, n in enumerate(STAT_NAMES)},
+        "out_of_range_by_statistic": {n: round(float(1.0 - inside[:, i].mean()), 4) for i, n in enumerate(STAT_NAMES)},
+    }
+
+
 @dataclass
 class Reference:
     """What real frames and joints of one policy look like: ranges of every statistic."""
@@ -121,16 +139,7 @@ def judge(stats: np.ndarray, joints: np.ndarray, reference: Reference, window: i
         "joint_steps_out_of_limits": int(joints_out.sum()),
         "held_steps": int(held),
         "held_minutes": round(held / fps / 60.0, 2),
-        # where each statistic sits, beside its range: how far out a failing one is
-        "median_by_statistic": {n: round(float(np.median(stats[:, i])), 4) for i, n in enumerate(STAT_NAMES)},
-        # which statistics leave their range most often: the way the picture fails, if it does
-        "out_of_range_by_statistic": {
-            n: round(
-                float(1.0 - ((stats[:, i] >= reference.low[i]) & (stats[:, i] <= reference.high[i])).mean()),
-                4,
-            )
-            for i, n in enumerate(STAT_NAMES)
-        },
+        **by_statistic(stats, reference),
     }
 
 
@@ -203,16 +212,10 @@ def redrawn_in_range(model: WorldModel, episodes: list[tuple[np.ndarray, np.ndar
         latents = model.encode(real[CONTEXT:])[None]
         norm_state = model.normalise_state(torch.from_numpy(states[CONTEXT:]).float().to(device))[None]
         drawn = model.decode(latents, anchor, norm_state)[0].mul(255.0).add(0.5).clamp(0, 255).to(torch.uint8)
-        moments, hists = frame_statistics(drawn)
-        distance = histogram_distance(hists.cpu().numpy(), reference.mean_histogram)
-        stats.append(np.concatenate([moments.cpu().numpy(), distance[:, None]], axis=1))
+        stats.append(judged_statistics(drawn, reference.mean_histogram))
     stats = np.concatenate(stats)
-    inside = (stats >= reference.low) & (stats <= reference.high)
-    return {
-        "frames_in_range": round(float(inside.all(1).mean()), 4),
-        "out_of_range_by_statistic": {n: round(float(1.0 - inside[:, i].mean()), 4) for i, n in enumerate(STAT_NAMES)},
-        "median_by_statistic": {n: round(float(np.median(stats[:, i])), 4) for i, n in enumerate(STAT_NAMES)},
-    }
+    inside = ((stats >= reference.low) & (stats <= reference.high)).all(1)
+    return {"frames_in_range": round(float(inside.mean()), 4), **by_statistic(stats, reference)}
 
 
 def imagined_streams(bench: Bench, twin, refs: list[str], references: dict[str, Reference]) -> dict:
@@ -247,9 +250,7 @@ def imagined_streams(bench: Bench, twin, refs: list[str], references: dict[str, 
             [_act(p, {"pixels": pixels[r], "agent_pos": agent_pos[r]}) for r, p in enumerate(policies)]
         )
         out = engine.step(torch.from_numpy(actions))
-        moments, hists = frame_statistics(out.pixels)
-        stats[t, :, :6] = moments.cpu().numpy()
-        stats[t, :, 6] = histogram_distance(hists.cpu().numpy(), mean_hists)
+        stats[t] = judged_statistics(out.pixels, mean_hists)
         with torch.no_grad():  # the prediction itself, before the observation's clipping
             joints[t] = model.denormalise_state(engine.norm_state.float())[:, columns].cpu().numpy()
         if t in keep:
