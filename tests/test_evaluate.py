@@ -56,7 +56,7 @@ def test_metrics_json_holds_every_metric_for_every_method_at_every_horizon(evalu
         for method in METHODS:
             values = report["metrics"][metric][method]
             assert sorted(values) == sorted(names)
-            if metric in ("object_error_cm", "object_within_2cm", "object_recall_unseen"):
+            if metric in ("object_error_cm", "object_within_2cm", "object_recall_unseen", "object_recall_remembered"):
                 # positions need the object whole in the real frame (this store's few held-out
                 # episodes do not show it whole at every horizon), the distance also in the guess;
                 # the unseen recall needs a frame that uncovers 5 or more of its pixels
@@ -67,7 +67,8 @@ def test_metrics_json_holds_every_metric_for_every_method_at_every_horizon(evalu
     assert set(report["model_beats_copy_last_at_every_horizon"]) == {"psnr", "ssim"}
     assert report["metrics"]["object_error_cm"]["copy_last"]["1"] == 0.0  # the last frame, held still
     # a copy of the last frame shows none of what it hid (None: no frame uncovered enough to judge)
-    assert all(v in (0.0, None) for v in report["metrics"]["object_recall_unseen"]["copy_last"].values())
+    for hidden in ("object_recall_unseen", "object_recall_remembered"):
+        assert all(v in (0.0, None) for v in report["metrics"][hidden]["copy_last"].values())
     motion = report["object_motion"]
     assert set(motion) == set(METHODS) and motion["copy_last"]["agreement_when_still"] in (1.0, None)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wm_sim.metrics import foreground_precision, object_recall, psnr, ssim
+from wm_sim.metrics import foreground_precision, object_mask, object_recall, psnr, ssim
 
 
 def test_psnr_and_ssim_agree_with_their_definitions():
@@ -56,6 +56,25 @@ def test_unseen_recall_counts_only_the_object_pixels_the_last_real_frame_hid():
     assert object_recall(kept_only[None], real[None], RED).item() == pytest.approx(7 / 16)
     # a target the last real frame showed whole leaves nothing unseen to recall
     assert torch.isnan(object_recall(real[None], real[None], RED, unseen_in=real)).all()
+
+
+def test_remembered_recall_counts_only_hidden_pixels_an_earlier_frame_showed():
+    earlier = _scene((10, 10), [(11, 11)])  # the arm over the target's middle: its rim shown
+    last = _scene((10, 10), [(10, 10)])  # the arm over the top-left 3x3 pixels, 9 of them hidden
+    real = _scene((10, 10), [(20, 20)])  # the arm has left: the target whole
+    hidden_and_shown = (~object_mask(last, RED)) & object_mask(earlier, RED)
+    assert 0 < int(hidden_and_shown.sum()) < 9  # some of the hidden pixels were shown before, not all
+    # kept: the last frame with the earlier frame's view of what it hid; lost: the last frame alone
+    kept = torch.where(hidden_and_shown[..., None], earlier, last)
+    recall = object_recall(
+        torch.stack([kept, last, real]), real.expand(3, -1, -1, -1), RED, unseen_in=last, shown_in=earlier[None]
+    )
+    assert recall.tolist() == [1.0, 0.0, 1.0]
+    # over every hidden pixel, the kept frame misses those no frame had shown
+    unseen = object_recall(kept[None], real[None], RED, unseen_in=last).item()
+    assert unseen == pytest.approx(int(hidden_and_shown.sum()) / 9)
+    # no earlier frame showing the hidden pixels: nothing to judge
+    assert torch.isnan(object_recall(kept[None], real[None], RED, unseen_in=last, shown_in=last[None])).all()
 
 
 def test_foreground_precision_counts_ghosts_but_forgives_a_pixel_of_edge():

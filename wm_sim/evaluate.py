@@ -72,6 +72,7 @@ METRICS = {
     "termination_accuracy": True,
     "object_recall": True,
     "object_recall_unseen": True,
+    "object_recall_remembered": True,
     "foreground_precision": True,
     "object_error_cm": False,
     "object_within_2cm": True,
@@ -312,6 +313,7 @@ def _score_batch(
     true_term = terminated[:, context - 1 :]
 
     last = frames[:, context - 1 : context].float() / 255.0
+    earlier = frames[:, : context - 1].float() / 255.0  # what a scene memory could have kept
     mean = torch.from_numpy(baseline[image]) / 255.0
     background = torch.from_numpy(baseline[BACKGROUND])
     guesses = {
@@ -350,7 +352,8 @@ def _score_batch(
     for method, (frame, state, reward, term) in guesses.items():
         guess = (tiled(frame, cameras), state, reward, term)
         rgb = task_object and task_object.rgb
-        curves = _curves(guess, truth, tiled(last, cameras), background, periodic, rgb, frame_ok, step_ok)
+        seen = (tiled(last, cameras), tiled(earlier, cameras))
+        curves = _curves(guess, truth, seen, background, periodic, rgb, frame_ok, step_ok)
         error, within = judge.curves(first(frame)) if judge else (nothing, nothing)
         curves |= {"object_error_cm": (error, frame_ok), "object_within_2cm": (within, frame_ok)}
         if judge:
@@ -365,7 +368,7 @@ def _score_batch(
 def _curves(
     guess: tuple[torch.Tensor, ...],
     truth: tuple[torch.Tensor, ...],
-    last: torch.Tensor,
+    seen: tuple[torch.Tensor, torch.Tensor],
     background: torch.Tensor,
     periodic: tuple[int, ...],
     object_rgb: tuple[int, int, int] | None,
@@ -373,14 +376,18 @@ def _curves(
     step_ok: torch.Tensor,
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Every metric of one method's (frames, states, rewards, terminations) against the truth, per
-    episode and horizon, each with the mask of the horizons the episode reaches. `last` (B, 1, S,
-    S, 3): the last real frame, whose unseen object pixels `object_recall_unseen` counts."""
+    episode and horizon, each with the mask of the horizons the episode reaches. `seen`: the last
+    real frame (B, 1, S, S, 3), whose unseen object pixels `object_recall_unseen` counts, and the
+    context frames before it (B, K, S, S, 3), of those the ones `object_recall_remembered` counts
+    (what they showed)."""
     (frame, state, reward, term), (true_frames, true_state, true_reward, true_term) = guess, truth
+    last, earlier = seen
     state_error = state - true_state
     state_error[..., list(periodic)] = wrap_angle(state_error[..., list(periodic)])
     unmeasured = torch.full(frame_ok.shape, torch.nan)
     recall = object_recall(frame, true_frames, object_rgb) if object_rgb else unmeasured
     unseen = object_recall(frame, true_frames, object_rgb, unseen_in=last) if object_rgb else unmeasured
+    kept = object_recall(frame, true_frames, object_rgb, last, earlier) if object_rgb else unmeasured
     return {
         "psnr": (psnr(frame, true_frames), frame_ok),
         "ssim": (ssim(frame, true_frames), frame_ok),
@@ -389,6 +396,7 @@ def _curves(
         "termination_accuracy": ((term == true_term).float(), step_ok),
         "object_recall": (recall, frame_ok),
         "object_recall_unseen": (unseen, frame_ok),
+        "object_recall_remembered": (kept, frame_ok),
         "foreground_precision": (foreground_precision(frame, true_frames, background), frame_ok),
     }
 
@@ -459,11 +467,12 @@ def _plot(report: dict, path: Path) -> None:
         "reward_abs_error": "reward absolute error",
         "object_recall": "task object's pixels recalled (higher is better)",
         "object_recall_unseen": "task object pixels the last real frame hid, recalled",
+        "object_recall_remembered": "...of them, those an earlier context frame showed, recalled",
         "foreground_precision": "foreground drawn that is real (higher is better)",
         "object_error_cm": "task object's distance to MuJoCo's (cm)",
         "object_within_2cm": "task object within 2 cm of MuJoCo's (higher is better)",
     }
-    fig, axes = plt.subplots(3, 3, figsize=(16, 11))
+    fig, axes = plt.subplots(2, 5, figsize=(26, 8))
     for ax, (name, label) in zip(axes.flat, labels.items(), strict=True):
         if all(v is None for v in report["curves"][name]["model"]):  # not measured for this task
             ax.set_visible(False)

@@ -96,7 +96,11 @@ def foreground_mask(frames: torch.Tensor, background: torch.Tensor) -> torch.Ten
 
 
 def object_recall(
-    pred: torch.Tensor, target: torch.Tensor, rgb: tuple[int, int, int], unseen_in: torch.Tensor | None = None
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    rgb: tuple[int, int, int],
+    unseen_in: torch.Tensor | None = None,
+    shown_in: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The fraction of the real frame's object pixels the prediction draws as the object; NaN
     where the real frame shows fewer than MIN_OBJECT_PIXELS (covered, or out of view).
@@ -104,10 +108,15 @@ def object_recall(
     With `unseen_in` (a frame broadcastable to target, such as the last real frame before the
     rollout), only the object pixels that frame does not show count: what was covered then and is
     uncovered now, or where the object moved since. No copy of that frame recalls any of them.
+    With `shown_in` (frames (..., K, S, S, 3), such as the earlier context frames), only the object
+    pixels one of them shows count: what a scene memory could have kept. Where both are given,
+    the pixels the last frame hid and an earlier one showed: what a memory is for.
     """
     real, drawn = object_mask(target, rgb), object_mask(pred, rgb)
     if unseen_in is not None:
         real = real & ~object_mask(unseen_in, rgb)
+    if shown_in is not None:
+        real = real & object_mask(shown_in, rgb).any(dim=-3, keepdim=True)
     shown = real.sum((-1, -2))
     hit = (real & drawn).sum((-1, -2)).float()
     return torch.where(shown >= MIN_OBJECT_PIXELS, hit / shown.clamp(min=1), torch.nan)
