@@ -59,7 +59,7 @@ def test_unseen_recall_counts_only_the_object_pixels_the_last_real_frame_hid():
 
 
 def test_remembered_recall_counts_only_hidden_pixels_an_earlier_frame_showed():
-    earlier = _scene((10, 10), [(11, 11)])  # the arm over the target's middle: its rim shown
+    earlier = _scene((10, 10), [(11, 11)])  # the arm over the target's bottom-right 3x3 pixels
     last = _scene((10, 10), [(10, 10)])  # the arm over the top-left 3x3 pixels, 9 of them hidden
     real = _scene((10, 10), [(20, 20)])  # the arm has left: the target whole
     hidden_and_shown = (~object_mask(last, RED)) & object_mask(earlier, RED)

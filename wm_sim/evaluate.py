@@ -378,8 +378,8 @@ def _curves(
     """Every metric of one method's (frames, states, rewards, terminations) against the truth, per
     episode and horizon, each with the mask of the horizons the episode reaches. `seen`: the last
     real frame (B, 1, S, S, 3), whose unseen object pixels `object_recall_unseen` counts, and the
-    context frames before it (B, K, S, S, 3), of those the ones `object_recall_remembered` counts
-    (what they showed)."""
+    context frames before it (B, K, S, S, 3): `object_recall_remembered` counts the unseen pixels
+    one of them showed."""
     (frame, state, reward, term), (true_frames, true_state, true_reward, true_term) = guess, truth
     last, earlier = seen
     state_error = state - true_state
@@ -387,7 +387,7 @@ def _curves(
     unmeasured = torch.full(frame_ok.shape, torch.nan)
     recall = object_recall(frame, true_frames, object_rgb) if object_rgb else unmeasured
     unseen = object_recall(frame, true_frames, object_rgb, unseen_in=last) if object_rgb else unmeasured
-    kept = object_recall(frame, true_frames, object_rgb, last, earlier) if object_rgb else unmeasured
+    remembered = object_recall(frame, true_frames, object_rgb, last, earlier) if object_rgb else unmeasured
     return {
         "psnr": (psnr(frame, true_frames), frame_ok),
         "ssim": (ssim(frame, true_frames), frame_ok),
@@ -396,7 +396,7 @@ def _curves(
         "termination_accuracy": ((term == true_term).float(), step_ok),
         "object_recall": (recall, frame_ok),
         "object_recall_unseen": (unseen, frame_ok),
-        "object_recall_remembered": (kept, frame_ok),
+        "object_recall_remembered": (remembered, frame_ok),
         "foreground_precision": (foreground_precision(frame, true_frames, background), frame_ok),
     }
 
