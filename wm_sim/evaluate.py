@@ -342,6 +342,7 @@ def _score_batch(
     cameras = model.config.cameras
     truth = (tiled(true_frames, cameras), true_state, true_reward, true_term)
     background = tiled(background, cameras)
+    seen = (tiled(last, cameras), tiled(earlier, cameras))  # the same for every method
     first = (lambda x: x) if cameras == 1 else (lambda x: x.select(-4, 0))  # positions: the top camera
     judge = None
     if task_object and task_object.cm_per_pixel:
@@ -352,7 +353,6 @@ def _score_batch(
     for method, (frame, state, reward, term) in guesses.items():
         guess = (tiled(frame, cameras), state, reward, term)
         rgb = task_object and task_object.rgb
-        seen = (tiled(last, cameras), tiled(earlier, cameras))
         curves = _curves(guess, truth, seen, background, periodic, rgb, frame_ok, step_ok)
         error, within = judge.curves(first(frame)) if judge else (nothing, nothing)
         curves |= {"object_error_cm": (error, frame_ok), "object_within_2cm": (within, frame_ok)}
