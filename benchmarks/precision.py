@@ -6,7 +6,9 @@ times; per step, the PSNR of each row's accelerated frame against its float32 fr
 row and the median) and the largest agent_pos and reward differences. Targets: the worst row
 stays at or above 40 dB at the last step (a few grey levels on a handful of pixels), and
 agent_pos, where a state transition predicts it, is the same to 1e-5 (it runs in float32 under
-bf16). Without an acceleration (accelerate=off, or a CPU without native bf16) both sides are the
+bf16). Where a bf16 CPU step runs the decoder's compiled last pass (wm_sim.anchored_blend_kernel),
+a third batch steps the same accelerated env with torch's passes, the code before it: its frames
+stay within one grey level. Without an acceleration (accelerate=off, or a CPU without native bf16) both sides are the
 same step, and the frames must be identical.
 """
 
@@ -18,6 +20,7 @@ from tqdm import tqdm
 from wm_sim.benchmarks.context import Bench
 from wm_sim.benchmarks.stats import target
 
+from wm_sim import anchored_blend_kernel
 from wm_sim.metrics import MAX_PSNR, psnr
 
 PSNR_BOUND_DB = 40.0
@@ -44,17 +47,24 @@ def run(bench: Bench) -> dict:
         "reward_max": [],
     }
     identical = True
+    passes = _torch_passes_twin(bench, batch)
+    level_gaps = []
     for _ in tqdm(range(steps), desc="precision", unit="step"):
         actions = rng.uniform(-1, 1, (batch, dim)).astype(np.float32)
         (a, ra, *_), (b, rb, *_) = fast.step(actions), plain.step(actions)
+        if passes is not None:
+            with anchored_blend_kernel.torch_passes_only():
+                c = passes.step(actions)[0]["pixels"]
+            level_gaps.append(int(np.abs(a["pixels"].astype(np.int16) - c).max()))
         psnr = frame_psnr(a["pixels"], b["pixels"])
         identical &= bool(np.array_equal(a["pixels"], b["pixels"]))
         curves["worst_psnr_db"].append(float(psnr.min()))
         curves["median_psnr_db"].append(float(np.median(psnr)))
         curves["state_max"].append(float(np.abs(a["agent_pos"] - b["agent_pos"]).max()))
         curves["reward_max"].append(float(np.abs(ra - rb).max()))
-    fast.close()
-    plain.close()
+    for env in (fast, plain, passes):
+        if env is not None:
+            env.close()
     at = [h for h in REPORTED if h <= steps]
     accelerated = bench.acceleration.describe()
     table = [
@@ -84,10 +94,27 @@ def run(bench: Bench) -> dict:
         targets.append(
             target("largest agent_pos difference vs float32", max(curves["state_max"]), "<=", STATE_BOUND)
         )
+    if level_gaps:
+        table.append(["compiled blend vs torch's passes: largest level gap over the rollout", str(max(level_gaps))])
+        targets.append(target("compiled blend vs torch's passes: largest level gap", max(level_gaps), "<=", 1))
     if not bench.acceleration.active:  # the same step on both sides: nothing may differ
         targets.append(target("frames identical to float32 (1 = yes)", float(identical), ">=", 1.0))
     figures = {"batch": batch, "steps": steps, "accelerated": accelerated, "identical": identical, **curves}
+    if level_gaps:
+        figures["torch_passes_level_gap"] = level_gaps
     return {"figures": figures, "targets": targets, "table": table}
+
+
+def _torch_passes_twin(bench: Bench, batch: int):
+    """The accelerated vector env again, reset alike, where its steps run the decoder's compiled
+    last pass (stepped under torch_passes_only, it shows the code before the kernel); else None."""
+    decoder = bench.model.decoder
+    compiled = bench.acceleration.precision == "bfloat16" and bench.device.type == "cpu"
+    if not (compiled and decoder.anchor_detail and anchored_blend_kernel.available()):
+        return None
+    env = bench.make_vec(batch)
+    env.reset(seed=0)
+    return env
 
 
 def _db(value: float) -> str:

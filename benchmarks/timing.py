@@ -12,7 +12,7 @@ import torch
 from wm_sim.benchmarks.machine import synchronize
 
 # The stages of an imagined step: the model methods ImaginationEngine.step calls, by what they do.
-STAGES = {"dynamics": "stream_step", "decode": "decode", "uncertainty": "encode_scaled"}
+STAGES = {"dynamics": "stream_step", "decode": "decode_levels", "uncertainty": "encode_scaled"}
 
 
 def frames_per_s(step: Callable[[int], object], frames_per_call: int, seconds: float, device) -> float:

@@ -21,15 +21,14 @@ one themselves for `precision="bfloat16"` or `"auto"` (`gym.make(..., precision=
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 from wm_sim.envs.imagination import ImaginationEngine, StepOutput
 
 from wm_sim.errors import WmSimError
+from wm_sim.layout_kernels import cpu_flags
 
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # What an env's `precision=` takes: a precision, or "auto" (native_bf16 decides).
@@ -77,25 +76,13 @@ class Acceleration:
         return " + ".join(parts)
 
 
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no flags known, so no native bf16 assumed
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
 def native_bf16(device: torch.device | str) -> bool:
     """Whether `device` multiplies bf16 natively (detected once per process): a CUDA card that
     supports it, or a CPU with AVX512-BF16 or AMX."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and bool(BF16_CPU_FLAGS & _cpu_flags())
+    return device.type == "cpu" and bool(BF16_CPU_FLAGS & cpu_flags())
 
 
 def resolve_precision(choice: str, device: torch.device | str) -> str:

@@ -23,6 +23,7 @@ from wm_sim.benchmarks.training import learning_figures
 from wm_sim.envs.acceleration import Acceleration, accelerate, native_bf16, resolve_precision
 from wm_sim.envs.imagination import ImaginationEngine
 
+from wm_sim import anchored_blend_kernel
 from wm_sim.errors import WmSimError
 from wm_sim.optional import is_available
 from wm_sim.world_model import WorldModel, WorldModelConfig
@@ -352,6 +353,22 @@ def test_bf16_step_keeps_the_state_transition_and_frame_reward_in_float32():
         assert torch.allclose(a.reward, b.reward, atol=0.05)  # the head reads bf16-made latents
 
 
+@pytest.mark.skipif(not anchored_blend_kernel.available(), reason="no C compiler: the compiled blend is not built")
+def test_the_compiled_blend_keeps_a_bf16_steps_frames_within_a_level_of_torchs_passes():
+    # the shipped decoder's inputs; each side's frames are re-encoded, so a gap could compound
+    _, compiled = _engines(Acceleration(precision="bfloat16"), variant="decoder_state")
+    _, passes = _engines(Acceleration(precision="bfloat16"), variant="decoder_state")
+    gaps = []
+    for _ in range(12):  # past the window of TINY, so the ring wraps
+        actions = torch.rand(3, 2) * 2 - 1
+        a = compiled.step(actions)
+        with anchored_blend_kernel.torch_passes_only():
+            b = passes.step(actions)
+        gaps.append((a.pixels.int() - b.pixels.int()).abs().max().item())
+        assert torch.equal(a.agent_pos, b.agent_pos) and torch.allclose(a.reward, b.reward, atol=1e-3)
+    assert max(gaps) <= 1
+
+
 @pytest.mark.parametrize("variant", ["anchored", "frame_reward"])
 def test_a_bf16_cache_gives_the_frames_of_a_float32_cache_to_the_bit(variant):
     # autocast rounds the keys and values to bf16 before attention: holding them there changes nothing
@@ -375,7 +392,7 @@ def test_native_bf16_follows_the_cpu_flags(monkeypatch):
     from wm_sim.envs import acceleration
 
     for flags, native in ((frozenset({"avx2", "avx512f"}), False), (frozenset({"avx512_bf16"}), True)):
-        monkeypatch.setattr(acceleration, "_cpu_flags", lambda flags=flags: flags)
+        monkeypatch.setattr(acceleration, "cpu_flags", lambda flags=flags: flags)
         assert native_bf16("cpu") is native
         assert Acceleration.for_device("cpu").precision == ("bfloat16" if native else "float32")
     assert native_bf16("meta") is False

@@ -10,6 +10,9 @@ it copies whole runs. Each kernel is bit-identical to the layers it replaces
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -182,3 +185,16 @@ def run_fused(layers: list[nn.Module], z: torch.Tensor) -> torch.Tensor:
             z = layer(z)
             index += 1
     return z
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (read once per process): what native bf16 and a compiled kernel's build depend on."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no flags known, so no native bf16 assumed
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()

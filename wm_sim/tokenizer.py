@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wm_sim import anchored_blend_kernel
 from wm_sim.layout_kernels import (
     InplaceGELU,
     bf16_inference,
@@ -210,22 +211,51 @@ class Decoder(nn.Module):
         (fastest in channels-last memory), and with anchor detail their `anchor_term` if it is
         already known (else computed here, with no earlier frame seen) -> (B, S, S, 3) pixels in
         [0, 1]. A decoder that reads the state takes its `state_tokens` (B, N, STATE_CHANNELS)."""
-        if self.anchored:
-            tokens = torch.cat([tokens, anchor_tokens], dim=-1)  # (B, N, 2C)
-        if self.state_channels:
-            tokens = torch.cat([tokens, state_tokens.to(tokens.dtype)], dim=-1)
-        b, _, c = tokens.shape
-        # (B, C, G, G) in channels-last memory, which is what tokens (B, G*G, C) already are: no copy
-        z = tokens.reshape(b, self.grid, self.grid, c).permute(0, 3, 1, 2)
+        z = self._inputs(tokens, anchor_tokens, state_tokens)
         if self.anchor_detail:  # the last layer adds the anchor's share to its sums, then shuffles
-            term = self.anchor_term(anchor_pixels) if anchor_term is None else anchor_term
-            z = run_fused(list(self.net[:-2]), z)
+            logits = self._detail_logits(z, anchor_pixels, anchor_term)
             # a bf16 step's sums widened to float32 by the shuffle's copy: the sigmoid and the
             # blend below run in float32, as they do after a float32 addition of the term
-            wide = torch.float32 if bf16_inference(z) else None
-            z = depth_to_space(reordered_conv(z, self.net[-2], 2, added=term), 2, wide)
+            wide = torch.float32 if bf16_inference(logits) else None
+            z = depth_to_space(logits, 2, wide)
         else:
             z = run_fused(list(self.net), z)  # (B, 3 or 4, S, S) in channels-last memory
+        return self._draw(z, anchor_pixels)
+
+    def levels(
+        self,
+        tokens: torch.Tensor,
+        anchor_tokens: torch.Tensor | None = None,
+        anchor_pixels: torch.Tensor | None = None,
+        anchor_term: torch.Tensor | None = None,
+        state_tokens: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward's frame as 0..255 levels, no gradient: (B, S, S, 3) uint8, and the same levels as
+        the encoder reads them again (Encoder.from_levels: bf16 after an anchored decoder's bf16
+        step, else float32). A decoder with anchor detail in a bf16 CPU step runs everything after
+        its last convolution as one compiled pass (wm_sim.anchored_blend_kernel) where the machine
+        built it: within one level of the torch passes."""
+        if self.anchor_detail and bf16_inference(tokens):
+            z = self._inputs(tokens, anchor_tokens, state_tokens)
+            logits = self._detail_logits(z, anchor_pixels, anchor_term)
+            dtypes = (logits.dtype, anchor_pixels.dtype)
+            if dtypes == (torch.bfloat16, torch.float32) and anchored_blend_kernel.available():
+                return anchored_blend_kernel.blend_levels(logits, anchor_pixels)
+            frames = self._draw(depth_to_space(logits, 2, torch.float32), anchor_pixels)
+        else:
+            frames = self(tokens, anchor_tokens, anchor_pixels, anchor_term, state_tokens)
+        if bf16_inference(frames) and frames.dtype == torch.float32:  # an anchored decoder's blend
+            # a frame's levels are exact in bf16 and read as they are. Blended in float32 from
+            # [0, 1] values, levels lie in [0.5, 255.5] and truncate to 0..255 without a clamp
+            pixels = frames.mul_(255.0).add_(0.5).to(torch.uint8)
+            return pixels, pixels.to(torch.bfloat16)
+        levels = frames.mul_(255.0).add_(0.5).clamp_(0, 255)
+        # trunc is what the uint8 cast does; under bf16 autocast a level is exact in float32 too
+        return levels.to(torch.uint8), levels.to(torch.float32).trunc_()
+
+    def _draw(self, z: torch.Tensor, anchor_pixels: torch.Tensor | None) -> torch.Tensor:
+        """The last layer's logits (B, 3 or 4, S, S) in channels-last memory -> (B, S, S, 3) pixels
+        in [0, 1]: their sigmoid, blended with the anchor's pixels if anchored."""
         z = z.permute(0, 2, 3, 1)  # (B, S, S, 3 or 4), contiguous
         inference = not (torch.is_grad_enabled() and z.requires_grad)
         out = z.sigmoid_() if inference else torch.sigmoid(z)  # z is this call's own: nothing else reads it
@@ -240,3 +270,25 @@ class Decoder(nn.Module):
         # written into (B, S, S, 3) memory whatever the anchor's: uint8 frames are read from it
         blended = torch.empty((*out.shape[:-1], 3), dtype=out.dtype, device=out.device)
         return torch.lerp(anchor, out[..., :3], out[..., 3:], out=blended)
+
+    def _inputs(
+        self, tokens: torch.Tensor, anchor_tokens: torch.Tensor | None, state_tokens: torch.Tensor | None
+    ) -> torch.Tensor:
+        """What the first layer reads: the tokens, the anchor's and the state's side by side, as
+        (B, C, G, G) in channels-last memory."""
+        if self.anchored:
+            tokens = torch.cat([tokens, anchor_tokens], dim=-1)  # (B, N, 2C)
+        if self.state_channels:
+            tokens = torch.cat([tokens, state_tokens.to(tokens.dtype)], dim=-1)
+        b, _, c = tokens.shape
+        # (B, C, G, G) in channels-last memory, which is what tokens (B, G*G, C) already are: no copy
+        return tokens.reshape(b, self.grid, self.grid, c).permute(0, 3, 1, 2)
+
+    def _detail_logits(
+        self, z: torch.Tensor, anchor_pixels: torch.Tensor, anchor_term: torch.Tensor | None
+    ) -> torch.Tensor:
+        """With anchor detail, the last layer's sums (B, 16, S/2, S/2) before their depth-to-space,
+        the anchor's share added (computed here, with no earlier frame seen, if not given)."""
+        term = self.anchor_term(anchor_pixels) if anchor_term is None else anchor_term
+        z = run_fused(list(self.net[:-2]), z)
+        return reordered_conv(z, self.net[-2], 2, added=term)

@@ -357,24 +357,30 @@ class WorldModel(nn.Module):
         model that is not anchored ignores it, so callers pass it whatever the model. A decoder
         that reads agent_pos needs each frame's normalised `state` (B, ..., D); others ignore it.
         """
+        frames = self.decoder(*self._decoder_inputs(latents, anchor, state))
+        return frames.reshape(*latents.shape[:-2], *self.config.frame_shape)
+
+    def _decoder_inputs(
+        self, latents: torch.Tensor, anchor: Anchor | None, state: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
+        """decode's arguments as the decoder reads them, one frame (camera) per row: the latents,
+        the anchor's latents, pixels and detail term (None if not anchored), the state's tokens."""
         c = self.config
         lead = latents.shape[:-2]
         per_camera = (-1, c.grid * c.grid, c.latent_dim)  # (M * K, G*G, C): a camera is a frame here
         flat = latents.reshape(per_camera)
         told = self._state_tokens(state)
         if not c.anchored:
-            x = self.decoder(flat)
-        elif anchor is None:
+            return flat, None, None, None, told
+        if anchor is None:
             raise ValueError("this world model's decoder is anchored: decode needs model.anchor(frames)")
-        else:
-            pixels = _per_frame_image(anchor.pixels, lead)
-            term = None
-            if self.decoder.anchor_detail:  # once per row, not per frame, unless the anchor keeps it
-                detail = anchor.detail if anchor.detail is not None else self.anchor_detail_term(anchor)
-                term = _per_frame_image(detail, lead)
-            anchor_latents = _per_frame(anchor.latents, lead).reshape(per_camera)
-            x = self.decoder(flat, anchor_latents, pixels, term, told)
-        return x.reshape(*lead, *c.frame_shape)
+        pixels = _per_frame_image(anchor.pixels, lead)
+        term = None
+        if self.decoder.anchor_detail:  # once per row, not per frame, unless the anchor keeps it
+            detail = anchor.detail if anchor.detail is not None else self.anchor_detail_term(anchor)
+            term = _per_frame_image(detail, lead)
+        anchor_latents = _per_frame(anchor.latents, lead).reshape(per_camera)
+        return flat, anchor_latents, pixels, term, told
 
     def anchor_detail_term(self, anchor: Anchor) -> torch.Tensor:
         """With anchor detail, the decoder's share of each row's anchor (and earlier frames')
@@ -406,17 +412,20 @@ class WorldModel(nn.Module):
         while the frames they decode to still look right. What was fitted on real frames (a frame
         reward) or acts on a camera's latents (a policy) reads the re-encoded ones.
         """
-        decoded = self.decode(latents, anchor, state)
-        if bf16_inference(decoded) and decoded.dtype == torch.float32:  # an anchored decoder's blend
-            # a frame's levels are exact in bf16 and read as they are. Blended in float32 from
-            # [0, 1] values, levels lie in [0.5, 255.5] and truncate to 0..255 without a clamp
-            pixels = decoded.mul_(255.0).add_(0.5).to(torch.uint8)
-            return pixels, self.encode_levels(pixels.to(torch.bfloat16))
-        levels = decoded.mul_(255.0).add_(0.5).clamp_(0, 255)
-        pixels = levels.to(torch.uint8)
-        # encode(pixels) to the bit, from the levels: trunc is what the uint8 cast did, and under
-        # bf16 autocast a level is exact in float32 too (no copy when it already is float32)
-        return pixels, self.encode_scaled(scale_frames(levels.to(torch.float32).trunc_()))
+        pixels, levels = self.decode_levels(latents, anchor, state)
+        if levels.dtype == torch.bfloat16:  # a bf16 step's: exact, and read as they are
+            return pixels, self.encode_levels(levels)
+        # encode(pixels) to the bit, from the levels the uint8 cast truncated
+        return pixels, self.encode_scaled(scale_frames(levels))
+
+    def decode_levels(
+        self, latents: torch.Tensor, anchor: Anchor | None, state: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """decode's frames as 0..255 levels, (B, ..., S, S, 3) uint8 and as the encoder reads them
+        again (Decoder.levels: one compiled pass after the last convolution in a bf16 CPU step)."""
+        pixels, levels = self.decoder.levels(*self._decoder_inputs(latents, anchor, state))
+        shape = (*latents.shape[:-2], *self.config.frame_shape)
+        return pixels.reshape(shape), levels.reshape(shape)
 
     def encode_levels(self, levels: torch.Tensor) -> torch.Tensor:
         """(..., *frame_shape) pixel levels 0..255, unscaled, as floats -> (..., N, C) latents,

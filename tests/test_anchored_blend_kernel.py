@@ -1,0 +1,123 @@
+"""The anchored decoder's compiled last pass: built with the machine's real C compiler, held to
+torch's passes (one level apart at most), and torch's passes wherever it cannot be built."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from wm_sim import anchored_blend_kernel
+from wm_sim.layout_kernels import depth_to_space
+from wm_sim.tokenizer import Decoder
+
+IMAGE, GRID, LATENT = 32, 4, 8
+needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A fresh cache: the kernel is compiled in this test, not found from an earlier run."""
+    monkeypatch.setenv("WM_SIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("WM_SIM_NATIVE", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    yield tmp_path / "cache"
+    anchored_blend_kernel.available(refresh=True)  # the next test sees this process's own setting
+
+
+def _logits_and_anchor(batch: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(batch, 16, h, w, generator=g) * 4).bfloat16()
+    anchor = torch.rand(batch, 3, 2 * h, 2 * w, generator=g)
+    anchor[0, :, :4] = torch.tensor([0.0, 1.0, 0.5]).view(3, 1, 1)  # exact ends and a half level
+    channels_last = torch.channels_last
+    return logits.contiguous(memory_format=channels_last), anchor.contiguous(memory_format=channels_last)
+
+
+def _anchored_decoder() -> Decoder:
+    torch.manual_seed(0)
+    return Decoder(IMAGE, GRID, LATENT, 32, anchored=True, anchor_detail=True).eval()
+
+
+def _decoder_inputs(batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens, the anchor's tokens and the anchor's pixels (channels-last, as a step holds them)."""
+    tokens = torch.randn(2, batch, GRID * GRID, LATENT).tanh()
+    anchor = torch.rand(batch, 3, IMAGE, IMAGE).contiguous(memory_format=torch.channels_last)
+    return tokens[0], tokens[1], anchor
+
+
+def _torch_levels(logits: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """What the kernel replaces, pass by pass: shuffle, sigmoid, blend, quantise."""
+    frames = depth_to_space(logits, 2, torch.float32).permute(0, 2, 3, 1).sigmoid()
+    blended = torch.lerp(anchor.permute(0, 2, 3, 1), frames[..., :3], frames[..., 3:])
+    return blended.mul(255.0).add(0.5).to(torch.uint8)
+
+
+@needs_compiler
+def test_the_compiled_pass_gives_torchs_levels_within_one(own_cache):
+    assert anchored_blend_kernel.available(refresh=True)
+    assert len(list(own_cache.glob("native/*.so"))) == 1  # built once, into the cache, no partial file left
+    for batch, h, w in ((3, 32, 32), (2, 5, 7), (40, 8, 8)):  # a frame's, odd sizes, and many rows
+        logits, anchor = _logits_and_anchor(batch, h, w)
+        pixels, levels = anchored_blend_kernel.blend_levels(logits, anchor)
+        expected = _torch_levels(logits, anchor)
+        assert pixels.shape == expected.shape == (batch, 2 * h, 2 * w, 3) and pixels.dtype == torch.uint8
+        gap = (pixels.int() - expected.int()).abs()
+        assert gap.max() <= 1 and (gap > 0).float().mean() < 1e-3
+        assert torch.equal(levels, pixels.to(torch.bfloat16))  # the same levels, as the encoder reads them
+    # a pixel fully copied (blend logit far below 0) is the anchor's own level
+    logits[:, 3::4] = -100.0
+    pixels, _ = anchored_blend_kernel.blend_levels(logits, anchor)
+    assert torch.equal(pixels, anchor.permute(0, 2, 3, 1).mul(255.0).add(0.5).to(torch.uint8))
+
+
+@needs_compiler
+def test_a_decoder_step_in_bf16_draws_the_same_frames_with_and_without_the_kernel(own_cache):
+    decoder = _anchored_decoder()
+    tokens, anchor_tokens, anchor = _decoder_inputs(6)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert anchored_blend_kernel.available(refresh=True)
+        compiled, compiled_levels = decoder.levels(tokens, anchor_tokens, anchor)
+        with anchored_blend_kernel.torch_passes_only():
+            assert not anchored_blend_kernel.available()
+            passes, passes_levels = decoder.levels(tokens, anchor_tokens, anchor)
+            drawn = decoder(tokens, anchor_tokens, anchor)
+    assert anchored_blend_kernel.available()  # back on after the block
+    assert torch.equal(passes, drawn.mul(255.0).add(0.5).to(torch.uint8))  # torch's passes: forward, quantised
+    assert passes_levels.dtype == compiled_levels.dtype == torch.bfloat16
+    assert (compiled.int() - passes.int()).abs().max() <= 1
+
+
+def test_without_a_working_compiler_the_decoder_runs_torchs_passes(own_cache, monkeypatch, tmp_path):
+    failing = tmp_path / "cc-that-fails"
+    failing.write_text("#!/bin/sh\necho 'this compiler refuses' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    for compiler, why in ((str(failing), "this compiler refuses"), (str(tmp_path / "absent"), "no C compiler")):
+        monkeypatch.setenv("CC", compiler)
+        with pytest.warns(UserWarning, match=why):
+            assert not anchored_blend_kernel.available(refresh=True)
+        assert not list(own_cache.glob("native/*"))  # nothing half-built left behind
+        logits, anchor = _logits_and_anchor(2, 4, 4)
+        assert anchored_blend_kernel.blend_levels(logits, anchor) is None
+    monkeypatch.setenv("WM_SIM_NATIVE", "0")
+    monkeypatch.delenv("CC")
+    assert not anchored_blend_kernel.available(refresh=True)  # switched off: no build, no warning
+    tokens, anchor_tokens, anchor = _decoder_inputs(2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        pixels, levels = _anchored_decoder().levels(tokens, anchor_tokens, anchor)
+    assert pixels.dtype == torch.uint8 and torch.equal(levels, pixels.to(torch.bfloat16))
+
+
+@needs_compiler
+def test_bad_input_names_what_the_kernel_expected(own_cache):
+    assert anchored_blend_kernel.available(refresh=True)
+    logits, anchor = _logits_and_anchor(2, 4, 4)
+    for bad_logits, bad_anchor in (
+        (logits.float(), anchor),  # float32 logits
+        (logits[:, :12], anchor),  # 12 channels, not 16
+        (logits, anchor.double()),
+        (logits, anchor[:, :, :6]),  # the anchor is not twice the logits' size
+    ):
+        with pytest.raises(ValueError, match=r"blend_levels needs logits \(B, 16, H, W"):
+            anchored_blend_kernel.blend_levels(bad_logits, bad_anchor)
