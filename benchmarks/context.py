@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from wm_sim.envs.acceleration import Acceleration, accelerate
 
+from wm_sim import compiled_kernels
 from wm_sim.checkpoint import load_checkpoint
 from wm_sim.errors import WmSimError
 
@@ -179,3 +180,11 @@ class Bench:
         if self._physics is not None:
             self._physics.close()
             self._physics = None
+
+    def runs_compiled_kernels(self) -> bool:
+        """Whether this run's step runs a compiled kernel (wm_sim.compiled_kernels): a bf16 CPU step
+        where one is built (the decoder's last pass only for a decoder with anchor detail)."""
+        if self.acceleration.precision != "bfloat16" or self.device.type != "cpu":
+            return False
+        blend = self.model.decoder.anchor_detail and compiled_kernels.available("anchored_blend")
+        return blend or compiled_kernels.available("attention")

@@ -18,7 +18,7 @@ from wm_sim.benchmarks.physics import all_cores_frames_per_s
 from wm_sim.benchmarks.stats import ratios, summarize, target
 from wm_sim.benchmarks.timing import frames_per_s
 
-from wm_sim import anchored_blend_kernel
+from wm_sim import compiled_kernels
 
 RATIO_BOUND = 3.0  # x MuJoCo step + render on every core, at the best env count
 
@@ -64,10 +64,8 @@ def run(bench: Bench) -> dict:
     processes = bench.cores if sizes.all_cores else 1
     render, step_only, parallel = [], [], []
     rates, eager_rates = {n: [] for n in envs}, {n: [] for n in before}
-    # where a bf16 CPU step runs the decoder's compiled last pass, also torch's passes it replaced
-    bf16_cpu = bench.acceleration.precision == "bfloat16" and device.type == "cpu"
-    compiled = bf16_cpu and bench.model.decoder.anchor_detail and anchored_blend_kernel.available()
-    passes_rates = {n: [] for n in envs} if compiled else {}
+    # where a bf16 CPU step runs compiled kernels, also torch's passes they replaced
+    passes_rates = {n: [] for n in envs} if bench.runs_compiled_kernels() else {}
     for _ in tqdm(range(bench.repeats), desc="throughput", unit="repeat"):
         render.append(physics.render_frames_per_s(sizes.seconds))
         step_only.append(physics.step_frames_per_s(sizes.seconds))
@@ -79,7 +77,7 @@ def run(bench: Bench) -> dict:
         for measured, started in ((rates, envs), (eager_rates, before)):
             for n, env in started.items():
                 measured[n].append(vector_env_rate(env, actions[n], sizes.seconds, device))
-        with anchored_blend_kernel.torch_passes_only():  # the same envs, the step before the kernel
+        with compiled_kernels.torch_ops_only():  # the same envs, the step before the kernels
             for n in passes_rates:
                 passes_rates[n].append(vector_env_rate(envs[n], actions[n], sizes.seconds, device))
     best = max(rates, key=lambda n: float(np.median(rates[n])))
@@ -160,16 +158,16 @@ def _add_before(result: dict, best: int, rates: dict, eager_rates: dict, acceler
 
 
 def _add_torch_passes(result: dict, best: int, rates: dict, passes_rates: dict) -> None:
-    """The same step with torch's passes after the decoder's last convolution instead of the
-    compiled one (wm_sim.anchored_blend_kernel), measured in the same repeats, and the speed-up."""
+    """The same step with torch's passes instead of the compiled kernels (wm_sim.compiled_kernels),
+    measured in the same repeats, and the speed-up."""
     speedup = summarize(ratios(rates[best], passes_rates[best]))
     figures = {str(n): summarize(r).to_dict() for n, r in passes_rates.items()}
     result["figures"]["torch_passes_frames_per_s"] = figures
     result["figures"]["best_vs_torch_passes"] = speedup.to_dict()
     result["table"] += [
         [
-            "with torch's passes for the compiled blend, frames/s at " + " / ".join(str(n) for n in passes_rates),
+            "with torch's passes for the compiled kernels, frames/s at " + " / ".join(str(n) for n in passes_rates),
             " / ".join(summarize(r).text("{:.0f}") for r in passes_rates.values()),
         ],
-        [f"compiled blend vs torch's passes at {best} envs", speedup.text("{:.2f}") + "x"],
+        [f"compiled kernels vs torch's passes at {best} envs", speedup.text("{:.2f}") + "x"],
     ]

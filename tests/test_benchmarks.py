@@ -23,7 +23,7 @@ from wm_sim.benchmarks.training import learning_figures
 from wm_sim.envs.acceleration import Acceleration, accelerate, native_bf16, resolve_precision
 from wm_sim.envs.imagination import ImaginationEngine
 
-from wm_sim import anchored_blend_kernel
+from wm_sim import compiled_kernels
 from wm_sim.errors import WmSimError
 from wm_sim.optional import is_available
 from wm_sim.world_model import WorldModel, WorldModelConfig
@@ -353,7 +353,7 @@ def test_bf16_step_keeps_the_state_transition_and_frame_reward_in_float32():
         assert torch.allclose(a.reward, b.reward, atol=0.05)  # the head reads bf16-made latents
 
 
-@pytest.mark.skipif(not anchored_blend_kernel.available(), reason="no C compiler: the compiled blend is not built")
+@pytest.mark.skipif(not compiled_kernels.available(), reason="no C compiler: the compiled blend is not built")
 def test_the_compiled_blend_keeps_a_bf16_steps_frames_within_a_level_of_torchs_passes():
     # the shipped decoder's inputs; each side's frames are re-encoded, so a gap could compound
     _, compiled = _engines(Acceleration(precision="bfloat16"), variant="decoder_state")
@@ -362,7 +362,7 @@ def test_the_compiled_blend_keeps_a_bf16_steps_frames_within_a_level_of_torchs_p
     for _ in range(12):  # past the window of TINY, so the ring wraps
         actions = torch.rand(3, 2) * 2 - 1
         a = compiled.step(actions)
-        with anchored_blend_kernel.torch_passes_only():
+        with compiled_kernels.torch_ops_only():
             b = passes.step(actions)
         gaps.append((a.pixels.int() - b.pixels.int()).abs().max().item())
         assert torch.equal(a.agent_pos, b.agent_pos) and torch.allclose(a.reward, b.reward, atol=1e-3)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wm_sim import anchored_blend_kernel
+from wm_sim import compiled_kernels
 from wm_sim.layout_kernels import (
     InplaceGELU,
     bf16_inference,
@@ -233,14 +233,14 @@ class Decoder(nn.Module):
         """forward's frame as 0..255 levels, no gradient: (B, S, S, 3) uint8, and the same levels as
         the encoder reads them again (Encoder.from_levels: bf16 after an anchored decoder's bf16
         step, else float32). A decoder with anchor detail in a bf16 CPU step runs everything after
-        its last convolution as one compiled pass (wm_sim.anchored_blend_kernel) where the machine
+        its last convolution as one compiled pass (wm_sim.compiled_kernels) where the machine
         built it: within one level of the torch passes."""
         if self.anchor_detail and bf16_inference(tokens):
             z = self._inputs(tokens, anchor_tokens, state_tokens)
             logits = self._detail_logits(z, anchor_pixels, anchor_term)
             dtypes = (logits.dtype, anchor_pixels.dtype)
-            if dtypes == (torch.bfloat16, torch.float32) and anchored_blend_kernel.available():
-                return anchored_blend_kernel.blend_levels(logits, anchor_pixels)
+            if dtypes == (torch.bfloat16, torch.float32) and compiled_kernels.available():
+                return compiled_kernels.blend_levels(logits, anchor_pixels)
             frames = self._draw(depth_to_space(logits, 2, torch.float32), anchor_pixels)
         else:
             frames = self(tokens, anchor_tokens, anchor_pixels, anchor_term, state_tokens)

@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wm_sim import compiled_kernels
 from wm_sim.layout_kernels import InplaceGELU, bf16_inference, linear_gelu
 from wm_sim.model_heads import FrameReward, SceneReward, StateTransition, wrap_angle
 from wm_sim.optional import is_available
@@ -49,7 +50,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, Sq, H, D)
         return out.transpose(1, 2)
     if q.dtype == torch.bfloat16 and bf16_inference(q):
-        return attend_batched(q, k, v, mask)
+        compiled = compiled_kernels.attention(q, k, v, mask)  # None: not built here, or other shapes
+        return attend_batched(q, k, v, mask) if compiled is None else compiled
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

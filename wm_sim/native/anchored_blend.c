@@ -2,7 +2,7 @@
  * depth-to-space of the last convolution's logits, their sigmoid, the blend with the anchor,
  * and the frame's 0..255 levels, as uint8 and as bf16 (what the encoder reads again).
  *
- * Compiled once per machine by wm_sim/anchored_blend_kernel.py and called through ctypes; the
+ * Compiled once per machine by wm_sim/compiled_kernels.py and called through ctypes; the
  * torch ops it replaces (wm_sim.tokenizer.Decoder and WorldModel.decode_and_reencode) stay the
  * reference, and the tests hold the two to one level apart at most.
  *

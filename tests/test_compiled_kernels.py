@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from wm_sim import anchored_blend_kernel
+from wm_sim import compiled_kernels
 from wm_sim.layout_kernels import depth_to_space
 from wm_sim.tokenizer import Decoder
 
@@ -23,7 +23,7 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("WM_SIM_NATIVE", raising=False)
     monkeypatch.delenv("CC", raising=False)
     yield tmp_path / "cache"
-    anchored_blend_kernel.available(refresh=True)  # the next test sees this process's own setting
+    compiled_kernels.available(refresh=True)  # the next test sees this process's own setting
 
 
 def _logits_and_anchor(batch: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,11 +56,11 @@ def _torch_levels(logits: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
 
 @needs_compiler
 def test_the_compiled_pass_gives_torchs_levels_within_one(own_cache):
-    assert anchored_blend_kernel.available(refresh=True)
+    assert compiled_kernels.available(refresh=True)
     assert len(list(own_cache.glob("native/*.so"))) == 1  # built once, into the cache, no partial file left
     for batch, h, w in ((3, 32, 32), (2, 5, 7), (40, 8, 8)):  # a frame's, odd sizes, and many rows
         logits, anchor = _logits_and_anchor(batch, h, w)
-        pixels, levels = anchored_blend_kernel.blend_levels(logits, anchor)
+        pixels, levels = compiled_kernels.blend_levels(logits, anchor)
         expected = _torch_levels(logits, anchor)
         assert pixels.shape == expected.shape == (batch, 2 * h, 2 * w, 3) and pixels.dtype == torch.uint8
         gap = (pixels.int() - expected.int()).abs()
@@ -68,7 +68,7 @@ def test_the_compiled_pass_gives_torchs_levels_within_one(own_cache):
         assert torch.equal(levels, pixels.to(torch.bfloat16))  # the same levels, as the encoder reads them
     # a pixel fully copied (blend logit far below 0) is the anchor's own level
     logits[:, 3::4] = -100.0
-    pixels, _ = anchored_blend_kernel.blend_levels(logits, anchor)
+    pixels, _ = compiled_kernels.blend_levels(logits, anchor)
     assert torch.equal(pixels, anchor.permute(0, 2, 3, 1).mul(255.0).add(0.5).to(torch.uint8))
 
 
@@ -77,13 +77,13 @@ def test_a_decoder_step_in_bf16_draws_the_same_frames_with_and_without_the_kerne
     decoder = _anchored_decoder()
     tokens, anchor_tokens, anchor = _decoder_inputs(6)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert anchored_blend_kernel.available(refresh=True)
+        assert compiled_kernels.available(refresh=True)
         compiled, compiled_levels = decoder.levels(tokens, anchor_tokens, anchor)
-        with anchored_blend_kernel.torch_passes_only():
-            assert not anchored_blend_kernel.available()
+        with compiled_kernels.torch_ops_only():
+            assert not compiled_kernels.available()
             passes, passes_levels = decoder.levels(tokens, anchor_tokens, anchor)
             drawn = decoder(tokens, anchor_tokens, anchor)
-    assert anchored_blend_kernel.available()  # back on after the block
+    assert compiled_kernels.available()  # back on after the block
     assert torch.equal(passes, drawn.mul(255.0).add(0.5).to(torch.uint8))  # torch's passes: forward, quantised
     assert passes_levels.dtype == compiled_levels.dtype == torch.bfloat16
     assert (compiled.int() - passes.int()).abs().max() <= 1
@@ -96,13 +96,13 @@ def test_without_a_working_compiler_the_decoder_runs_torchs_passes(own_cache, mo
     for compiler, why in ((str(failing), "this compiler refuses"), (str(tmp_path / "absent"), "no C compiler")):
         monkeypatch.setenv("CC", compiler)
         with pytest.warns(UserWarning, match=why):
-            assert not anchored_blend_kernel.available(refresh=True)
+            assert not compiled_kernels.available(refresh=True)
         assert not list(own_cache.glob("native/*"))  # nothing half-built left behind
         logits, anchor = _logits_and_anchor(2, 4, 4)
-        assert anchored_blend_kernel.blend_levels(logits, anchor) is None
+        assert compiled_kernels.blend_levels(logits, anchor) is None
     monkeypatch.setenv("WM_SIM_NATIVE", "0")
     monkeypatch.delenv("CC")
-    assert not anchored_blend_kernel.available(refresh=True)  # switched off: no build, no warning
+    assert not compiled_kernels.available(refresh=True)  # switched off: no build, no warning
     tokens, anchor_tokens, anchor = _decoder_inputs(2)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         pixels, levels = _anchored_decoder().levels(tokens, anchor_tokens, anchor)
@@ -111,7 +111,7 @@ def test_without_a_working_compiler_the_decoder_runs_torchs_passes(own_cache, mo
 
 @needs_compiler
 def test_bad_input_names_what_the_kernel_expected(own_cache):
-    assert anchored_blend_kernel.available(refresh=True)
+    assert compiled_kernels.available(refresh=True)
     logits, anchor = _logits_and_anchor(2, 4, 4)
     for bad_logits, bad_anchor in (
         (logits.float(), anchor),  # float32 logits
@@ -120,4 +120,4 @@ def test_bad_input_names_what_the_kernel_expected(own_cache):
         (logits, anchor[:, :, :6]),  # the anchor is not twice the logits' size
     ):
         with pytest.raises(ValueError, match=r"blend_levels needs logits \(B, 16, H, W"):
-            anchored_blend_kernel.blend_levels(bad_logits, bad_anchor)
+            compiled_kernels.blend_levels(bad_logits, bad_anchor)
