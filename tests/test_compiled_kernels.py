@@ -1,5 +1,6 @@
-"""The anchored decoder's compiled last pass: built with the machine's real C compiler, held to
-torch's passes (one level apart at most), and torch's passes wherever it cannot be built."""
+"""The compiled kernels, built with the machine's real C compiler: the anchored decoder's last pass
+held to torch's passes (one level apart at most), attention to exact attention (closer than
+torch's bf16 path), and torch's passes wherever they cannot be built or do not apply."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import pytest
 import torch
 
 from wm_sim import compiled_kernels
-from wm_sim.layout_kernels import depth_to_space
+from wm_sim.layout_kernels import cpu_flags, depth_to_space
 from wm_sim.tokenizer import Decoder
+from wm_sim.world_model import attend_batched
 
 IMAGE, GRID, LATENT = 32, 4, 8
 needs_compiler = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler on this machine")
@@ -121,3 +123,64 @@ def test_bad_input_names_what_the_kernel_expected(own_cache):
     ):
         with pytest.raises(ValueError, match=r"blend_levels needs logits \(B, 16, H, W"):
             compiled_kernels.blend_levels(bad_logits, bad_anchor)
+
+
+needs_attention = pytest.mark.skipif(
+    shutil.which("cc") is None or "avx512_bf16" not in cpu_flags(), reason="no C compiler or no AVX512-BF16"
+)
+
+
+def _attention_inputs(batch: int, heads: int, slots: int, seed: int = 0):
+    """q as a streamed step holds it (a strided view of the projection's output) and the window's
+    k, v, all bf16."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(batch, 16, 3, heads, 32, generator=g).bfloat16()
+    q = qkv.permute(2, 0, 3, 1, 4)[0]  # (B, H, 16, 32), not contiguous
+    k, v = (torch.randn(batch, heads, slots, 32, generator=g).bfloat16() for _ in range(2))
+    return q, k, v
+
+
+def _exact(q, k, v, mask=None) -> torch.Tensor:
+    scores = q.double() @ k.double().transpose(-1, -2) / 32**0.5
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, -1) @ v.double()
+
+
+@needs_attention
+def test_compiled_attention_is_closer_to_exact_attention_than_torchs_bf16_path(own_cache):
+    assert compiled_kernels.available("attention", refresh=True)
+    q, k, v = _attention_inputs(5, 4, 128)
+    filled = torch.tensor([128, 16, 64, 112, 48])  # slots each row's window holds (a prefix)
+    for mask in (None, (torch.arange(128) < filled[:, None])[:, None, None, :]):
+        out = compiled_kernels.attention(q, k, v, mask)
+        assert out.shape == q.shape and out.transpose(1, 2).is_contiguous()  # (B, S, H, D) memory
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            torchs = attend_batched(q, k, v, mask)
+        exact = _exact(q, k, v, mask)
+        error, torch_error = (out.double() - exact).abs().max(), (torchs.double() - exact).abs().max()
+        assert error < 0.01 and error <= torch_error
+    # an empty slot is never read: what it holds changes nothing
+    mask = (torch.arange(128) < filled[:, None])[:, None, None, :]
+    k2, v2 = k.clone(), v.clone()
+    k2.masked_fill_(~mask.transpose(-1, -2), 1e4)
+    v2.masked_fill_(~mask.transpose(-1, -2), -1e4)
+    assert torch.equal(compiled_kernels.attention(q, k2, v2, mask), compiled_kernels.attention(q, k, v, mask))
+
+
+@needs_attention
+def test_compiled_attention_declines_what_it_does_not_take(own_cache):
+    assert compiled_kernels.available("attention", refresh=True)
+    q, k, v = _attention_inputs(2, 2, 64)
+    declined = {
+        "heads of 16": (q[..., :16], k[..., :16].contiguous(), v[..., :16].contiguous(), None),
+        "17 queries": (torch.cat([q, q[:, :, :1]], 2), k, v, None),
+        "slots not in fours": (q, k[:, :, :62].contiguous(), v[:, :, :62].contiguous(), None),
+        "float32": (q.float(), k.float(), v.float(), None),
+        "a mask per query": (q, k, v, torch.ones(2, 1, 16, 64, dtype=torch.bool)),
+    }
+    for why, args in declined.items():
+        assert compiled_kernels.attention(*args) is None, why
+    with compiled_kernels.torch_ops_only():
+        assert compiled_kernels.attention(q, k, v, None) is None
+    assert compiled_kernels.attention(q, k, v, None) is not None
