@@ -37,36 +37,47 @@ static inline uint16_t narrow_exact_bf16(float f) { /* f is an integer 0..255: e
     return (uint16_t)(bits >> 16);
 }
 
-/* The logits' B * H rows on `threads` OpenMP threads; returns 0, or -1 if width is out of range. */
+enum { MAX_WIDTH = 256 };
+
+/* Logit row r (b, h): its two output rows. `colour` and `weight` map each output value of a row
+ * pair to its logits in the row. */
+static void blend_row(const uint16_t *logits, const float *anchor, uint8_t *pixels, uint16_t *levels,
+                      long r, long width, const int *colour, const int *weight) {
+    const long n_in = width * 16, n_out = width * 12; /* per logit row: 2 output rows of 2W pixels */
+    float sig[MAX_WIDTH * 16];
+    const uint16_t *in = logits + r * n_in;
+    for (long k = 0; k < n_in; k++) sig[k] = sigmoid(widen_bf16(in[k]));
+    const float *a = anchor + r * n_out;
+    uint8_t *out = pixels + r * n_out;
+    for (long k = 0; k < n_out; k++) {
+        /* torch.lerp(a, p, g): exact at both ends, as torch computes it */
+        float p = sig[colour[k]], g = sig[weight[k]], d = p - a[k];
+        float v = g < 0.5f ? a[k] + g * d : p - d * (1.0f - g);
+        out[k] = (uint8_t)(int)(v * 255.0f + 0.5f); /* v in [0, 1]: 0.5 .. 255.5 truncates to 0..255 */
+    }
+    if (levels) {
+        uint16_t *lv = levels + r * n_out;
+        for (long k = 0; k < n_out; k++) lv[k] = narrow_exact_bf16((float)out[k]);
+    }
+}
+
+/* The logits' B * H rows on `threads` OpenMP threads (one: no OpenMP at all, as in a forked
+ * child, whose copy of the thread pool has no threads); returns 0, or -1 if width is out of range. */
 int anchored_blend_bf16(const uint16_t *logits, const float *anchor, uint8_t *pixels,
                         uint16_t *levels, long rows, long width, int threads) {
-    enum { MAX_WIDTH = 256 };
     if (width < 1 || width > MAX_WIDTH) return -1;
-    const long n_in = width * 16, n_out = width * 12; /* per logit row: 2 output rows of 2W pixels */
     int colour[MAX_WIDTH * 12], weight[MAX_WIDTH * 12];
-    for (long k = 0; k < n_out; k++) { /* output value k of a row pair -> its logits in the row */
+    for (long k = 0; k < width * 12; k++) { /* output value k of a row pair -> its logits in the row */
         long i = k / (width * 6), x = (k / 3) % (2 * width), c = k % 3;
         long pixel = (x / 2) * 16 + i * 8 + (x % 2) * 4;
         colour[k] = (int)(pixel + c);
         weight[k] = (int)(pixel + 3);
     }
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long r = 0; r < rows; r++) {
-        float sig[MAX_WIDTH * 16];
-        const uint16_t *in = logits + r * n_in;
-        for (long k = 0; k < n_in; k++) sig[k] = sigmoid(widen_bf16(in[k]));
-        const float *a = anchor + r * n_out;
-        uint8_t *out = pixels + r * n_out;
-        for (long k = 0; k < n_out; k++) {
-            /* torch.lerp(a, p, g): exact at both ends, as torch computes it */
-            float p = sig[colour[k]], g = sig[weight[k]], d = p - a[k];
-            float v = g < 0.5f ? a[k] + g * d : p - d * (1.0f - g);
-            out[k] = (uint8_t)(int)(v * 255.0f + 0.5f); /* v in [0, 1]: 0.5 .. 255.5 truncates to 0..255 */
-        }
-        if (levels) {
-            uint16_t *lv = levels + r * n_out;
-            for (long k = 0; k < n_out; k++) lv[k] = narrow_exact_bf16((float)out[k]);
-        }
+    if (threads <= 1) {
+        for (long r = 0; r < rows; r++) blend_row(logits, anchor, pixels, levels, r, width, colour, weight);
+        return 0;
     }
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < rows; r++) blend_row(logits, anchor, pixels, levels, r, width, colour, weight);
     return 0;
 }

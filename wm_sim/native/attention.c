@@ -97,6 +97,23 @@ static inline void head_values(const uint32_t p2[][Q], const uint16_t *vh, long 
     }
 }
 
+/* Row b's head h (bh = b * heads + h): its queries' outputs. */
+static void attend_head(const uint16_t *q, long qb, long qh, long qi, const uint16_t *k, const uint16_t *v,
+                        const uint8_t *mask, uint16_t *out, long bh, long heads, long sq, long sk, float scale,
+                        __m512i pair_lo, __m512i pair_hi, __m512i interleave) {
+    long b = bh / heads, h = bh % heads;
+    uint32_t qt[D / 2][Q] __attribute__((aligned(64))); /* the queries' value pairs, query in the lane */
+    float s[MAX_K][Q] __attribute__((aligned(64)));
+    uint32_t p2[MAX_K / 2][Q] __attribute__((aligned(64)));
+    for (long i = 0; i < Q; i++) {
+        const uint32_t *row = (const uint32_t *)(q + b * qb + h * qh + (i < sq ? i : 0) * qi);
+        for (int p = 0; p < D / 2; p++) qt[p][i] = i < sq ? row[p] : 0;
+    }
+    __m512 top = head_scores(qt, k + bh * sk * D, mask ? mask + b * sk : 0, sk, scale, s);
+    head_softmax(s, top, sk, interleave, p2);
+    head_values(p2, v + bh * sk * D, sk, sq, pair_lo, pair_hi, out + (b * sq * heads + h) * D, heads * D);
+}
+
 /* Returns 0, or -1 for shapes it does not take (then torch's path runs): up to 16 queries, heads
  * of 32, up to 512 slots, in fours. */
 int attention_bf16(const uint16_t *q, long qb, long qh, long qi, const uint16_t *k, const uint16_t *v,
@@ -111,20 +128,14 @@ int attention_bf16(const uint16_t *q, long qb, long qh, long qi, const uint16_t 
     }
     const __m512i pair_lo = _mm512_loadu_si512(lo), pair_hi = _mm512_loadu_si512(hi);
     const __m512i interleave = _mm512_loadu_si512(pp);
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long bh = 0; bh < batch * heads; bh++) {
-        long b = bh / heads, h = bh % heads;
-        uint32_t qt[D / 2][Q] __attribute__((aligned(64))); /* the queries' value pairs, query in the lane */
-        float s[MAX_K][Q] __attribute__((aligned(64)));
-        uint32_t p2[MAX_K / 2][Q] __attribute__((aligned(64)));
-        for (long i = 0; i < Q; i++) {
-            const uint32_t *row = (const uint32_t *)(q + b * qb + h * qh + (i < sq ? i : 0) * qi);
-            for (int p = 0; p < D / 2; p++) qt[p][i] = i < sq ? row[p] : 0;
-        }
-        __m512 top = head_scores(qt, k + bh * sk * D, mask ? mask + b * sk : 0, sk, scale, s);
-        head_softmax(s, top, sk, interleave, p2);
-        head_values(p2, v + bh * sk * D, sk, sq, pair_lo, pair_hi, out + (b * sq * heads + h) * D, heads * D);
+    if (threads <= 1) { /* no OpenMP at all, as in a forked child, whose copy of the pool has no threads */
+        for (long bh = 0; bh < batch * heads; bh++)
+            attend_head(q, qb, qh, qi, k, v, mask, out, bh, heads, sq, sk, scale, pair_lo, pair_hi, interleave);
+        return 0;
     }
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (long bh = 0; bh < batch * heads; bh++)
+        attend_head(q, qb, qh, qi, k, v, mask, out, bh, heads, sq, sk, scale, pair_lo, pair_hi, interleave);
     return 0;
 }
 
