@@ -356,7 +356,7 @@ def test_bf16_step_keeps_the_state_transition_and_frame_reward_in_float32():
         assert torch.allclose(a.reward, b.reward, atol=0.05)  # the head reads bf16-made latents
 
 
-@pytest.mark.skipif(not compiled_kernels.available(), reason="no C compiler: the compiled kernels are not built")
+@pytest.mark.skipif(not compiled_kernels.available("anchored_blend"), reason="no C compiler: the compiled kernels are not built")
 def test_the_compiled_kernels_keep_a_bf16_steps_frames_beside_torchs_passes():
     # the shipped decoder's inputs and heads; each side's frames are re-encoded, so a gap could compound
     _, compiled = _engines(Acceleration(precision="bfloat16"), variant="heads_of_32")

@@ -25,7 +25,7 @@ def own_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("WM_SIM_NATIVE", raising=False)
     monkeypatch.delenv("CC", raising=False)
     yield tmp_path / "cache"
-    compiled_kernels.available(refresh=True)  # the next test sees this process's own setting
+    compiled_kernels.available("anchored_blend", refresh=True)  # the next test sees this process's own setting
 
 
 def _logits_and_anchor(batch: int, h: int, w: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +58,7 @@ def _torch_levels(logits: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
 
 @needs_compiler
 def test_the_compiled_pass_gives_torchs_levels_within_one(own_cache):
-    assert compiled_kernels.available(refresh=True)
+    assert compiled_kernels.available("anchored_blend", refresh=True)
     assert len(list(own_cache.glob("native/*.so"))) == 1  # built once, into the cache, no partial file left
     for batch, h, w in ((3, 32, 32), (2, 5, 7), (40, 8, 8)):  # a frame's, odd sizes, and many rows
         logits, anchor = _logits_and_anchor(batch, h, w)
@@ -79,13 +79,13 @@ def test_a_decoder_step_in_bf16_draws_the_same_frames_with_and_without_the_kerne
     decoder = _anchored_decoder()
     tokens, anchor_tokens, anchor = _decoder_inputs(6)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert compiled_kernels.available(refresh=True)
+        assert compiled_kernels.available("anchored_blend", refresh=True)
         compiled, compiled_levels = decoder.levels(tokens, anchor_tokens, anchor)
         with compiled_kernels.torch_ops_only():
-            assert not compiled_kernels.available()
+            assert not compiled_kernels.available("anchored_blend")
             passes, passes_levels = decoder.levels(tokens, anchor_tokens, anchor)
             drawn = decoder(tokens, anchor_tokens, anchor)
-    assert compiled_kernels.available()  # back on after the block
+    assert compiled_kernels.available("anchored_blend")  # back on after the block
     assert torch.equal(passes, drawn.mul(255.0).add(0.5).to(torch.uint8))  # torch's passes: forward, quantised
     assert passes_levels.dtype == compiled_levels.dtype == torch.bfloat16
     assert (compiled.int() - passes.int()).abs().max() <= 1
@@ -98,13 +98,13 @@ def test_without_a_working_compiler_the_decoder_runs_torchs_passes(own_cache, mo
     for compiler, why in ((str(failing), "this compiler refuses"), (str(tmp_path / "absent"), "no C compiler")):
         monkeypatch.setenv("CC", compiler)
         with pytest.warns(UserWarning, match=why):
-            assert not compiled_kernels.available(refresh=True)
+            assert not compiled_kernels.available("anchored_blend", refresh=True)
         assert not list(own_cache.glob("native/*"))  # nothing half-built left behind
         logits, anchor = _logits_and_anchor(2, 4, 4)
         assert compiled_kernels.blend_levels(logits, anchor) is None
     monkeypatch.setenv("WM_SIM_NATIVE", "0")
     monkeypatch.delenv("CC")
-    assert not compiled_kernels.available(refresh=True)  # switched off: no build, no warning
+    assert not compiled_kernels.available("anchored_blend", refresh=True)  # switched off: no build, no warning
     tokens, anchor_tokens, anchor = _decoder_inputs(2)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         pixels, levels = _anchored_decoder().levels(tokens, anchor_tokens, anchor)
@@ -113,7 +113,7 @@ def test_without_a_working_compiler_the_decoder_runs_torchs_passes(own_cache, mo
 
 @needs_compiler
 def test_bad_input_names_what_the_kernel_expected(own_cache):
-    assert compiled_kernels.available(refresh=True)
+    assert compiled_kernels.available("anchored_blend", refresh=True)
     logits, anchor = _logits_and_anchor(2, 4, 4)
     for bad_logits, bad_anchor in (
         (logits.float(), anchor),  # float32 logits

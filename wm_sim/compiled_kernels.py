@@ -120,7 +120,7 @@ def attention(
     return out.transpose(1, 2)
 
 
-def available(kernel: str = "anchored_blend", refresh: bool = False) -> bool:
+def available(kernel: str, refresh: bool = False) -> bool:
     """Whether `kernel` runs here: built (this call builds it the first time), supported by this
     CPU and not switched off. `refresh` looks again (at `WM_SIM_NATIVE`, `$CC` and the cache), as a
     new process would."""

@@ -239,7 +239,7 @@ class Decoder(nn.Module):
             z = self._inputs(tokens, anchor_tokens, state_tokens)
             logits = self._detail_logits(z, anchor_pixels, anchor_term)
             dtypes = (logits.dtype, anchor_pixels.dtype)
-            if dtypes == (torch.bfloat16, torch.float32) and compiled_kernels.available():
+            if dtypes == (torch.bfloat16, torch.float32) and compiled_kernels.available("anchored_blend"):
                 return compiled_kernels.blend_levels(logits, anchor_pixels)
             frames = self._draw(depth_to_space(logits, 2, torch.float32), anchor_pixels)
         else:
