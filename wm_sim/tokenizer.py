@@ -222,6 +222,7 @@ class Decoder(nn.Module):
             z = run_fused(list(self.net), z)  # (B, 3 or 4, S, S) in channels-last memory
         return self._draw(z, anchor_pixels)
 
+    @torch.no_grad()  # levels are what a frame shows: nothing trains through them
     def levels(
         self,
         tokens: torch.Tensor,
