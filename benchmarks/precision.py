@@ -9,8 +9,9 @@ agent_pos, where a state transition predicts it, is the same to 1e-5 (it runs in
 bf16). Where a bf16 CPU step runs compiled kernels (wm_sim.compiled_kernels), a third batch
 steps the same accelerated env with torch's passes, the code before them, held to the same 40 dB
 (the decoder's pass alone keeps levels within one; attention's float32 scores and weights, where
-torch rounds them to bf16, move the latents within bf16 rounding). Without an acceleration (accelerate=off, or a CPU without native bf16) both sides are the
-same step, and the frames must be identical.
+torch rounds them to bf16, move the latents within bf16 rounding). Without an acceleration
+(accelerate=off, or a CPU without native bf16) both sides are the same step, and the frames must
+be identical.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def blend_levels(logits: torch.Tensor, anchor: torch.Tensor) -> tuple[torch.Tens
     (reordered_conv's channel order: (row, column, channel) of each 2x2 block, channels R, G, B,
     blend) and the anchor (B, 3, 2H, 2W) float32 in [0, 1] -> the frame's levels (B, 2H, 2W, 3) as
     uint8 and as bf16; None where the kernel is not available (the caller runs torch's passes)."""
-    library = _library("anchored_blend") if available("anchored_blend") else None
+    library = _runnable("anchored_blend")
     if library is None:
         return None
     b, channels, h, w = logits.shape
@@ -108,7 +108,7 @@ def attention(
         and all(stride % 2 == 0 for stride in q.stride()[:3])  # value pairs read as 32-bit words
         and (mask is None or tuple(mask.shape) == (b, 1, 1, sk))
     )
-    library = _library("attention") if fits and available("attention") else None
+    library = _runnable("attention") if fits else None
     if library is None:
         return None
     slots = None if mask is None else mask.reshape(b, sk).to(torch.uint8)
@@ -126,7 +126,12 @@ def available(kernel: str, refresh: bool = False) -> bool:
     new process would."""
     if refresh:
         _library.cache_clear()
-    return _torch_ops_only == 0 and _library(kernel) is not None
+    return _runnable(kernel) is not None
+
+
+def _runnable(kernel: str) -> ctypes.CDLL | None:
+    """The kernel's library where it runs now (built, and not inside torch_ops_only), else None."""
+    return None if _torch_ops_only else _library(kernel)
 
 
 @contextlib.contextmanager

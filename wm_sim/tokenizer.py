@@ -239,9 +239,10 @@ class Decoder(nn.Module):
         if self.anchor_detail and bf16_inference(tokens):
             z = self._inputs(tokens, anchor_tokens, state_tokens)
             logits = self._detail_logits(z, anchor_pixels, anchor_term)
-            dtypes = (logits.dtype, anchor_pixels.dtype)
-            if dtypes == (torch.bfloat16, torch.float32) and compiled_kernels.available("anchored_blend"):
-                return compiled_kernels.blend_levels(logits, anchor_pixels)
+            if (logits.dtype, anchor_pixels.dtype) == (torch.bfloat16, torch.float32):
+                compiled = compiled_kernels.blend_levels(logits, anchor_pixels)  # None: not built here
+                if compiled is not None:
+                    return compiled
             frames = self._draw(depth_to_space(logits, 2, torch.float32), anchor_pixels)
         else:
             frames = self(tokens, anchor_tokens, anchor_pixels, anchor_term, state_tokens)
